@@ -1,0 +1,13 @@
+"""mlx-aimv2: AIMv2 vision encoders in MLX - feature extraction, conversion and pre-training.
+
+`import mlx_aimv2` stays light: no torch, no transformers.
+"""
+__version__ = "0.1.0"
+
+from .api import AIMv2, convert, load  # noqa: E402
+from .config import ModelConfig, TextConfig, VisionConfig, PRESETS  # noqa: E402
+from .errors import UserError  # noqa: E402
+from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
+
+__all__ = ["load", "convert", "AIMv2", "AIMv2VisionEncoder", "AIMv2LiT", "ModelConfig", "VisionConfig",
+           "TextConfig", "PRESETS", "UserError", "__version__"]

@@ -1,0 +1,172 @@
+"""The face for apps: `load(name_or_path)` -> an `AIMv2` with embed / encode_image / encode_text.
+
+    import mlx_aimv2
+    model = mlx_aimv2.load("apple/aimv2-large-patch14-224")   # or a folder, a file, "demo"
+    emb = model.embed(["cat.jpg", pil_image])                 # (2, 1024) numpy, mean-pooled
+"""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Iterable, Iterator, Optional, Sequence
+
+import mlx.core as mx
+import numpy as np
+
+from . import checkpoints, hub
+from .config import ModelConfig
+from .errors import UserError
+from .models import build
+from .preprocess import ImageLike, Preprocessor
+
+POOLS = ("mean", "none", "attn")
+
+
+def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None):
+    """(module, config, folder) for any supported checkpoint, converted in memory."""
+    path = hub.resolve(str(name_or_path), revision)
+    file = checkpoints.find_weights(path)
+    folder = file.parent
+    weights = checkpoints.to_mlx(checkpoints.read_weights(file))
+    config = checkpoints.infer_config(weights, checkpoints.read_config_json(folder))
+    hints = checkpoints.read_config_json(folder) or {}
+    config.name = hints.get("name") or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else folder.name)
+    module = build(config)
+    checkpoints.load_into(module, weights, str(file), dtype)
+    return module, config, folder
+
+
+def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, dtype=None) -> "AIMv2":
+    """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo"."""
+    module, config, folder = load_checkpoint(name_or_path, revision, dtype)
+    v = config.vision
+    pre = Preprocessor.from_folder(folder, native_patch=v.patch_size if v.native else None,
+                                   image_size=v.image_size or 224)
+    return AIMv2(module, config, pre, folder)
+
+
+class AIMv2:
+    def __init__(self, module, config: ModelConfig, preprocessor: Preprocessor, folder: Optional[Path] = None):
+        self.module, self.config, self.preprocessor, self.folder = module, config, preprocessor, folder
+        self._tokenizer = None
+
+    @property
+    def vision(self):
+        return self.module.image_encoder if self.config.kind == "lit" else self.module
+
+    @property
+    def dtype(self):
+        return self.vision.preprocessor.patchifier.proj.weight.dtype
+
+    # -- images ------------------------------------------------------------------------------
+    def preprocess(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
+        return [self.preprocessor(im) for im in images]
+
+    def features(self, pixels: mx.array, pool: str = "mean", layers: Optional[Sequence[int]] = None) -> dict:
+        """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays."""
+        if pool not in POOLS:
+            raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
+        if pool == "attn" and self.config.kind != "lit":
+            raise UserError("--pool attn needs a model with an attention-pool head (the LiT model); "
+                            "use --pool mean or none")
+        out = self.vision(pixels.astype(self.dtype), output_layers=layers)
+        tokens, feats = out if layers is not None else (out, {})
+        result = {}
+        if pool == "none":
+            result["tokens"] = tokens
+        elif pool == "mean":
+            result["embedding"] = tokens.mean(axis=1)
+        else:
+            e = self.module.image_projector(self.vision.pool(tokens))
+            result["embedding"] = e / mx.linalg.norm(e, axis=-1, keepdims=True)
+        for i, f in feats.items():
+            result[f"layer_{i}"] = f if pool == "none" else f.mean(axis=1)
+        return result
+
+    def embed(self, images: Sequence[ImageLike] | ImageLike, pool: str = "mean",
+              layers: Optional[Sequence[int]] = None, batch_size: int = 8):
+        """Images (paths, PIL images or HWC arrays) -> numpy features. With no `layers`, one array:
+        (B, D) pooled or (B, N, D) tokens; with `layers`, a dict that adds "layer_i"."""
+        single = not isinstance(images, (list, tuple))
+        items = [images] if single else list(images)
+        rows = [f for _, f in self.iter_embed(items, pool, layers, batch_size)]
+        out = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
+        if layers is None:
+            out = out["tokens" if pool == "none" else "embedding"]
+        return out
+
+    def iter_embed(self, items: Iterable[ImageLike], pool: str = "mean", layers=None, batch_size: int = 8,
+                   errors: Optional[list] = None) -> Iterator[tuple]:
+        """Yields (item, {name: np.ndarray}) per image, batching images of the same size. With an
+        `errors` list, unreadable images are appended as (item, message) instead of raising."""
+        pending: list = []
+
+        def flush():
+            pixels = mx.array(np.stack([p for _, p in pending]))
+            res = self.features(pixels, pool, layers)
+            mx.eval(res)
+            res = {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
+            for j, (item, _) in enumerate(pending):
+                yield item, {k: v[j] for k, v in res.items()}
+            pending.clear()
+
+        for item in items:
+            try:
+                x = self.preprocessor(item)
+            except UserError as e:
+                if errors is None:
+                    raise
+                errors.append((item, str(e)))
+                continue
+            if pending and pending[0][1].shape != x.shape:  # native sizes differ: new batch
+                yield from flush()
+            pending.append((item, x))
+            if len(pending) == batch_size:
+                yield from flush()
+        if pending:
+            yield from flush()
+
+    # -- LiT -------------------------------------------------------------------------------
+    def _need_lit(self):
+        if self.config.kind != "lit":
+            raise UserError("this needs the LiT image-text model (apple/aimv2-large-patch14-224-lit)")
+
+    @property
+    def tokenizer(self):
+        self._need_lit()
+        if self._tokenizer is None:
+            from .tokenizer import clip_tokenizer
+            self._tokenizer = clip_tokenizer(self.folder, self.config.text.context_length)
+        return self._tokenizer
+
+    def encode_image(self, images: Sequence[ImageLike]) -> np.ndarray:
+        """L2-normalised image embeddings (B, projection_dim)."""
+        self._need_lit()
+        pixels = mx.array(np.stack(self.preprocess(images))).astype(self.dtype)
+        return np.array(self.module.encode_image(pixels).astype(mx.float32))
+
+    def encode_text(self, texts: Sequence[str]) -> np.ndarray:
+        """L2-normalised text embeddings (B, projection_dim)."""
+        self._need_lit()
+        ids = mx.array(self.tokenizer(texts))
+        return np.array(self.module.encode_text(ids).astype(mx.float32))
+
+    def classify(self, images: Sequence[ImageLike], labels: Sequence[str], template: str = "a photo of {}.") -> np.ndarray:
+        """Zero-shot label probabilities (B_images, len(labels))."""
+        img = self.encode_image(images)
+        txt = self.encode_text([template.format(l) for l in labels])
+        logits = float(self.module.logit_scale().item()) * img @ txt.T
+        e = np.exp(logits - logits.max(axis=1, keepdims=True))
+        return e / e.sum(axis=1, keepdims=True)
+
+
+def convert(src: str, dst: Path, dtype: str = "float32", revision: Optional[str] = None) -> Path:
+    """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json)."""
+    dtypes = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
+    if dtype not in dtypes:
+        raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    module, config, folder = load_checkpoint(src, revision, dtypes[dtype])
+    pp = folder / "preprocessor_config.json"
+    import json
+    preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
+    extra = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / f).is_file()]
+    return checkpoints.save(module, config, Path(dst), preprocessor, tuple(extra))

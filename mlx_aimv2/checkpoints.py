@@ -1,0 +1,344 @@
+"""Checkpoint layouts, detection, conversion and MLX save/load.
+
+Every foreign layout is mapped in one place onto ml-aim's key names, which are also our module
+names: ml-aim / legacy hub (conv OIHW), Apple's mlx_model.safetensors and our own files (conv
+OHWI), transformers-native (split q/k/v, gate/up/down) and timm. The architecture comes from the
+tensor shapes; a config.json adds only what shapes cannot tell (head counts, eps, eos id).
+"""
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from .config import ModelConfig, TextConfig, VisionConfig
+from .errors import UserError
+
+WEIGHT_FILES = ("model.safetensors", "mlx_model.safetensors", "model.safetensors.index.json",
+                "pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.pt")
+EXTRA_FILES = ("preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer.json",
+               "tokenizer_config.json", "special_tokens_map.json")
+CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
+CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
+
+# ---------------------------------------------------------------------------- reading files
+
+
+def find_weights(path: Path) -> Path:
+    """The weight file inside a checkpoint folder (or the file itself)."""
+    path = Path(path)
+    if not path.exists():
+        raise UserError(f"{path}: no such file or folder; give a hub id, a model name or a checkpoint path")
+    if path.is_file():
+        return path
+    for name in WEIGHT_FILES:
+        if (path / name).is_file():
+            return path / name
+    candidates = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    if len(candidates) == 1:
+        return candidates[0]
+    raise UserError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES[:4])}); "
+                    f"point at a checkpoint folder or a .safetensors file")
+
+
+def read_weights(file: Path) -> dict[str, mx.array]:
+    """All tensors of a checkpoint file as MLX arrays, without torch for safetensors."""
+    file = Path(file)
+    try:
+        if file.name.endswith(".index.json"):
+            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+            out = {}
+            for shard in shards:
+                out.update(read_weights(file.parent / shard))
+            return out
+        if file.suffix == ".safetensors":
+            return mx.load(str(file))
+        if file.suffix in (".bin", ".pt", ".pth"):
+            return _read_torch_pickle(file)
+    except UserError:
+        raise
+    except Exception as e:  # a truncated or foreign file: say which and why, in one line
+        raise UserError(f"{file}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+                        f"is it a complete .safetensors / .bin file?") from None
+    raise UserError(f"{file}: unknown checkpoint type '{file.suffix}'; use .safetensors, .bin or .pt")
+
+
+def _read_torch_pickle(file: Path) -> dict[str, mx.array]:
+    try:
+        import torch
+    except ImportError:
+        raise UserError(f"{file}: reading a PyTorch pickle needs torch (pip install torch), "
+                        f"or give the .safetensors file instead") from None
+    # weights_only: never unpickle arbitrary objects
+    sd = torch.load(str(file), map_location="cpu", weights_only=True)
+    if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
+        sd = sd["state_dict"]
+    out = {}
+    for k, t in sd.items():
+        if not hasattr(t, "numpy"):
+            continue
+        if t.dtype == torch.bfloat16:  # numpy has no bf16: go through the raw bits
+            out[k] = mx.array(t.view(torch.uint16).numpy()).view(mx.bfloat16)
+        else:
+            out[k] = mx.array(t.numpy())
+    return out
+
+
+def read_config_json(folder: Path) -> Optional[dict]:
+    f = Path(folder) / "config.json"
+    if not f.is_file():
+        return None
+    try:
+        return json.loads(f.read_text())
+    except json.JSONDecodeError as e:
+        raise UserError(f"{f}: not valid JSON ({e}); fix or delete it") from None
+
+
+# ---------------------------------------------------------------------------- layouts
+
+_BLOCK_HF = [  # transformers-native block keys -> ml-aim block keys
+    (r"rms_norm1\.weight", "norm_1.weight"), (r"rms_norm2\.weight", "norm_2.weight"),
+    (r"attention\.out_proj\.weight", "attn.proj.weight"), (r"ffn\.gate_proj\.weight", "mlp.fc1.weight"),
+    (r"ffn\.up_proj\.weight", "mlp.fc3.weight"), (r"ffn\.down_proj\.weight", "mlp.fc2.weight"),
+]
+_VISION_HF = [
+    (r"embeddings\.patch_embed\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
+    (r"embeddings\.rms_norm\.weight", "preprocessor.patchifier.norm.weight"),
+    (r"embeddings\.position_embedding\.weight", "preprocessor.pos_embed"),
+    (r"rms_norm\.weight", "trunk.post_trunk_norm.weight"),
+    (r"head\.k_proj\.weight", "head.k.weight"), (r"head\.v_proj\.weight", "head.v.weight"),
+    (r"head\.output_proj\.(weight|bias)", r"head.linear.\1"), (r"head\.cls_token", "head.cls_token"),
+]
+_TEXT_HF = [
+    (r"embeddings\.token_embedding\.weight", "preprocessor.text_embedding.weight"),
+    (r"embeddings\.position_embedding\.weight", "preprocessor.positional_embedding"),
+    (r"rms_norm\.weight", "trunk.post_trunk_norm.weight"),
+]
+_TOP_HF = [(r"visual_projection\.weight", "image_projector.weight"),
+           (r"text_projection\.weight", "text_projector.weight"), (r"logit_scale", "log_logit_scale")]
+_TIMM = [
+    (r"patch_embed\.proj\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
+    (r"patch_embed\.norm\.weight", "preprocessor.patchifier.norm.weight"),
+    (r"pos_embed", "preprocessor.pos_embed"), (r"norm\.weight", "trunk.post_trunk_norm.weight"),
+    (r"blocks\.(\d+)\.norm1\.weight", r"trunk.blocks.\1.norm_1.weight"),
+    (r"blocks\.(\d+)\.norm2\.weight", r"trunk.blocks.\1.norm_2.weight"),
+    (r"blocks\.(\d+)\.mlp\.fc1_g\.weight", r"trunk.blocks.\1.mlp.fc1.weight"),
+    (r"blocks\.(\d+)\.mlp\.fc1_x\.weight", r"trunk.blocks.\1.mlp.fc3.weight"),
+    (r"blocks\.(\d+)\.(attn\.qkv|attn\.proj|mlp\.fc2)\.weight", r"trunk.blocks.\1.\2.weight"),
+]
+
+
+def detect_layout(keys) -> str:
+    """'mlx' | 'ml-aim' | 'transformers' | 'timm' (the shape test for mlx vs ml-aim is in to_mlx)."""
+    keys = set(keys)
+    if any(k.endswith("preprocessor.patchifier.proj.weight") for k in keys):
+        return "ml-aim"
+    if any(k.endswith("embeddings.patch_embed.weight") for k in keys):
+        return "transformers"
+    if "patch_embed.proj.weight" in keys and any(k.startswith("blocks.") for k in keys):
+        return "timm"
+    return "unknown"
+
+
+def _apply(table, key: str) -> Optional[str]:
+    for pat, rep in table:
+        if re.fullmatch(pat, key):
+            return re.sub(pat, rep, key)
+    return None
+
+
+def _from_transformers(w: dict) -> dict:
+    out, unmapped = {}, []
+    qkv: dict[str, dict] = {}
+    for key, v in w.items():
+        for src, dst, tables in (("vision_model.", "image_encoder.", _VISION_HF), ("text_model.", "text_encoder.", _TEXT_HF),
+                                 ("", "", _VISION_HF)):
+            if not key.startswith(src):
+                continue
+            rest = key[len(src):]
+            m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.*)", rest)
+            if m:
+                i, tail = m.groups()
+                qm = re.fullmatch(r"attention\.([qkv])_proj\.weight", tail)
+                if qm:
+                    qkv.setdefault(f"{dst}trunk.blocks.{i}.attn.qkv.weight", {})[qm.group(1)] = v
+                    break
+                new = _apply(_BLOCK_HF, tail)
+                new = new and f"{dst}trunk.blocks.{i}.{new}"
+            else:
+                new = _apply(tables, rest)
+                new = new and dst + new
+            if new:
+                if new.endswith("preprocessor.pos_embed") and v.ndim == 2:
+                    v = v[None]
+                out[new] = v
+                break
+        else:
+            new = _apply(_TOP_HF, key)
+            if new:
+                out[new] = v.reshape(()) if new == "log_logit_scale" else v
+            else:
+                unmapped.append(key)
+    for key, parts in qkv.items():
+        if set(parts) != {"q", "k", "v"}:
+            raise UserError(f"checkpoint has an incomplete q/k/v set for {key}")
+        out[key] = mx.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+    for key in unmapped:  # keep them, so strict loading names them
+        out[key] = w[key]
+    return out
+
+
+def to_mlx(weights: dict[str, mx.array]) -> dict[str, mx.array]:
+    """Any supported layout -> our (ml-aim key, OHWI conv) layout. Idempotent."""
+    layout = detect_layout(weights)
+    if layout == "transformers":
+        weights = _from_transformers(weights)
+    elif layout == "timm":
+        weights = {(_apply(_TIMM, k) or k): v for k, v in weights.items()}
+    elif layout == "unknown":
+        sample = ", ".join(sorted(weights)[:3])
+        raise UserError(f"not an AIMv2 checkpoint: unrecognised keys ({sample}, ...)")
+    weights = {k: v for k, v in weights.items() if not k.endswith("num_batches_tracked")}
+    for key in [k for k in weights if k.endswith("patchifier.proj.weight")]:
+        w = weights[key]
+        if w.ndim == 4 and w.shape[1] in (1, 3) and w.shape[-1] not in (1, 3):  # OIHW -> OHWI
+            weights[key] = w.transpose(0, 2, 3, 1)
+    if "log_logit_scale" in weights:
+        weights["log_logit_scale"] = weights["log_logit_scale"].reshape(())
+    return weights
+
+
+# ---------------------------------------------------------------------------- configs
+
+
+def _depth(weights: dict, prefix: str) -> int:
+    idx = [int(m.group(1)) for k in weights if (m := re.match(re.escape(prefix) + r"trunk\.blocks\.(\d+)\.", k))]
+    return max(idx) + 1 if idx else 0
+
+
+def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None) -> ModelConfig:
+    """The architecture from tensor shapes (our layout); `hints` (a config.json) gives head counts etc."""
+    hints = hints or {}
+    lit = any(k.startswith("image_encoder.") for k in weights)
+    vp = "image_encoder." if lit else ""
+    try:
+        conv = weights[f"{vp}preprocessor.patchifier.proj.weight"]
+        d, patch = conv.shape[0], conv.shape[1]
+        pos = weights.get(f"{vp}preprocessor.pos_embed")
+        mlp = weights[f"{vp}trunk.blocks.0.mlp.fc1.weight"].shape[0]
+    except KeyError as e:
+        raise UserError(f"checkpoint lacks the tensor {e.args[0]}; is it an AIMv2 encoder?") from None
+    vh = _vision_hints(hints)
+    image_size = None
+    if pos is not None:
+        side = int(round(pos.shape[1] ** 0.5))
+        image_size = side * patch
+    vision = VisionConfig(hidden_size=d, depth=_depth(weights, vp), num_heads=vh.get("heads", max(d // 128, 1)),
+                          mlp_hidden=mlp, patch_size=patch, image_size=image_size, num_channels=conv.shape[-1],
+                          eps=vh.get("eps", 1e-5), use_head=f"{vp}head.cls_token" in weights,
+                          head_bias=f"{vp}head.linear.bias" in weights)
+    if not lit:
+        return ModelConfig(kind="vision", vision=vision)
+    tp = "text_encoder."
+    emb = weights[f"{tp}preprocessor.text_embedding.weight"]
+    th = _text_hints(hints)
+    text = TextConfig(vocab_size=emb.shape[0], hidden_size=emb.shape[1], depth=_depth(weights, tp),
+                      num_heads=th.get("heads", max(emb.shape[1] // 128, 1)),
+                      mlp_hidden=weights[f"{tp}trunk.blocks.0.mlp.fc1.weight"].shape[0],
+                      context_length=weights[f"{tp}preprocessor.positional_embedding"].shape[0],
+                      eos_token_id=th.get("eos", 49407), eps=th.get("eps", 1e-5))
+    return ModelConfig(kind="lit", vision=vision, text=text,
+                       projection_dim=weights["image_projector.weight"].shape[0],
+                       max_logit_scale=float(hints.get("max_logit_scale", 100.0)))
+
+
+def _vision_hints(h: dict) -> dict:
+    if h.get("format") == "mlx_aimv2":
+        v = h["vision"]
+        return {"heads": v["num_heads"], "eps": v["eps"]}
+    v = h.get("vision_config") or h
+    out = {}
+    if "num_attention_heads" in v:
+        out["heads"] = int(v["num_attention_heads"])
+    if "rms_norm_eps" in v:
+        out["eps"] = float(v["rms_norm_eps"])
+    return out
+
+
+def _text_hints(h: dict) -> dict:
+    if h.get("format") == "mlx_aimv2":
+        t = h["text"]
+        return {"heads": t["num_heads"], "eps": t["eps"], "eos": t["eos_token_id"]}
+    t = h.get("text_config") or {}
+    out = {}
+    if "num_attention_heads" in t:
+        out["heads"] = int(t["num_attention_heads"])
+    if "rms_norm_eps" in t:
+        out["eps"] = float(t["rms_norm_eps"])
+    if t.get("eos_token_id") is not None:
+        out["eos"] = int(t["eos_token_id"])
+    return out
+
+
+# ---------------------------------------------------------------------------- loading & saving
+
+
+def load_into(model, weights: dict[str, mx.array], source: str, dtype=None):
+    """Strict load (names and shapes) and an explicit dtype cast: strict loading ignores dtype."""
+    try:
+        model.load_weights(list(weights.items()), strict=True)
+    except ValueError as e:
+        msg = " ".join(str(e).split())
+        if len(msg) > 300:
+            msg = msg[:300] + "..."
+        raise UserError(f"{source}: checkpoint does not fit the model: {msg}") from None
+    if dtype is None:
+        dtype = next(iter(weights.values())).dtype
+    model.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
+    mx.eval(model.parameters())
+    return model
+
+
+def save(model, config: ModelConfig, out_dir: Path, preprocessor: Optional[dict] = None,
+         extra_files: tuple = (), metadata: Optional[dict] = None) -> Path:
+    """Write model.safetensors + config.json + preprocessor_config.json atomically (temp dir, rename)."""
+    out_dir = Path(out_dir)
+    out_dir.parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
+    try:
+        weights = dict(tree_flatten(model.parameters()))
+        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx", **(metadata or {})})
+        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        pp = preprocessor or default_preprocessor(config)
+        (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
+        for f in extra_files:
+            shutil.copy(f, tmp / Path(f).name)
+        if out_dir.exists():
+            old = out_dir.with_name(out_dir.name + ".old")
+            shutil.rmtree(old, ignore_errors=True)
+            os.replace(out_dir, old)
+            os.replace(tmp, out_dir)
+            shutil.rmtree(old, ignore_errors=True)
+        else:
+            os.replace(tmp, out_dir)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return out_dir
+
+
+def default_preprocessor(config: ModelConfig) -> dict:
+    v = config.vision
+    native = v.native
+    size = v.image_size or 224
+    return {"image_processor_type": "CLIPImageProcessor", "do_resize": not native,
+            "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": not native,
+            "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
+            "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True}

@@ -1,0 +1,175 @@
+"""Model configurations and the named presets of every published AIMv2 checkpoint.
+
+Configs are plain dataclasses; `to_dict` / `from_dict` round-trip through the
+`config.json` that sits next to a converted checkpoint.
+"""
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from typing import Optional
+
+from .errors import UserError
+
+
+def swiglu_hidden(dim: int) -> int:
+    """l3m's GatedFFN rule: round int(2 * 4D / 3) up to a multiple of 256."""
+    return int(math.ceil(int(2 * 4 * dim / 3) / 256) * 256)
+
+
+def _from_dict(cls, d: dict, what: str):
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = set(d) - names
+    if unknown:
+        raise UserError(f"unknown {what} config key(s): {', '.join(sorted(unknown))}; "
+                        f"valid keys are {', '.join(sorted(names))}")
+    return cls(**d)
+
+
+@dataclass
+class VisionConfig:
+    hidden_size: int = 1024
+    depth: int = 24
+    num_heads: int = 8
+    mlp_hidden: int = 2816
+    patch_size: int = 14
+    image_size: Optional[int] = 224   # None: native resolution (2D sin-cos positions)
+    num_channels: int = 3
+    eps: float = 1e-5
+    use_head: bool = False            # LiT attention-pool head
+    head_bias: bool = True
+
+    @property
+    def native(self) -> bool:
+        return self.image_size is None
+
+    @property
+    def num_patches(self) -> int:
+        if self.native:
+            raise ValueError("a native-resolution model has no fixed patch count")
+        return (self.image_size // self.patch_size) ** 2
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "VisionConfig":
+        return _from_dict(cls, d, "vision")
+
+
+@dataclass
+class TextConfig:
+    vocab_size: int = 49408
+    hidden_size: int = 768
+    depth: int = 12
+    num_heads: int = 6
+    mlp_hidden: int = 2048
+    context_length: int = 77
+    eos_token_id: int = 49407
+    eps: float = 1e-5
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "TextConfig":
+        return _from_dict(cls, d, "text")
+
+
+@dataclass
+class ModelConfig:
+    """What a checkpoint folder's config.json describes: a vision encoder, or the LiT pair."""
+    kind: str = "vision"              # "vision" | "lit"
+    vision: VisionConfig = field(default_factory=VisionConfig)
+    text: Optional[TextConfig] = None
+    projection_dim: int = 768
+    init_temperature: float = 0.07
+    max_logit_scale: float = 100.0
+    name: str = ""
+
+    def to_dict(self) -> dict:
+        d = {"format": "mlx_aimv2", "kind": self.kind, "name": self.name,
+             "vision": self.vision.to_dict()}
+        if self.kind == "lit":
+            d.update(text=self.text.to_dict(), projection_dim=self.projection_dim,
+                     init_temperature=self.init_temperature, max_logit_scale=self.max_logit_scale)
+        return d
+
+    @classmethod
+    def from_dict(cls, d: dict) -> "ModelConfig":
+        d = dict(d)
+        d.pop("format", None)
+        vision = VisionConfig.from_dict(d.pop("vision"))
+        text = d.pop("text", None)
+        text = TextConfig.from_dict(text) if text is not None else None
+        return _from_dict(cls, dict(d, vision=vision, text=text), "model")
+
+
+# --- the published checkpoints -------------------------------------------------------------
+
+_SIZES = {  # name: (hidden, heads)
+    "large": (1024, 8), "huge": (1536, 12), "1B": (2048, 16), "3B": (3072, 24),
+}
+
+
+def vision_preset(size: str, image_size: Optional[int] = 224) -> VisionConfig:
+    d, h = _SIZES[size]
+    return VisionConfig(hidden_size=d, depth=24, num_heads=h, mlp_hidden=swiglu_hidden(d),
+                        image_size=image_size)
+
+
+def _published() -> dict[str, ModelConfig]:
+    out = {}
+    for size in _SIZES:
+        for res in (224, 336, 448):
+            name = f"aimv2-{size}-patch14-{res}"
+            out[name] = ModelConfig(vision=vision_preset(size, res), name=name)
+    for res in (224, 336):
+        name = f"aimv2-large-patch14-{res}-distilled"
+        out[name] = ModelConfig(vision=vision_preset("large", res), name=name)
+    out["aimv2-large-patch14-native"] = ModelConfig(vision=vision_preset("large", None),
+                                                    name="aimv2-large-patch14-native")
+    lit_vision = dataclasses.replace(vision_preset("large", 224), use_head=True)
+    out["aimv2-large-patch14-224-lit"] = ModelConfig(kind="lit", vision=lit_vision, text=TextConfig(),
+                                                     name="aimv2-large-patch14-224-lit")
+    return out
+
+
+PRESETS: dict[str, ModelConfig] = _published()
+
+
+def preset(name: str) -> ModelConfig:
+    key = name.removeprefix("apple/")
+    if key not in PRESETS:
+        raise UserError(f"unknown model name '{name}'; known: {', '.join(PRESETS)} "
+                        f"(or give a local folder / file)")
+    return PRESETS[key]
+
+
+# --- parameter counts without building anything --------------------------------------------
+
+def _block_params(d: int, hidden: int) -> int:
+    return 2 * d + 3 * d * d + d * d + 3 * d * hidden  # 2 norms, qkv, proj, fc1/fc2/fc3
+
+
+def count_vision_params(c: VisionConfig, num_patches: Optional[int] = None) -> int:
+    d = c.hidden_size
+    n = 0
+    n += d * c.num_channels * c.patch_size ** 2 + d + d  # conv weight, bias, patch norm
+    if not c.native:
+        n += (num_patches or c.num_patches) * d
+    n += c.depth * _block_params(d, c.mlp_hidden) + d    # blocks + post-trunk norm
+    if c.use_head:
+        n += d + 2 * d * d + d * d + (d if c.head_bias else 0)
+    return n
+
+
+def count_params(c: ModelConfig) -> int:
+    n = count_vision_params(c.vision)
+    if c.kind == "lit":
+        t = c.text
+        n += t.vocab_size * t.hidden_size + t.context_length * t.hidden_size
+        n += t.depth * _block_params(t.hidden_size, t.mlp_hidden) + t.hidden_size
+        n += c.vision.hidden_size * c.projection_dim + t.hidden_size * c.projection_dim + 1
+    return n

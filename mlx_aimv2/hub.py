@@ -1,0 +1,77 @@
+"""Names -> local checkpoint folders: local paths, the bundled demo, and Apple's hub repos at the
+revisions ml-aim pins (the ml-aim-key snapshots), served from the local cache when offline.
+
+Nothing here runs code from a hub repo: only weights and JSON/text files are fetched.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+from typing import Optional
+
+from .errors import UserError
+
+# apple/ml-aim aim/v2/utils.py (bd9e068): revisions whose model.safetensors uses ml-aim keys
+REVISIONS = {
+    "aimv2-large-patch14-224": "ac764a25c832c7dc5e11871daa588e98e3cdbfb7",
+    "aimv2-huge-patch14-224": "9e0bab0e0abb7b20796d2d0b37f39b7c3b1c1af1",
+    "aimv2-1B-patch14-224": "4d24a422f71e87d327d476bc405030fe6593d8b1",
+    "aimv2-3B-patch14-224": "df1cbc288096c9742ec8bd6709ff82757972338c",
+    "aimv2-large-patch14-336": "639423ae9f07319d24a7fc431b61908110d08d3a",
+    "aimv2-huge-patch14-336": "21528bd53a2438a84162e79f1f9a46453b88004c",
+    "aimv2-1B-patch14-336": "5a15f23f6757776fdd487283353a018677621939",
+    "aimv2-3B-patch14-336": "d1adb39ee92dfd7ecf3114b1ee3aa7e9027ce98f",
+    "aimv2-large-patch14-448": "cefb13f21003bdadba65bfbee956c82b976cd23d",
+    "aimv2-huge-patch14-448": "44e6440a24a8ea966ad0deadf5399a22d852bcc0",
+    "aimv2-1B-patch14-448": "7f292735d3a07a911559c0fabb3ad3e9d141713f",
+    "aimv2-3B-patch14-448": "70810b618e4456b724bacc8ef4d2d038060ceda6",
+    "aimv2-large-patch14-224-distilled": "d6d09b071e8ba31735c5e05ccd4b2a393020ce90",
+    "aimv2-large-patch14-336-distilled": "8fe1704e5cc1c80cefc99c194afcefe21dff1faa",
+    "aimv2-large-patch14-native": "cfe7bdbbc924a5f65272d5e2c27fe5f61771a629",
+    "aimv2-large-patch14-224-lit": "c2cd59a786c4c06f39d199c50d08cc2eab9f8605",
+}
+DEFAULT_MODEL = "apple/aimv2-large-patch14-224"
+DEMO_DIR = Path(__file__).resolve().parent.parent / "weights" / "demo"
+ALLOW = ["config.json", "preprocessor_config.json", "model.safetensors", "vocab.json", "merges.txt",
+         "tokenizer_config.json", "special_tokens_map.json"]
+
+
+def is_hub_id(name: str) -> bool:
+    return name.removeprefix("apple/") in REVISIONS or (name.count("/") == 1 and not Path(name).exists()
+                                                       and not name.startswith((".", "/", "~")))
+
+
+def resolve(name: str, revision: Optional[str] = None) -> Path:
+    """A local folder or file holding the checkpoint `name` refers to."""
+    if name == "demo":
+        if not (DEMO_DIR / "model.safetensors").is_file():
+            raise UserError(f"the demo checkpoint is missing from {DEMO_DIR}; reinstall from a full clone of the repo")
+        return DEMO_DIR
+    p = Path(name).expanduser()
+    if p.exists():
+        return p
+    if not is_hub_id(name):
+        known = ", ".join(["demo"] + [f"apple/{k}" for k in REVISIONS])
+        raise UserError(f"'{name}' is neither a local path nor a hub id; known names: {known}")
+    return download(name, revision)
+
+
+def download(name: str, revision: Optional[str] = None) -> Path:
+    repo = name if "/" in name else f"apple/{name}"
+    revision = revision or REVISIONS.get(repo.removeprefix("apple/"))
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import HFValidationError
+
+    kwargs = dict(repo_id=repo, revision=revision, allow_patterns=ALLOW)
+    try:
+        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+            return Path(snapshot_download(local_files_only=True, **kwargs))
+        try:
+            return Path(snapshot_download(**kwargs))
+        except HFValidationError:
+            raise
+        except Exception:  # no network, hub down, auth: fall back to what the cache holds
+            return Path(snapshot_download(local_files_only=True, **kwargs))
+    except Exception:
+        raise UserError(f"{repo}@{(revision or 'main')[:8]} is not in the local Hugging Face cache and the hub "
+                        f"cannot be reached; connect once to download it, or pass a local checkpoint folder") from None

@@ -1,0 +1,9 @@
+"""nn.Modules only: they know nothing of files, the hub or the CLI."""
+from ..config import ModelConfig
+from .encoder import AIMv2VisionEncoder, prefix_mask, sincos_2d
+from .lit import AIMv2LiT
+
+
+def build(config: ModelConfig):
+    """The module a config describes, with zero-initialised weights (to be loaded)."""
+    return AIMv2LiT(config) if config.kind == "lit" else AIMv2VisionEncoder(config.vision)

@@ -1,0 +1,140 @@
+"""Inference preprocessing, equal to the hub's CLIPImageProcessor (PIL backend): convert to RGB,
+bicubic resize of the shortest edge, centre crop, rescale, normalise. Output is NHWC float32.
+
+The native-resolution model keeps the aspect ratio instead and rounds each side to a multiple of
+the patch size within a patch budget.
+"""
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Optional, Union
+
+import numpy as np
+from PIL import Image, ImageOps
+
+from .errors import UserError
+
+MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning threshold)
+ImageLike = Union[str, Path, Image.Image, np.ndarray]
+
+
+@dataclass
+class Preprocessor:
+    size: int = 224                       # shortest edge after resize
+    crop: tuple = (224, 224)              # (height, width)
+    do_resize: bool = True
+    do_center_crop: bool = True
+    rescale: float = 1 / 255
+    mean: tuple = (0.48145466, 0.4578275, 0.40821073)
+    std: tuple = (0.26862954, 0.26130258, 0.27577711)
+    native_patch: Optional[int] = None    # set for the native model: sizing by patch budget
+    min_patches: int = 112
+    max_patches: int = 4096
+
+    @classmethod
+    def from_config(cls, d: dict, native_patch: Optional[int] = None) -> "Preprocessor":
+        size = d.get("size", {})
+        size = size.get("shortest_edge", size.get("height", 224)) if isinstance(size, dict) else int(size)
+        crop = d.get("crop_size", {"height": size, "width": size})
+        crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
+        return cls(size=size, crop=crop, do_resize=d.get("do_resize", True),
+                   do_center_crop=d.get("do_center_crop", True), rescale=d.get("rescale_factor", 1 / 255),
+                   mean=tuple(d.get("image_mean", cls.mean)), std=tuple(d.get("image_std", cls.std)),
+                   native_patch=native_patch)
+
+    @classmethod
+    def from_folder(cls, folder: Path, native_patch: Optional[int] = None, image_size: int = 224) -> "Preprocessor":
+        f = Path(folder) / "preprocessor_config.json"
+        if Path(folder).is_dir() and f.is_file():
+            return cls.from_config(json.loads(f.read_text()), native_patch)
+        return cls(size=image_size, crop=(image_size, image_size), native_patch=native_patch)
+
+    # -- steps ---------------------------------------------------------------------------
+    def native_size(self, w: int, h: int) -> tuple[int, int]:
+        """(width, height): aspect kept, multiples of the patch, patch count within the budget."""
+        p = self.native_patch
+        gw, gh = max(round(w / p), 1), max(round(h / p), 1)
+        n = gw * gh
+        if n > self.max_patches or n < self.min_patches:
+            target = self.max_patches if n > self.max_patches else self.min_patches
+            s = math.sqrt(target / n)
+            gw, gh = max(int(w / p * s), 1), max(int(h / p * s), 1)
+            while gw * gh > self.max_patches:
+                gw, gh = (gw - 1, gh) if gw >= gh else (gw, gh - 1)
+            while gw * gh < self.min_patches:
+                gw, gh = (gw + 1, gh) if gw <= gh else (gw, gh + 1)
+        return gw * p, gh * p
+
+    def __call__(self, image: ImageLike) -> np.ndarray:
+        img = to_rgb(load_image(image) if not isinstance(image, Image.Image) else image)
+        if self.native_patch:
+            w, h = self.native_size(*img.size)
+            if (w, h) != img.size:
+                img = img.resize((w, h), Image.BICUBIC)
+            x = np.asarray(img, dtype=np.float32)
+        else:
+            if self.do_resize:
+                w, h = img.size
+                short, long = (w, h) if w <= h else (h, w)
+                new_short, new_long = self.size, int(self.size * long / short)
+                new = (new_short, new_long) if w <= h else (new_long, new_short)
+                if new != img.size:
+                    img = img.resize(new, Image.BICUBIC)
+            x = np.asarray(img, dtype=np.float32)
+            if self.do_center_crop:
+                x = center_crop(x, *self.crop)
+        x = x * np.float32(self.rescale)
+        return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
+
+
+def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
+    h, w = x.shape[:2]
+    if h < ch or w < cw:  # pad with zeros first, as transformers does
+        ph, pw = max(ch - h, 0), max(cw - w, 0)
+        x = np.pad(x, ((math.ceil(ph / 2), ph - math.ceil(ph / 2)), (math.ceil(pw / 2), pw - math.ceil(pw / 2)), (0, 0)))
+        h, w = x.shape[:2]
+    top, left = (h - ch) // 2, (w - cw) // 2
+    return x[top: top + ch, left: left + cw]
+
+
+def to_rgb(img: Image.Image) -> Image.Image:
+    """Every PIL mode to RGB as transformers' convert_to_rgb does: transparency is composited onto
+    white, everything else goes through PIL's own conversion."""
+    if img.mode == "RGB":
+        return img
+    if "A" in img.getbands() or img.info.get("transparency") is not None:
+        rgba = img.convert("RGBA")
+        white = Image.new("RGBA", img.size, (255, 255, 255, 255))
+        return Image.alpha_composite(white, rgba).convert("RGB")
+    return img.convert("RGB")
+
+
+def load_image(src: ImageLike) -> Image.Image:
+    """Open an image file with EXIF orientation applied; one clear UserError for every bad file."""
+    if isinstance(src, Image.Image):
+        return src
+    if isinstance(src, np.ndarray):
+        a = src
+        if a.dtype != np.uint8:
+            a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
+        return Image.fromarray(a)
+    path = Path(src)
+    if not path.is_file():
+        raise UserError(f"{path}: no such image file")
+    if path.stat().st_size == 0:
+        raise UserError(f"{path}: empty file, not an image")
+    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
+    try:
+        with Image.open(path) as im:
+            im = ImageOps.exif_transpose(im)
+            im.load()
+            return im
+    except Image.DecompressionBombError:
+        raise UserError(f"{path}: image is over the {MAX_PIXELS:,}-pixel limit (a possible decompression "
+                        f"bomb); downscale it first") from None
+    except Exception as e:
+        kind = "truncated or corrupt image" if isinstance(e, (OSError, SyntaxError)) else type(e).__name__
+        raise UserError(f"{path}: cannot decode ({kind}: {e}); re-export it as JPEG or PNG") from None

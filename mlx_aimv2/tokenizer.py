@@ -1,0 +1,104 @@
+"""Text tokenizers through the `tokenizers` package: the LiT model's CLIP BPE (from vocab.json and
+merges.txt), any tokenizer.json (e.g. SigLIP's, as in pre-training), and a BPE trained on your own
+captions. All produce fixed-length (77) id rows: truncated, then padded."""
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Iterable, Optional
+
+import numpy as np
+
+from .errors import UserError
+
+CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
+
+
+class TextTokenizer:
+    def __init__(self, tok, pad_id: int, eos_id: Optional[int], length: int = 77):
+        self.tok, self.pad_id, self.eos_id, self.length = tok, pad_id, eos_id, length
+
+    @property
+    def vocab_size(self) -> int:
+        return self.tok.get_vocab_size()
+
+    def __call__(self, texts: Iterable[str]) -> np.ndarray:
+        """(len(texts), length) int32 ids; an over-long text keeps its end-of-text token."""
+        rows = []
+        for enc in self.tok.encode_batch(list(texts)):
+            ids = enc.ids
+            if len(ids) > self.length:
+                ids = ids[: self.length - 1] + ([self.eos_id] if self.eos_id is not None else [ids[self.length - 1]])
+            rows.append(ids + [self.pad_id] * (self.length - len(ids)))
+        return np.asarray(rows, dtype=np.int32).reshape(-1, self.length)
+
+    def save(self, path: Path) -> None:
+        self.tok.save(str(path))
+
+
+def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
+    """CLIP's byte-level BPE built from a folder's vocab.json + merges.txt (the LiT hub repo's files)."""
+    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
+
+    vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
+    for f in (vocab, merges):
+        if not f.is_file():
+            raise UserError(f"{f}: missing; the LiT checkpoint folder needs vocab.json and merges.txt for text")
+    try:
+        bpe = models.BPE.from_file(str(vocab), str(merges), unk_token="<|endoftext|>",
+                                   end_of_word_suffix="</w>", continuing_subword_prefix="")
+    except Exception as e:
+        raise UserError(f"{vocab.parent}: cannot build the CLIP tokenizer ({e})") from None
+    tok = Tokenizer(bpe)
+    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
+                                           normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.Sequence([
+        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.decoder = decoders.ByteLevel()
+    v = json.loads(vocab.read_text())
+    bos, eos = v["<|startoftext|>"], v["<|endoftext|>"]
+    tok.post_processor = processors.RobertaProcessing(sep=("<|endoftext|>", eos), cls=("<|startoftext|>", bos),
+                                                      add_prefix_space=False, trim_offsets=False)
+    return TextTokenizer(tok, pad_id=eos, eos_id=eos, length=length)
+
+
+def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
+    """A tokenizer.json (file or folder), or a folder with CLIP's vocab.json + merges.txt."""
+    from tokenizers import Tokenizer
+
+    path = Path(path)
+    if path.is_dir() and not (path / "tokenizer.json").is_file():
+        return clip_tokenizer(path, length)
+    f = path / "tokenizer.json" if path.is_dir() else path
+    if not f.is_file():
+        raise UserError(f"{f}: no such tokenizer file; give a tokenizer.json or train one with "
+                        f"`mlx-aimv2 tokenizer train`")
+    try:
+        tok = Tokenizer.from_file(str(f))
+    except Exception as e:
+        raise UserError(f"{f}: not a valid tokenizer.json ({e})") from None
+    vocab = tok.get_vocab()
+    pad = next((vocab[t] for t in ("<pad>", "[PAD]", "<|pad|>") if t in vocab), None)
+    eos = next((vocab[t] for t in ("</s>", "<|endoftext|>", "[SEP]", "<eos>") if t in vocab), None)
+    if pad is None:
+        pad = eos if eos is not None else 0
+    return TextTokenizer(tok, pad_id=pad, eos_id=eos, length=length)
+
+
+def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77) -> TextTokenizer:
+    """A byte-level BPE trained on captions, with <pad>=0 and </s> appended to every text."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>"],
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    tok.train_from_iterator(texts, trainer)
+    tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    tok.save(str(out))
+    return TextTokenizer(tok, pad_id=0, eos_id=1, length=length)
