@@ -50,9 +50,10 @@ def resolve(name: str, revision: Optional[str] = None) -> Path:
     p = Path(name).expanduser()
     if p.exists():
         return p
+    if name.startswith((".", "/", "~")) or name.count("/") > 1:
+        raise UserError(f"{name}: no such file or folder")
     if not is_hub_id(name):
-        known = ", ".join(["demo"] + [f"apple/{k}" for k in REVISIONS])
-        raise UserError(f"'{name}' is neither a local path nor a hub id; known names: {known}")
+        raise UserError(f"'{name}' is neither a local path nor a hub id; `mlx-aimv2 models` lists the known names")
     return download(name, revision)
 
 

@@ -58,8 +58,9 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
     tok.decoder = decoders.ByteLevel()
     v = json.loads(vocab.read_text())
     bos, eos = v["<|startoftext|>"], v["<|endoftext|>"]
-    tok.post_processor = processors.RobertaProcessing(sep=("<|endoftext|>", eos), cls=("<|startoftext|>", bos),
-                                                      add_prefix_space=False, trim_offsets=False)
+    tok.post_processor = processors.TemplateProcessing(
+        single="<|startoftext|> $A <|endoftext|>",
+        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
     return TextTokenizer(tok, pad_id=eos, eos_id=eos, length=length)
 
 

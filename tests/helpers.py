@@ -36,11 +36,11 @@ def hf_vision(tmp: Path, seed=0, **over):
     return model, folder
 
 
-def hf_lit(tmp: Path, seed=0):
+def hf_lit(tmp: Path, seed=0, vocab_size=300, eos=299, context=16):
     from transformers import Aimv2Config, Aimv2Model
     vision = {**TINY_VISION, "use_head": True}
-    text = dict(vocab_size=300, hidden_size=128, intermediate_size=256, num_hidden_layers=2, num_attention_heads=1,
-                max_position_embeddings=16, eos_token_id=299)
+    text = dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
+                num_attention_heads=1, max_position_embeddings=context, eos_token_id=eos)
     model = randomize(Aimv2Model(Aimv2Config(vision_config=vision, text_config=text, projection_dim=64)), seed)
     folder = tmp / "hf_lit"
     model.save_pretrained(folder)
@@ -101,3 +101,30 @@ def save_safetensors(sd: dict, file: Path):
 def torch_pixels(x_nhwc: np.ndarray):
     import torch
     return torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
+
+
+def bytes_to_unicode():
+    """GPT-2 / CLIP's byte -> printable character table (a published constant)."""
+    bs = list(range(ord("!"), ord("~") + 1)) + list(range(ord("¡"), ord("¬") + 1)) + list(range(ord("®"), ord("ÿ") + 1))
+    cs = bs[:]
+    n = 0
+    for b in range(256):
+        if b not in bs:
+            bs.append(b)
+            cs.append(256 + n)
+            n += 1
+    return dict(zip(bs, map(chr, cs)))
+
+
+def tiny_clip_vocab(folder: Path) -> dict:
+    """A small CLIP-style vocab.json + merges.txt: every byte, byte</w>, a few merges, the two specials."""
+    chars = list(bytes_to_unicode().values())
+    tokens = chars + [c + "</w>" for c in chars]
+    merges = [("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>"), ("p", "h"), ("ph", "o"),
+              ("t", "o</w>"), ("pho", "to</w>")]
+    tokens += [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
+    vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / "vocab.json").write_text(json.dumps(vocab))
+    (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
+    return vocab

@@ -1,0 +1,192 @@
+"""The `mlx-aimv2` command: parses, calls the library, prints. Knows nothing of tensors."""
+from __future__ import annotations
+
+import functools
+import glob
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from .errors import UserError
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train.")
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+
+
+def user_errors(fn):
+    """A UserError ends the command with one line on stderr and exit status 1, no traceback."""
+    @functools.wraps(fn)
+    def wrapper(*a, **kw):
+        try:
+            return fn(*a, **kw)
+        except UserError as e:
+            typer.echo(f"error: {e}", err=True)
+            raise typer.Exit(1)
+        except KeyboardInterrupt:
+            typer.echo("interrupted", err=True)
+            raise typer.Exit(130)
+    return wrapper
+
+
+def expand_paths(paths: List[str]) -> tuple[list[Path], list[tuple[str, str]]]:
+    """Files, folders (recursive, image extensions) and globs -> image files, plus what matched nothing."""
+    files, missing = [], []
+    for p in paths:
+        path = Path(p)
+        if path.is_dir():
+            files += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXT)
+        elif path.exists():
+            files.append(path)
+        elif any(ch in p for ch in "*?["):
+            hits = sorted(Path(h) for h in glob.glob(p, recursive=True) if Path(h).is_file())
+            files += hits
+            if not hits:
+                missing.append((p, "no file matches this pattern"))
+        else:
+            missing.append((p, "no such file or folder"))
+    return files, missing
+
+
+def _warn_blas():
+    from .environment import BLAS_FIX, slow_blas
+    if slow_blas():
+        typer.echo(f"warning: MLX is using the slow reference BLAS; {BLAS_FIX}", err=True)
+
+
+@app.command()
+@user_errors
+def doctor():
+    """Report the MLX version, backend, device, memory and (on Linux) the BLAS in use."""
+    from .environment import report
+    for k, v in report():
+        typer.echo(f"{k:>20}: {v}")
+
+
+@app.command()
+def models():
+    """List the published checkpoints this package knows, with their parameter counts."""
+    from .config import PRESETS, count_params
+    typer.echo(f"{'demo':<44} the small checkpoint bundled in weights/demo")
+    for name, cfg in PRESETS.items():
+        typer.echo(f"{'apple/' + name:<44} {count_params(cfg) / 1e6:8.1f}M params")
+
+
+@app.command()
+@user_errors
+def convert(src: str = typer.Argument(..., help="hub id, model name, local folder or weight file"),
+            dst: Path = typer.Argument(..., help="output folder"),
+            dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
+            revision: Optional[str] = typer.Option(None, help="hub revision (default: the pinned one)")):
+    """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX."""
+    from .api import convert as run
+    out = run(src, dst, dtype, revision)
+    typer.echo(f"wrote {out}/model.safetensors, config.json, preprocessor_config.json")
+
+
+@app.command()
+@user_errors
+def embed(paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
+          model: Optional[str] = typer.Option(None, "--model", "-m",
+                                              help="hub id, local checkpoint or 'demo' [default: "
+                                                   "apple/aimv2-large-patch14-224, else the demo]"),
+          pool: str = typer.Option("mean", help="mean | none | attn (LiT head)"),
+          layers: Optional[str] = typer.Option(None, help="comma-separated block indices, e.g. '-1,12'"),
+          batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help=".npy, .safetensors or .jsonl"),
+          pca: Optional[Path] = typer.Option(None, help="save a PCA picture of the patch features here (.png)"),
+          revision: Optional[str] = typer.Option(None)):
+    """Embed images: pooled embeddings or patch tokens, optionally intermediate layers."""
+    from . import writers
+    from .api import load
+    if output is not None:
+        writers.check_output(output)
+    layer_ids = _parse_layers(layers)
+    files, errors = expand_paths(paths)
+    if not files:
+        raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
+    _warn_blas()
+    m = _load_default(revision) if model is None else load(model, revision)
+    names, rows = [], []
+    from tqdm import tqdm
+    it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors)
+    for item, feats in tqdm(it, total=len(files), disable=len(files) <= batch_size, unit="img", desc="embed"):
+        names.append(str(item))
+        rows.append(feats)
+    if output is not None and rows:
+        writers.write(output, names, rows)
+        typer.echo(f"embedded {len(rows)} image(s) with {m.config.name or model} -> {output}")
+    else:
+        for name, r in zip(names, rows):
+            typer.echo(f"{name}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in r.items()))
+    if pca is not None and rows:
+        _save_pca(m, names[:8], pca)
+        typer.echo(f"saved patch-feature PCA to {pca}")
+    if errors:
+        typer.echo(f"skipped {len(errors)} file(s):", err=True)
+        for p, why in errors:
+            typer.echo(f"  {why if str(p) in why else f'{p}: {why}'}", err=True)
+        raise typer.Exit(1 if not rows else 2)
+
+
+def _load_default(revision):
+    """Apple's L/14-224 when the hub or its cache has it, else the bundled demo checkpoint."""
+    from .api import load
+    from .hub import DEFAULT_MODEL
+    try:
+        return load(DEFAULT_MODEL, revision)
+    except UserError as e:
+        typer.echo(f"note: {e}", err=True)
+        typer.echo("note: using the bundled demo checkpoint (weights/demo) instead", err=True)
+        return load("demo")
+
+
+def _parse_layers(layers: Optional[str]):
+    if not layers:
+        return None
+    try:
+        return tuple(int(x) for x in layers.split(","))
+    except ValueError:
+        raise UserError(f"--layers '{layers}': give comma-separated integers, e.g. '-1,12'") from None
+
+
+def _save_pca(m, names, out: Path):
+    import numpy as np
+    from .preprocess import load_image
+    from .viz import save_pca
+    imgs, toks, grids = [], [], []
+    p = m.config.vision.patch_size
+    for name in names:
+        x = m.preprocessor(name)
+        feats = m.embed([name], pool="none")
+        imgs.append(load_image(name))
+        toks.append(feats[0])
+        grids.append((x.shape[0] // p, x.shape[1] // p))
+    save_pca(imgs, toks, grids, out)
+
+
+@app.command()
+@user_errors
+def classify(image: Path = typer.Argument(...),
+             labels: str = typer.Option(..., help="comma-separated labels, e.g. 'a cat,a dog'"),
+             model: str = typer.Option("apple/aimv2-large-patch14-224-lit", "--model", "-m"),
+             template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label")):
+    """Zero-shot classification with the LiT image-text model."""
+    from .api import load
+    names = [l.strip() for l in labels.split(",") if l.strip()]
+    if not names:
+        raise UserError("--labels is empty; give comma-separated labels")
+    m = load(model)
+    probs = m.classify([str(image)], names, template)[0]
+    for i in probs.argsort()[::-1]:
+        typer.echo(f"{probs[i]:7.2%}  {names[i]}")
+
+
+def main():
+    app()
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,65 @@
+"""Pictures: patch-feature PCA beside the image, and loss curves."""
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+from PIL import Image
+
+
+def pca_rgb(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
+    """(N, D) patch features -> (h, w, 3) uint8: the first three principal components as RGB."""
+    x = tokens.astype(np.float64) - tokens.mean(axis=0)
+    _, _, vt = np.linalg.svd(x, full_matrices=False)
+    c = x @ vt[:3].T
+    lo, hi = np.percentile(c, 1, axis=0), np.percentile(c, 99, axis=0)
+    c = np.clip((c - lo) / np.maximum(hi - lo, 1e-8), 0, 1)
+    return (c.reshape(grid[0], grid[1], 3) * 255).astype(np.uint8)
+
+
+def save_pca(images: Sequence[Image.Image], tokens: Sequence[np.ndarray], grids, out: Path, cell: int = 224) -> Path:
+    """One row per image: the image, then its PCA map (nearest-upsampled so patches stay visible)."""
+    rows = []
+    for img, tok, grid in zip(images, tokens, grids):
+        h = cell
+        w = max(int(round(cell * grid[1] / grid[0])), 1)
+        left = img.convert("RGB").resize((w, h), Image.BICUBIC)
+        right = Image.fromarray(pca_rgb(tok, grid)).resize((w, h), Image.NEAREST)
+        row = Image.new("RGB", (2 * w + 8, h), "white")
+        row.paste(left, (0, 0))
+        row.paste(right, (w + 8, 0))
+        rows.append(row)
+    canvas = Image.new("RGB", (max(r.width for r in rows), sum(r.height + 8 for r in rows) - 8), "white")
+    y = 0
+    for r in rows:
+        canvas.paste(r, (0, y))
+        y += r.height + 8
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    canvas.save(out)
+    return out
+
+
+def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "loss_text")) -> Path:
+    """Loss curves from metrics records (dicts with "step" and the keys)."""
+    import matplotlib
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for k in keys:
+        pts = [(r["step"], r[k]) for r in records if k in r and r[k] is not None]
+        if pts:
+            ax.plot(*zip(*pts), label=k)
+    ax.set_xlabel("step")
+    ax.set_ylabel("loss")
+    ax.set_yscale("log")
+    ax.grid(alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
+    return out
