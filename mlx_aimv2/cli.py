@@ -184,6 +184,77 @@ def classify(image: Path = typer.Argument(...),
         typer.echo(f"{probs[i]:7.2%}  {names[i]}")
 
 
+data_app = typer.Typer(no_args_is_help=True, help="Make and inspect training data.")
+tokenizer_app = typer.Typer(no_args_is_help=True, help="Train a tokenizer for pre-training.")
+app.add_typer(data_app, name="data")
+app.add_typer(tokenizer_app, name="tokenizer")
+
+
+@data_app.command("synth")
+@user_errors
+def data_synth(out: Path = typer.Argument(..., help="output folder"),
+               n: int = typer.Option(1000, "--n", min=1, help="number of scenes"),
+               size: int = typer.Option(128, help="image side in pixels"),
+               seed: int = typer.Option(0)):
+    """Write a synthetic captioned set: coloured shapes, captions saying what is where."""
+    from .data.synth import write_synthetic
+    write_synthetic(out, n, size, seed, progress=n > 200)
+    typer.echo(f"wrote {n} images and {out}/captions.jsonl")
+
+
+@tokenizer_app.command("train")
+@user_errors
+def tokenizer_train(captions: Path = typer.Argument(..., help="captions file (.jsonl/.csv/.tsv), folder or shards"),
+                    vocab_size: int = typer.Option(1024, "--vocab-size", min=260),
+                    out: Path = typer.Option(Path("tokenizer.json"), "--out", "-o")):
+    """Train a byte-level BPE on the captions of a dataset."""
+    from .data import open_dataset
+    from .tokenizer import train_bpe
+    ds = open_dataset(str(captions))
+    tok = train_bpe((s.caption for s in ds.samples), vocab_size, out)
+    typer.echo(f"trained a {tok.vocab_size}-token BPE on {len(ds)} captions -> {out}")
+
+
+@app.command()
+@user_errors
+def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML config file"),
+          data: Optional[str] = typer.Option(None, help="captions file, folder or tar shards"),
+          out: Optional[str] = typer.Option(None, help="run folder (checkpoints, metrics, plots)"),
+          encoder: Optional[str] = typer.Option(None, help="tiny | demo | vit-s | vit-b | large | huge | 1B | 3B"),
+          init: Optional[str] = typer.Option(None, help="start the encoder from this checkpoint"),
+          image_size: Optional[int] = typer.Option(None, "--image-size"),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
+          steps: Optional[int] = typer.Option(None),
+          lr: Optional[float] = typer.Option(None),
+          objective: Optional[str] = typer.Option(None, help="aimv2 | image | text"),
+          dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16"),
+          set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200"),
+          resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+          progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init)."""
+    from .train import Trainer, load_config
+    flags = dict(data=data, out=out, encoder=encoder, init=init, image_size=image_size, batch_size=batch_size,
+                 steps=steps, lr=lr, objective=objective, dtype=dtype)
+    cfg = load_config(config, flags, set_)
+    _warn_blas()
+    trainer = Trainer(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
+    result = trainer.run(progress=progress)
+    last = result["last"]
+    typer.echo(f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}; checkpoint {result['checkpoint']}")
+    if result["interrupted"]:
+        raise typer.Exit(130)
+    typer.echo(f"encoder exported to {Path(cfg.out) / 'encoder'} (mlx-aimv2 embed --model {Path(cfg.out) / 'encoder'})")
+
+
+@app.command()
+@user_errors
+def export(run: Path = typer.Argument(..., help="a training run folder or checkpoint"),
+           out: Path = typer.Argument(..., help="output folder for the encoder")):
+    """Export a training run's encoder as a checkpoint that `embed` loads."""
+    from .train import export_run
+    typer.echo(f"wrote {export_run(run, out)}")
+
+
 def main():
     app()
 

@@ -1,0 +1,123 @@
+"""The training stream: mlx-data threads decode and augment samples in a fixed order, then full batches.
+
+Determinism is the point: each epoch's order is a permutation seeded by (seed, epoch), each
+sample's crop and flip by (seed, epoch, index), and `position` = (epoch, offset) says where a
+resume continues. Ranks take disjoint strided shares of each epoch. A sample that fails to decode
+is skipped and counted; the batch is filled from the next ones.
+"""
+from __future__ import annotations
+
+import io
+import math
+from typing import Iterator, Optional
+
+import mlx.data as dx
+import numpy as np
+from PIL import Image, ImageOps
+
+from .sources import Dataset
+
+Image.MAX_IMAGE_PIXELS = 178_956_970
+
+
+def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
+    """torchvision's RandomResizedCrop box (left, top, width, height): 10 tries, then a centre crop."""
+    area = w * h
+    log_r = (math.log(ratio[0]), math.log(ratio[1]))
+    for _ in range(10):
+        target = area * rng.uniform(*scale)
+        ar = math.exp(rng.uniform(*log_r))
+        cw, ch = int(round(math.sqrt(target * ar))), int(round(math.sqrt(target / ar)))
+        if 0 < cw <= w and 0 < ch <= h:
+            return int(rng.integers(0, w - cw + 1)), int(rng.integers(0, h - ch + 1)), cw, ch
+    in_ratio = w / h
+    if in_ratio < ratio[0]:
+        cw, ch = w, int(round(w / ratio[0]))
+    elif in_ratio > ratio[1]:
+        ch, cw = h, int(round(h * ratio[1]))
+    else:
+        cw, ch = w, h
+    return (w - cw) // 2, (h - ch) // 2, cw, ch
+
+
+class TrainStream:
+    def __init__(self, data: Dataset, ids: np.ndarray, image_size: int, batch_size: int, seed: int = 0,
+                 rank: int = 0, world: int = 1, threads: int = 2, augment: bool = True,
+                 scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
+        """ids: (len(data), L) int32 pre-tokenised captions."""
+        if len(data) < world * batch_size:
+            raise ValueError(f"{len(data)} samples cannot fill a batch of {batch_size} on {world} rank(s)")
+        self.data, self.ids = data, ids
+        self.size, self.batch_size, self.seed = image_size, batch_size, seed
+        self.rank, self.world, self.threads = rank, world, threads
+        self.augment, self.scale, self.ratio = augment, scale, ratio
+        self.epoch, self.offset = 0, 0          # offset: samples of this rank's share consumed
+        self.skipped: list = []                 # (sample name, why)
+
+    @property
+    def position(self) -> tuple[int, int]:
+        return self.epoch, self.offset
+
+    def seek(self, epoch: int, offset: int) -> None:
+        self.epoch, self.offset = epoch, offset
+
+    def _share(self, epoch: int) -> np.ndarray:
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
+        return order[self.rank::self.world]
+
+    def _load(self, sample: dict) -> dict:
+        i, epoch = int(sample["idx"]), int(sample["epoch"])
+        s = self.data.samples[i]
+        try:
+            with Image.open(io.BytesIO(s.read_bytes())) as im:
+                img = ImageOps.exif_transpose(im).convert("RGB")
+            rng = np.random.default_rng([self.seed, epoch, i])
+            if self.augment:
+                l, t, w, h = random_resized_crop_box(rng, *img.size, self.scale, self.ratio)
+                img = img.resize((self.size, self.size), Image.BICUBIC, box=(l, t, l + w, t + h))
+                if rng.random() < 0.5:
+                    img = img.transpose(Image.FLIP_LEFT_RIGHT)
+            else:
+                img = img.resize((self.size, self.size), Image.BICUBIC)
+            return {"idx": sample["idx"], "image": np.array(img, dtype=np.uint8)}
+        except Exception as e:  # corrupt, truncated, unreadable: skip and count, never stop the run
+            return {"idx": sample["idx"], "error": np.frombuffer(str(e)[:200].encode(), np.uint8).copy()}
+
+    def _epoch_samples(self) -> Iterator[dict]:
+        share = self._share(self.epoch)[self.offset:]
+        buf = dx.buffer_from_vector([{"idx": np.array(i), "epoch": np.array(self.epoch)} for i in share])
+        yield from buf.sample_transform(self._load).ordered_prefetch(4 * self.batch_size, self.threads)
+
+    def __iter__(self) -> Iterator[dict]:
+        """Endless full batches {"images": (B, S, S, 3) uint8, "ids": (B, L) int32}."""
+        images, rows = [], []
+        while True:
+            for s in self._epoch_samples():
+                self.offset += 1
+                i = int(s["idx"])
+                if "error" in s:
+                    self.skipped.append((self.data.samples[i].name, bytes(s["error"]).decode(errors="replace")))
+                    continue
+                images.append(s["image"])
+                rows.append(self.ids[i])
+                if len(images) == self.batch_size:
+                    yield {"images": np.stack(images), "ids": np.stack(rows)}
+                    images, rows = [], []
+            self.epoch, self.offset = self.epoch + 1, 0
+
+
+def fixed_batches(data: Dataset, image_size: int, batch_size: int, threads: int = 2) -> Iterator[tuple]:
+    """Evaluation order (no shuffle, no augmentation, resize only): (indices, images) batches, last one partial."""
+    s = TrainStream(data, np.zeros((len(data), 1), np.int32), image_size, 1, augment=False, threads=threads)
+    buf = dx.buffer_from_vector([{"idx": np.array(i), "epoch": np.array(0)} for i in range(len(data))])
+    idx, imgs = [], []
+    for x in buf.sample_transform(s._load).ordered_prefetch(4 * batch_size, threads):
+        if "error" in x:
+            continue
+        idx.append(int(x["idx"]))
+        imgs.append(x["image"])
+        if len(imgs) == batch_size:
+            yield np.array(idx), np.stack(imgs)
+            idx, imgs = [], []
+    if imgs:
+        yield np.array(idx), np.stack(imgs)

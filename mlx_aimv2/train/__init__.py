@@ -1,0 +1,3 @@
+"""Pre-training: config, optimiser, the compiled step, checkpoints, the loop."""
+from .config import TrainConfig, load_config
+from .trainer import Trainer, export_run

@@ -1,0 +1,256 @@
+"""The training loop: data -> compiled step -> metrics, checkpoints, export. Short on purpose.
+
+    trainer = Trainer(cfg)          # builds data, tokenizer, model, optimizer (and resumes)
+    trainer.run()                   # trains to cfg.steps, checkpointing every cfg.save_every
+"""
+from __future__ import annotations
+
+import json
+import math
+import signal
+import time
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import numpy as np
+from mlx.utils import tree_flatten
+
+from .. import checkpoints as ckpt_io
+from ..config import ModelConfig
+from ..data import TrainStream, open_dataset
+from ..errors import UserError
+from ..models.decoder import AIMv2PreTrainer, init_weights
+from ..tokenizer import load_tokenizer, train_bpe
+from . import checkpoint
+from .config import TrainConfig
+from .optim import DecoupledAdamW, schedule
+from .step import make_step
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
+        self.cfg, self.log = cfg, log
+        self.world = mx.distributed.init()
+        self.rank, self.size = self.world.rank(), self.world.size()
+        self.out = Path(cfg.out)
+        if cfg.batch_size % (self.size * cfg.accum):
+            raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x accum = {self.size * cfg.accum}")
+        self.resume_from = checkpoint.latest(self.out) if resume else None
+        if resume and self.resume_from is None:
+            raise UserError(f"{self.out}: no checkpoint to resume from; start without --resume")
+        if not resume and checkpoint.latest(self.out) is not None:
+            raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        self._setup_data()
+        self._setup_model()
+        self.step = 0
+        if self.resume_from is not None:
+            self._restore(self.resume_from)
+
+    # -- set-up -----------------------------------------------------------------------------
+    def _setup_data(self):
+        cfg = self.cfg
+        if not cfg.data:
+            raise UserError("no training data; pass --data (a captions file, folder or tar shards), "
+                            "e.g. from `mlx-aimv2 data synth data/synth --n 2000`")
+        self.data = open_dataset(cfg.data, cfg.images)
+        if self.data.bad and self.rank == 0:
+            where, why = self.data.bad[0]
+            self.log(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
+        self.tokenizer = self._tokenizer()
+        self.ids = self.tokenizer([s.caption for s in self.data.samples])
+        per_rank = cfg.batch_size // self.size
+        if len(self.data) < cfg.batch_size:
+            raise UserError(f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
+                            f"lower --batch-size or add data")
+        self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
+                                  cfg.threads)
+
+    def _tokenizer(self):
+        cfg = self.cfg
+        if cfg.tokenizer:
+            return load_tokenizer(Path(cfg.tokenizer), cfg.context_length)
+        own = self.out / "tokenizer.json"
+        if own.is_file():
+            return load_tokenizer(own, cfg.context_length)
+        if self.rank == 0:
+            self.log(f"training a {cfg.vocab_size}-token BPE on the captions -> {own}")
+        tok = train_bpe((s.caption for s in self.data.samples), cfg.vocab_size, own if self.rank == 0 else
+                        self.out / f".tokenizer.rank{self.rank}.json", cfg.context_length)
+        return tok
+
+    def _encoder_source(self):
+        """The encoder config, and the weights to start from when cfg.init is given."""
+        cfg = self.cfg
+        if not cfg.init:
+            return cfg.vision(), None
+        from ..api import load_checkpoint
+        module, mcfg, _ = load_checkpoint(cfg.init, dtype=mx.float32)
+        enc = module.image_encoder if mcfg.kind == "lit" else module
+        vision = mcfg.vision
+        vision.use_head = False
+        if not vision.native and vision.image_size != cfg.image_size:
+            raise UserError(f"{cfg.init}: this encoder was trained at {vision.image_size} px; "
+                            f"set image_size = {vision.image_size}")
+        if vision.patch_size != cfg.patch_size:
+            raise UserError(f"{cfg.init}: patch size {vision.patch_size}; set patch_size = {vision.patch_size}")
+        weights = {k: v for k, v in tree_flatten(enc.parameters()) if not k.startswith("head.")}
+        return vision, weights
+
+    def _setup_model(self):
+        cfg = self.cfg
+        mx.random.seed(cfg.seed)  # identical initial weights on every rank
+        self.vision, init = self._encoder_source()
+        self.model = AIMv2PreTrainer(self.vision, cfg.decoder_config(self.tokenizer.vocab_size),
+                                     pad_id=self.tokenizer.pad_id, alpha=cfg.alpha, objective=cfg.objective,
+                                     prefix_attention=cfg.prefix_attention)
+        init_weights(self.model)
+        if init is not None:
+            self.model.encoder.load_weights(list(init.items()), strict=True)
+        self.model.encoder.trunk.set_checkpointing(cfg.checkpointing)
+        self.model.decoder.trunk.set_checkpointing(cfg.checkpointing)
+        mx.eval(self.model.parameters())
+        self.lr = schedule(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
+        self.optimizer = DecoupledAdamW(self.lr, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.optimizer.init(self.model.trainable_parameters())
+
+    def _restore(self, ckpt: Path):
+        state = checkpoint.read_state(ckpt)
+        checkpoint.restore(ckpt, self.model, self.optimizer)
+        self.step = int(state["step"])
+        positions = state.get("positions", [[0, 0]])
+        if len(positions) != self.size:
+            raise UserError(f"{ckpt}: saved by {len(positions)} rank(s), resumed on {self.size}; "
+                            f"resume with the same number of ranks")
+        self.stream.seek(*positions[self.rank])
+        if self.rank == 0:
+            self.log(f"resumed from {ckpt} at step {self.step}")
+
+    # -- the loop ---------------------------------------------------------------------------
+    def _key(self, step: int) -> mx.array:
+        return mx.random.key((self.cfg.seed << 32) + step)
+
+    def _positions(self) -> list:
+        pos = mx.array(list(self.stream.position), dtype=mx.int32)
+        if self.size > 1:
+            pos = mx.distributed.all_gather(pos[None], group=self.world)
+        return np.array(pos).reshape(self.size, 2).tolist()
+
+    def save(self) -> Optional[Path]:
+        positions = self._positions()  # a collective: every rank takes part
+        if self.rank != 0:
+            return None
+        state = {"positions": positions, "config": self.cfg.to_dict(), "vision": self.vision.to_dict(),
+                 "skipped_images": len(self.stream.skipped)}
+        return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
+
+    def run(self, progress: bool = True) -> dict:
+        cfg = self.cfg
+        num_patches = (cfg.image_size // cfg.patch_size) ** 2
+        step_fn = make_step(self.model, self.optimizer, cfg, self.world, num_patches)
+        self.out.mkdir(parents=True, exist_ok=True)
+        metrics_file = self.out / "metrics.jsonl"
+        records = _read_metrics(metrics_file, upto=self.step) if self.rank == 0 else []
+        if self.rank == 0:
+            _rewrite_metrics(metrics_file, records)  # drop what a crashed run logged past its checkpoint
+        stop = {"flag": False}
+        old = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+        bar = None
+        if progress and self.rank == 0:
+            from tqdm import tqdm
+            bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True)
+        batches = iter(self.stream)
+        t0, seen, last = time.perf_counter(), 0, {}
+        try:
+            while self.step < cfg.steps and not stop["flag"]:
+                batch = next(batches)
+                parts, norm = step_fn(mx.array(batch["images"]), mx.array(batch["ids"]), self._key(self.step))
+                mx.eval(parts, norm, self.model.state, self.optimizer.state)
+                loss = parts["loss"].item()
+                if not math.isfinite(loss):
+                    good = checkpoint.latest(self.out)
+                    raise UserError(f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
+                                    f"{good or 'none'}. Lower lr or raise warmup, then --resume")
+                self.step += 1
+                seen += cfg.batch_size
+                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+                    dt = time.perf_counter() - t0
+                    last = {"step": self.step, **{k: round(v.item(), 6) for k, v in parts.items()},
+                            "lr": float(self.lr(self.step - 1)), "grad_norm": round(norm.item(), 4),
+                            "images_per_s": round(seen / dt, 2), "skipped_images": len(self.stream.skipped)}
+                    t0, seen = time.perf_counter(), 0
+                    if self.rank == 0:
+                        records.append(last)
+                        with open(metrics_file, "a") as f:
+                            f.write(json.dumps(last) + "\n")
+                if bar is not None:
+                    bar.update(1)
+                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(self.lr(self.step - 1)):.2e}",
+                                    img_s=last.get("images_per_s", 0))
+                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                    self.save()
+        finally:
+            signal.signal(signal.SIGINT, old)
+            if bar is not None:
+                bar.close()
+        path = self.save()
+        if self.rank == 0:
+            from ..viz import plot_curves
+            _rewrite_metrics(metrics_file, records)
+            if records:
+                plot_curves(records, self.out / "loss.png")
+            if self.stream.skipped:
+                name, why = self.stream.skipped[0]
+                self.log(f"skipped {len(self.stream.skipped)} unreadable image(s) (first: {name}: {why})")
+            if stop["flag"]:
+                self.log(f"interrupted at step {self.step}; saved {path}; continue with --resume")
+            else:
+                self.export(self.out / "encoder")
+        return {"step": self.step, "checkpoint": path, "interrupted": stop["flag"], "last": last}
+
+    def export(self, dst: Path) -> Path:
+        """The trained encoder as an MLX checkpoint folder that `mlx-aimv2 embed` loads."""
+        cfg = self.cfg
+        pp = ckpt_io.default_preprocessor(ModelConfig(vision=self.vision))
+        pp.update(image_mean=list(cfg.mean), image_std=list(cfg.std))
+        name = f"mlx-aimv2 pre-trained ({cfg.encoder if not cfg.init else cfg.init}, {self.step} steps)"
+        return ckpt_io.save(self.model.encoder, ModelConfig(vision=self.vision, name=name), Path(dst), pp)
+
+
+def export_run(run: Path, dst: Path) -> Path:
+    """Export the encoder of a run's latest checkpoint without training."""
+    ckpt = checkpoint.latest(Path(run))
+    if ckpt is None:
+        raise UserError(f"{run}: no checkpoint found")
+    state = checkpoint.read_state(ckpt)
+    from ..config import VisionConfig
+    from ..models import AIMv2VisionEncoder
+    vision = VisionConfig.from_dict(state["vision"])
+    enc = AIMv2VisionEncoder(vision)
+    weights = {k[len("encoder."):]: v for k, v in mx.load(str(ckpt / "model.safetensors")).items()
+               if k.startswith("encoder.")}
+    ckpt_io.load_into(enc, weights, str(ckpt))
+    cfg = state["config"]
+    pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
+    pp.update(image_mean=list(cfg["mean"]), image_std=list(cfg["std"]))
+    return ckpt_io.save(enc, ModelConfig(vision=vision, name=f"{Path(run).name} step {state['step']}"), Path(dst), pp)
+
+
+def _read_metrics(f: Path, upto: int) -> list:
+    if not f.is_file():
+        return []
+    rows = []
+    for line in f.read_text().splitlines():
+        try:
+            r = json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        if r.get("step", 0) <= upto:
+            rows.append(r)
+    return rows
+
+
+def _rewrite_metrics(f: Path, records: list) -> None:
+    tmp = f.with_name(f".{f.name}.tmp")
+    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
+    tmp.replace(f)
