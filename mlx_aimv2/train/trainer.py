@@ -144,7 +144,8 @@ class Trainer:
                  "skipped_images": len(self.stream.skipped)}
         return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
 
-    def run(self, progress: bool = True) -> dict:
+    def run(self, progress: bool = True, until: Optional[int] = None) -> dict:
+        """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export)."""
         cfg = self.cfg
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
         step_fn = make_step(self.model, self.optimizer, cfg, self.world, num_patches)
@@ -189,6 +190,8 @@ class Trainer:
                                     img_s=last.get("images_per_s", 0))
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
+                if until is not None and self.step >= until:
+                    stop["flag"] = True
         finally:
             signal.signal(signal.SIGINT, old)
             if bar is not None:

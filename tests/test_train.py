@@ -1,0 +1,153 @@
+"""Pre-training on the synthetic set: the losses fall, resume is exact, bad data is skipped,
+training starts from a converted checkpoint and the exported encoder embeds."""
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import numpy as np
+import pytest
+from mlx.utils import tree_flatten
+from typer.testing import CliRunner
+
+from mlx_aimv2.cli import app
+from mlx_aimv2.data import write_synthetic
+from mlx_aimv2.errors import UserError
+from mlx_aimv2.train import Trainer, load_config
+
+PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
+QUIET = dict(log=lambda *a: None)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("synth"), 192, size=64, seed=1)
+
+
+def cfg(synth, out, **kw):
+    base = dict(data=str(synth), out=str(out), encoder="tiny", image_size=56, batch_size=16, steps=100,
+                warmup=10, lr=2e-3, log_every=1, save_every=1000, vocab_size=300, threads=2)
+    return load_config(overrides={**base, **kw})
+
+
+def metrics(out):
+    return [json.loads(l) for l in (Path(out) / "metrics.jsonl").read_text().splitlines()]
+
+
+def test_both_losses_fall_within_a_hundred_steps(synth, tmp_path):
+    Trainer(cfg(synth, tmp_path / "run"), **QUIET).run(progress=False)
+    m = metrics(tmp_path / "run")
+    assert len(m) == 100
+    for key in ("loss", "loss_image", "loss_text"):
+        first = np.mean([r[key] for r in m[:10]])
+        last = np.mean([r[key] for r in m[-10:]])
+        assert last < 0.8 * first, (key, first, last)
+    assert (tmp_path / "run" / "loss.png").is_file()
+    assert (tmp_path / "run" / "encoder" / "model.safetensors").is_file()
+
+
+def test_resume_continues_exactly(synth, tmp_path):
+    c = dict(steps=16, save_every=4)
+    Trainer(cfg(synth, tmp_path / "a", **c), **QUIET).run(progress=False)
+    r = Trainer(cfg(synth, tmp_path / "b", **c), **QUIET).run(progress=False, until=10)
+    assert r["interrupted"] and r["step"] == 10
+    Trainer(cfg(synth, tmp_path / "b", **c), resume=True, **QUIET).run(progress=False)
+    a, b = metrics(tmp_path / "a"), metrics(tmp_path / "b")
+    assert [x["step"] for x in b] == list(range(1, 17))
+    for x, y in zip(a, b):
+        for k in ("loss", "loss_image", "loss_text"):
+            assert x[k] == y[k], (x["step"], k, x[k], y[k])
+    wa = mx.load(str(tmp_path / "a" / "encoder" / "model.safetensors"))
+    wb = mx.load(str(tmp_path / "b" / "encoder" / "model.safetensors"))
+    assert all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
+
+
+def test_bad_rows_and_corrupt_images_are_skipped_and_reported(synth, tmp_path):
+    import shutil
+    d = tmp_path / "data"
+    shutil.copytree(synth, d)
+    rows = (d / "captions.jsonl").read_text().splitlines()
+    (d / "images" / "000003.jpg").write_bytes(b"\xff\xd8\xff garbage")      # corrupt image
+    (d / "images" / "000005.jpg").write_bytes((d / "images" / "000006.jpg").read_bytes()[:300])  # truncated
+    rows[1] = "{not json"
+    rows[2] = json.dumps({"image": "images/000002.jpg", "caption": ""})
+    rows[4] = json.dumps({"image": "images/missing.jpg", "caption": "a red circle"})
+    (d / "captions.jsonl").write_text("\n".join(rows) + "\n")
+    logs = []
+    t = Trainer(cfg(d, tmp_path / "run", steps=30), log=logs.append)
+    assert len(t.data.bad) == 3 and len(t.data) == len(rows) - 3
+    r = t.run(progress=False)
+    assert r["step"] == 30
+    assert any("skipped 3 bad row" in l for l in logs)
+    assert any("unreadable image" in l for l in logs)
+    assert {Path(n).name for n, _ in t.stream.skipped} <= {"000003.jpg", "000005.jpg"}
+    assert len(t.stream.skipped) >= 2  # at least one pass over both within 30 * 16 samples
+
+
+def test_start_from_a_converted_checkpoint_then_embed_the_export(tmp_path):
+    from helpers import hf_vision
+    synth = write_synthetic(tmp_path / "synth", 48, size=64)
+    runner = CliRunner()
+    _, hf = hf_vision(tmp_path)
+    assert runner.invoke(app, ["convert", str(hf), str(tmp_path / "conv")]).exit_code == 0
+    t = Trainer(cfg(synth, tmp_path / "run", init=str(tmp_path / "conv"), steps=3), **QUIET)
+    src = mx.load(str(tmp_path / "conv" / "model.safetensors"))
+    ours = dict(tree_flatten(t.model.encoder.parameters()))
+    assert src.keys() == ours.keys()
+    assert all(mx.array_equal(src[k], ours[k]).item() for k in src)
+    t.run(progress=False)
+    r = runner.invoke(app, ["embed", str(PHOTO), "--model", str(tmp_path / "run" / "encoder"),
+                            "-o", str(tmp_path / "e.npy")])
+    assert r.exit_code == 0, r.output
+    assert np.load(tmp_path / "e.npy").shape == (1, 256)
+    r = runner.invoke(app, ["export", str(tmp_path / "run"), str(tmp_path / "exp")])
+    assert r.exit_code == 0, r.output
+    a = mx.load(str(tmp_path / "exp" / "model.safetensors"))
+    b = mx.load(str(tmp_path / "run" / "encoder" / "model.safetensors"))
+    assert all(mx.array_equal(a[k], b[k]).item() for k in a)
+
+
+def test_user_errors(synth, tmp_path):
+    runner = CliRunner()
+
+    def err(*args):
+        r = runner.invoke(app, [str(a) for a in args])
+        assert r.exit_code == 1, r.output
+        assert "Traceback" not in r.output
+        return r.output.strip().splitlines()[-1]
+
+    assert "unknown encoder preset 'giant'" in err("train", "--data", synth, "--encoder", "giant")
+    assert "unknown config key" in err("train", "--data", synth, "--set", "learning_rate=1")
+    bad = tmp_path / "bad.toml"
+    bad.write_text("steps = 10\nwarmpu = 3\n")
+    assert "bad.toml: unknown config key(s): warmpu" in err("train", "--config", bad, "--data", synth)
+    assert "no such dataset" in err("train", "--data", tmp_path / "nothing")
+    empty = tmp_path / "empty.jsonl"
+    empty.write_text("")
+    assert "no usable rows" in err("train", "--data", empty)
+    # resume from a checkpoint of another architecture
+    Trainer(cfg(synth, tmp_path / "r", steps=2), **QUIET).run(progress=False)
+    line = err("train", "--data", synth, "--out", tmp_path / "r", "--encoder", "demo", "--image-size", 56,
+               "--set", "vocab_size=300", "--resume")
+    assert "another architecture" in line
+    assert "--resume" in err("train", "--data", synth, "--out", tmp_path / "r", "--encoder", "tiny")
+
+
+def test_nan_loss_stops_with_a_clear_message(synth, tmp_path, monkeypatch):
+    from mlx_aimv2.models import decoder
+    orig = decoder.AIMv2PreTrainer.losses
+
+    def poisoned(self, images, ids, prefix, total=lambda c: c):
+        out = orig(self, images, ids, prefix, total)
+        out["loss"] = out["loss"] * mx.array(float("nan"))
+        return out
+    monkeypatch.setattr(decoder.AIMv2PreTrainer, "losses", poisoned)
+    with pytest.raises(UserError, match="loss became nan at step 1"):
+        Trainer(cfg(synth, tmp_path / "n", steps=5), **QUIET).run(progress=False)
+
+
+def test_config_file_toml_and_yaml(synth, tmp_path):
+    (tmp_path / "c.toml").write_text(f'data = "{synth}"\nsteps = 7\n[decoder]\ndepth = 2\n')
+    (tmp_path / "c.yaml").write_text(f"data: {synth}\nsteps: 7\ndecoder:\n  depth: 2\n")
+    for f in ("c.toml", "c.yaml"):
+        c = load_config(tmp_path / f, {"lr": 3e-4}, ["warmup=3"])
+        assert (c.steps, c.lr, c.warmup, c.decoder) == (7, 3e-4, 3, {"depth": 2})
