@@ -126,9 +126,10 @@ def load_image(src: ImageLike) -> Image.Image:
         raise UserError(f"{path}: no such image file")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file, not an image")
-    Image.MAX_IMAGE_PIXELS = MAX_PIXELS
     try:
         with Image.open(path) as im:
+            if im.size[0] * im.size[1] > MAX_PIXELS:  # checked from the header, before decoding
+                raise Image.DecompressionBombError(im.size)
             im = ImageOps.exif_transpose(im)
             im.load()
             return im

@@ -151,3 +151,11 @@ def test_config_file_toml_and_yaml(synth, tmp_path):
     for f in ("c.toml", "c.yaml"):
         c = load_config(tmp_path / f, {"lr": 3e-4}, ["warmup=3"])
         assert (c.steps, c.lr, c.warmup, c.decoder) == (7, 3e-4, 3, {"depth": 2})
+
+
+def test_a_dataset_of_only_unreadable_images_stops_clearly(tmp_path):
+    d = write_synthetic(tmp_path / "d", 20, size=64)
+    for f in (d / "images").iterdir():
+        f.write_bytes(b"broken")
+    with pytest.raises(UserError, match="no readable image"):
+        Trainer(cfg(d, tmp_path / "run", batch_size=4, steps=2), **QUIET).run(progress=False)

@@ -15,9 +15,10 @@ import mlx.data as dx
 import numpy as np
 from PIL import Image, ImageOps
 
+from ..errors import UserError
 from .sources import Dataset
 
-Image.MAX_IMAGE_PIXELS = 178_956_970
+MAX_PIXELS = 178_956_970  # decompression-bomb guard, as for inference
 
 
 def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -70,6 +71,8 @@ class TrainStream:
         s = self.data.samples[i]
         try:
             with Image.open(io.BytesIO(s.read_bytes())) as im:
+                if im.size[0] * im.size[1] > MAX_PIXELS:
+                    raise ValueError(f"{im.size[0]}x{im.size[1]} is over the {MAX_PIXELS:,}-pixel limit")
                 img = ImageOps.exif_transpose(im).convert("RGB")
             rng = np.random.default_rng([self.seed, epoch, i])
             if self.augment:
@@ -92,17 +95,24 @@ class TrainStream:
         """Endless full batches {"images": (B, S, S, 3) uint8, "ids": (B, L) int32}."""
         images, rows = [], []
         while True:
+            good = pulled = 0
             for s in self._epoch_samples():
                 self.offset += 1
+                pulled += 1
                 i = int(s["idx"])
                 if "error" in s:
                     self.skipped.append((self.data.samples[i].name, bytes(s["error"]).decode(errors="replace")))
                     continue
+                good += 1
                 images.append(s["image"])
                 rows.append(self.ids[i])
                 if len(images) == self.batch_size:
                     yield {"images": np.stack(images), "ids": np.stack(rows)}
                     images, rows = [], []
+            if good == 0 and pulled > 0:
+                name, why = self.skipped[-1]
+                raise UserError(f"no readable image in {pulled} samples (last: {name}: {why}); "
+                                f"check the dataset")
             self.epoch, self.offset = self.epoch + 1, 0
 
 
