@@ -10,10 +10,10 @@ from typing import List, Optional
 import typer
 
 from .errors import UserError
+from .preprocess import IMAGE_EXT
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train.")
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 
 
 def user_errors(fn):
@@ -255,8 +255,50 @@ def export(run: Path = typer.Argument(..., help="a training run folder or checkp
     typer.echo(f"wrote {export_run(run, out)}")
 
 
+@app.command()
+@user_errors
+def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to probe (hub id, folder, 'demo')"),
+          data: Path = typer.Option(..., help="a synthetic set (captions.jsonl with labels) or an image folder"),
+          attributes: str = typer.Option("colour,shape,position,size,count",
+                                         help="synthetic set: which scene attributes to classify"),
+          methods: str = typer.Option("attentive,linear,knn", help="attentive | linear | knn"),
+          epochs: int = typer.Option(30, min=1),
+          random_init: bool = typer.Option(False, "--random-init", help="re-initialise the weights: the floor"),
+          output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
+          cache: Path = typer.Option(Path(".cache/mlx-aimv2"), help="where computed features are kept"),
+          seed: int = typer.Option(0)):
+    """Frozen-trunk probes (attentive, linear, k-NN): top-1 accuracy on held-out images."""
+    import json
+    from .api import load
+    from .eval import probe as P
+    m = load(model)
+    if random_init:
+        from .models.decoder import init_weights
+        import mlx.core as mx
+        mx.random.seed(seed)
+        init_weights(m.vision)
+        m.folder = None  # no feature cache for random weights
+    synthetic = (data / "captions.jsonl").is_file()
+    tasks = [a.strip() for a in attributes.split(",")] if synthetic else ["folder"]
+    sets = {t: P.synthetic_attribute(data, t, seed) if synthetic else P.image_folder(data, seed) for t in tasks}
+    files = sets[tasks[0]].files
+    tokens = P.features(m, files, cache if m.folder else None)
+    results = {"model": model, "random_init": random_init, "data": str(data), "epochs": epochs, "top1": {}}
+    for t, ds in sets.items():
+        idx = {f: i for i, f in enumerate(files)}
+        results["top1"][t] = P.run_probes(tokens[[idx[f] for f in ds.files]], ds,
+                                          [x.strip() for x in methods.split(",")], epochs, seed)
+        typer.echo(f"{t:>10}: " + "  ".join(f"{k} {v:5.1f}%" for k, v in results["top1"][t].items()))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(results, indent=2) + "\n")
+        typer.echo(f"saved {output}")
+
+
 def main():
-    app()
+    from .environment import reexec_with_openblas
+    reexec_with_openblas(["-m", "mlx_aimv2", *sys.argv[1:]])
+    app(prog_name="mlx-aimv2")
 
 
 if __name__ == "__main__":

@@ -17,6 +17,7 @@ from PIL import Image, ImageOps
 
 from .errors import UserError
 
+IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
 MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning threshold)
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 

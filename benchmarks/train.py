@@ -1,0 +1,107 @@
+"""Training throughput and model FLOP utilisation against the fp32 GEMM peak measured in the same run,
+and the data loader's rate against what the step consumes.
+
+ViT-S/14 encoder (384 wide, 12 blocks) at 224 px with the default decoder for that size (6 blocks,
+1/2 of the encoder's parameters), full AIMv2 objective, fp32, compiled step.
+
+    python benchmarks/train.py               # ~3 min here
+    python benchmarks/train.py --encoder tiny --image-size 56 --batch 8    # smoke run
+"""
+from __future__ import annotations
+
+import argparse
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, encoder_flops, gemm_peak_gflops, median, timed  # noqa: E402
+
+
+def train_flops_per_image(model, image_size: int, text_len: int) -> float:
+    """Forward FLOPs x 3 (forward + backward) for encoder, decoder and both heads."""
+    enc, dec = model.encoder.config, model.decoder
+    n = (image_size // enc.patch_size) ** 2
+    f = encoder_flops(enc.hidden_size, enc.depth, enc.mlp_hidden, n, enc.patch_size ** 2 * 3)
+    w = dec.vision_proj.weight.shape[0]
+    hidden = dec.trunk.blocks[0].mlp.fc1.weight.shape[0]
+    t = n + text_len + 1
+    f += 2 * n * enc.hidden_size * w                                   # vision projection
+    f += encoder_flops(w, len(dec.trunk.blocks), hidden, t, 0)         # causal trunk (full attention cost)
+    f += 2 * n * w * dec.pixel_head.weight.shape[0] + 2 * (text_len + 1) * w * dec.text_head.weight.shape[0]
+    return 3 * f
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--encoder", default="vit-s")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=4)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+
+    import mlx.core as mx
+    from mlx_aimv2.data import TrainStream, open_dataset, write_synthetic
+    from mlx_aimv2.environment import backend, loaded_blas
+    from mlx_aimv2.models.decoder import AIMv2PreTrainer, init_weights
+    from mlx_aimv2.train.config import TrainConfig
+    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
+    from mlx_aimv2.train.step import make_step
+
+    cfg = TrainConfig(encoder=a.encoder, image_size=a.image_size, batch_size=a.batch, steps=1000, warmup=10)
+    model = AIMv2PreTrainer(cfg.vision(), cfg.decoder_config(a.vocab), pad_id=0)
+    init_weights(model)
+    mx.eval(model.parameters())
+    opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
+    opt.init(model.trainable_parameters())
+    n = (a.image_size // 14) ** 2
+    step = make_step(model, opt, cfg, mx.distributed.init(), n)
+    rng = np.random.default_rng(0)
+    imgs = mx.array(rng.integers(0, 255, (a.batch, a.image_size, a.image_size, 3), dtype=np.uint8))
+    ids = mx.array(rng.integers(1, a.vocab, (a.batch, 77), dtype=np.int32))
+
+    def one(i=[0]):
+        i[0] += 1
+        p, g = step(imgs, ids, mx.random.key(i[0]))
+        mx.eval(p, g, model.state, opt.state)
+
+    one()
+    one()  # compile + warm-up
+    peak0 = gemm_peak_gflops()
+    ts = timed(one, a.reps)
+    peak1 = gemm_peak_gflops()
+    peak = max(peak0, peak1)
+    flops = train_flops_per_image(model, a.image_size, 77)
+    img_s = a.batch / median(ts)
+    enc_p = sum(v.size for _, v in __import__("mlx.utils").utils.tree_flatten(model.encoder.parameters()))
+    dec_p = sum(v.size for _, v in __import__("mlx.utils").utils.tree_flatten(model.decoder.parameters()))
+    emit({"what": "train_step", "encoder": a.encoder, "encoder_params_M": round(enc_p / 1e6, 1),
+          "decoder_params_M": round(dec_p / 1e6, 1), "image_size": a.image_size, "batch": a.batch,
+          "img_per_s": round(img_s, 2), "s_per_step": round(median(ts), 3),
+          "train_gflop_per_image": round(flops / 1e9, 1), "achieved_gflop_s": round(flops * img_s / 1e9, 1),
+          "gemm_peak_gflop_s": round(peak, 1), "mfu_vs_gemm_peak": round(flops * img_s / 1e9 / peak, 3),
+          "backend": backend(), "blas": loaded_blas(), "mlx": mx.__version__}, a.out)
+
+    # the loader alone, on synthetic JPEGs larger than the crop, with the training transform
+    with tempfile.TemporaryDirectory() as tmp:
+        write_synthetic(Path(tmp), 512, size=int(a.image_size * 1.3))
+        ds = open_dataset(tmp)
+        stream = TrainStream(ds, np.zeros((len(ds), 77), np.int32), a.image_size, a.batch, threads=2)
+        it = iter(stream)
+        next(it)
+        k = max(1, 256 // a.batch)
+        t = time.perf_counter()
+        for _ in range(k):
+            next(it)
+        loader = k * a.batch / (time.perf_counter() - t)
+    emit({"what": "loader", "img_per_s": round(loader, 1), "step_needs_img_per_s": round(img_s, 2),
+          "headroom": round(loader / img_s, 1), "threads": 2}, a.out)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,1 @@
+"""Measuring encoders: frozen-trunk probes."""

@@ -1,0 +1,202 @@
+"""Frozen-trunk probes, as the paper measures an encoder: an attentive probe (a learned query
+attending over the last layer's tokens, then a linear classifier; AdamW, warmup + cosine), a linear
+probe on mean-pooled features, and k-nearest-neighbours. Features are computed once and cached."""
+from __future__ import annotations
+
+import hashlib
+import json
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+import mlx.optimizers as optim
+import numpy as np
+
+from ..errors import UserError
+
+METHODS = ("attentive", "linear", "knn")
+
+
+# ------------------------------------------------------------------------------------ labels
+
+@dataclass
+class LabelledSet:
+    files: list          # image paths
+    labels: np.ndarray   # int class ids
+    classes: list        # class names
+    split: np.ndarray    # bool: True = train
+
+
+def image_folder(root: Path, seed: int = 0) -> LabelledSet:
+    """One subfolder per class; `train/` and `val/` subfolders give the split, else a seeded 80/20 split."""
+    from ..preprocess import IMAGE_EXT
+    root = Path(root)
+    if (root / "train").is_dir() and (root / "val").is_dir():
+        parts = [(root / "train", True), (root / "val", False)]
+    else:
+        parts = [(root, None)]
+    classes = sorted({d.name for base, _ in parts for d in base.iterdir() if d.is_dir()})
+    if len(classes) < 2:
+        raise UserError(f"{root}: an image-folder dataset needs one subfolder per class (found {len(classes)})")
+    files, labels, split = [], [], []
+    for base, is_train in parts:
+        for ci, c in enumerate(classes):
+            for f in sorted((base / c).rglob("*")) if (base / c).is_dir() else []:
+                if f.suffix.lower() in IMAGE_EXT:
+                    files.append(str(f))
+                    labels.append(ci)
+                    split.append(is_train)
+    split = np.array(split)
+    if parts[0][1] is None:
+        split = np.random.default_rng(seed).random(len(files)) < 0.8
+    return LabelledSet(files, np.array(labels), classes, split.astype(bool))
+
+
+def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> LabelledSet:
+    """The synthetic set's scene attributes (colour, shape, position, size, count) as labels."""
+    from ..data.synth import ATTRIBUTES
+    if attribute not in ATTRIBUTES:
+        raise UserError(f"unknown attribute '{attribute}'; use one of {', '.join(ATTRIBUTES)}")
+    f = Path(folder) / "captions.jsonl"
+    if not f.is_file():
+        raise UserError(f"{folder}: no captions.jsonl; make one with `mlx-aimv2 data synth {folder}`")
+    rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
+    rows = [r for r in rows if isinstance(r.get("labels"), dict) and attribute in r["labels"]]
+    if not rows:
+        raise UserError(f"{f}: no rows carry scene labels; it is not a synthetic set")
+    classes = list(ATTRIBUTES[attribute])
+    labels = np.array([classes.index(r["labels"][attribute]) for r in rows])
+    split = np.random.default_rng(seed).random(len(rows)) < 0.8
+    return LabelledSet([str(Path(folder) / r["image"]) for r in rows], labels, [str(c) for c in classes], split)
+
+
+# ------------------------------------------------------------------------------------ features
+
+def features(model, files: list, cache_dir: Optional[Path] = None, batch_size: int = 32,
+             progress: bool = True) -> np.ndarray:
+    """(n, N, D) float16 last-layer tokens for every file, cached by model weights and file list."""
+    key = hashlib.sha1()
+    wfile = Path(model.folder or ".") / "model.safetensors"
+    key.update(str(wfile.resolve()).encode())
+    key.update(str(wfile.stat().st_mtime_ns if wfile.is_file() else 0).encode())
+    key.update("\n".join(files).encode())
+    path = Path(cache_dir) / f"features-{key.hexdigest()[:16]}.npy" if cache_dir else None
+    if path is not None and path.is_file():
+        return np.load(path)
+    from tqdm import tqdm
+    out = [None] * len(files)
+    index = {f: i for i, f in enumerate(files)}
+    for f, feats in tqdm(model.iter_embed(files, pool="none", batch_size=batch_size), total=len(files),
+                         desc="features", unit="img", disable=not progress):
+        out[index[f]] = feats["tokens"].astype(np.float16)
+    tokens = np.stack(out)
+    if path is not None:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        tmp = path.with_suffix(".tmp.npy")
+        np.save(tmp, tokens)
+        tmp.replace(path)
+    return tokens
+
+
+# ------------------------------------------------------------------------------------ probes
+
+class AttentiveProbe(nn.Module):
+    """A learned query attends over the tokens (with key/value projections), then a linear classifier."""
+
+    def __init__(self, dim: int, classes: int, heads: int = 4):
+        super().__init__()
+        self.heads = heads if dim % heads == 0 else 1
+        self.query = mx.random.normal((1, 1, dim)) * 0.02
+        self.norm = nn.LayerNorm(dim)
+        self.k = nn.Linear(dim, dim)
+        self.v = nn.Linear(dim, dim)
+        self.head = nn.Linear(dim, classes)
+
+    def __call__(self, x):
+        b, n, d = x.shape
+        h, hd = self.heads, d // self.heads
+        x = self.norm(x)
+        q = mx.broadcast_to(self.query, (b, 1, d)).reshape(b, 1, h, hd).transpose(0, 2, 1, 3)
+        k = self.k(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+        v = self.v(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
+        return self.head(o.transpose(0, 2, 1, 3).reshape(b, d))
+
+
+class LinearProbe(nn.Module):
+    def __init__(self, dim: int, classes: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(dim, affine=False)
+        self.head = nn.Linear(dim, classes)
+
+    def __call__(self, x):
+        return self.head(self.norm(x.mean(axis=1)))
+
+
+def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int, seed: int):
+    mx.random.seed(seed)
+    n = len(x_train)
+    steps = epochs * max(1, n // batch)
+    warm = max(1, steps // 10)
+    sched = optim.join_schedules([optim.linear_schedule(0.0, lr, warm), optim.cosine_decay(lr, steps - warm, 1e-5)],
+                                 [warm])
+    opt = optim.AdamW(learning_rate=sched, weight_decay=wd)
+    loss_grad = nn.value_and_grad(model, lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean"))
+    state = [model.state, opt.state]
+
+    @__import__("functools").partial(mx.compile, inputs=state, outputs=state)
+    def step(x, y):
+        loss, g = loss_grad(model, x, y)
+        opt.update(model, g)
+        return loss
+
+    rng = np.random.default_rng(seed)
+    for _ in range(epochs):
+        order = rng.permutation(n)
+        for i in range(0, n - batch + 1 if n >= batch else 1, batch):
+            idx = order[i:i + batch]
+            mx.eval(step(mx.array(x_train[idx].astype(np.float32)), mx.array(y_train[idx])), state)
+    return model
+
+
+def _predict(model, x, batch=256):
+    return np.concatenate([np.array(mx.argmax(model(mx.array(x[i:i + batch].astype(np.float32))), axis=-1))
+                           for i in range(0, len(x), batch)])
+
+
+def knn(train_x, train_y, test_x, k: int = 20, classes: int = 0) -> np.ndarray:
+    """Cosine k-NN on mean-pooled features, votes weighted by exp(sim / 0.07) (as in DINO)."""
+    a = train_x / np.linalg.norm(train_x, axis=1, keepdims=True)
+    b = test_x / np.linalg.norm(test_x, axis=1, keepdims=True)
+    sim = b @ a.T
+    top = np.argsort(-sim, axis=1)[:, :k]
+    votes = np.zeros((len(b), classes or train_y.max() + 1))
+    for i in range(len(b)):
+        np.add.at(votes[i], train_y[top[i]], np.exp(sim[i, top[i]] / 0.07))
+    return votes.argmax(axis=1)
+
+
+def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int = 30, seed: int = 0) -> dict:
+    """Top-1 accuracy (%) on the held-out split for each method."""
+    tr, te = ds.split, ~ds.split
+    if tr.sum() == 0 or te.sum() == 0:
+        raise UserError("the probe needs both a train and a held-out split; add images")
+    y = ds.labels.astype(np.int32)
+    c = len(ds.classes)
+    out = {}
+    for m in methods:
+        if m == "knn":
+            pooled = tokens.astype(np.float32).mean(axis=1)
+            pred = knn(pooled[tr], y[tr], pooled[te], classes=c)
+        elif m == "linear":
+            model = _fit(LinearProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-2, 1e-4, 64, seed)
+            pred = _predict(model, tokens[te])
+        elif m == "attentive":
+            model = _fit(AttentiveProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-3, 0.05, 64, seed)
+            pred = _predict(model, tokens[te])
+        else:
+            raise UserError(f"unknown probe '{m}'; use {', '.join(METHODS)}")
+        out[m] = round(float((pred == y[te]).mean() * 100), 2)
+    return out
