@@ -9,5 +9,18 @@ from .config import ModelConfig, TextConfig, VisionConfig, PRESETS  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
 
+
+def _warn_if_slow_blas():
+    import sys
+    if sys.platform == "linux":
+        from .environment import BLAS_FIX, slow_blas
+        if slow_blas():
+            import warnings
+            warnings.warn(f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
+                          stacklevel=2)
+
+
+_warn_if_slow_blas()
+
 __all__ = ["load", "convert", "AIMv2", "AIMv2VisionEncoder", "AIMv2LiT", "ModelConfig", "VisionConfig",
            "TextConfig", "PRESETS", "UserError", "__version__"]

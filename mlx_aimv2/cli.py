@@ -195,10 +195,12 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def data_synth(out: Path = typer.Argument(..., help="output folder"),
                n: int = typer.Option(1000, "--n", min=1, help="number of scenes"),
                size: int = typer.Option(128, help="image side in pixels"),
+               max_objects: int = typer.Option(3, "--max-objects", min=1, max=3,
+                                               help="1 makes a probe set where every attribute is defined"),
                seed: int = typer.Option(0)):
     """Write a synthetic captioned set: coloured shapes, captions saying what is where."""
     from .data.synth import write_synthetic
-    write_synthetic(out, n, size, seed, progress=n > 200)
+    write_synthetic(out, n, size, seed, progress=n > 200, max_objects=max_objects)
     typer.echo(f"wrote {n} images and {out}/captions.jsonl")
 
 
@@ -273,22 +275,14 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
     from .eval import probe as P
     m = load(model)
     if random_init:
-        from .models.decoder import init_weights
-        import mlx.core as mx
-        mx.random.seed(seed)
-        init_weights(m.vision)
-        m.folder = None  # no feature cache for random weights
+        P.reinitialize(m, seed)
     synthetic = (data / "captions.jsonl").is_file()
     tasks = [a.strip() for a in attributes.split(",")] if synthetic else ["folder"]
     sets = {t: P.synthetic_attribute(data, t, seed) if synthetic else P.image_folder(data, seed) for t in tasks}
-    files = sets[tasks[0]].files
-    tokens = P.features(m, files, cache if m.folder else None)
-    results = {"model": model, "random_init": random_init, "data": str(data), "epochs": epochs, "top1": {}}
-    for t, ds in sets.items():
-        idx = {f: i for i, f in enumerate(files)}
-        results["top1"][t] = P.run_probes(tokens[[idx[f] for f in ds.files]], ds,
-                                          [x.strip() for x in methods.split(",")], epochs, seed)
-        typer.echo(f"{t:>10}: " + "  ".join(f"{k} {v:5.1f}%" for k, v in results["top1"][t].items()))
+    top1 = P.probe_all(m, sets, cache if m.folder else None, [x.strip() for x in methods.split(",")], epochs, seed)
+    results = {"model": model, "random_init": random_init, "data": str(data), "epochs": epochs, "top1": top1}
+    for t, r in top1.items():
+        typer.echo(f"{t:>10}: " + "  ".join(f"{k} {v:5.1f}%" for k, v in r.items()))
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")

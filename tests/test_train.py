@@ -159,3 +159,18 @@ def test_a_dataset_of_only_unreadable_images_stops_clearly(tmp_path):
         f.write_bytes(b"broken")
     with pytest.raises(UserError, match="no readable image"):
         Trainer(cfg(d, tmp_path / "run", batch_size=4, steps=2), **QUIET).run(progress=False)
+
+
+def test_flipped_images_get_mirrored_captions(synth):
+    from mlx_aimv2.data import TrainStream, open_dataset
+    from mlx_aimv2.data.stream import mirror_caption
+    assert mirror_caption("a cat at the left, Right side, bright light") == "a cat at the right, Left side, bright light"
+    ds = open_dataset(str(synth))
+    ids = np.arange(1, len(ds) + 1, dtype=np.int32)[:, None]
+    s = TrainStream(ds, ids, 56, 16, mirrored_ids=-ids)        # mirrored rows are marked negative
+    s_plain = TrainStream(ds, ids, 56, 16, augment=True)
+    got, plain = next(iter(s)), next(iter(s_plain))
+    flipped = got["ids"][:, 0] < 0
+    assert 0 < flipped.sum() < 16                               # the coin came up both ways
+    assert (np.abs(got["ids"]) == plain["ids"]).all()           # same samples, same order
+    assert (got["images"] == plain["images"]).all()             # the same (flipped) pixels

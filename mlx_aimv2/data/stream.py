@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import io
 import math
+import re
 from typing import Iterator, Optional
 
 import mlx.data as dx
@@ -41,14 +42,26 @@ def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4
     return (w - cw) // 2, (h - ch) // 2, cw, ch
 
 
+def mirror_caption(text: str) -> str:
+    """The caption of the horizontally flipped image: 'left' and 'right' swap."""
+    return _LR.sub(lambda m: _SWAP[m.group(0).lower()] if m.group(0).islower() else
+                   _SWAP[m.group(0).lower()].capitalize(), text)
+
+
+_SWAP = {"left": "right", "right": "left"}
+_LR = re.compile(r"\b(left|right|Left|Right)\b")
+
+
 class TrainStream:
     def __init__(self, data: Dataset, ids: np.ndarray, image_size: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world: int = 1, threads: int = 2, augment: bool = True,
-                 scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
-        """ids: (len(data), L) int32 pre-tokenised captions."""
+                 scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), mirrored_ids: Optional[np.ndarray] = None):
+        """ids: (len(data), L) int32 pre-tokenised captions; mirrored_ids: those of mirror_caption(),
+        used for flipped images (default: the same ids)."""
         if len(data) < world * batch_size:
             raise ValueError(f"{len(data)} samples cannot fill a batch of {batch_size} on {world} rank(s)")
         self.data, self.ids = data, ids
+        self.mirrored_ids = ids if mirrored_ids is None else mirrored_ids
         self.size, self.batch_size, self.seed = image_size, batch_size, seed
         self.rank, self.world, self.threads = rank, world, threads
         self.augment, self.scale, self.ratio = augment, scale, ratio
@@ -75,14 +88,16 @@ class TrainStream:
                     raise ValueError(f"{im.size[0]}x{im.size[1]} is over the {MAX_PIXELS:,}-pixel limit")
                 img = ImageOps.exif_transpose(im).convert("RGB")
             rng = np.random.default_rng([self.seed, epoch, i])
+            flip = False
             if self.augment:
                 l, t, w, h = random_resized_crop_box(rng, *img.size, self.scale, self.ratio)
                 img = img.resize((self.size, self.size), Image.BICUBIC, box=(l, t, l + w, t + h))
-                if rng.random() < 0.5:
+                flip = rng.random() < 0.5
+                if flip:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
             else:
                 img = img.resize((self.size, self.size), Image.BICUBIC)
-            return {"idx": sample["idx"], "image": np.array(img, dtype=np.uint8)}
+            return {"idx": sample["idx"], "image": np.array(img, dtype=np.uint8), "flip": np.array(int(flip), dtype=np.uint8)}
         except Exception as e:  # corrupt, truncated, unreadable: skip and count, never stop the run
             return {"idx": sample["idx"], "error": np.frombuffer(str(e)[:200].encode(), np.uint8).copy()}
 
@@ -105,7 +120,7 @@ class TrainStream:
                     continue
                 good += 1
                 images.append(s["image"])
-                rows.append(self.ids[i])
+                rows.append(self.mirrored_ids[i] if bool(s["flip"]) else self.ids[i])
                 if len(images) == self.batch_size:
                     yield {"images": np.stack(images), "ids": np.stack(rows)}
                     images, rows = [], []

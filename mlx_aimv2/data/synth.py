@@ -1,8 +1,9 @@
 """A synthetic captioned image set: scenes of coloured shapes at positions and sizes, with captions
 that say what is where, so training and probing can be tried with nothing to download.
 
-Each row of captions.jsonl also carries the scene's attributes (colour, shape, position and size of
-the first object; the object count) for probes."""
+Each row of captions.jsonl also carries the scene's attributes for probes: the object count, and
+the colour, shape, position and size of the first object (well defined for one-object scenes,
+which is what probes of those attributes use)."""
 from __future__ import annotations
 
 import json
@@ -34,14 +35,14 @@ def _draw(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fi
         d.polygon([(cx, cy - r), (cx + r, cy), (cx, cy + r), (cx - r, cy)], fill=fill)
 
 
-def scene(rng: np.random.Generator, size: int = 128):
+def scene(rng: np.random.Generator, size: int = 128, max_objects: int = 3):
     """One image and its caption and attributes."""
     bg = rng.integers(90, 200, 3)
     grad = np.linspace(-25, 25, size)[None, :, None] * rng.choice([-1, 1])
     px = np.clip(bg[None, None] + grad + rng.normal(0, 6, (size, size, 3)), 0, 255).astype(np.uint8)
     img = Image.fromarray(px)
     d = ImageDraw.Draw(img)
-    count = int(rng.integers(1, 4))
+    count = int(rng.integers(1, max_objects + 1))
     places = rng.choice(list(POSITIONS), count, replace=False)
     objects = []
     for place in places:
@@ -56,8 +57,9 @@ def scene(rng: np.random.Generator, size: int = 128):
     return img, caption, {"colour": c, "shape": s, "position": p, "size": sz, "count": count}
 
 
-def write_synthetic(out: Path, n: int, size: int = 128, seed: int = 0, progress: bool = False) -> Path:
-    """Write n scenes to out/images/*.jpg and out/captions.jsonl. Deterministic in (n, size, seed)."""
+def write_synthetic(out: Path, n: int, size: int = 128, seed: int = 0, progress: bool = False,
+                    max_objects: int = 3) -> Path:
+    """Write n scenes to out/images/*.jpg and out/captions.jsonl. Deterministic in its arguments."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
@@ -67,7 +69,7 @@ def write_synthetic(out: Path, n: int, size: int = 128, seed: int = 0, progress:
         from tqdm import tqdm
         it = tqdm(it, desc="synth", unit="img")
     for i in it:
-        img, caption, attrs = scene(rng, size)
+        img, caption, attrs = scene(rng, size, max_objects)
         name = f"images/{i:06d}.jpg"
         img.save(out / name, quality=92)
         rows.append(json.dumps({"image": name, "caption": caption, "labels": attrs}))

@@ -55,7 +55,8 @@ def image_folder(root: Path, seed: int = 0) -> LabelledSet:
 
 
 def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> LabelledSet:
-    """The synthetic set's scene attributes (colour, shape, position, size, count) as labels."""
+    """The synthetic set's scene attributes as labels: count over all scenes; colour, shape, position
+    and size over the one-object scenes."""
     from ..data.synth import ATTRIBUTES
     if attribute not in ATTRIBUTES:
         raise UserError(f"unknown attribute '{attribute}'; use one of {', '.join(ATTRIBUTES)}")
@@ -64,6 +65,8 @@ def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> Labelled
         raise UserError(f"{folder}: no captions.jsonl; make one with `mlx-aimv2 data synth {folder}`")
     rows = [json.loads(l) for l in f.read_text().splitlines() if l.strip()]
     rows = [r for r in rows if isinstance(r.get("labels"), dict) and attribute in r["labels"]]
+    if attribute != "count":  # an object's attribute is only well defined when the scene has one object
+        rows = [r for r in rows if r["labels"].get("count") == 1]
     if not rows:
         raise UserError(f"{f}: no rows carry scene labels; it is not a synthetic set")
     classes = list(ATTRIBUTES[attribute])
@@ -73,6 +76,16 @@ def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> Labelled
 
 
 # ------------------------------------------------------------------------------------ features
+
+def reinitialize(model, seed: int = 0):
+    """The same architecture with fresh (pre-training) initial weights: the floor a probe must beat."""
+    from ..models.decoder import init_weights
+    mx.random.seed(seed)
+    init_weights(model.vision)
+    mx.eval(model.vision.parameters())
+    model.folder = None  # its features must not be cached under the trained weights' key
+    return model
+
 
 def features(model, files: list, cache_dir: Optional[Path] = None, batch_size: int = 32,
              progress: bool = True) -> np.ndarray:
@@ -135,9 +148,10 @@ class LinearProbe(nn.Module):
         return self.head(self.norm(x.mean(axis=1)))
 
 
-def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int, seed: int):
+def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int, seed: int, min_steps: int = 500):
     mx.random.seed(seed)
     n = len(x_train)
+    epochs = max(epochs, -(-min_steps // max(1, n // batch)))  # small sets: enough steps to converge
     steps = epochs * max(1, n // batch)
     warm = max(1, steps // 10)
     sched = optim.join_schedules([optim.linear_schedule(0.0, lr, warm), optim.cosine_decay(lr, steps - warm, 1e-5)],
@@ -200,3 +214,12 @@ def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int
             raise UserError(f"unknown probe '{m}'; use {', '.join(METHODS)}")
         out[m] = round(float((pred == y[te]).mean() * 100), 2)
     return out
+
+
+def probe_all(model, sets: dict, cache_dir: Optional[Path] = None, methods=METHODS, epochs: int = 30,
+              seed: int = 0, progress: bool = True) -> dict:
+    """{task: {method: top-1 %}}; features computed once for the union of the tasks' images."""
+    files = list(dict.fromkeys(f for ds in sets.values() for f in ds.files))
+    tokens = features(model, files, cache_dir, progress=progress)
+    index = {f: i for i, f in enumerate(files)}
+    return {t: run_probes(tokens[[index[f] for f in ds.files]], ds, methods, epochs, seed) for t, ds in sets.items()}

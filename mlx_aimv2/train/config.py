@@ -15,6 +15,7 @@ from ..models.decoder import DecoderConfig, OBJECTIVES
 # encoder (D, depth, heads) and the decoder each gets by default
 ENCODERS = {
     "tiny": ((64, 2, 2), dict(width=64, depth=1, num_heads=2)),
+    "small": ((128, 4, 2), dict(width=128, depth=2, num_heads=2, ratio=0.5)),
     "demo": ((192, 6, 3), dict(width=192, depth=3, num_heads=3, ratio=0.5)),
     "vit-s": ((384, 12, 6), dict(width=384, depth=6, num_heads=6, ratio=0.5)),
     "vit-b": ((768, 12, 6), dict(width=768, depth=6, num_heads=6, ratio=0.5)),
@@ -28,7 +29,7 @@ class TrainConfig:
     data: str = ""                      # captions file / folder / tar shards
     images: Optional[str] = None        # root for relative image paths (default: the captions file's folder)
     out: str = "runs/aimv2"
-    encoder: str = "tiny"               # a preset above, ignored when `init` is given
+    encoder: str = "tiny"               # a preset in ENCODERS, ignored when `init` is given
     init: Optional[str] = None          # start the encoder from this checkpoint (hub id, folder, file)
     image_size: int = 224
     patch_size: int = 14

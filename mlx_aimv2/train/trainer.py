@@ -19,6 +19,7 @@ from mlx.utils import tree_flatten
 from .. import checkpoints as ckpt_io
 from ..config import ModelConfig
 from ..data import TrainStream, open_dataset
+from ..data.stream import mirror_caption
 from ..errors import UserError
 from ..models.decoder import AIMv2PreTrainer, init_weights
 from ..tokenizer import load_tokenizer, train_bpe
@@ -59,12 +60,13 @@ class Trainer:
             self.log(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
         self.tokenizer = self._tokenizer()
         self.ids = self.tokenizer([s.caption for s in self.data.samples])
+        mirrored = self.tokenizer([mirror_caption(s.caption) for s in self.data.samples])  # for flipped images
         per_rank = cfg.batch_size // self.size
         if len(self.data) < cfg.batch_size:
             raise UserError(f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
                             f"lower --batch-size or add data")
         self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
-                                  cfg.threads)
+                                  cfg.threads, mirrored_ids=mirrored)
 
     def _tokenizer(self):
         cfg = self.cfg
