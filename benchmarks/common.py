@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import json
-import platform
-import resource
 import statistics
 import time
 
@@ -30,11 +28,6 @@ def encoder_flops(d: int, depth: int, mlp: int, tokens: int, patch_dim: int = 58
     """Forward FLOPs of the ViT trunk on `tokens` tokens (multiply-add = 2; elementwise not counted)."""
     per_block = 2 * tokens * (4 * d * d + 3 * d * mlp) + 2 * 2 * tokens * tokens * d
     return 2 * tokens * patch_dim * d + depth * per_block
-
-
-def peak_rss_mib() -> float:
-    r = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return r / (2 ** 20 if platform.system() == "Darwin" else 1024)
 
 
 def median(xs):

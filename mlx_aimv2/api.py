@@ -6,6 +6,7 @@
 """
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -27,8 +28,8 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     file = checkpoints.find_weights(path)
     folder = file.parent
     weights = checkpoints.to_mlx(checkpoints.read_weights(file))
-    config = checkpoints.infer_config(weights, checkpoints.read_config_json(folder))
     hints = checkpoints.read_config_json(folder) or {}
+    config = checkpoints.infer_config(weights, hints)
     config.name = hints.get("name") or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else folder.name)
     module = build(config)
     checkpoints.load_into(module, weights, str(file), dtype)
@@ -166,7 +167,6 @@ def convert(src: str, dst: Path, dtype: str = "float32", revision: Optional[str]
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     module, config, folder = load_checkpoint(src, revision, dtypes[dtype])
     pp = folder / "preprocessor_config.json"
-    import json
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
     extra = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / f).is_file()]
     return checkpoints.save(module, config, Path(dst), preprocessor, tuple(extra))

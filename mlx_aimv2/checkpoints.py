@@ -16,7 +16,6 @@ from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
-import numpy as np
 from mlx.utils import tree_flatten
 
 from .config import ModelConfig, TextConfig, VisionConfig

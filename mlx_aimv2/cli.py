@@ -153,7 +153,6 @@ def _parse_layers(layers: Optional[str]):
 
 
 def _save_pca(m, names, out: Path):
-    import numpy as np
     from .preprocess import load_image
     from .viz import save_pca
     imgs, toks, grids = [], [], []

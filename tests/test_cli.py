@@ -145,7 +145,7 @@ def test_hub_offline_cache(tiny, tmp_path, monkeypatch):
     _, _, mlx, imgs = tiny
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
-    import importlib, huggingface_hub.constants as c
+    import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     r = run("embed", imgs / "a.jpg", "--model", "apple/aimv2-large-patch14-336")

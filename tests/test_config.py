@@ -1,5 +1,4 @@
 """Presets: published parameter counts, computed without allocating weights, and a tiny build check."""
-import mlx.core as mx
 import pytest
 from mlx.utils import tree_flatten
 

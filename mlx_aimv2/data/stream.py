@@ -129,20 +129,3 @@ class TrainStream:
                 raise UserError(f"no readable image in {pulled} samples (last: {name}: {why}); "
                                 f"check the dataset")
             self.epoch, self.offset = self.epoch + 1, 0
-
-
-def fixed_batches(data: Dataset, image_size: int, batch_size: int, threads: int = 2) -> Iterator[tuple]:
-    """Evaluation order (no shuffle, no augmentation, resize only): (indices, images) batches, last one partial."""
-    s = TrainStream(data, np.zeros((len(data), 1), np.int32), image_size, 1, augment=False, threads=threads)
-    buf = dx.buffer_from_vector([{"idx": np.array(i), "epoch": np.array(0)} for i in range(len(data))])
-    idx, imgs = [], []
-    for x in buf.sample_transform(s._load).ordered_prefetch(4 * batch_size, threads):
-        if "error" in x:
-            continue
-        idx.append(int(x["idx"]))
-        imgs.append(x["image"])
-        if len(imgs) == batch_size:
-            yield np.array(idx), np.stack(imgs)
-            idx, imgs = [], []
-    if imgs:
-        yield np.array(idx), np.stack(imgs)

@@ -7,3 +7,6 @@ from .lit import AIMv2LiT
 def build(config: ModelConfig):
     """The module a config describes, with zero-initialised weights (to be loaded)."""
     return AIMv2LiT(config) if config.kind == "lit" else AIMv2VisionEncoder(config.vision)
+
+
+__all__ = ["build", "AIMv2VisionEncoder", "AIMv2LiT", "prefix_mask", "sincos_2d"]

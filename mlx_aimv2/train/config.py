@@ -8,7 +8,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import PRESETS, VisionConfig, swiglu_hidden
+from ..config import VisionConfig, swiglu_hidden
 from ..errors import UserError
 from ..models.decoder import DecoderConfig, OBJECTIVES
 

@@ -1,7 +1,6 @@
 """The paper's optimiser: fully decoupled AdamW (l3m's AdamLH) and warmup + cosine to a floor."""
 from __future__ import annotations
 
-import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_map_with_path
 

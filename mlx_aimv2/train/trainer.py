@@ -18,8 +18,7 @@ from mlx.utils import tree_flatten
 
 from .. import checkpoints as ckpt_io
 from ..config import ModelConfig
-from ..data import TrainStream, open_dataset
-from ..data.stream import mirror_caption
+from ..data import TrainStream, mirror_caption, open_dataset
 from ..errors import UserError
 from ..models.decoder import AIMv2PreTrainer, init_weights
 from ..tokenizer import load_tokenizer, train_bpe
