@@ -5,7 +5,8 @@ through its converter, transformers with from_pretrained. Rounds are interleaved
 ours, ...) so machine noise hits all alike. Torch runs in a worker process of its own without the
 OpenBLAS preload (inside a preloaded process its MKL/OpenMP threads fight OpenBLAS's and it runs ~3x
 slower, which would flatter us). "mlx stock kernels" is our model on MLX's own CPU kernels
-(mx.fast SDPA, mx.sigmoid), as Apple's ml-aim MLX backend runs. Peak memory: a fresh child per
+(mx.fast SDPA, mx.sigmoid) on one stream, as Apple's ml-aim MLX backend runs; "one CPU stream"
+isolates the gain of spreading a batch over streams. Peak memory: a fresh child per
 implementation and batch that loads only its own model (its VmHWM, Linux).
 
     python benchmarks/embed.py               # L/14-224, batch 1 and 8 (~6 min here)
@@ -54,7 +55,7 @@ if impl == "torch":
 else:
     import mlx.core as mx, mlx_aimv2
     m = mlx_aimv2.load(folder)
-    mx.eval(m.vision(mx.array(x)))
+    mx.eval(m.features(mx.array(x), pool="none"))
 # VmHWM is this process image's own peak; ru_maxrss would carry the (large) parent's over fork + exec
 print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
 """
@@ -97,15 +98,15 @@ def main():
           "mlx": mx.__version__, "backend": backend(), "blas": loaded_blas(), "torch": torch.__version__,
           "torch_threads": torch_threads, "torch_process": "separate, no preload"}, a.out)
 
-    def mlx_run(b, stock):
+    def mlx_run(b, mode):
+        import time
         x = mx.array(np.random.default_rng(0).standard_normal((b, 224, 224, 3)).astype(np.float32))
         fast = ops._cpu_fast
-        if stock:
+        if mode == "stock":
             ops._cpu_fast = lambda _: False
         try:
-            import time
             t = time.perf_counter()
-            mx.eval(ours.vision(x))
+            mx.eval(ours.features(x, pool="none") if mode == "full" else ours.vision(x))
             return time.perf_counter() - t
         finally:
             ops._cpu_fast = fast
@@ -115,7 +116,9 @@ def main():
         worker.stdin.flush()
         return float(worker.stdout.readline())
 
-    impls = {"mlx-aimv2": lambda b: mlx_run(b, False), "mlx stock kernels (as ml-aim)": lambda b: mlx_run(b, True),
+    impls = {"mlx-aimv2": lambda b: mlx_run(b, "full"),
+             "mlx-aimv2, one CPU stream": lambda b: mlx_run(b, "one"),
+             "mlx stock kernels, one stream (as ml-aim)": lambda b: mlx_run(b, "stock"),
              "transformers (torch)": torch_run}
     for b in (int(x) for x in a.batches.split(",")):
         for fn in impls.values():
@@ -128,14 +131,16 @@ def main():
         base = median(times["transformers (torch)"])
         for k, ts in times.items():
             child = "torch" if k.startswith("transformers") else "mlx"
+            if k not in ("mlx-aimv2", "transformers (torch)"):
+                child = None
             env = no_preload_env() if child == "torch" else dict(os.environ)
-            rss = subprocess.run([sys.executable, "-c", MEMORY_CHILD, child, str(folder), str(b)], env=env,
-                                 capture_output=True, text=True, check=True).stdout.split()[-1]
+            rss = child and subprocess.run([sys.executable, "-c", MEMORY_CHILD, child, str(folder), str(b)],
+                                           env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
             emit({"what": "embed", "impl": k, "batch": b, "img_per_s": round(b / median(ts), 3),
                   "s_per_batch": round(median(ts), 3), "vs_torch": round(base / median(ts), 2),
                   "gflop_per_s": round(gflop * b / median(ts), 1), "reps": reps,
                   "times": [round(t, 3) for t in ts],
-                  "peak_rss_mib": round(float(rss)) if not k.startswith("mlx stock") else None}, a.out)
+                  "peak_rss_mib": round(float(rss)) if k in ("mlx-aimv2", "transformers (torch)") else None}, a.out)
     worker.stdin.close()
     worker.wait()
 

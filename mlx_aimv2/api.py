@@ -20,6 +20,17 @@ from .models import build
 from .preprocess import ImageLike, Preprocessor
 
 POOLS = ("mean", "none", "attn")
+_STREAMS: list = []
+
+
+def _cpu_streams() -> int:
+    """How many CPU streams to spread a batch over: one per core on MLX's CPU backend, else 1."""
+    if mx.default_device() != mx.cpu:
+        return 1
+    if not _STREAMS:
+        import os
+        _STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
+    return len(_STREAMS)
 
 
 def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None):
@@ -63,7 +74,25 @@ class AIMv2:
         return [self.preprocessor(im) for im in images]
 
     def features(self, pixels: mx.array, pool: str = "mean", layers: Optional[Sequence[int]] = None) -> dict:
-        """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays."""
+        """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays.
+
+        On MLX's CPU backend a batch is split over one CPU stream per core: MLX's CPU elementwise
+        kernels are single-threaded, so this is what keeps every core busy (see docs/performance.md)."""
+        k = min(_cpu_streams(), pixels.shape[0])
+        if k > 1:
+            from .environment import blas_threads
+            parts = [pixels[i::k] for i in range(k)]       # strided: equal halves for any batch size
+            with blas_threads(1):
+                outs = []
+                for stream, part in zip(_STREAMS[:k], parts):
+                    with mx.stream(stream):
+                        outs.append(self._features(part, pool, layers))
+                mx.eval(outs)
+            order = mx.argsort(mx.concatenate([mx.arange(pixels.shape[0])[i::k] for i in range(k)]))
+            return {key: mx.concatenate([o[key] for o in outs])[order] for key in outs[0]}
+        return self._features(pixels, pool, layers)
+
+    def _features(self, pixels: mx.array, pool: str, layers) -> dict:
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
         if pool == "attn" and self.config.kind != "lit":

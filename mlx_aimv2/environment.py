@@ -82,3 +82,28 @@ def reexec_with_openblas(argv: list[str]) -> None:
     env = dict(os.environ, MLX_AIMV2_NO_REEXEC="1")
     env["LD_PRELOAD"] = ":".join(p for p in (OPENBLAS, os.environ.get("LD_PRELOAD", "")) if p)
     os.execve(sys.executable, [sys.executable, *argv], env)
+
+
+class blas_threads:
+    """Temporarily set the preloaded OpenBLAS's thread count (a no-op without one). Used while several
+    MLX CPU streams each run their own matmuls, so the streams do not oversubscribe the cores."""
+
+    def __init__(self, n: int):
+        self.n, self.lib, self.old = n, None, None
+        if sys.platform == "linux" and "blas" in loaded_blas():
+            import ctypes
+            try:
+                lib = ctypes.CDLL(loaded_blas().split()[0])
+                self.lib = lib if hasattr(lib, "openblas_set_num_threads") else None
+            except OSError:
+                self.lib = None
+
+    def __enter__(self):
+        if self.lib is not None:
+            self.old = self.lib.openblas_get_num_threads()
+            self.lib.openblas_set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lib is not None:
+            self.lib.openblas_set_num_threads(self.old)

@@ -206,3 +206,15 @@ def test_classify_with_lit_and_clip_tokenizer(tmp_path):
         assert abs(probs[l] - float(ref[i])) < 1e-3
     _, vision_only = hf_vision(tmp_path / "v")
     _expect_error(run("classify", PHOTO, "--labels", "x", "--model", vision_only), "LiT")
+
+
+def test_batched_embedding_equals_one_by_one(tiny):
+    """A batch is spread over CPU streams; rows must come back in order and unchanged."""
+    _, _, mlx, imgs = tiny
+    m = mlx_aimv2.load(str(mlx))
+    files = [imgs / "a.jpg", imgs / "c.webp", imgs / "sub" / "b.png"]
+    together = m.embed(files, batch_size=3)
+    alone = np.stack([m.embed([f], batch_size=1)[0] for f in files])
+    assert np.abs(together - alone).max() < 1e-5
+    toks = m.embed(files, pool="none", layers=(0,), batch_size=3)
+    assert np.abs(toks["layer_0"][1] - m.embed([files[1]], pool="none", layers=(0,))["layer_0"][0]).max() < 1e-5
