@@ -31,11 +31,12 @@ class DecoderConfig:
         """Fill in width / mlp from `ratio` (depth and head size kept) and the SwiGLU rule."""
         c = DecoderConfig(**asdict(self))
         if c.ratio is not None:
-            # blocks dominate both towers: params ~ depth * (4 w^2 + 3 w h(w)) ~ depth * 12 w^2
-            head_dim = max(self.width // self.num_heads, 16)
+            # blocks dominate both towers: params ~ depth * (4 w^2 + 3 w h(w)) ~ depth * 12 w^2.
+            # Width in steps of 32 (heads of 64, or of 32 where 64 does not divide it) so that
+            # small encoders still get distinct 1/2, 1/4, 1/8 decoders.
             w = enc.hidden_size * (c.ratio * enc.depth / c.depth) ** 0.5
-            c.num_heads = max(1, round(w / head_dim))
-            c.width = c.num_heads * head_dim
+            c.width = max(32, int(round(w / 32)) * 32)
+            c.num_heads = c.width // 64 if c.width % 64 == 0 else c.width // 32
             c.mlp_hidden = None
         if c.mlp_hidden is None:
             c.mlp_hidden = swiglu_hidden(c.width)
