@@ -39,7 +39,7 @@ def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--encoder", default="vit-s")
     ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=16)
+    ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=1024)
     ap.add_argument("--reps", type=int, default=4)
     ap.add_argument("--out", default=None)

@@ -53,14 +53,16 @@ def main():
     for name, (objective, ratio) in RUNS.items():
         run = out / run_dir(name)
         t0 = time.time()
+        seconds = run / "train_seconds.txt"
         if not (run / "encoder" / "model.safetensors").is_file():
             cfg = load_config(overrides=dict(data=str(data), out=str(run), encoder="small", image_size=56,
                                              batch_size=a.batch, steps=a.steps, warmup=50, lr=2e-3,
                                              objective=objective, tokenizer=str(tok), save_every=10_000,
                                              decoder={"ratio": ratio}, log_every=10))
             Trainer(cfg, resume=(run / "checkpoints").is_dir()).run(progress=True)
-        train_s = time.time() - t0
-        results[name] = {"objective": objective, "decoder_ratio": ratio, "train_s": round(train_s),
+            seconds.write_text(f"{time.time() - t0:.0f}\n")
+        train_s = float(seconds.read_text()) if seconds.is_file() else None
+        results[name] = {"objective": objective, "decoder_ratio": ratio, "train_s": train_s,
                          **probe(load(str(run / "encoder")), evalset, out / "features", a.probe_epochs)}
         print(name, json.dumps(results[name]))
     floor = P.reinitialize(load(str(out / run_dir(next(iter(RUNS))) / "encoder")))
@@ -83,12 +85,13 @@ def probe(model, evalset: Path, cache, epochs: int) -> dict:
 def write_report(results: dict, docs: Path, a) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| run | " + " | ".join(f"{t} (attn)" for t in ATTRS) + " | mean attentive | mean linear | mean k-NN |",
-             "|---|" + "---|" * (len(ATTRS) + 3)]
+    lines = ["| run | train (s) | " + " | ".join(f"{t} (attn)" for t in ATTRS)
+             + " | mean attentive | mean linear | mean k-NN |", "|---|" + "---|" * (len(ATTRS) + 4)]
     for name, r in results.items():
-        lines.append(f"| {name} | " + " | ".join(f"{r['top1'][t]['attentive']:.1f}" for t in ATTRS)
+        secs = "-" if not r["train_s"] else f"{r['train_s']:.0f}"
+        lines.append(f"| {name} | {secs} | " + " | ".join(f"{r['top1'][t]['attentive']:.1f}" for t in ATTRS)
                      + f" | **{r['mean']['attentive']:.1f}** | {r['mean']['linear']:.1f} | {r['mean']['knn']:.1f} |")
-    (docs / "ablation_table.md").write_text("\n".join(lines) + "\n")
+    (docs / "ablation_table.md").write_text("\n".join(lines) + "\n")  # pasted into docs/ablation.md
     import matplotlib
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
