@@ -174,3 +174,39 @@ def test_flipped_images_get_mirrored_captions(synth):
     assert 0 < flipped.sum() < 16                               # the coin came up both ways
     assert (np.abs(got["ids"]) == plain["ids"]).all()           # same samples, same order
     assert (got["images"] == plain["images"]).all()             # the same (flipped) pixels
+
+
+def test_tar_shards_and_csv_tsv_sources(synth, tmp_path):
+    """webdataset-style shards (key.jpg + key.txt) and csv / tsv captions give the same samples."""
+    import csv
+    import tarfile
+    from mlx_aimv2.data import open_dataset
+    rows = [json.loads(l) for l in (synth / "captions.jsonl").read_text().splitlines()][:40]
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    for s in range(2):
+        with tarfile.open(shards / f"shard-{s:03d}.tar", "w") as tf:
+            for i, r in enumerate(rows[s * 20:(s + 1) * 20]):
+                key = f"{s:03d}{i:04d}"
+                tf.add(synth / r["image"], arcname=f"{key}.jpg")
+                txt = tmp_path / "cap.txt"
+                txt.write_text(r["caption"])
+                tf.add(txt, arcname=f"{key}.txt")
+            txt.write_text("orphan caption")
+            tf.add(txt, arcname="orphan.txt")                  # no image: skipped and counted
+    ds = open_dataset(str(shards / "*.tar"))
+    assert len(ds) == 40 and len(ds.bad) == 2
+    assert sorted(s.caption for s in ds.samples) == sorted(r["caption"] for r in rows)
+    for ext, delim in ((".csv", ","), (".tsv", "\t")):
+        f = synth / f"caps{ext}"
+        with open(f, "w", newline="") as fh:
+            w = csv.writer(fh, delimiter=delim)
+            w.writerow(["image", "caption"])
+            for r in rows:
+                w.writerow([r["image"], r["caption"]])
+            w.writerow(["images/nope.jpg", "missing image"])
+        ds2 = open_dataset(str(f))
+        assert [s.caption for s in ds2.samples] == [r["caption"] for r in rows] and len(ds2.bad) == 1
+        f.unlink()
+    r = Trainer(cfg(shards / "*.tar", tmp_path / "run", steps=3, batch_size=8), **QUIET).run(progress=False)
+    assert r["step"] == 3 and np.isfinite(r["last"]["loss"])
