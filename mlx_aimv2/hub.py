@@ -41,6 +41,10 @@ def is_hub_id(name: str) -> bool:
                                                        and not name.startswith((".", "/", "~")))
 
 
+def _offline() -> bool:
+    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+
+
 def resolve(name: str, revision: Optional[str] = None) -> Path:
     """A local folder or file holding the checkpoint `name` refers to."""
     if name == "demo":
@@ -65,7 +69,7 @@ def download(name: str, revision: Optional[str] = None) -> Path:
 
     kwargs = dict(repo_id=repo, revision=revision, allow_patterns=ALLOW)
     try:
-        if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        if _offline():
             return Path(snapshot_download(local_files_only=True, **kwargs))
         try:
             return Path(snapshot_download(**kwargs))
@@ -76,3 +80,16 @@ def download(name: str, revision: Optional[str] = None) -> Path:
     except Exception:
         raise UserError(f"{repo}@{(revision or 'main')[:8]} is not in the local Hugging Face cache and the hub "
                         f"cannot be reached; connect once to download it, or pass a local checkpoint folder") from None
+
+
+def fetch_file(repo: str, filename: str, revision: Optional[str] = None) -> Path:
+    """One file of a hub repo: downloaded, or from the local cache when offline or unreachable."""
+    from huggingface_hub import hf_hub_download
+
+    for local_only in ([True] if _offline() else [False, True]):
+        try:
+            return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=local_only))
+        except Exception:
+            continue
+    raise UserError(f"{repo}/{filename} is neither in the local Hugging Face cache nor reachable; "
+                    f"connect once, or give a local path")

@@ -65,10 +65,13 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
 
 
 def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
-    """A tokenizer.json (file or folder), or a folder with CLIP's vocab.json + merges.txt."""
+    """A tokenizer.json (file or folder), a folder with CLIP's vocab.json + merges.txt, or a hub repo
+    id (e.g. google/siglip-base-patch16-224: its tokenizer.json, else its SentencePiece model)."""
     from tokenizers import Tokenizer
 
     path = Path(path)
+    if not path.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
+        return _from_hub(str(path), length)
     if path.is_dir() and not (path / "tokenizer.json").is_file():
         return clip_tokenizer(path, length)
     f = path / "tokenizer.json" if path.is_dir() else path
@@ -85,6 +88,28 @@ def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
     if pad is None:
         pad = eos if eos is not None else 0
     return TextTokenizer(tok, pad_id=pad, eos_id=eos, length=length)
+
+
+def _from_hub(repo: str, length: int) -> TextTokenizer:
+    """tokenizer.json from a hub repo (or the local cache when offline); SentencePiece as a fallback."""
+    from .hub import fetch_file
+
+    try:
+        return load_tokenizer(fetch_file(repo, "tokenizer.json"), length)
+    except UserError as first:
+        try:
+            spm = fetch_file(repo, "spiece.model")
+        except UserError:
+            raise first from None
+    from tokenizers import SentencePieceUnigramTokenizer
+    try:
+        tok = SentencePieceUnigramTokenizer.from_spm(str(spm))
+    except Exception as e:
+        raise UserError(f"{spm}: cannot convert the SentencePiece model ({e}); pip install protobuf, "
+                        f"or give a tokenizer.json") from None
+    vocab = tok.get_vocab()
+    eos = vocab.get("</s>")
+    return TextTokenizer(tok, pad_id=vocab.get("<pad>", eos if eos is not None else 0), eos_id=eos, length=length)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77) -> TextTokenizer:

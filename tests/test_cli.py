@@ -218,3 +218,23 @@ def test_batched_embedding_equals_one_by_one(tiny):
     assert np.abs(together - alone).max() < 1e-5
     toks = m.embed(files, pool="none", layers=(0,), batch_size=3)
     assert np.abs(toks["layer_0"][1] - m.embed([files[1]], pool="none", layers=(0,))["layer_0"][0]).max() < 1e-5
+
+
+def test_tokenizer_from_a_hub_repo_via_the_local_cache(tmp_path, monkeypatch):
+    import huggingface_hub.constants as c
+    from mlx_aimv2.errors import UserError
+    from mlx_aimv2.tokenizer import load_tokenizer, train_bpe
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
+    with pytest.raises(UserError, match="google/siglip-base-patch16-224/tokenizer.json"):
+        load_tokenizer("google/siglip-base-patch16-224")
+    rev = "0" * 40  # a cache laid out as huggingface_hub writes it
+    repo = tmp_path / "cache" / "models--google--siglip-base-patch16-224"
+    (repo / "snapshots" / rev).mkdir(parents=True)
+    (repo / "refs").mkdir()
+    (repo / "refs" / "main").write_text(rev)
+    train_bpe(["a red circle", "a blue square at the left"] * 20, 300, repo / "snapshots" / rev / "tokenizer.json")
+    tok = load_tokenizer("google/siglip-base-patch16-224")
+    ids = tok(["a red circle"])
+    assert ids.shape == (1, 77) and ids[0, 0] != tok.pad_id and (ids[0, 10:] == tok.pad_id).all()
