@@ -57,6 +57,7 @@ class TrainConfig:
     log_every: int = 10
     seed: int = 0
     threads: int = 2
+    crop_scale: tuple = (0.4, 1.0)      # random resized crop: fraction of the image area kept
     mean: tuple = (0.48145466, 0.4578275, 0.40821073)
     std: tuple = (0.26862954, 0.26130258, 0.27577711)
 
@@ -136,7 +137,7 @@ def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets
     if unknown:
         src = f"{file}: " if file else ""
         raise UserError(f"{src}unknown config key(s): {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(names))}")
-    for k in ("betas", "mean", "std"):
+    for k in ("betas", "mean", "std", "crop_scale"):
         if k in d:
             d[k] = tuple(d[k])
     try:

@@ -65,7 +65,7 @@ class Trainer:
             raise UserError(f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
                             f"lower --batch-size or add data")
         self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
-                                  cfg.threads, mirrored_ids=mirrored)
+                                  cfg.threads, scale=cfg.crop_scale, mirrored_ids=mirrored)
 
     def _tokenizer(self):
         cfg = self.cfg
