@@ -65,9 +65,11 @@ def main():
     imgs = mx.array(rng.integers(0, 255, (a.batch, a.image_size, a.image_size, 3), dtype=np.uint8))
     ids = mx.array(rng.integers(1, a.vocab, (a.batch, 77), dtype=np.int32))
 
-    def one(i=[0]):
-        i[0] += 1
-        p, g = step(imgs, ids, mx.random.key(i[0]))
+    calls = [0]
+
+    def one():
+        calls[0] += 1
+        p, g = step(imgs, ids, mx.random.key(calls[0]))
         mx.eval(p, g, model.state, opt.state)
 
     one()
@@ -78,8 +80,9 @@ def main():
     peak = max(peak0, peak1)
     flops = train_flops_per_image(model, a.image_size, 77)
     img_s = a.batch / median(ts)
-    enc_p = sum(v.size for _, v in __import__("mlx.utils").utils.tree_flatten(model.encoder.parameters()))
-    dec_p = sum(v.size for _, v in __import__("mlx.utils").utils.tree_flatten(model.decoder.parameters()))
+    from mlx.utils import tree_flatten
+    enc_p = sum(v.size for _, v in tree_flatten(model.encoder.parameters()))
+    dec_p = sum(v.size for _, v in tree_flatten(model.decoder.parameters()))
     emit({"what": "train_step", "encoder": a.encoder, "encoder_params_M": round(enc_p / 1e6, 1),
           "decoder_params_M": round(dec_p / 1e6, 1), "image_size": a.image_size, "batch": a.batch,
           "img_per_s": round(img_s, 2), "s_per_step": round(median(ts), 3),

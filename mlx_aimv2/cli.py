@@ -24,10 +24,10 @@ def user_errors(fn):
             return fn(*a, **kw)
         except UserError as e:
             typer.echo(f"error: {e}", err=True)
-            raise typer.Exit(1)
+            raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
-            raise typer.Exit(130)
+            raise typer.Exit(130) from None
     return wrapper
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 import hashlib
 import json
 from dataclasses import dataclass
+from functools import partial
 from pathlib import Path
 from typing import Optional
 
@@ -160,7 +161,7 @@ def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int,
     loss_grad = nn.value_and_grad(model, lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean"))
     state = [model.state, opt.state]
 
-    @__import__("functools").partial(mx.compile, inputs=state, outputs=state)
+    @partial(mx.compile, inputs=state, outputs=state)
     def step(x, y):
         loss, g = loss_grad(model, x, y)
         opt.update(model, g)

@@ -120,7 +120,7 @@ def sample_prefix(batch: int, num_patches: int) -> mx.array:
 def init_weights(model: nn.Module) -> None:
     """l3m's initialisation: xavier-uniform linears (and the patch conv viewed as a matrix), zero biases."""
     init = nn.init.glorot_uniform()
-    for name, m in model.named_modules():
+    for _, m in model.named_modules():
         if isinstance(m, nn.Linear):
             m.weight = init(m.weight)
             if "bias" in m:
