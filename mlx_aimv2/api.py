@@ -78,18 +78,17 @@ class AIMv2:
 
         On MLX's CPU backend a batch is split over one CPU stream per core: MLX's CPU elementwise
         kernels are single-threaded, so this is what keeps every core busy (see docs/performance.md)."""
-        k = min(_cpu_streams(), pixels.shape[0])
+        n = pixels.shape[0]
+        k = min(_cpu_streams(), n)
         if k > 1:
             from .environment import blas_threads
-            parts = [pixels[i::k] for i in range(k)]       # strided: equal halves for any batch size
             with blas_threads(1):
                 outs = []
-                for stream, part in zip(_STREAMS[:k], parts):
+                for i, stream in enumerate(_STREAMS[:k]):
                     with mx.stream(stream):
-                        outs.append(self._features(part, pool, layers))
+                        outs.append(self._features(pixels[i * n // k:(i + 1) * n // k], pool, layers))
                 mx.eval(outs)
-            order = mx.argsort(mx.concatenate([mx.arange(pixels.shape[0])[i::k] for i in range(k)]))
-            return {key: mx.concatenate([o[key] for o in outs])[order] for key in outs[0]}
+            return {key: mx.concatenate([o[key] for o in outs]) for key in outs[0]}
         return self._features(pixels, pool, layers)
 
     def _features(self, pixels: mx.array, pool: str, layers) -> dict:

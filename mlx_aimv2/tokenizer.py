@@ -70,7 +70,8 @@ def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
     from tokenizers import Tokenizer
 
     path = Path(path)
-    if not path.exists() and str(path).count("/") == 1 and not str(path).startswith((".", "/", "~")):
+    from .hub import is_hub_id
+    if not path.exists() and is_hub_id(str(path)):
         return _from_hub(str(path), length)
     if path.is_dir() and not (path / "tokenizer.json").is_file():
         return clip_tokenizer(path, length)
