@@ -17,9 +17,8 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import UserError
+from ..preprocess import MAX_PIXELS  # the same decompression-bomb guard as for inference
 from .sources import Dataset
-
-MAX_PIXELS = 178_956_970  # decompression-bomb guard, as for inference
 
 
 def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):

@@ -9,7 +9,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config import VisionConfig, _from_dict, swiglu_hidden
+from ..config import VisionConfig, swiglu_hidden
 from .encoder import AIMv2VisionEncoder
 from .layers import Transformer
 from .losses import image_loss, text_loss
@@ -41,10 +41,6 @@ class DecoderConfig:
         if c.mlp_hidden is None:
             c.mlp_hidden = swiglu_hidden(c.width)
         return c
-
-    @classmethod
-    def from_dict(cls, d: dict) -> "DecoderConfig":
-        return _from_dict(cls, d, "decoder")
 
 
 class MultimodalDecoder(nn.Module):
@@ -110,11 +106,6 @@ class AIMv2PreTrainer(nn.Module):
             loss = loss + out["loss_text"]
         out["loss"] = loss
         return out
-
-
-def sample_prefix(batch: int, num_patches: int) -> mx.array:
-    """M ~ U{1, ..., N-1} per sample, from MLX's random state (so a compiled step draws anew each call)."""
-    return mx.random.randint(1, num_patches, (batch,))
 
 
 def init_weights(model: nn.Module) -> None:

@@ -215,10 +215,15 @@ class Trainer:
     def export(self, dst: Path) -> Path:
         """The trained encoder as an MLX checkpoint folder that `mlx-aimv2 embed` loads."""
         cfg = self.cfg
-        pp = ckpt_io.default_preprocessor(ModelConfig(vision=self.vision))
-        pp.update(image_mean=list(cfg.mean), image_std=list(cfg.std))
         name = f"mlx-aimv2 pre-trained ({cfg.encoder if not cfg.init else cfg.init}, {self.step} steps)"
-        return ckpt_io.save(self.model.encoder, ModelConfig(vision=self.vision, name=name), Path(dst), pp)
+        return _save_encoder(self.model.encoder, self.vision, cfg.mean, cfg.std, name, dst)
+
+
+def _save_encoder(encoder, vision, mean, std, name: str, dst: Path) -> Path:
+    """An encoder folder for `embed`, its preprocessor normalising as training did."""
+    pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
+    pp.update(image_mean=list(mean), image_std=list(std))
+    return ckpt_io.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp)
 
 
 def export_run(run: Path, dst: Path) -> Path:
@@ -235,9 +240,7 @@ def export_run(run: Path, dst: Path) -> Path:
                if k.startswith("encoder.")}
     ckpt_io.load_into(enc, weights, str(ckpt))
     cfg = state["config"]
-    pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
-    pp.update(image_mean=list(cfg["mean"]), image_std=list(cfg["std"]))
-    return ckpt_io.save(enc, ModelConfig(vision=vision, name=f"{Path(run).name} step {state['step']}"), Path(dst), pp)
+    return _save_encoder(enc, vision, cfg["mean"], cfg["std"], f"{Path(run).name} step {state['step']}", dst)
 
 
 def _read_metrics(f: Path, upto: int) -> list:
