@@ -11,13 +11,13 @@ from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
 
 
 def _warn_if_slow_blas():
+    """The one slow-BLAS warning (library and CLI alike), as a single line on stderr."""
     import sys
     if sys.platform == "linux":
         from .environment import BLAS_FIX, slow_blas
         if slow_blas():
-            import warnings
-            warnings.warn(f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
-                          stacklevel=2)
+            print(f"warning: MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
+                  file=sys.stderr)
 
 
 _warn_if_slow_blas()

@@ -50,12 +50,6 @@ def expand_paths(paths: List[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, missing
 
 
-def _warn_blas():
-    from .environment import BLAS_FIX, slow_blas
-    if slow_blas():
-        typer.echo(f"warning: MLX is using the slow reference BLAS; {BLAS_FIX}", err=True)
-
-
 @app.command()
 @user_errors
 def doctor():
@@ -107,7 +101,6 @@ def embed(paths: List[str] = typer.Argument(..., help="image files, folders (rec
     files, errors = expand_paths(paths)
     if not files:
         raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
-    _warn_blas()
     m = _load_default(revision) if model is None else load(model, revision)
     names, rows = [], []
     from tqdm import tqdm
@@ -237,7 +230,6 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
     flags = dict(data=data, out=out, encoder=encoder, init=init, image_size=image_size, batch_size=batch_size,
                  steps=steps, lr=lr, objective=objective, dtype=dtype)
     cfg = load_config(config, flags, set_)
-    _warn_blas()
     trainer = Trainer(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
     result = trainer.run(progress=progress)
     last = result["last"]
