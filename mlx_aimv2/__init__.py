@@ -11,13 +11,12 @@ from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
 
 
 def _warn_if_slow_blas():
-    """The one slow-BLAS warning (library and CLI alike), as a single line on stderr."""
+    import os
     import sys
-    if sys.platform == "linux":
-        from .environment import BLAS_FIX, slow_blas
-        if slow_blas():
-            print(f"warning: MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
-                  file=sys.stderr)
+    # the `mlx-aimv2` command restarts itself with OpenBLAS first, and warns itself if it cannot
+    if os.path.basename(sys.argv[0] if sys.argv else "") != "mlx-aimv2":
+        from .environment import warn_if_slow_blas
+        warn_if_slow_blas()
 
 
 _warn_if_slow_blas()

@@ -281,8 +281,9 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
 
 
 def main():
-    from .environment import reexec_with_openblas
+    from .environment import reexec_with_openblas, warn_if_slow_blas
     reexec_with_openblas(["-m", "mlx_aimv2", *sys.argv[1:]])
+    warn_if_slow_blas()  # only reached without a restart: OpenBLAS missing or restarts turned off
     app(prog_name="mlx-aimv2")
 
 

@@ -51,6 +51,13 @@ def slow_blas() -> bool:
     return sys.platform == "linux" and backend() == "cpu" and loaded_blas() == "reference"
 
 
+def warn_if_slow_blas() -> None:
+    """One line on stderr when MLX's matmuls run on the reference BLAS."""
+    if slow_blas():
+        print(f"warning: MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
+              file=sys.stderr)
+
+
 def report() -> list[tuple[str, str]]:
     rows = [("python", platform.python_version()), ("platform", f"{platform.system()} {platform.machine()}"),
             ("mlx", mx.__version__), ("backend", backend()), ("default device", str(mx.default_device()))]
