@@ -5,7 +5,7 @@ through its converter, transformers with from_pretrained. Rounds are interleaved
 ours, ...) so machine noise hits all alike. Torch runs in a worker process of its own without the
 OpenBLAS preload (inside a preloaded process its MKL/OpenMP threads fight OpenBLAS's and it runs ~3x
 slower, which would flatter us). "mlx stock kernels" is our model on MLX's own CPU kernels
-(mx.fast SDPA, mx.sigmoid) on one stream, as Apple's ml-aim MLX backend runs; "one CPU stream"
+(mx.fast SDPA, nn.silu: the model code with cpu.use_kernels off) on one stream, as Apple's ml-aim MLX backend runs; "one CPU stream"
 isolates the gain of spreading a batch over streams. Peak memory: a fresh child per
 implementation and batch that loads only its own model (its VmHWM, Linux).
 
@@ -64,7 +64,7 @@ print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith(
 def no_preload_env():
     env = dict(os.environ)
     env.pop("LD_PRELOAD", None)
-    env["MLX_AIMV2_NO_REEXEC"] = "1"
+    env["MLX_AIMV2_NO_RESTART"] = "1"
     return env
 
 
@@ -81,8 +81,9 @@ def main():
     from transformers import Aimv2VisionConfig, Aimv2VisionModel
     import mlx.core as mx
     import mlx_aimv2
-    import mlx_aimv2.models.ops as ops
-    from mlx_aimv2.environment import backend, loaded_blas
+    from mlx_aimv2 import cpu
+    from mlx_aimv2.environment import backend
+    from mlx_aimv2.cpu import loaded_blas
 
     arch = SMALL if a.quick else L14
     tmp = tempfile.TemporaryDirectory()
@@ -101,15 +102,13 @@ def main():
     def mlx_run(b, mode):
         import time
         x = mx.array(np.random.default_rng(0).standard_normal((b, 224, 224, 3)).astype(np.float32))
-        fast = ops._cpu_fast
-        if mode == "stock":
-            ops._cpu_fast = lambda _: False
+        cpu.use_kernels(ours.module, enabled=mode != "stock")  # stock: MLX's own ops, as on Metal
         try:
             t = time.perf_counter()
             mx.eval(ours.features(x, pool="none") if mode == "full" else ours.vision(x))
             return time.perf_counter() - t
         finally:
-            ops._cpu_fast = fast
+            cpu.use_kernels(ours.module)
 
     def torch_run(b):
         worker.stdin.write(f"{b}\n")

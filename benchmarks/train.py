@@ -47,7 +47,8 @@ def main():
 
     import mlx.core as mx
     from mlx_aimv2.data import TrainStream, open_dataset, write_synthetic
-    from mlx_aimv2.environment import backend, loaded_blas
+    from mlx_aimv2.environment import backend
+    from mlx_aimv2.cpu import loaded_blas
     from mlx_aimv2.models.decoder import AIMv2PreTrainer, init_weights
     from mlx_aimv2.train.config import TrainConfig
     from mlx_aimv2.train.optim import DecoupledAdamW, schedule

@@ -1,3 +1,4 @@
-from .cli import app
+"""`python -m mlx_aimv2` is the `mlx-aimv2` command, restart included."""
+from .cli import console
 
-app(prog_name="mlx-aimv2")
+console()

@@ -12,44 +12,27 @@ from typing import Iterable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
+from mlx.utils import tree_flatten
 
-from . import checkpoints, hub
+from . import cpu, hub
+from .checkpoints import load_checkpoint, save
 from .config import ModelConfig
+from .environment import wire_memory_for
 from .errors import UserError
-from .models import build
 from .preprocess import ImageLike, Preprocessor
 
 POOLS = ("mean", "none", "attn")
-_STREAMS: list = []
-
-
-def _cpu_streams() -> int:
-    """How many CPU streams to spread a batch over: one per core on MLX's CPU backend, else 1."""
-    if mx.default_device() != mx.cpu:
-        return 1
-    if not _STREAMS:
-        import os
-        _STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
-    return len(_STREAMS)
-
-
-def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None):
-    """(module, config, folder) for any supported checkpoint, converted in memory."""
-    path = hub.resolve(str(name_or_path), revision)
-    file = checkpoints.find_weights(path)
-    folder = file.parent
-    weights = checkpoints.to_mlx(checkpoints.read_weights(file))
-    hints = checkpoints.read_config_json(folder) or {}
-    config = checkpoints.infer_config(weights, hints)
-    config.name = hints.get("name") or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else folder.name)
-    module = build(config)
-    checkpoints.load_into(module, weights, str(file), dtype)
-    return module, config, folder
 
 
 def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, dtype=None) -> "AIMv2":
-    """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo"."""
+    """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo".
+
+    On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster); on Metal, a model
+    over 1 GiB has its weights wired (mx.set_wired_limit), as mlx-lm does."""
+    cpu.warn_if_slow_blas()
     module, config, folder = load_checkpoint(name_or_path, revision, dtype)
+    cpu.use_kernels(module)
+    wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
     v = config.vision
     pre = Preprocessor.from_folder(folder, native_patch=v.patch_size if v.native else None,
                                    image_size=v.image_size or 224)
@@ -76,20 +59,8 @@ class AIMv2:
     def features(self, pixels: mx.array, pool: str = "mean", layers: Optional[Sequence[int]] = None) -> dict:
         """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays.
 
-        On MLX's CPU backend a batch is split over one CPU stream per core: MLX's CPU elementwise
-        kernels are single-threaded, so this is what keeps every core busy (see docs/performance.md)."""
-        n = pixels.shape[0]
-        k = min(_cpu_streams(), n)
-        if k > 1:
-            from .environment import blas_threads
-            with blas_threads(1):
-                outs = []
-                for i, stream in enumerate(_STREAMS[:k]):
-                    with mx.stream(stream):
-                        outs.append(self._features(pixels[i * n // k:(i + 1) * n // k], pool, layers))
-                mx.eval(outs)
-            return {key: mx.concatenate([o[key] for o in outs]) for key in outs[0]}
-        return self._features(pixels, pool, layers)
+        On MLX's CPU backend the batch is split over one CPU stream per core (cpu.split_batch)."""
+        return cpu.split_batch(self._features, pixels, pool, layers)
 
     def _features(self, pixels: mx.array, pool: str, layers) -> dict:
         if pool not in POOLS:
@@ -197,4 +168,4 @@ def convert(src: str, dst: Path, dtype: str = "float32", revision: Optional[str]
     pp = folder / "preprocessor_config.json"
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
     extra = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / f).is_file()]
-    return checkpoints.save(module, config, Path(dst), preprocessor, tuple(extra))
+    return save(module, config, Path(dst), preprocessor, tuple(extra))

@@ -20,13 +20,10 @@ from mlx.utils import tree_flatten
 
 from .config import ModelConfig, TextConfig, VisionConfig
 from .errors import UserError
+from .preprocess import CLIP_MEAN, CLIP_STD
 
 WEIGHT_FILES = ("model.safetensors", "mlx_model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.pt")
-EXTRA_FILES = ("preprocessor_config.json", "vocab.json", "merges.txt", "tokenizer.json",
-               "tokenizer_config.json", "special_tokens_map.json")
-CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
-CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
 
 # ---------------------------------------------------------------------------- reading files
 
@@ -136,7 +133,8 @@ _TIMM = [
 
 
 def detect_layout(keys) -> str:
-    """'mlx' | 'ml-aim' | 'transformers' | 'timm' (the shape test for mlx vs ml-aim is in to_mlx)."""
+    """'ml-aim' (also Apple's MLX file and ours: the conv layout is told apart in to_mlx) |
+    'transformers' | 'timm' | 'unknown'."""
     keys = set(keys)
     if any(k.endswith("preprocessor.patchifier.proj.weight") for k in keys):
         return "ml-aim"
@@ -290,6 +288,22 @@ def _text_hints(h: dict) -> dict:
 # ---------------------------------------------------------------------------- loading & saving
 
 
+def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None):
+    """(module, config, folder) for any supported checkpoint, converted in memory."""
+    from . import hub
+    from .models import build
+    path = hub.resolve(str(name_or_path), revision)
+    file = find_weights(path)
+    folder = file.parent
+    weights = to_mlx(read_weights(file))
+    hints = read_config_json(folder) or {}
+    config = infer_config(weights, hints)
+    config.name = hints.get("name") or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else folder.name)
+    module = build(config)
+    load_into(module, weights, str(file), dtype)
+    return module, config, folder
+
+
 def load_into(model, weights: dict[str, mx.array], source: str, dtype=None):
     """Strict load (names and shapes) and an explicit dtype cast: strict loading ignores dtype."""
     try:
@@ -340,4 +354,4 @@ def default_preprocessor(config: ModelConfig) -> dict:
     return {"image_processor_type": "CLIPImageProcessor", "do_resize": not native,
             "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": not native,
             "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": CLIP_MEAN, "image_std": CLIP_STD, "do_convert_rgb": True}
+            "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "do_convert_rgb": True}

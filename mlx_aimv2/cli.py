@@ -3,7 +3,6 @@ from __future__ import annotations
 
 import functools
 import glob
-import sys
 from pathlib import Path
 from typing import List, Optional
 
@@ -281,11 +280,16 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
 
 
 def main():
-    from .environment import reexec_with_openblas, warn_if_slow_blas
-    reexec_with_openblas(["-m", "mlx_aimv2", *sys.argv[1:]])
-    warn_if_slow_blas()  # only reached without a restart: OpenBLAS missing or restarts turned off
+    """The CLI, for programs that call it: runs in this process as it is."""
+    import warnings
+    # a warning (the slow BLAS) is one line on stderr, as errors are
+    warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)
     app(prog_name="mlx-aimv2")
 
 
-if __name__ == "__main__":
+def console():
+    """The `mlx-aimv2` command (and `python -m mlx_aimv2`): on Linux's CPU backend it first restarts
+    itself with Debian's OpenBLAS when that is installed but not loaded (cpu.restart_with_openblas)."""
+    from .cpu import restart_with_openblas
+    restart_with_openblas()
     main()

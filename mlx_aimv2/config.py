@@ -96,32 +96,63 @@ class ModelConfig:
                      init_temperature=self.init_temperature, max_logit_scale=self.max_logit_scale)
         return d
 
-    @classmethod
-    def from_dict(cls, d: dict) -> "ModelConfig":
-        d = dict(d)
-        d.pop("format", None)
-        vision = VisionConfig.from_dict(d.pop("vision"))
-        text = d.pop("text", None)
-        text = TextConfig.from_dict(text) if text is not None else None
-        return _from_dict(cls, dict(d, vision=vision, text=text), "model")
+
+# --- the pre-training decoder ---------------------------------------------------------------
+
+OBJECTIVES = ("aimv2", "image", "text")
+
+
+@dataclass
+class DecoderConfig:
+    width: int = 1024
+    depth: int = 12
+    num_heads: int = 8
+    mlp_hidden: Optional[int] = None   # default: the SwiGLU rule for `width`
+    vocab_size: int = 32000
+    context_length: int = 77
+    ratio: Optional[float] = None       # size the decoder as this fraction of the encoder's parameters
+
+    def resolved(self, enc: VisionConfig) -> "DecoderConfig":
+        """Fill in width / mlp from `ratio` (depth and head size kept) and the SwiGLU rule."""
+        c = dataclasses.replace(self)
+        if c.ratio is not None:
+            # blocks dominate both towers: params ~ depth * (4 w^2 + 3 w h(w)) ~ depth * 12 w^2.
+            # Width in steps of 32 (heads of 64, or of 32 where 64 does not divide it) so that
+            # small encoders still get distinct 1/2, 1/4, 1/8 decoders.
+            w = enc.hidden_size * (c.ratio * enc.depth / c.depth) ** 0.5
+            c.width = max(32, int(round(w / 32)) * 32)
+            c.num_heads = c.width // 64 if c.width % 64 == 0 else c.width // 32
+            c.mlp_hidden = None
+        if c.mlp_hidden is None:
+            c.mlp_hidden = swiglu_hidden(c.width)
+        return c
+
+
+# --- encoder sizes: the published ones and smaller ones to train here ----------------------
+
+ENCODERS = {  # name: ((hidden, depth, heads), the decoder it gets by default in pre-training)
+    "tiny": ((64, 2, 2), dict(width=64, depth=1, num_heads=2)),
+    "small": ((128, 4, 2), dict(width=128, depth=2, num_heads=2, ratio=0.5)),
+    "demo": ((192, 6, 3), dict(width=192, depth=3, num_heads=3, ratio=0.5)),
+    "vit-s": ((384, 12, 6), dict(width=384, depth=6, num_heads=6, ratio=0.5)),
+    "vit-b": ((768, 12, 6), dict(width=768, depth=6, num_heads=6, ratio=0.5)),
+    "large": ((1024, 24, 8), {}), "huge": ((1536, 24, 12), {}), "1B": ((2048, 24, 16), {}),
+    "3B": ((3072, 24, 24), {}),
+}
+PUBLISHED_SIZES = ("large", "huge", "1B", "3B")
+
+
+def vision_preset(size: str, image_size: Optional[int] = 224, patch_size: int = 14) -> VisionConfig:
+    (d, depth, h), _ = ENCODERS[size]
+    return VisionConfig(hidden_size=d, depth=depth, num_heads=h, mlp_hidden=swiglu_hidden(d),
+                        patch_size=patch_size, image_size=image_size)
 
 
 # --- the published checkpoints -------------------------------------------------------------
 
-_SIZES = {  # name: (hidden, heads)
-    "large": (1024, 8), "huge": (1536, 12), "1B": (2048, 16), "3B": (3072, 24),
-}
-
-
-def vision_preset(size: str, image_size: Optional[int] = 224) -> VisionConfig:
-    d, h = _SIZES[size]
-    return VisionConfig(hidden_size=d, depth=24, num_heads=h, mlp_hidden=swiglu_hidden(d),
-                        image_size=image_size)
-
-
 def _published() -> dict[str, ModelConfig]:
     out = {}
-    for size in _SIZES:
+    for size in PUBLISHED_SIZES:
         for res in (224, 336, 448):
             name = f"aimv2-{size}-patch14-{res}"
             out[name] = ModelConfig(vision=vision_preset(size, res), name=name)

@@ -17,7 +17,9 @@ from PIL import Image, ImageOps
 
 from .errors import UserError
 
-IMAGE_EXT = {".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff"}
+IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what PIL decodes, inference and training
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # the normalisation every AIMv2 checkpoint was trained with
+CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning threshold)
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
@@ -29,8 +31,8 @@ class Preprocessor:
     do_resize: bool = True
     do_center_crop: bool = True
     rescale: float = 1 / 255
-    mean: tuple = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
     native_patch: Optional[int] = None    # set for the native model: sizing by patch budget
     min_patches: int = 112
     max_patches: int = 4096

@@ -32,9 +32,6 @@ class TextTokenizer:
             rows.append(ids + [self.pad_id] * (self.length - len(ids)))
         return np.asarray(rows, dtype=np.int32).reshape(-1, self.length)
 
-    def save(self, path: Path) -> None:
-        self.tok.save(str(path))
-
 
 def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
     """CLIP's byte-level BPE built from a folder's vocab.json + merges.txt (the LiT hub repo's files)."""

@@ -12,8 +12,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp")
+from ..preprocess import IMAGE_EXT
 
 
 @dataclass

@@ -3,45 +3,15 @@ wrapper that runs encoder -> decoder -> losses. Apple never released decoder wei
 the l3m recipe (width 1024, 12 blocks, 8 heads by default)."""
 from __future__ import annotations
 
-from dataclasses import dataclass, asdict
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config import VisionConfig, swiglu_hidden
+from ..config import OBJECTIVES, DecoderConfig, VisionConfig
 from .encoder import AIMv2VisionEncoder
 from .layers import Transformer
 from .losses import image_loss, text_loss
-
-OBJECTIVES = ("aimv2", "image", "text")
-
-
-@dataclass
-class DecoderConfig:
-    width: int = 1024
-    depth: int = 12
-    num_heads: int = 8
-    mlp_hidden: Optional[int] = None   # default: the SwiGLU rule for `width`
-    vocab_size: int = 32000
-    context_length: int = 77
-    ratio: Optional[float] = None       # size the decoder as this fraction of the encoder's parameters
-
-    def resolved(self, enc: VisionConfig) -> "DecoderConfig":
-        """Fill in width / mlp from `ratio` (depth and head size kept) and the SwiGLU rule."""
-        c = DecoderConfig(**asdict(self))
-        if c.ratio is not None:
-            # blocks dominate both towers: params ~ depth * (4 w^2 + 3 w h(w)) ~ depth * 12 w^2.
-            # Width in steps of 32 (heads of 64, or of 32 where 64 does not divide it) so that
-            # small encoders still get distinct 1/2, 1/4, 1/8 decoders.
-            w = enc.hidden_size * (c.ratio * enc.depth / c.depth) ** 0.5
-            c.width = max(32, int(round(w / 32)) * 32)
-            c.num_heads = c.width // 64 if c.width % 64 == 0 else c.width // 32
-            c.mlp_hidden = None
-        if c.mlp_hidden is None:
-            c.mlp_hidden = swiglu_hidden(c.width)
-        return c
-
 
 class MultimodalDecoder(nn.Module):
     def __init__(self, c: DecoderConfig, enc_dim: int, patch: int, channels: int = 3):
@@ -65,16 +35,11 @@ class MultimodalDecoder(nn.Module):
                                 self.text_embedding(ids)], axis=1)
             parts.append(t + self.pos_embed[:, : t.shape[1]])
         x = mx.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
-        x = self.trunk(x, mask=_causal(x.shape[1]))
+        x = self.trunk(x, mask="causal")
         n = enc_tokens.shape[1] if enc_tokens is not None else 0
         pixels = self.pixel_head(x[:, :n]) if enc_tokens is not None else None
         logits = self.text_head(x[:, n:]) if ids is not None else None
         return pixels, logits
-
-
-def _causal(n: int) -> mx.array:
-    i = mx.arange(n)
-    return i[:, None] >= i[None, :]
 
 
 class AIMv2PreTrainer(nn.Module):

@@ -9,8 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 
 from ..config import VisionConfig
-from .layers import Transformer
-from . import ops
+from .layers import Transformer, causal_mask
 
 
 def sincos_2d(h: int, w: int, dim: int) -> mx.array:
@@ -26,9 +25,8 @@ def sincos_2d(h: int, w: int, dim: int) -> mx.array:
 
 def prefix_mask(prefix_len: mx.array, n: int) -> mx.array:
     """Boolean (B, 1, n, n): token i sees token j when j <= i or j < prefix_len[b]."""
-    i = mx.arange(n)[:, None]
-    j = mx.arange(n)[None, :]
-    return ((j <= i)[None] | (j[None] < prefix_len[:, None, None]))[:, None]
+    j = mx.arange(n)[None, None, :]
+    return (causal_mask(n)[None] | (j < prefix_len[:, None, None]))[:, None]
 
 
 class PatchEmbed(nn.Module):
@@ -74,6 +72,7 @@ class ViTPreprocessor(nn.Module):
 
 class AttentionPoolingClassifier(nn.Module):
     """LiT's pooling head: a learned query attends over the tokens (no query projection), then a linear."""
+    sdpa = staticmethod(mx.fast.scaled_dot_product_attention)
 
     def __init__(self, dim: int, num_heads: int, bias: bool = True):
         super().__init__()
@@ -89,7 +88,7 @@ class AttentionPoolingClassifier(nn.Module):
         q = mx.broadcast_to(self.cls_token, (b, 1, d)).reshape(b, 1, h, hd).transpose(0, 2, 1, 3)
         k = self.k(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
         v = self.v(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        o = ops.attention(q, k, v, hd ** -0.5)
+        o = self.sdpa(q, k, v, scale=hd ** -0.5)
         return self.linear(o.transpose(0, 2, 1, 3).reshape(b, 1, d).mean(axis=1))
 
 

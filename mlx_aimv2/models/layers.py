@@ -2,16 +2,25 @@
 
 Attribute names mirror ml-aim's checkpoint keys (norm_1, attn.qkv, attn.proj, norm_2,
 mlp.fc1/fc2/fc3, post_trunk_norm) so Apple's mlx_model.safetensors loads with strict=True.
+The layers call MLX's own ops through two class attributes, `sdpa` and `act`: the one seam where
+cpu.use_kernels puts faster CPU kernels in their place.
 """
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from . import ops
+
+
+def causal_mask(n: int) -> mx.array:
+    """Boolean (n, n): position i attends to positions j <= i."""
+    i = mx.arange(n)
+    return i[:, None] >= i[None, :]
 
 
 class Attention(nn.Module):
+    sdpa = staticmethod(mx.fast.scaled_dot_product_attention)
+
     def __init__(self, dim: int, num_heads: int):
         super().__init__()
         self.num_heads = num_heads
@@ -23,12 +32,13 @@ class Attention(nn.Module):
         b, n, d = x.shape
         qkv = self.qkv(x).reshape(b, n, 3, self.num_heads, d // self.num_heads)
         q, k, v = qkv.transpose(2, 0, 3, 1, 4)
-        o = ops.attention(q, k, v, self.scale, mask)
+        o = self.sdpa(q, k, v, scale=self.scale, mask=mask)
         return self.proj(o.transpose(0, 2, 1, 3).reshape(b, n, d))
 
 
 class SwiGLUFFN(nn.Module):
     """fc2(silu(fc1(x)) * fc3(x)): fc1 is the gate, fc3 the up projection."""
+    act = staticmethod(nn.silu)
 
     def __init__(self, dim: int, hidden: int):
         super().__init__()
@@ -37,7 +47,7 @@ class SwiGLUFFN(nn.Module):
         self.fc3 = nn.Linear(dim, hidden, bias=False)
 
     def __call__(self, x: mx.array) -> mx.array:
-        return self.fc2(ops.silu_mul(self.fc1(x), self.fc3(x)))
+        return self.fc2(self.act(self.fc1(x)) * self.fc3(x))
 
 
 class Block(nn.Module):

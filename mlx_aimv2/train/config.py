@@ -8,21 +8,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import VisionConfig, swiglu_hidden
+from ..config import ENCODERS, OBJECTIVES, DecoderConfig, VisionConfig, vision_preset
 from ..errors import UserError
-from ..models.decoder import DecoderConfig, OBJECTIVES
-
-# encoder (D, depth, heads) and the decoder each gets by default
-ENCODERS = {
-    "tiny": ((64, 2, 2), dict(width=64, depth=1, num_heads=2)),
-    "small": ((128, 4, 2), dict(width=128, depth=2, num_heads=2, ratio=0.5)),
-    "demo": ((192, 6, 3), dict(width=192, depth=3, num_heads=3, ratio=0.5)),
-    "vit-s": ((384, 12, 6), dict(width=384, depth=6, num_heads=6, ratio=0.5)),
-    "vit-b": ((768, 12, 6), dict(width=768, depth=6, num_heads=6, ratio=0.5)),
-    "large": ((1024, 24, 8), {}), "huge": ((1536, 24, 12), {}), "1B": ((2048, 24, 16), {}),
-    "3B": ((3072, 24, 24), {}),
-}
-
+from ..preprocess import CLIP_MEAN, CLIP_STD
 
 @dataclass
 class TrainConfig:
@@ -58,8 +46,8 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     crop_scale: tuple = (0.4, 1.0)      # random resized crop: fraction of the image area kept
-    mean: tuple = (0.48145466, 0.4578275, 0.40821073)
-    std: tuple = (0.26862954, 0.26130258, 0.27577711)
+    mean: tuple = CLIP_MEAN
+    std: tuple = CLIP_STD
 
     def validate(self) -> "TrainConfig":
         if self.init is None and self.encoder not in ENCODERS:
@@ -81,9 +69,7 @@ class TrainConfig:
         return self
 
     def vision(self) -> VisionConfig:
-        (d, depth, heads), _ = ENCODERS[self.encoder]
-        return VisionConfig(hidden_size=d, depth=depth, num_heads=heads, mlp_hidden=swiglu_hidden(d),
-                            patch_size=self.patch_size, image_size=self.image_size)
+        return vision_preset(self.encoder, self.image_size, self.patch_size)
 
     def decoder_config(self, vocab_size: int) -> DecoderConfig:
         base = dict(ENCODERS.get(self.encoder, ((0, 0, 0), {}))[1])

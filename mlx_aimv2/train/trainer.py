@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .. import checkpoints as ckpt_io
+from .. import checkpoints as ckpt_io, cpu
 from ..config import ModelConfig
 from ..data import TrainStream, mirror_caption, open_dataset
 from ..errors import UserError
@@ -31,6 +31,7 @@ from .step import make_step
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
         self.cfg, self.log = cfg, log
+        cpu.warn_if_slow_blas()
         self.world = mx.distributed.init()
         self.rank, self.size = self.world.rank(), self.world.size()
         self.out = Path(cfg.out)
@@ -85,8 +86,7 @@ class Trainer:
         cfg = self.cfg
         if not cfg.init:
             return cfg.vision(), None
-        from ..api import load_checkpoint
-        module, mcfg, _ = load_checkpoint(cfg.init, dtype=mx.float32)
+        module, mcfg, _ = ckpt_io.load_checkpoint(cfg.init, dtype=mx.float32)
         enc = module.image_encoder if mcfg.kind == "lit" else module
         vision = mcfg.vision
         vision.use_head = False
@@ -106,6 +106,7 @@ class Trainer:
                                      pad_id=self.tokenizer.pad_id, alpha=cfg.alpha, objective=cfg.objective,
                                      prefix_attention=cfg.prefix_attention)
         init_weights(self.model)
+        cpu.use_kernels(self.model)
         if init is not None:
             self.model.encoder.load_weights(list(init.items()), strict=True)
         self.model.encoder.trunk.set_checkpointing(cfg.checkpointing)

@@ -1,0 +1,238 @@
+"""How MLX runs fast on a CPU: everything this package does differently there, in one room.
+
+The models call MLX's own ops (`mx.fast.scaled_dot_product_attention`, `nn.silu`); that is what
+every Mac (Metal) and CUDA user runs. On MLX's CPU backend three things are slow, and this module
+fixes each at one seam (docs/performance.md has the measurements):
+
+1. exp / sigmoid / softmax run a scalar path (15-30 ns per element) while plain arithmetic is
+   vectorised, so `exp` below rebuilds exp from arithmetic; `use_kernels(model)` swaps the models'
+   attention and SwiGLU activation for versions built on it.
+2. Elementwise kernels are single-threaded: `split_batch` spreads a batch over one CPU stream per
+   core, with the BLAS held to one thread meanwhile (`blas_threads`).
+3. The Linux `mlx[cpu]` wheel links the reference BLAS (~5 GFLOP/s): `loaded_blas` / `slow_blas`
+   detect it, `warn_if_slow_blas` says so, `restart_with_openblas` (the CLI only) fixes it.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import warnings
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from .environment import backend
+
+OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
+BLAS_FIX = f"sudo apt-get install libopenblas0-pthread && export LD_PRELOAD={OPENBLAS}"
+
+
+class SlowBLASWarning(RuntimeWarning):
+    """MLX's matmuls run on the mlx[cpu] wheel's reference BLAS. Filter it with
+    `warnings.simplefilter("ignore", mlx_aimv2.SlowBLASWarning)`."""
+
+
+def active() -> bool:
+    """True when MLX computes on the CPU (the default device), where this module's kernels apply."""
+    return mx.default_device() == mx.cpu
+
+
+# ------------------------------------------------------------------------------------ kernels
+
+_ROUND = 12582912.0  # 1.5 * 2**23: adding it rounds a float32 of magnitude < 2**22 to an integer
+
+
+@mx.custom_function
+def exp(x: mx.array) -> mx.array:
+    """exp(x) for float32 from arithmetic only: relative error < 1e-6 wherever the result is above
+    2**-125; below that (x < -87) it is 0, inf where float32 overflows (x > 88.72), NaN stays NaN.
+
+    exp(x) = 2**k * e**r with k = round(x / ln 2), |r| <= ln2 / 2: e**r from a degree-6 Taylor
+    polynomial, 2**k written straight into the exponent bits. The polynomial is doubled and the
+    power halved (2**(k-1)), so 2**k never needs the exponent 255 (inf) before the product is taken:
+    float32 overflows exactly where it should."""
+    x = mx.clip(x, -88.0, 89.0)                   # keeps k in [-127, 128]; NaN passes through clip
+    t = x * 1.4426950408889634 + _ROUND           # k = round(x / ln 2), held in t's mantissa
+    k = t - _ROUND
+    r = (x - k * 0.693359375) + k * 2.12194440e-4   # ln 2 in two parts (Cody-Waite): k * 0.693359375 is exact
+    p2 = 2.0 + r * (2.0 + r * (1.0 + r * (0.33333334 + r * (0.083333336 + r * (0.016666668 + r * 0.0027777778)))))
+    biased = mx.maximum(t.view(mx.int32) - (0x4B400000 - 126), 0)   # k - 1 + 127, floored at 0 (= +0.0)
+    return p2 * (biased << 23).view(mx.float32)
+
+
+@exp.vjp
+def _exp_vjp(primals, cotangent, output):
+    return cotangent * output  # d/dx exp(x) = exp(x); the bit trick itself has no derivative
+
+
+def _fast(x: mx.array) -> bool:
+    return x.dtype == mx.float32 and active()
+
+
+@mx.custom_function
+def _silu(x: mx.array) -> mx.array:
+    return x / (1.0 + exp(-x))
+
+
+@_silu.vjp
+def _silu_vjp(primals, cotangent, output):
+    # the derivative written out: autodiff of x / (1 + e^-x) gives inf / inf = NaN for x < -88
+    x = primals  # a one-argument custom_function gets its primal bare
+    s = 1.0 / (1.0 + exp(-x))
+    return cotangent * s * (1.0 + x * (1.0 - s))
+
+
+def silu(x: mx.array) -> mx.array:
+    """x * sigmoid(x) = x / (1 + e^-x); nn.silu off the CPU or outside float32."""
+    return _silu(x) if _fast(x) else nn.silu(x)
+
+
+def softmax(x: mx.array) -> mx.array:
+    """Softmax over the last axis; rows that are all -inf give NaN, as mx.softmax does."""
+    if not _fast(x):
+        return mx.softmax(x, axis=-1, precise=True)
+    e = exp(x - x.max(axis=-1, keepdims=True))
+    return e / e.sum(axis=-1, keepdims=True)
+
+
+def attention(q, k, v, scale: float, mask=None):
+    """mx.fast.scaled_dot_product_attention's contract on (B, H, L, hd): mask None, "causal" or an
+    array (boolean: True attends; else additive). The CPU version is matmul + `softmax` above."""
+    if not _fast(q):
+        return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    s = (q * scale) @ k.swapaxes(-1, -2)
+    if isinstance(mask, str):
+        from .models.layers import causal_mask
+        mask = causal_mask(q.shape[-2])
+    if mask is not None:
+        s = mx.where(mask, s, -mx.inf) if mask.dtype == mx.bool_ else s + mask
+    return softmax(s) @ v
+
+
+# The seam: the model classes name their kernels as class attributes (MLX's ops); these replace them.
+KERNELS = {"sdpa": attention, "act": silu}
+
+
+def use_kernels(model: nn.Module, enabled: bool | None = None) -> nn.Module:
+    """Give every layer of `model` this module's kernels (enabled, the default on the CPU) or MLX's
+    own (disabled). The kernels fall back to MLX's ops per call off the CPU or outside float32."""
+    enabled = active() if enabled is None else enabled
+    for _, m in model.named_modules():
+        for name, kernel in KERNELS.items():
+            if hasattr(type(m), name):
+                if enabled:
+                    setattr(m, name, kernel)
+                elif name in m.__dict__:
+                    delattr(m, name)
+    return model
+
+
+# ------------------------------------------------------------------------------------ streams
+
+_STREAMS: list = []
+
+
+def streams() -> int:
+    """How many CPU streams a batch is spread over: one per core (at most 8) on the CPU, else 1."""
+    if not active():
+        return 1
+    if not _STREAMS:
+        _STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
+    return len(_STREAMS)
+
+
+def split_batch(fn, x: mx.array, *args) -> dict:
+    """fn(x, *args) -> {name: array with the batch first}, computed in contiguous chunks of x on
+    one CPU stream each, so every core runs elementwise work; in one piece elsewhere."""
+    n = x.shape[0]
+    k = min(streams(), n)
+    if k <= 1:
+        return fn(x, *args)
+    with blas_threads(1):   # the streams are the parallelism now; threaded matmuls would oversubscribe
+        outs = []
+        for i, stream in enumerate(_STREAMS[:k]):
+            with mx.stream(stream):
+                outs.append(fn(x[i * n // k:(i + 1) * n // k], *args))
+        mx.eval(outs)
+    return {key: mx.concatenate([o[key] for o in outs]) for key in outs[0]}
+
+
+# ------------------------------------------------------------------------------------ BLAS
+
+
+def loaded_blas() -> str:
+    """The BLAS MLX's matmuls use on Linux: a preloaded library (it interposes cblas_sgemm), else
+    'reference' when the mlx[cpu] wheel's own libblas is mapped, else 'unknown'. (numpy's bundled
+    scipy-openblas does not count: its symbols are renamed.)"""
+    try:
+        with open("/proc/self/maps") as f:
+            maps = f.read()
+    except OSError:
+        return "unknown"
+    for lib in os.environ.get("LD_PRELOAD", "").replace(" ", ":").split(":"):
+        if "blas" in lib and lib in maps:
+            return f"{lib} (preloaded)"
+    return "reference" if "mlx_cpu.libs/libblas" in maps else "unknown"
+
+
+def slow_blas() -> bool:
+    """True on Linux when MLX computes on the CPU with the mlx[cpu] wheel's reference BLAS."""
+    return sys.platform == "linux" and backend() == "cpu" and loaded_blas() == "reference"
+
+
+_warned = []
+
+
+def warn_if_slow_blas() -> None:
+    """A SlowBLASWarning (once per process) when matmuls run on the reference BLAS."""
+    if not _warned and slow_blas():
+        _warned.append(True)
+        warnings.warn(f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
+                      SlowBLASWarning, stacklevel=3)
+
+
+class blas_threads:
+    """Temporarily set the preloaded OpenBLAS's thread count (a no-op without one)."""
+
+    def __init__(self, n: int):
+        self.n, self.lib, self.old = n, None, None
+        blas = loaded_blas()
+        if sys.platform == "linux" and "(preloaded)" in blas:
+            import ctypes
+            try:
+                lib = ctypes.CDLL(blas.split()[0])
+                self.lib = lib if hasattr(lib, "openblas_set_num_threads") else None
+            except OSError:
+                self.lib = None
+
+    def __enter__(self):
+        if self.lib is not None:
+            self.old = self.lib.openblas_get_num_threads()
+            self.lib.openblas_set_num_threads(self.n)
+        return self
+
+    def __exit__(self, *exc):
+        if self.lib is not None:
+            self.lib.openblas_set_num_threads(self.old)
+
+
+def restart_with_openblas() -> None:
+    """For the `mlx-aimv2` command only: on Linux's CPU backend, when Debian's OpenBLAS is installed
+    but not loaded, replace this process with the same command, the same interpreter flags and the
+    same mlx_aimv2 package, with OpenBLAS preloaded (LD_PRELOAD only acts at process start). At most
+    once; never on Metal or CUDA; MLX_AIMV2_NO_RESTART=1 turns it off."""
+    if (sys.platform != "linux" or os.environ.get("MLX_AIMV2_NO_RESTART") or not os.path.exists(OPENBLAS)
+            or "openblas" in os.environ.get("LD_PRELOAD", "") or backend() != "cpu"):
+        return
+    import subprocess
+    from pathlib import Path
+    env = dict(os.environ, MLX_AIMV2_NO_RESTART="1")
+    env["LD_PRELOAD"] = ":".join(p for p in (OPENBLAS, os.environ.get("LD_PRELOAD", "")) if p)
+    # `-c` with sys.path[0] set to where *this* package was imported from: neither the working
+    # directory nor a script's folder decides which mlx_aimv2 runs in the new process.
+    home = str(Path(__file__).resolve().parent.parent)
+    boot = f"import sys; sys.path[0] = {home!r}; from mlx_aimv2.cli import main; main()"
+    flags = subprocess._args_from_interpreter_flags()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os.execve(sys.executable, [sys.executable, *flags, "-c", boot, *sys.argv[1:]], env)

@@ -1,0 +1,85 @@
+"""cpu.py's kernels against numpy and MLX's own ops over the whole float32 range, with gradients."""
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+
+from mlx_aimv2 import cpu
+
+F32_MAX_LOG = float(np.log(np.finfo(np.float32).max))  # 88.7228: exp overflows above
+
+
+def _sweep():
+    rng = np.random.default_rng(0)
+    dense = np.linspace(-110, 95, 2_000_001, dtype=np.float32)
+    wide = np.concatenate([-np.logspace(-30, 38, 20000), np.logspace(-30, 38, 20000)]).astype(np.float32)
+    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, np.finfo(np.float32).max,
+                        -np.finfo(np.float32).max, np.finfo(np.float32).tiny, 88.72, 88.7228, 88.73,
+                        -87.0, -87.4, -88.0, -103.0, -104.0], np.float32)
+    bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)  # any float32
+    return np.concatenate([dense, wide, special, bits])
+
+
+def test_exp_over_the_whole_float32_range():
+    x = _sweep()
+    ours = np.array(cpu.exp(mx.array(x)))
+    with np.errstate(over="ignore", invalid="ignore"):
+        exact = np.exp(x.astype(np.float64))
+        ref32 = np.exp(x)
+    nan = np.isnan(x)
+    assert np.isnan(ours[nan]).all()
+    assert not np.isnan(ours[~nan]).any()
+    # inf exactly where float32's exp overflows, as mx.exp and numpy do
+    assert ((ours == np.inf) == (ref32 == np.inf))[~nan].all()
+    assert (ours[x == -np.inf] == 0).all() and (ours[~nan] >= 0).all()
+    normal = ~nan & (exact >= 2.0 ** -125) & np.isfinite(ref32)
+    assert (np.abs(ours[normal] - exact[normal]) / exact[normal]).max() < 1e-6
+    tiny = ~nan & (exact < 2.0 ** -125)  # the bottom of float32: 0 or a subnormal, never more
+    assert np.abs(ours[tiny] - exact[tiny]).max() < 2.0 ** -125
+    # and MLX's own exp (itself within 4e-6 of the exact value) agrees wherever it is finite and normal
+    theirs = np.array(mx.exp(mx.array(x)))
+    both = normal & np.isfinite(theirs) & (theirs > 0)
+    assert (np.abs(ours[both] - theirs[both]) / theirs[both]).max() < 5e-6
+
+
+def test_exp_gradient():
+    x = mx.array(np.linspace(-120, 80, 10001, dtype=np.float32))
+    g = mx.grad(lambda v: cpu.exp(v).sum())(x)
+    assert np.allclose(np.array(g), np.array(mx.exp(x)), rtol=1e-5, atol=1e-37)
+
+
+@pytest.mark.parametrize("scale", [1.0, 50.0, 300.0])
+def test_silu_and_its_gradient_match_mlx(scale):
+    x = mx.array((np.random.default_rng(1).standard_normal(50_000) * scale).astype(np.float32))
+    x = mx.concatenate([x, mx.array([-200.0, -150.0, -90.0, 90.0, 150.0, 200.0, 0.0])])
+    ours, ref = cpu.silu(x), nn.silu(x)
+    assert np.allclose(np.array(ours), np.array(ref), rtol=2e-6, atol=1e-6)
+    assert abs(cpu.silu(mx.array(-150.0)).item()) < 1e-30
+    g_ours = np.array(mx.grad(lambda v: cpu.silu(v).sum())(x))
+    x64 = np.array(x).astype(np.float64)
+    with np.errstate(over="ignore"):
+        s = 1 / (1 + np.exp(-x64))
+    exact = s * (1 + x64 * (1 - s))  # d/dx x * sigmoid(x), bounded by 1.1 in magnitude
+    assert np.abs(g_ours - exact).max() < 1e-6
+
+
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "additive", "prefix"])
+def test_attention_matches_mlx_sdpa(mask):
+    rng = np.random.default_rng(2)
+    q, k, v = (mx.array(rng.standard_normal((2, 3, 17, 8)).astype(np.float32) * 4) for _ in range(3))
+    if mask == "bool":
+        mask = mx.array(rng.random((2, 1, 17, 17)) > 0.3) | mx.eye(17, dtype=mx.bool_)
+    elif mask == "additive":
+        mask = mx.array(rng.standard_normal((17, 17)).astype(np.float32))
+    elif mask == "prefix":
+        from mlx_aimv2.models.encoder import prefix_mask
+        mask = prefix_mask(mx.array([1, 9]), 17)
+    ours = cpu.attention(q, k, v, scale=0.3, mask=mask)
+    ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
+    assert np.abs(np.array(ours) - np.array(ref)).max() < 1e-5
+
+
+def test_kernels_fall_back_to_mlx_off_float32():
+    x = mx.array([-150.0, 1.0, 150.0], dtype=mx.bfloat16)
+    assert cpu.silu(x).dtype == mx.bfloat16
+    assert np.allclose(np.array(cpu.silu(x).astype(mx.float32)), np.array(nn.silu(x).astype(mx.float32)))
