@@ -55,7 +55,7 @@ def main():
         t0 = time.time()
         seconds = run / "train_seconds.txt"
         if not (run / "encoder" / "model.safetensors").is_file():
-            cfg = load_config(overrides=dict(data=str(data), out=str(run), encoder="small", image_size=56,
+            cfg = load_config(overrides=dict(data=str(data), out=str(run), mirror_captions=True, encoder="small", image_size=56,
                                              batch_size=a.batch, steps=a.steps, warmup=50, lr=2e-3,
                                              objective=objective, tokenizer=str(tok), save_every=10_000,
                                              decoder={"ratio": ratio}, log_every=10))

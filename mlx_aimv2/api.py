@@ -15,6 +15,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import cpu, hub
+from .atomic import check_destination
 from .checkpoints import load_checkpoint, save
 from .config import ModelConfig
 from .environment import wire_memory_for
@@ -56,11 +57,23 @@ class AIMv2:
     def preprocess(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         return [self.preprocessor(im) for im in images]
 
+    def check_layers(self, layers: Optional[Sequence[int]]) -> Optional[tuple]:
+        """Block indices as given (negative count back), refused when out of range. layer_k is block
+        k's output before the final norm: transformers' hidden_states[k + 1]."""
+        if layers is None:
+            return None
+        depth = len(self.vision.trunk.blocks)
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad:
+            raise UserError(f"layer(s) {', '.join(map(str, bad))} out of range: this model has {depth} blocks "
+                            f"(0..{depth - 1}, or -1..-{depth} counting back)")
+        return tuple(layers)
+
     def features(self, pixels: mx.array, pool: str = "mean", layers: Optional[Sequence[int]] = None) -> dict:
         """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays.
 
         On MLX's CPU backend the batch is split over one CPU stream per core (cpu.split_batch)."""
-        return cpu.split_batch(self._features, pixels, pool, layers)
+        return cpu.split_batch(self._features, pixels, pool, self.check_layers(layers))
 
     def _features(self, pixels: mx.array, pool: str, layers) -> dict:
         if pool not in POOLS:
@@ -78,27 +91,40 @@ class AIMv2:
         else:
             e = self.module.image_projector(self.vision.pool(tokens))
             result["embedding"] = e / mx.linalg.norm(e, axis=-1, keepdims=True)
+        depth = len(self.vision.trunk.blocks)
         for i, f in feats.items():
-            result[f"layer_{i}"] = f if pool == "none" else f.mean(axis=1)
+            result[f"layer_{i % depth}"] = f if pool == "none" else f.mean(axis=1)
         return result
 
     def embed(self, images: Sequence[ImageLike] | ImageLike, pool: str = "mean",
               layers: Optional[Sequence[int]] = None, batch_size: int = 8):
-        """Images (paths, PIL images or HWC arrays) -> numpy features. With no `layers`, one array:
-        (B, D) pooled or (B, N, D) tokens; with `layers`, a dict that adds "layer_i"."""
+        """Images (paths, PIL images or HWC arrays) -> numpy features.
+
+        A list gives a batch: (B, D) pooled or (B, N, D) tokens; one image (not in a list) gives its
+        own (D,) or (N, D). With `layers`, a dict that adds "layer_k" entries. The native model's
+        tokens (pool="none") differ in N per image, so there each entry is a list of (N_i, D) arrays."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
         rows = [f for _, f in self.iter_embed(items, pool, layers, batch_size)]
-        out = {k: np.stack([r[k] for r in rows]) for k in rows[0]} if rows else {}
-        if layers is None:
-            out = out["tokens" if pool == "none" else "embedding"]
-        return out
+        if not rows:
+            return {} if layers is not None else np.zeros((0, self.vision.config.hidden_size), np.float32)
+        keys = list(rows[0])
+        if single:
+            out = rows[0]
+        elif pool == "none" and self.config.vision.native:
+            out = {k: [r[k] for r in rows] for k in keys}
+        else:
+            out = {k: np.stack([r[k] for r in rows]) for k in keys}
+        return out if layers is not None else out["tokens" if pool == "none" else "embedding"]
 
     def iter_embed(self, items: Iterable[ImageLike], pool: str = "mean", layers=None, batch_size: int = 8,
                    errors: Optional[list] = None) -> Iterator[tuple]:
         """Yields (item, {name: np.ndarray}) per image, batching images of the same size. With an
         `errors` list, unreadable images are appended as (item, message) instead of raising."""
         pending: list = []
+        if pool not in POOLS:
+            raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
+        layers = self.check_layers(layers)
 
         def flush():
             pixels = mx.array(np.stack([p for _, p in pending]))
@@ -106,7 +132,14 @@ class AIMv2:
             mx.eval(res)
             res = {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
             for j, (item, _) in enumerate(pending):
-                yield item, {k: v[j] for k, v in res.items()}
+                row = {k: v[j] for k, v in res.items()}
+                if not all(np.isfinite(v).all() for v in row.values()):
+                    why = f"{item}: the model gave non-finite values (NaN/inf); its weights are broken or overflow"
+                    if errors is None:
+                        raise UserError(why)
+                    errors.append((item, why))
+                    continue
+                yield item, row
             pending.clear()
 
         for item in items:
@@ -159,13 +192,19 @@ class AIMv2:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def convert(src: str, dst: Path, dtype: str = "float32", revision: Optional[str] = None) -> Path:
-    """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json)."""
+def convert(src: str, dst: Path, dtype: Optional[str] = None, revision: Optional[str] = None,
+            overwrite: bool = False) -> Path:
+    """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json).
+    dtype: float32 | bfloat16 | float16, default the source's own. An existing destination must be
+    empty or one of our checkpoints unless `overwrite` (which replaces only the files we write)."""
     dtypes = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
-    if dtype not in dtypes:
+    if dtype is not None and dtype not in dtypes:
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
-    module, config, folder = load_checkpoint(src, revision, dtypes[dtype])
+    check_destination(dst, overwrite)
+    module, config, folder = load_checkpoint(src, revision, dtypes.get(dtype))
     pp = folder / "preprocessor_config.json"
+    v = config.vision
+    Preprocessor.from_folder(folder, v.patch_size if v.native else None, v.image_size or 224)  # valid, or one line why
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
     extra = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / f).is_file()]
-    return save(module, config, Path(dst), preprocessor, tuple(extra))
+    return save(module, config, Path(dst), preprocessor, tuple(extra), overwrite=overwrite)

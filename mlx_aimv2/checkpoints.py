@@ -8,10 +8,9 @@ tensor shapes; a config.json adds only what shapes cannot tell (head counts, eps
 from __future__ import annotations
 
 import json
-import os
+import math
 import re
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
@@ -19,6 +18,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .config import ModelConfig, TextConfig, VisionConfig
+from .atomic import write_folder
 from .errors import UserError
 from .preprocess import CLIP_MEAN, CLIP_STD
 
@@ -93,9 +93,12 @@ def read_config_json(folder: Path) -> Optional[dict]:
     if not f.is_file():
         return None
     try:
-        return json.loads(f.read_text())
-    except json.JSONDecodeError as e:
+        d = json.loads(f.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise UserError(f"{f}: not valid JSON ({e}); fix or delete it") from None
+    if not isinstance(d, dict):
+        raise UserError(f"{f}: must hold a JSON object (a table of keys), not a {type(d).__name__}; fix or delete it")
+    return d
 
 
 # ---------------------------------------------------------------------------- layouts
@@ -221,9 +224,15 @@ def _depth(weights: dict, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None) -> ModelConfig:
-    """The architecture from tensor shapes (our layout); `hints` (a config.json) gives head counts etc."""
+def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None,
+                 where: str = "config.json") -> ModelConfig:
+    """The architecture from tensor shapes (our layout); `hints` (a config.json) gives head counts etc.
+    and must agree with the shapes."""
     hints = hints or {}
+    odd = sorted(k for k, v in weights.items() if not mx.issubdtype(v.dtype, mx.floating))
+    if odd:
+        raise UserError(f"{where.rsplit('/', 1)[0]}: tensor {odd[0]} is {weights[odd[0]].dtype}; AIMv2 weights are "
+                        f"floating point - the file is damaged or not a model")
     lit = any(k.startswith("image_encoder.") for k in weights)
     vp = "image_encoder." if lit else ""
     try:
@@ -233,56 +242,91 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None) -> 
         mlp = weights[f"{vp}trunk.blocks.0.mlp.fc1.weight"].shape[0]
     except KeyError as e:
         raise UserError(f"checkpoint lacks the tensor {e.args[0]}; is it an AIMv2 encoder?") from None
-    vh = _vision_hints(hints)
+    vh = _hints(hints, "vision", "vision_config", where)
     image_size = None
     if pos is not None:
-        side = int(round(pos.shape[1] ** 0.5))
+        side = int(round(pos.shape[1] ** 0.5)) if pos.ndim == 3 else 0
+        if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != d or side * side != pos.shape[1]:
+            raise UserError(f"{where.rsplit('/', 1)[0]}: the position table has shape {tuple(pos.shape)}; it must be "
+                            f"(1, n*n, {d}) - the checkpoint is damaged")
         image_size = side * patch
     vision = VisionConfig(hidden_size=d, depth=_depth(weights, vp), num_heads=vh.get("heads", max(d // 128, 1)),
                           mlp_hidden=mlp, patch_size=patch, image_size=image_size, num_channels=conv.shape[-1],
                           eps=vh.get("eps", 1e-5), use_head=f"{vp}head.cls_token" in weights,
                           head_bias=f"{vp}head.linear.bias" in weights)
+    _check_against(vision, vh, where)
     if not lit:
         return ModelConfig(kind="vision", vision=vision)
     tp = "text_encoder."
     emb = weights[f"{tp}preprocessor.text_embedding.weight"]
-    th = _text_hints(hints)
+    th = _hints(hints, "text", "text_config", where)
     text = TextConfig(vocab_size=emb.shape[0], hidden_size=emb.shape[1], depth=_depth(weights, tp),
                       num_heads=th.get("heads", max(emb.shape[1] // 128, 1)),
                       mlp_hidden=weights[f"{tp}trunk.blocks.0.mlp.fc1.weight"].shape[0],
                       context_length=weights[f"{tp}preprocessor.positional_embedding"].shape[0],
                       eos_token_id=th.get("eos", 49407), eps=th.get("eps", 1e-5))
+    _check_against(text, th, where)
     return ModelConfig(kind="lit", vision=vision, text=text,
                        projection_dim=weights["image_projector.weight"].shape[0],
                        max_logit_scale=float(hints.get("max_logit_scale", 100.0)))
 
 
-def _vision_hints(h: dict) -> dict:
-    if h.get("format") == "mlx_aimv2":
-        v = h["vision"]
-        return {"heads": v["num_heads"], "eps": v["eps"]}
-    v = h.get("vision_config") or h
+def _field(d: dict, key: str, kind, where: str, low=None):
+    """d[key] checked: an int / float (not a bool) / bool, at least `low`; one clear line otherwise."""
+    v = d[key]
+    ok = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
+    if kind is float:
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
+    if not ok or (low is not None and v < low) or (kind is float and not math.isfinite(v)):
+        want = {int: "an integer", float: "a number", bool: "true or false"}[kind]
+        raise UserError(f"{where}: '{key}' is {v!r}; it must be {want}" + (f" >= {low}" if low is not None else ""))
+    return v
+
+
+# config.json keys that the tensors also tell: (ours, transformers') -> VisionConfig / TextConfig field
+_VISION_KEYS = [("hidden_size", "hidden_size", "hidden_size"), ("depth", "num_hidden_layers", "depth"),
+                ("mlp_hidden", "intermediate_size", "mlp_hidden"), ("patch_size", "patch_size", "patch_size")]
+_TEXT_KEYS = [("vocab_size", "vocab_size", "vocab_size"), ("hidden_size", "hidden_size", "hidden_size"),
+              ("depth", "num_hidden_layers", "depth"), ("mlp_hidden", "intermediate_size", "mlp_hidden")]
+
+
+def _section(h: dict, ours: str, theirs: str, where: str) -> tuple[dict, bool]:
+    """The vision / text part of a config.json (ours or transformers'), and whether it is ours."""
+    mine = h.get("format") == "mlx_aimv2"
+    sec = h.get(ours) if mine else (h.get(theirs) or (h if ours == "vision" else {}))
+    if not isinstance(sec, dict) or (mine and not sec):
+        raise UserError(f"{where}: '{ours if mine else theirs}' must be a table of keys; re-convert the checkpoint")
+    return sec, mine
+
+
+def _hints(h: dict, ours: str, theirs: str, where: str) -> dict:
+    """Head count, eps (and eos) from a config.json, checked; plus the shape keys to compare."""
+    sec, mine = _section(h, ours, theirs, where)
+    names = {"heads": "num_heads" if mine else "num_attention_heads", "eps": "eps" if mine else "rms_norm_eps",
+             "eos": "eos_token_id"}
     out = {}
-    if "num_attention_heads" in v:
-        out["heads"] = int(v["num_attention_heads"])
-    if "rms_norm_eps" in v:
-        out["eps"] = float(v["rms_norm_eps"])
+    if names["heads"] in sec:
+        out["heads"] = _field(sec, names["heads"], int, where, 1)
+    if names["eps"] in sec:
+        out["eps"] = _field(sec, names["eps"], float, where)
+        if not 0 < out["eps"] < 1:
+            raise UserError(f"{where}: '{names['eps']}' is {out['eps']}; it must lie between 0 and 1")
+    if ours == "text" and sec.get("eos_token_id") is not None:
+        out["eos"] = _field(sec, "eos_token_id", int, where, 0)
+    keys = _VISION_KEYS if ours == "vision" else _TEXT_KEYS
+    out["shape"] = {field: (key, _field(sec, key, int, where, 1)) for mine_key, their_key, field in keys
+                    for key in [mine_key if mine else their_key] if key in sec}
     return out
 
 
-def _text_hints(h: dict) -> dict:
-    if h.get("format") == "mlx_aimv2":
-        t = h["text"]
-        return {"heads": t["num_heads"], "eps": t["eps"], "eos": t["eos_token_id"]}
-    t = h.get("text_config") or {}
-    out = {}
-    if "num_attention_heads" in t:
-        out["heads"] = int(t["num_attention_heads"])
-    if "rms_norm_eps" in t:
-        out["eps"] = float(t["rms_norm_eps"])
-    if t.get("eos_token_id") is not None:
-        out["eos"] = int(t["eos_token_id"])
-    return out
+def _check_against(cfg, hints: dict, where: str) -> None:
+    """What config.json says about the architecture must be what the tensors hold."""
+    for field, (key, said) in hints["shape"].items():
+        if getattr(cfg, field) != said:
+            raise UserError(f"{where}: '{key}' says {said} but the weights hold {getattr(cfg, field)}; "
+                            f"the checkpoint is incomplete or the config belongs to another model")
+    if cfg.num_heads < 1 or cfg.hidden_size % cfg.num_heads:
+        raise UserError(f"{where}: {cfg.num_heads} heads do not divide the width {cfg.hidden_size}")
 
 
 # ---------------------------------------------------------------------------- loading & saving
@@ -297,7 +341,7 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     folder = file.parent
     weights = to_mlx(read_weights(file))
     hints = read_config_json(folder) or {}
-    config = infer_config(weights, hints)
+    config = infer_config(weights, hints, str(folder / "config.json"))
     config.name = hints.get("name") or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else folder.name)
     module = build(config)
     load_into(module, weights, str(file), dtype)
@@ -321,30 +365,18 @@ def load_into(model, weights: dict[str, mx.array], source: str, dtype=None):
 
 
 def save(model, config: ModelConfig, out_dir: Path, preprocessor: Optional[dict] = None,
-         extra_files: tuple = (), metadata: Optional[dict] = None) -> Path:
-    """Write model.safetensors + config.json + preprocessor_config.json atomically (temp dir, rename)."""
-    out_dir = Path(out_dir)
-    out_dir.parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.", dir=out_dir.parent))
-    try:
-        weights = dict(tree_flatten(model.parameters()))
+         extra_files: tuple = (), metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
+    """Write model.safetensors + config.json + preprocessor_config.json atomically (atomic.write_folder)."""
+    weights = dict(tree_flatten(model.parameters()))
+
+    def write(tmp: Path):
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx", **(metadata or {})})
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
         for f in extra_files:
             shutil.copy(f, tmp / Path(f).name)
-        if out_dir.exists():
-            old = out_dir.with_name(out_dir.name + ".old")
-            shutil.rmtree(old, ignore_errors=True)
-            os.replace(out_dir, old)
-            os.replace(tmp, out_dir)
-            shutil.rmtree(old, ignore_errors=True)
-        else:
-            os.replace(tmp, out_dir)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    return out_dir
+    return write_folder(out_dir, write, overwrite)
 
 
 def default_preprocessor(config: ModelConfig) -> dict:

@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import functools
 import glob
+import os
 from pathlib import Path
 from typing import List, Optional
 
@@ -30,13 +31,24 @@ def user_errors(fn):
     return wrapper
 
 
+def _images_under(folder: Path, missing: list) -> list[Path]:
+    """Image files under a folder, recursively; unreadable sub-folders are reported, links to folders
+    are not followed (no loops), pipes and devices are not files."""
+    found = []
+    for root, _, names in os.walk(folder, onerror=lambda e: missing.append((e.filename, "folder not readable; skipped"))):
+        found += [Path(root) / n for n in names if n.lower().endswith(IMAGE_EXT) and (Path(root) / n).is_file()]
+    if not found and not missing:
+        missing.append((str(folder), f"folder holds no image files ({', '.join(IMAGE_EXT)})"))
+    return sorted(found)
+
+
 def expand_paths(paths: List[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     """Files, folders (recursive, image extensions) and globs -> image files, plus what matched nothing."""
     files, missing = [], []
     for p in paths:
         path = Path(p)
         if path.is_dir():
-            files += sorted(f for f in path.rglob("*") if f.is_file() and f.suffix.lower() in IMAGE_EXT)
+            files += _images_under(path, missing)
         elif path.exists():
             files.append(path)
         elif any(ch in p for ch in "*?["):
@@ -71,11 +83,13 @@ def models():
 @user_errors
 def convert(src: str = typer.Argument(..., help="hub id, model name, local folder or weight file"),
             dst: Path = typer.Argument(..., help="output folder"),
-            dtype: str = typer.Option("float32", help="float32 | bfloat16 | float16"),
-            revision: Optional[str] = typer.Option(None, help="hub revision (default: the pinned one)")):
+            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [default: the source's]"),
+            revision: Optional[str] = typer.Option(None, help="hub revision (default: the pinned one)"),
+            overwrite: bool = typer.Option(False, "--overwrite",
+                                           help="write into a non-empty folder (only our files are replaced)")):
     """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX."""
     from .api import convert as run
-    out = run(src, dst, dtype, revision)
+    out = run(src, dst, dtype, revision, overwrite)
     typer.echo(f"wrote {out}/model.safetensors, config.json, preprocessor_config.json")
 
 
@@ -86,41 +100,57 @@ def embed(paths: List[str] = typer.Argument(..., help="image files, folders (rec
                                               help="hub id, local checkpoint or 'demo' [default: "
                                                    "apple/aimv2-large-patch14-224, else the demo]"),
           pool: str = typer.Option("mean", help="mean | none | attn (LiT head)"),
-          layers: Optional[str] = typer.Option(None, help="comma-separated block indices, e.g. '-1,12'"),
+          layers: Optional[str] = typer.Option(None, help="comma-separated block indices, e.g. '-1,12': block k's "
+                                                          "output before the final norm (transformers' hidden_states[k+1])"),
           batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-          output: Optional[Path] = typer.Option(None, "--output", "-o", help=".npy, .safetensors or .jsonl"),
+          output: Optional[Path] = typer.Option(None, "--output", "-o",
+                                                help=".npy (one array; the file order goes to .files.txt), "
+                                                     ".safetensors or .jsonl (file names kept)"),
           pca: Optional[Path] = typer.Option(None, help="save a PCA picture of the patch features here (.png)"),
-          revision: Optional[str] = typer.Option(None)):
+          revision: Optional[str] = typer.Option(None, help="hub revision (a branch, tag or commit) of --model; "
+                                                              "default: the revision this package was tested with")):
     """Embed images: pooled embeddings or patch tokens, optionally intermediate layers."""
     from . import writers
     from .api import load
-    if output is not None:
-        writers.check_output(output)
-    layer_ids = _parse_layers(layers)
-    files, errors = expand_paths(paths)
-    if not files:
-        raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
-    m = _load_default(revision) if model is None else load(model, revision)
-    names, rows = [], []
-    from tqdm import tqdm
-    it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors)
-    for item, feats in tqdm(it, total=len(files), disable=len(files) <= batch_size, unit="img", desc="embed"):
-        names.append(str(item))
-        rows.append(feats)
-    if output is not None and rows:
-        writers.write(output, names, rows)
-        typer.echo(f"embedded {len(rows)} image(s) with {m.config.name or model} -> {output}")
-    else:
-        for name, r in zip(names, rows):
-            typer.echo(f"{name}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in r.items()))
-    if pca is not None and rows:
+    writer = writers.Writer(output) if output is not None else None  # a bad destination fails before any work
+    try:
+        files, errors = expand_paths(paths)
+        if not files:
+            raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
+        m = _load_default(revision) if model is None else load(model, revision)
+        layer_ids = m.check_layers(_parse_layers(layers))
+        if (output is not None and output.suffix == ".npy" and pool == "none" and m.config.vision.native
+                and len(files) > 1):
+            raise UserError(f"{output}: the native model's tokens differ in size per image and .npy holds one "
+                            f"array; use {' or '.join(writers.RAGGED_FORMATS)}")
+        from tqdm import tqdm
+        it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors)
+        names = []
+        for item, feats in tqdm(it, total=len(files), disable=len(files) <= batch_size, unit="img", desc="embed"):
+            names.append(str(item))
+            if writer is not None:
+                writer.add(str(item), feats)
+            else:
+                typer.echo(f"{item}: " + ", ".join(f"{k} {tuple(v.shape)}" for k, v in feats.items()))
+        if writer is not None and names:
+            writer.close()
+            typer.echo(f"embedded {len(names)} image(s) with {m.config.name or model} -> {output}")
+    except BaseException:
+        if writer is not None:
+            kept = writer.abort()
+            if kept is not None:
+                typer.echo(f"kept the {len(writer)} embedding(s) done so far in {kept}", err=True)
+        raise
+    if writer is not None and not names:
+        writer.abort()
+    if pca is not None and names:
         _save_pca(m, names[:8], pca)
         typer.echo(f"saved patch-feature PCA to {pca}")
     if errors:
         typer.echo(f"skipped {len(errors)} file(s):", err=True)
         for p, why in errors:
             typer.echo(f"  {why if str(p) in why else f'{p}: {why}'}", err=True)
-        raise typer.Exit(1 if not rows else 2)
+        raise typer.Exit(1 if not names else 2)
 
 
 def _load_default(revision):
@@ -225,10 +255,13 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
           resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init)."""
-    from .train import Trainer, load_config
+    from .train import Trainer, build_config, read_config
+    from .train.checkpoint import saved_config
     flags = dict(data=data, out=out, encoder=encoder, init=init, image_size=image_size, batch_size=batch_size,
                  steps=steps, lr=lr, objective=objective, dtype=dtype)
-    cfg = load_config(config, flags, set_)
+    given = read_config(config, flags, set_)
+    # a resumed run continues with the config saved in its checkpoint; flags change only what may change
+    cfg = build_config(given, saved_config(Path(given.get("out", "runs/aimv2"))) if resume else None)
     trainer = Trainer(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
     result = trainer.run(progress=progress)
     last = result["last"]
@@ -241,10 +274,12 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
 @app.command()
 @user_errors
 def export(run: Path = typer.Argument(..., help="a training run folder or checkpoint"),
-           out: Path = typer.Argument(..., help="output folder for the encoder")):
+           out: Path = typer.Argument(..., help="output folder for the encoder"),
+           overwrite: bool = typer.Option(False, "--overwrite",
+                                          help="write into a non-empty folder (only our files are replaced)")):
     """Export a training run's encoder as a checkpoint that `embed` loads."""
     from .train import export_run
-    typer.echo(f"wrote {export_run(run, out)}")
+    typer.echo(f"wrote {export_run(run, out, overwrite)}")
 
 
 @app.command()
@@ -284,12 +319,19 @@ def main():
     import warnings
     # a warning (the slow BLAS) is one line on stderr, as errors are
     warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)
-    app(prog_name="mlx-aimv2")
+    try:
+        app(prog_name="mlx-aimv2")
+    except KeyboardInterrupt:  # before a command's own handling is in place (imports, start-up)
+        typer.echo("interrupted", err=True)
+        raise SystemExit(130) from None
 
 
 def console():
     """The `mlx-aimv2` command (and `python -m mlx_aimv2`): on Linux's CPU backend it first restarts
     itself with Debian's OpenBLAS when that is installed but not loaded (cpu.restart_with_openblas)."""
-    from .cpu import restart_with_openblas
-    restart_with_openblas()
+    try:
+        from .cpu import restart_with_openblas
+        restart_with_openblas()
+    except KeyboardInterrupt:
+        raise SystemExit(130) from None
     main()

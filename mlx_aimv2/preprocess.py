@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -21,6 +22,7 @@ IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff") 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # the normalisation every AIMv2 checkpoint was trained with
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning threshold)
+MAX_ASPECT = 50           # a 1 x 20000 strip would resize to 224 x 4.5 million pixels
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 
@@ -38,21 +40,55 @@ class Preprocessor:
     max_patches: int = 4096
 
     @classmethod
-    def from_config(cls, d: dict, native_patch: Optional[int] = None) -> "Preprocessor":
+    def from_config(cls, d: dict, native_patch: Optional[int] = None, where: str = "preprocessor_config.json",
+                    image_size: Optional[int] = None) -> "Preprocessor":
+        """From a CLIPImageProcessor config, every value checked (one line naming the key otherwise).
+        image_size: a fixed-size model's input side, which the crop must equal."""
+        def bad(key, why):
+            return UserError(f"{where}: '{key}' {why}; fix it or delete the file to use the defaults")
+
+        def side(v, key):
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise bad(key, f"is {v!r}; it must be a positive integer")
+            return v
+
+        def triple(key, default, positive):
+            v = d.get(key, default)
+            if (not isinstance(v, (list, tuple)) or len(v) != 3
+                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+                raise bad(key, f"is {v!r}; it must be a list of 3 numbers (R, G, B)")
+            if positive and min(v) <= 0:
+                raise bad(key, f"is {list(v)}; every value must be above 0")
+            return tuple(float(x) for x in v)
+
+        if not isinstance(d, dict):
+            raise UserError(f"{where}: must hold a JSON object; fix it or delete the file")
         size = d.get("size", {})
-        size = size.get("shortest_edge", size.get("height", 224)) if isinstance(size, dict) else int(size)
+        if isinstance(size, dict):
+            size = size.get("shortest_edge", size.get("height", 224))
+        size = side(size, "size")
         crop = d.get("crop_size", {"height": size, "width": size})
-        crop = (crop["height"], crop["width"]) if isinstance(crop, dict) else (int(crop), int(crop))
-        return cls(size=size, crop=crop, do_resize=d.get("do_resize", True),
-                   do_center_crop=d.get("do_center_crop", True), rescale=d.get("rescale_factor", 1 / 255),
-                   mean=tuple(d.get("image_mean", cls.mean)), std=tuple(d.get("image_std", cls.std)),
+        crop = (crop.get("height"), crop.get("width")) if isinstance(crop, dict) else (crop, crop)
+        crop = (side(crop[0], "crop_size"), side(crop[1], "crop_size"))
+        if image_size and not native_patch and d.get("do_center_crop", True) and crop != (image_size, image_size):
+            raise bad("crop_size", f"is {crop[0]}x{crop[1]} but this model takes {image_size}x{image_size} images")
+        rescale = d.get("rescale_factor", 1 / 255)
+        if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 < rescale <= 1:
+            raise bad("rescale_factor", f"is {rescale!r}; it must be a number in (0, 1]")
+        return cls(size=size, crop=crop, do_resize=bool(d.get("do_resize", True)),
+                   do_center_crop=bool(d.get("do_center_crop", True)), rescale=rescale,
+                   mean=triple("image_mean", cls.mean, False), std=triple("image_std", cls.std, True),
                    native_patch=native_patch)
 
     @classmethod
     def from_folder(cls, folder: Path, native_patch: Optional[int] = None, image_size: int = 224) -> "Preprocessor":
         f = Path(folder) / "preprocessor_config.json"
         if Path(folder).is_dir() and f.is_file():
-            return cls.from_config(json.loads(f.read_text()), native_patch)
+            try:
+                d = json.loads(f.read_text())
+            except (json.JSONDecodeError, UnicodeDecodeError) as e:
+                raise UserError(f"{f}: not valid JSON ({e}); fix it or delete the file to use the defaults") from None
+            return cls.from_config(d, native_patch, str(f), image_size)
         return cls(size=image_size, crop=(image_size, image_size), native_patch=native_patch)
 
     # -- steps ---------------------------------------------------------------------------
@@ -115,6 +151,19 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
+class ImageSizeError(ValueError):
+    pass
+
+
+def check_image_size(w: int, h: int) -> None:
+    """From the header, before decoding: refuse decompression bombs and extreme strips."""
+    if w * h > MAX_PIXELS:
+        raise ImageSizeError(f"{w}x{h} is over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); "
+                         f"downscale it first")
+    if max(w, h) > MAX_ASPECT * max(min(w, h), 1):
+        raise ImageSizeError(f"{w}x{h} is a strip over {MAX_ASPECT}:1, which no encoder input can hold; crop it first")
+
+
 def load_image(src: ImageLike) -> Image.Image:
     """Open an image file with EXIF orientation applied; one clear UserError for every bad file."""
     if isinstance(src, Image.Image):
@@ -125,20 +174,25 @@ def load_image(src: ImageLike) -> Image.Image:
             a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
         return Image.fromarray(a)
     path = Path(src)
-    if not path.is_file():
+    if not path.exists():
         raise UserError(f"{path}: no such image file")
+    if not path.is_file():
+        kind = "a folder" if path.is_dir() else "not a regular file (a pipe or device?)"
+        raise UserError(f"{path}: {kind}, not an image file")
+    if not os.access(path, os.R_OK):
+        raise UserError(f"{path}: permission denied; make it readable (chmod +r)")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file, not an image")
     try:
         with Image.open(path) as im:
-            if im.size[0] * im.size[1] > MAX_PIXELS:  # checked from the header, before decoding
-                raise Image.DecompressionBombError(im.size)
+            check_image_size(*im.size)
             im = ImageOps.exif_transpose(im)
             im.load()
             return im
-    except Image.DecompressionBombError:
-        raise UserError(f"{path}: image is over the {MAX_PIXELS:,}-pixel limit (a possible decompression "
-                        f"bomb); downscale it first") from None
+    except ImageSizeError as e:
+        raise UserError(f"{path}: {e}") from None
+    except PermissionError:
+        raise UserError(f"{path}: permission denied; make it readable (chmod +r)") from None
     except Exception as e:
         kind = "truncated or corrupt image" if isinstance(e, (OSError, SyntaxError)) else type(e).__name__
         raise UserError(f"{path}: cannot decode ({kind}: {e}); re-export it as JPEG or PNG") from None

@@ -128,7 +128,7 @@ def test_user_errors(synth, tmp_path):
     Trainer(cfg(synth, tmp_path / "r", steps=2), **QUIET).run(progress=False)
     line = err("train", "--data", synth, "--out", tmp_path / "r", "--encoder", "demo", "--image-size", 56,
                "--set", "vocab_size=300", "--resume")
-    assert "another architecture" in line
+    assert "a resumed run keeps its encoder;" in line
     assert "--resume" in err("train", "--data", synth, "--out", tmp_path / "r", "--encoder", "tiny")
 
 

@@ -17,7 +17,7 @@ import numpy as np
 from PIL import Image, ImageOps
 
 from ..errors import UserError
-from ..preprocess import MAX_PIXELS  # the same decompression-bomb guard as for inference
+from ..preprocess import check_image_size, to_rgb  # the same guards and RGB conversion as inference
 from .sources import Dataset
 
 
@@ -83,9 +83,8 @@ class TrainStream:
         s = self.data.samples[i]
         try:
             with Image.open(io.BytesIO(s.read_bytes())) as im:
-                if im.size[0] * im.size[1] > MAX_PIXELS:
-                    raise ValueError(f"{im.size[0]}x{im.size[1]} is over the {MAX_PIXELS:,}-pixel limit")
-                img = ImageOps.exif_transpose(im).convert("RGB")
+                check_image_size(*im.size)
+                img = to_rgb(ImageOps.exif_transpose(im))
             rng = np.random.default_rng([self.seed, epoch, i])
             flip = False
             if self.augment:

@@ -110,6 +110,8 @@ class AIMv2VisionEncoder(nn.Module):
         mask = prefix_mask(prefix_len, x.shape[1]) if prefix_len is not None else None
         if output_layers is not None:
             depth = len(self.trunk.blocks)
+            if any(not -depth <= i < depth for i in output_layers):
+                raise ValueError(f"output_layers {tuple(output_layers)}: this encoder has {depth} blocks")
             output_layers = tuple(i % depth for i in output_layers)
         return self.trunk(x, mask, output_layers)
 

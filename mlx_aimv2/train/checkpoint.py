@@ -5,64 +5,120 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import tempfile
 from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten, tree_unflatten
 
+from ..atomic import write_file, write_folder
 from ..errors import UserError
 
 
 def save(run: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:
     ckpts = Path(run) / "checkpoints"
     ckpts.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=".tmp-", dir=ckpts))
-    try:
+    final = ckpts / f"step_{step:08d}"
+    if final.exists():  # a step saved again (a resumed run): ours, replaced whole
+        shutil.rmtree(final)
+
+    def write(tmp: Path):
         mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
-        final = ckpts / f"step_{step:08d}"
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-    finally:
-        shutil.rmtree(tmp, ignore_errors=True)
-    pointer = ckpts / ".latest.tmp"
-    pointer.write_text(final.name)
-    os.replace(pointer, ckpts / "latest")
+    write_folder(final, write)
+    write_file(ckpts / "latest", lambda tmp: tmp.write_text(final.name))
     for old in sorted(p for p in ckpts.glob("step_*") if p.is_dir())[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def latest(run: Path) -> Optional[Path]:
-    """The newest complete checkpoint of a run folder (or the checkpoint folder itself)."""
+def lock_run(run: Path):
+    """Hold an OS lock on the run folder for this process's life: a second `train` on the same
+    --out is refused. The OS drops it when the process dies, so a killed run never blocks a resume."""
+    run = Path(run)
+    run.mkdir(parents=True, exist_ok=True)
+    f = open(run / ".lock", "a+")
+    try:
+        import fcntl
+    except ImportError:  # not a POSIX system: no lock
+        return f
+    try:
+        fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except OSError:
+        f.close()
+        raise UserError(f"{run}: another training process is using this run folder; wait for it to end "
+                        f"or choose another --out") from None
+    f.seek(0)
+    f.truncate()
+    f.write(f"{os.getpid()}\n")
+    f.flush()
+    return f
+
+
+def candidates(run: Path) -> list[Path]:
+    """A run's complete checkpoints, newest first (the `latest` pointer's one first), or the
+    checkpoint folder itself."""
     run = Path(run)
     if (run / "state.json").is_file():
-        return run
-    pointer = run / "checkpoints" / "latest"
-    if pointer.is_file() and (run / "checkpoints" / pointer.read_text().strip() / "state.json").is_file():
-        return run / "checkpoints" / pointer.read_text().strip()
-    done = sorted(p for p in (run / "checkpoints").glob("step_*") if (p / "state.json").is_file())
-    return done[-1] if done else None
+        return [run]
+    ckpts = run / "checkpoints"
+    done = sorted((p for p in ckpts.glob("step_*") if (p / "state.json").is_file()), reverse=True)
+    pointer = ckpts / "latest"
+    if pointer.is_file():
+        named = ckpts / pointer.read_text().strip()
+        if named in done:
+            done.remove(named)
+            done.insert(0, named)
+    return done
+
+
+def latest(run: Path) -> Optional[Path]:
+    """The newest complete checkpoint of a run folder (or the checkpoint folder itself)."""
+    found = candidates(run)
+    return found[0] if found else None
 
 
 def read_state(ckpt: Path) -> dict:
+    f = Path(ckpt) / "state.json"
     try:
-        return json.loads((Path(ckpt) / "state.json").read_text())
+        state = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{ckpt}/state.json: unreadable checkpoint state ({e})") from None
+        raise UserError(f"{f}: unreadable checkpoint state ({e})") from None
+    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict):
+        raise UserError(f"{f}: not a checkpoint state of ours (needs an integer 'step' and a 'config')")
+    return state
+
+
+def saved_config(run: Path) -> dict:
+    """The training config stored in a run's newest readable checkpoint."""
+    found = candidates(run)
+    if not found:
+        raise UserError(f"{run}: no checkpoint to resume from; start without --resume (or give the run's --out)")
+    for ckpt in found:
+        try:
+            return read_state(ckpt)["config"]
+        except UserError:
+            continue
+    raise UserError(f"{run}: no checkpoint has a readable state.json; start a new run")
 
 
 def restore(ckpt: Path, model, optimizer) -> None:
     """Load weights strictly and the optimizer state in place (a compiled step keeps its dict)."""
     ckpt = Path(ckpt)
     try:
-        model.load_weights(str(ckpt / "model.safetensors"), strict=True)
+        weights = mx.load(str(ckpt / "model.safetensors"))
+        saved = mx.load(str(ckpt / "optimizer.safetensors"))
+    except Exception as e:  # truncated, missing or unreadable: the caller falls back to an older one
+        raise UserError(f"{ckpt}: unreadable checkpoint files ({' '.join(str(e).split())[:160]})") from None
+    try:
+        model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
         raise UserError(f"{ckpt}: this checkpoint is of another architecture ({' '.join(str(e).split())[:200]}); "
                         f"resume with the config it was trained with") from None
-    saved = tree_unflatten(list(mx.load(str(ckpt / "optimizer.safetensors")).items()))
-    optimizer.state.update(saved)
+    optimizer.state.update(tree_unflatten(list(saved.items())))
+
+
+def healthy(tree) -> bool:
+    """Every array finite and below 1e15 in magnitude (weights beyond that turn the loss into NaN)."""
+    return all(bool(mx.all(mx.abs(v) < 1e15).item()) for _, v in tree_flatten(tree))

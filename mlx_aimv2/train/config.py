@@ -46,26 +46,31 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     crop_scale: tuple = (0.4, 1.0)      # random resized crop: fraction of the image area kept
+    mirror_captions: bool = False       # flipped images get left/right swapped in their caption (synthetic sets)
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
 
     def validate(self) -> "TrainConfig":
+        """One schema check for every key (type and range), then the rules that tie keys together."""
+        for f in dataclasses.fields(self):
+            _check(f.name, getattr(self, f.name))
         if self.init is None and self.encoder not in ENCODERS:
             raise UserError(f"unknown encoder preset '{self.encoder}'; use one of {', '.join(ENCODERS)} or --init")
-        if self.objective not in OBJECTIVES:
-            raise UserError(f"unknown objective '{self.objective}'; use one of {', '.join(OBJECTIVES)}")
-        if self.dtype not in ("float32", "bfloat16"):
-            raise UserError(f"dtype '{self.dtype}': use float32 or bfloat16")
         if self.image_size % self.patch_size:
             raise UserError(f"image_size {self.image_size} is not a multiple of patch_size {self.patch_size}")
+        if self.image_size // self.patch_size < 2:
+            raise UserError(f"image_size {self.image_size} gives fewer than 2x2 patches of {self.patch_size} px")
         if self.batch_size % self.accum:
             raise UserError(f"batch_size {self.batch_size} is not divisible by accum {self.accum}")
-        for k in ("steps", "batch_size", "accum", "save_every", "log_every"):
-            if getattr(self, k) < 1:
-                raise UserError(f"{k} must be at least 1")
+        if self.crop_scale[0] > self.crop_scale[1]:
+            raise UserError(f"crop_scale {list(self.crop_scale)}: the first bound must not exceed the second")
+        if self.min_lr > self.lr:
+            raise UserError(f"min_lr {self.min_lr} is above lr {self.lr}")
         bad = set(self.decoder) - {f.name for f in dataclasses.fields(DecoderConfig)}
         if bad:
             raise UserError(f"unknown decoder config key(s): {', '.join(sorted(bad))}")
+        for k, v in self.decoder.items():
+            _check(f"decoder.{k}", v)
         return self
 
     def vision(self) -> VisionConfig:
@@ -80,6 +85,62 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+# key: (type, low, high) - inclusive bounds, None for none. Floats accept ints; ints refuse 3.5 and true.
+_SCHEMA = {
+    "data": (str, None, None), "images": ((str, type(None)), None, None), "out": (str, None, None),
+    "encoder": (str, None, None), "init": ((str, type(None)), None, None), "tokenizer": ((str, type(None)), None, None),
+    "image_size": (int, 2, 4096), "patch_size": (int, 1, 64), "vocab_size": (int, 260, 1_000_000),
+    "context_length": (int, 2, 4096), "objective": (OBJECTIVES, None, None), "alpha": (float, 0.0, None),
+    "prefix_attention": (bool, None, None), "batch_size": (int, 1, None), "accum": (int, 1, None),
+    "steps": (int, 1, None), "lr": (float, 1e-12, 10.0), "min_lr": (float, 0.0, 10.0), "warmup": (int, 0, None),
+    "weight_decay": (float, 0.0, None), "eps": (float, 1e-30, 1.0), "clip": (float, 0.0, None),
+    "dtype": (("float32", "bfloat16"), None, None), "checkpointing": (bool, None, None),
+    "save_every": (int, 1, None), "keep": (int, 1, None), "log_every": (int, 1, None), "seed": (int, 0, 2**31 - 1),
+    "threads": (int, 1, 256), "mirror_captions": (bool, None, None), "decoder": (dict, None, None),
+    "betas": ((float, 2), 0.0, 0.9999999), "crop_scale": ((float, 2), 1e-6, 1.0),
+    "mean": ((float, 3), 0.0, 1.0), "std": ((float, 3), 1e-6, 10.0),
+    "decoder.width": (int, 8, 65536), "decoder.depth": (int, 1, 256), "decoder.num_heads": (int, 1, 512),
+    "decoder.mlp_hidden": ((int, type(None)), 1, None), "decoder.ratio": ((float, type(None)), 1e-3, 100.0),
+    "decoder.vocab_size": (int, 2, None), "decoder.context_length": (int, 2, None),
+}
+
+
+def _is(v, t) -> bool:
+    if t is float:
+        return isinstance(v, (int, float)) and not isinstance(v, bool)
+    if t is int:
+        return isinstance(v, int) and not isinstance(v, bool)
+    return isinstance(v, t)
+
+
+def _check(key: str, v) -> None:
+    """Raise one UserError naming `key` when v has the wrong type or lies out of range."""
+    kind, lo, hi = _SCHEMA[key]
+    if isinstance(kind, tuple) and all(isinstance(k, str) for k in kind):  # a choice
+        if v not in kind:
+            raise UserError(f"config key '{key}' = {v!r}: use one of {', '.join(kind)}")
+        return
+    if isinstance(kind, tuple) and isinstance(kind[1], int):  # a fixed-length list of numbers
+        t, n = kind
+        if not (isinstance(v, (list, tuple)) and len(v) == n and all(_is(x, t) for x in v)):
+            raise UserError(f"config key '{key}' = {v!r}: give a list of {n} numbers")
+        items = v
+    else:
+        types = kind if isinstance(kind, tuple) else (kind,)
+        if not any(_is(v, t) for t in types):
+            want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
+            raise UserError(f"config key '{key}' = {v!r}: must be {want}")
+        items = [v] if _is(v, float) else []
+    for x in items:
+        if (lo is not None and x < lo) or (hi is not None and x > hi):
+            span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
+            raise UserError(f"config key '{key}' = {v!r}: must be {span}")
+
+
+# What a resumed run may change; everything else is fixed by the checkpoint it continues.
+RESUMABLE = {"data", "images", "out", "steps", "lr", "min_lr", "warmup", "save_every", "keep", "log_every", "threads"}
+
+
 def _parse_value(text: str):
     try:
         return json.loads(text)
@@ -87,8 +148,15 @@ def _parse_value(text: str):
         return text
 
 
-def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets: list[str] = ()) -> TrainConfig:
-    """File (TOML / YAML / JSON), then `--set k=v` strings, then explicit flags; unknown keys are errors."""
+def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets: list[str] = (),
+                saved: Optional[dict] = None) -> TrainConfig:
+    """File (TOML / YAML / JSON), then `--set k=v` strings, then explicit flags; unknown keys are errors.
+    `saved`: the config of the run being resumed, the base that those may change only in RESUMABLE keys."""
+    return build_config(read_config(file, overrides, sets), saved)
+
+
+def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets: list[str] = ()) -> dict:
+    """The keys given by a file, `--set` strings and flags, unchecked."""
     d: dict = {}
     if file is not None:
         file = Path(file)
@@ -96,7 +164,10 @@ def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets
             raise UserError(f"{file}: no such config file")
         try:
             if file.suffix == ".toml":
-                import tomllib
+                try:
+                    import tomllib
+                except ImportError:  # Python 3.10
+                    import tomli as tomllib
                 d = tomllib.loads(file.read_text())
             elif file.suffix in (".yaml", ".yml"):
                 import yaml
@@ -114,6 +185,8 @@ def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets
             raise UserError(f"--set '{s}': use key=value")
         k, v = s.split("=", 1)
         if k.startswith("decoder."):
+            if not isinstance(d.get("decoder", {}), dict):
+                raise UserError(f"--set {k}: the config's 'decoder' is not a table of keys")
             d.setdefault("decoder", {})[k[8:]] = _parse_value(v)
         else:
             d[k] = _parse_value(v)
@@ -123,10 +196,18 @@ def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets
     if unknown:
         src = f"{file}: " if file else ""
         raise UserError(f"{src}unknown config key(s): {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(names))}")
+    return d
+
+
+def build_config(d: dict, saved: Optional[dict] = None) -> TrainConfig:
+    names = {f.name for f in dataclasses.fields(TrainConfig)}
+    if saved is not None:
+        changed = sorted(k for k, v in d.items() if k not in RESUMABLE and json.loads(json.dumps(v)) != saved.get(k))
+        if changed:
+            raise UserError(f"a resumed run keeps its {', '.join(changed)}; only {', '.join(sorted(RESUMABLE))} "
+                            f"may change (or start a new run in another --out)")
+        d = {**{k: v for k, v in saved.items() if k in names}, **d}
     for k in ("betas", "mean", "std", "crop_scale"):
-        if k in d:
+        if isinstance(d.get(k), list):
             d[k] = tuple(d[k])
-    try:
-        return TrainConfig(**d).validate()
-    except TypeError as e:
-        raise UserError(f"bad config: {e}") from None
+    return TrainConfig(**d).validate()

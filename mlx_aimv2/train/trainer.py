@@ -17,6 +17,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from .. import checkpoints as ckpt_io, cpu
+from ..atomic import check_destination, remove_orphans
 from ..config import ModelConfig
 from ..data import TrainStream, mirror_caption, open_dataset
 from ..errors import UserError
@@ -37,16 +38,34 @@ class Trainer:
         self.out = Path(cfg.out)
         if cfg.batch_size % (self.size * cfg.accum):
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x accum = {self.size * cfg.accum}")
-        self.resume_from = checkpoint.latest(self.out) if resume else None
-        if resume and self.resume_from is None:
+        if self.out.exists() and not self.out.is_dir():
+            raise UserError(f"--out {self.out}: is a file; give a folder for the run")
+        self.lock = checkpoint.lock_run(self.out) if self.rank == 0 else None
+        found = checkpoint.candidates(self.out)
+        if resume and not found:
             raise UserError(f"{self.out}: no checkpoint to resume from; start without --resume")
-        if not resume and checkpoint.latest(self.out) is not None:
+        if not resume and found:
             raise UserError(f"{self.out} already holds a run; pass --resume to continue it or choose another --out")
+        if self.rank == 0:
+            for folder in (self.out, self.out / "checkpoints"):
+                for p in remove_orphans(folder):
+                    self.log(f"removed {p.name}, left by a run that was killed while writing")
+        if cfg.warmup >= cfg.steps and self.rank == 0:
+            self.log(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
         self._setup_data()
         self._setup_model()
         self.step = 0
-        if self.resume_from is not None:
-            self._restore(self.resume_from)
+        self.resume_from = None
+        for ckpt in found if resume else []:  # the newest intact checkpoint
+            try:
+                self._restore(ckpt)
+                self.resume_from = ckpt
+                break
+            except UserError as e:
+                if self.rank == 0:
+                    self.log(f"cannot resume from {ckpt.name}: {e}; trying the one before")
+        if resume and self.resume_from is None:
+            raise UserError(f"{self.out}: none of its {len(found)} checkpoint(s) is intact; start a new run")
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup_data(self):
@@ -60,7 +79,8 @@ class Trainer:
             self.log(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
         self.tokenizer = self._tokenizer()
         self.ids = self.tokenizer([s.caption for s in self.data.samples])
-        mirrored = self.tokenizer([mirror_caption(s.caption) for s in self.data.samples])  # for flipped images
+        mirrored = (self.tokenizer([mirror_caption(s.caption) for s in self.data.samples])  # for flipped images
+                    if cfg.mirror_captions else None)
         per_rank = cfg.batch_size // self.size
         if len(self.data) < cfg.batch_size:
             raise UserError(f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
@@ -75,10 +95,12 @@ class Trainer:
         own = self.out / "tokenizer.json"
         if own.is_file():
             return load_tokenizer(own, cfg.context_length)
-        if self.rank == 0:
-            self.log(f"training a {cfg.vocab_size}-token BPE on the captions -> {own}")
         tok = train_bpe((s.caption for s in self.data.samples), cfg.vocab_size, own if self.rank == 0 else
                         self.out / f".tokenizer.rank{self.rank}.json", cfg.context_length)
+        if self.rank == 0:
+            why = (f" (asked for {cfg.vocab_size}: the captions hold no more distinct merges)"
+                   if tok.vocab_size < cfg.vocab_size else "")
+            self.log(f"trained a {tok.vocab_size}-token BPE on the captions{why} -> {own}")
         return tok
 
     def _encoder_source(self):
@@ -139,15 +161,31 @@ class Trainer:
         return np.array(pos).reshape(self.size, 2).tolist()
 
     def save(self) -> Optional[Path]:
+        """Checkpoint now (rank 0 writes); weights that are not finite are never written, so the
+        newest checkpoint is always one a run can resume from."""
         positions = self._positions()  # a collective: every rank takes part
         if self.rank != 0:
             return None
+        if not checkpoint.healthy([self.model.parameters(), self.optimizer.state]):
+            self.log(f"step {self.step}: weights are not finite; not checkpointed")
+            return checkpoint.latest(self.out)
         state = {"positions": positions, "config": self.cfg.to_dict(), "vision": self.vision.to_dict(),
                  "skipped_images": len(self.stream.skipped)}
         return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
 
     def run(self, progress: bool = True, until: Optional[int] = None) -> dict:
         """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export)."""
+        cfg = self.cfg
+        if self.rank == 0 and self.lock is None:
+            self.lock = checkpoint.lock_run(self.out)
+        try:
+            return self._run(progress, until)
+        finally:
+            if self.lock is not None:
+                self.lock.close()  # releases the run folder
+                self.lock = None
+
+    def _run(self, progress: bool, until: Optional[int]) -> dict:
         cfg = self.cfg
         num_patches = (cfg.image_size // cfg.patch_size) ** 2
         step_fn = make_step(self.model, self.optimizer, cfg, self.world, num_patches)
@@ -157,7 +195,8 @@ class Trainer:
         if self.rank == 0:
             _rewrite_metrics(metrics_file, records)  # drop what a crashed run logged past its checkpoint
         stop = {"flag": False}
-        old = signal.signal(signal.SIGINT, lambda *_: stop.update(flag=True))
+        # Ctrl-C and SIGTERM (what `kill` and schedulers send) both end at a step boundary with a checkpoint
+        old = {sig: signal.signal(sig, lambda *_: stop.update(flag=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
         bar = None
         if progress and self.rank == 0:
             from tqdm import tqdm
@@ -171,7 +210,7 @@ class Trainer:
                 mx.eval(parts, norm, self.model.state, self.optimizer.state)
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
-                    good = checkpoint.latest(self.out)
+                    good = checkpoint.latest(self.out)  # only finite weights are ever checkpointed
                     raise UserError(f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
                                     f"{good or 'none'}. Lower lr or raise warmup, then --resume")
                 self.step += 1
@@ -195,7 +234,8 @@ class Trainer:
                 if until is not None and self.step >= until:
                     stop["flag"] = True
         finally:
-            signal.signal(signal.SIGINT, old)
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
         path = self.save()
@@ -220,15 +260,16 @@ class Trainer:
         return _save_encoder(self.model.encoder, self.vision, cfg.mean, cfg.std, name, dst)
 
 
-def _save_encoder(encoder, vision, mean, std, name: str, dst: Path) -> Path:
+def _save_encoder(encoder, vision, mean, std, name: str, dst: Path, overwrite: bool = False) -> Path:
     """An encoder folder for `embed`, its preprocessor normalising as training did."""
     pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
     pp.update(image_mean=list(mean), image_std=list(std))
-    return ckpt_io.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp)
+    return ckpt_io.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
 
 
-def export_run(run: Path, dst: Path) -> Path:
+def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
     """Export the encoder of a run's latest checkpoint without training."""
+    check_destination(dst, overwrite)
     ckpt = checkpoint.latest(Path(run))
     if ckpt is None:
         raise UserError(f"{run}: no checkpoint found")
@@ -241,7 +282,8 @@ def export_run(run: Path, dst: Path) -> Path:
                if k.startswith("encoder.")}
     ckpt_io.load_into(enc, weights, str(ckpt))
     cfg = state["config"]
-    return _save_encoder(enc, vision, cfg["mean"], cfg["std"], f"{Path(run).name} step {state['step']}", dst)
+    return _save_encoder(enc, vision, cfg["mean"], cfg["std"], f"{Path(run).resolve().name} step {state['step']}",
+                         dst, overwrite)
 
 
 def _read_metrics(f: Path, upto: int) -> list:

@@ -1,0 +1,78 @@
+"""Writing files and folders so that a crash, a kill or a full disk never leaves half of one, and
+so that nothing we did not write is ever deleted."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Callable
+
+from .errors import UserError
+
+TMP_PREFIX = ".tmp-mlx-aimv2-"  # every temporary file and folder we make; only these are cleaned up
+
+
+def write_file(path: Path, write: Callable[[Path], None]) -> Path:
+    """write(tmp) into a temporary file beside `path`, then rename it into place."""
+    path = Path(path)
+    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        write(Path(tmp))
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+    return path
+
+
+def is_checkpoint_of_ours(folder: Path) -> bool:
+    try:
+        return json.loads((Path(folder) / "config.json").read_text()).get("format") == "mlx_aimv2"
+    except (OSError, ValueError, AttributeError):
+        return False
+
+
+def check_destination(dst: Path, overwrite: bool = False) -> Path:
+    """The folder a checkpoint may be written to: new, empty, one of ours, or (with overwrite) any
+    folder, where only the files we write are replaced. Checked before any work is done."""
+    dst = Path(dst).expanduser().resolve()
+    if dst.exists() and not dst.is_dir():
+        raise UserError(f"{dst}: exists and is a file; give a folder to write the checkpoint into")
+    if dst.is_dir() and any(dst.iterdir()) and not overwrite and not is_checkpoint_of_ours(dst):
+        raise UserError(f"{dst}: exists and holds files that are not an mlx-aimv2 checkpoint; choose a new or "
+                        f"empty folder, or pass --overwrite to write ours beside them (nothing else is deleted)")
+    return dst
+
+
+def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+    """write(tmp) fills a temporary folder; a new destination is then renamed into place whole, an
+    existing one gets each file renamed in (replacing only files of the same name)."""
+    dst = check_destination(dst, overwrite)
+    existing = dst.is_dir() and any(dst.iterdir())
+    parent = dst if existing else dst.parent
+    parent.mkdir(parents=True, exist_ok=True)
+    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
+    try:
+        write(tmp)
+        if existing:
+            for f in sorted(tmp.iterdir()):
+                os.replace(f, dst / f.name)
+        else:
+            if dst.is_dir():
+                dst.rmdir()  # empty
+            os.replace(tmp, dst)
+    finally:
+        shutil.rmtree(tmp, ignore_errors=True)
+    return dst
+
+
+def remove_orphans(folder: Path) -> list[Path]:
+    """Temporary files and folders a killed process of ours left in `folder`."""
+    gone = []
+    for p in Path(folder).glob(TMP_PREFIX + "*"):
+        shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+        gone.append(p)
+    return gone
