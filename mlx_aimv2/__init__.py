@@ -4,6 +4,12 @@
 """
 __version__ = "0.1.0"
 
+try:
+    import mlx.core  # noqa: F401
+except ImportError:
+    raise ImportError("mlx-aimv2 needs MLX's compute backend: on Linux pip install 'mlx-aimv2[cpu]' (or [cuda12] / "
+                      "[cuda13]); on a Mac pip install mlx") from None
+
 from .api import AIMv2, convert, load  # noqa: E402
 from .config import ModelConfig, TextConfig, VisionConfig, PRESETS  # noqa: E402
 from .cpu import SlowBLASWarning  # noqa: E402

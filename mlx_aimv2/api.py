@@ -45,6 +45,12 @@ class AIMv2:
         self.module, self.config, self.preprocessor, self.folder = module, config, preprocessor, folder
         self._tokenizer = None
 
+    def __repr__(self) -> str:
+        v = self.config.vision
+        size = f"{v.image_size} px" if v.image_size else "native resolution"
+        return (f"AIMv2({self.config.name or 'unnamed'!r}, {self.config.kind}, width {v.hidden_size}, "
+                f"{v.depth} blocks, patch {v.patch_size}, {size}, {self.dtype}, from {self.folder})")
+
     @property
     def vision(self):
         return self.module.image_encoder if self.config.kind == "lit" else self.module

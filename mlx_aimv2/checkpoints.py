@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import pickle
 import re
 import shutil
 from pathlib import Path
@@ -17,7 +18,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .config import ModelConfig, TextConfig, VisionConfig
+from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .atomic import write_folder
 from .errors import UserError
 from .preprocess import CLIP_MEAN, CLIP_STD
@@ -74,7 +75,13 @@ def _read_torch_pickle(file: Path) -> dict[str, mx.array]:
         raise UserError(f"{file}: reading a PyTorch pickle needs torch (pip install torch), "
                         f"or give the .safetensors file instead") from None
     # weights_only: never unpickle arbitrary objects
-    sd = torch.load(str(file), map_location="cpu", weights_only=True)
+    try:
+        sd = torch.load(str(file), map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError:
+        raise UserError(f"{file}: refused - this pickle holds Python objects beyond tensors, i.e. code that would "
+                        f"run on loading, and mlx-aimv2 never runs it. If you trust the file, make a safetensors "
+                        f"copy in PyTorch (safetensors.torch.save_file(torch.load(f), 'model.safetensors')) and "
+                        f"convert that") from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     out = {}
@@ -231,7 +238,7 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None,
     hints = hints or {}
     odd = sorted(k for k, v in weights.items() if not mx.issubdtype(v.dtype, mx.floating))
     if odd:
-        raise UserError(f"{where.rsplit('/', 1)[0]}: tensor {odd[0]} is {weights[odd[0]].dtype}; AIMv2 weights are "
+        raise UserError(f"{where.rsplit('/', 1)[0]}: tensor {odd[0]} is {str(weights[odd[0]].dtype).split('.')[-1]}; AIMv2 weights are "
                         f"floating point - the file is damaged or not a model")
     lit = any(k.startswith("image_encoder.") for k in weights)
     vp = "image_encoder." if lit else ""
@@ -342,7 +349,8 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     weights = to_mlx(read_weights(file))
     hints = read_config_json(folder) or {}
     config = infer_config(weights, hints, str(folder / "config.json"))
-    config.name = hints.get("name") or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else folder.name)
+    given = hints.get("name") if hints.get("format") == "mlx_aimv2" and isinstance(hints.get("name"), str) else None
+    config.name = given or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else architecture_name(config))
     module = build(config)
     load_into(module, weights, str(file), dtype)
     return module, config, folder

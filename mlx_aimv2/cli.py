@@ -156,12 +156,12 @@ def embed(paths: List[str] = typer.Argument(..., help="image files, folders (rec
 def _load_default(revision):
     """Apple's L/14-224 when the hub or its cache has it, else the bundled demo checkpoint."""
     from .api import load
-    from .hub import DEFAULT_MODEL
+    from .hub import DEFAULT_MODEL, DEMO_DIR
     try:
         return load(DEFAULT_MODEL, revision)
     except UserError as e:
         typer.echo(f"note: {e}", err=True)
-        typer.echo("note: using the bundled demo checkpoint (weights/demo) instead", err=True)
+        typer.echo(f"note: using the bundled demo checkpoint ({DEMO_DIR}) instead", err=True)
         return load("demo")
 
 
@@ -289,10 +289,12 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
           attributes: str = typer.Option("colour,shape,position,size,count",
                                          help="synthetic set: which scene attributes to classify"),
           methods: str = typer.Option("attentive,linear,knn", help="attentive | linear | knn"),
-          epochs: int = typer.Option(30, min=1),
+          epochs: int = typer.Option(30, min=1, help="training epochs of the linear and attentive probes; raised "
+                                                     "so that each fits for at least 500 steps on small sets"),
           random_init: bool = typer.Option(False, "--random-init", help="re-initialise the weights: the floor"),
           output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
-          cache: Path = typer.Option(Path(".cache/mlx-aimv2"), help="where computed features are kept"),
+          cache: Optional[Path] = typer.Option(None, help="where computed features are kept "
+                                                          "[default: the user cache, ~/.cache/mlx-aimv2]"),
           seed: int = typer.Option(0)):
     """Frozen-trunk probes (attentive, linear, k-NN): top-1 accuracy on held-out images."""
     import json
@@ -304,8 +306,11 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
     synthetic = (data / "captions.jsonl").is_file()
     tasks = [a.strip() for a in attributes.split(",")] if synthetic else ["folder"]
     sets = {t: P.synthetic_attribute(data, t, seed) if synthetic else P.image_folder(data, seed) for t in tasks}
+    cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-aimv2" / "probe"
     top1 = P.probe_all(m, sets, cache if m.folder else None, [x.strip() for x in methods.split(",")], epochs, seed)
-    results = {"model": model, "random_init": random_init, "data": str(data), "epochs": epochs, "top1": top1}
+    n_train = {t: int(ds.split.sum()) for t, ds in sets.items()}
+    results = {"model": model, "random_init": random_init, "data": str(data), "epochs_asked": epochs,
+               "epochs": {t: P.effective_epochs(epochs, n) for t, n in n_train.items()}, "top1": top1}
     for t, r in top1.items():
         typer.echo(f"{t:>10}: " + "  ".join(f"{k} {v:5.1f}%" for k, v in r.items()))
     if output:

@@ -170,6 +170,16 @@ def _published() -> dict[str, ModelConfig]:
 PRESETS: dict[str, ModelConfig] = _published()
 
 
+def architecture_name(c: ModelConfig) -> str:
+    """The published name a config matches (e.g. aimv2-large-patch14-224), else its shape in words."""
+    for name, p in PRESETS.items():
+        if p.kind == c.kind and p.vision == c.vision and p.text == c.text and "distilled" not in name:
+            return name
+    v = c.vision
+    res = v.image_size if v.image_size else "native"
+    return f"aimv2{'-lit' if c.kind == 'lit' else ''} {v.hidden_size}-wide {v.depth}-block patch{v.patch_size}-{res}"
+
+
 def preset(name: str) -> ModelConfig:
     key = name.removeprefix("apple/")
     if key not in PRESETS:

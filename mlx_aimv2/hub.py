@@ -31,7 +31,10 @@ REVISIONS = {
     "aimv2-large-patch14-224-lit": "c2cd59a786c4c06f39d199c50d08cc2eab9f8605",
 }
 DEFAULT_MODEL = "apple/aimv2-large-patch14-224"
-DEMO_DIR = Path(__file__).resolve().parent.parent / "weights" / "demo"
+# an installed wheel carries the demo inside the package; a clone (or editable install) in weights/
+_PACKAGED_DEMO = Path(__file__).resolve().parent / "demo"
+DEMO_DIR = _PACKAGED_DEMO if (_PACKAGED_DEMO / "model.safetensors").is_file() else \
+    Path(__file__).resolve().parent.parent / "weights" / "demo"
 ALLOW = ["config.json", "preprocessor_config.json", "model.safetensors", "vocab.json", "merges.txt",
          "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -41,8 +44,27 @@ def is_hub_id(name: str) -> bool:
                                                        and not name.startswith((".", "/", "~")))
 
 
+_REACHABLE: dict = {}
+
+
 def _offline() -> bool:
-    return os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False")
+    """HF_HUB_OFFLINE is set, or the hub did not answer a 3-second connect (asked once per process):
+    then only the local cache is used, at once, instead of ~20 s of retries."""
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        return True
+    if "hub" not in _REACHABLE:
+        import socket
+        from urllib.parse import urlparse
+        url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
+        try:
+            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+            _REACHABLE["hub"] = True
+        except OSError:
+            _REACHABLE["hub"] = False
+            import sys
+            print(f"note: {url.hostname} is unreachable; using the local Hugging Face cache only "
+                  f"(set HF_HUB_OFFLINE=1 to skip this check)", file=sys.stderr)
+    return not _REACHABLE["hub"]
 
 
 def resolve(name: str, revision: Optional[str] = None) -> Path:

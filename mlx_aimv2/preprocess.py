@@ -170,9 +170,22 @@ def load_image(src: ImageLike) -> Image.Image:
         return src
     if isinstance(src, np.ndarray):
         a = src
+        if a.ndim == 4:
+            raise UserError(f"an array of shape {a.shape} is a batch; pass a list with one HxWxC array per image")
+        if a.ndim == 2:
+            a = np.stack([a] * 3, axis=-1)
+        if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+            raise UserError(f"an array of shape {a.shape}: give one image as HxWxC (channels last, C = 1, 3 or 4)")
+        if a.shape[-1] == 1:
+            a = np.repeat(a, 3, axis=-1)
+        if not np.isfinite(a).all():
+            raise UserError("the image array holds NaN or inf")
         if a.dtype != np.uint8:
             a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
         return Image.fromarray(a)
+    if not isinstance(src, (str, os.PathLike)):
+        raise UserError(f"cannot read an image from a {type(src).__name__}; give a file path, a PIL image or an "
+                        f"HxWx3 array")
     path = Path(src)
     if not path.exists():
         raise UserError(f"{path}: no such image file")

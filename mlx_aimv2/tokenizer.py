@@ -11,6 +11,10 @@ import numpy as np
 
 from .errors import UserError
 
+# A caption longer than this is cut before tokenizing: 77 tokens never need more, and BPE training
+# time grows faster than linearly with a text's length (a 2-million-character caption stalled it).
+MAX_CAPTION_CHARS = 4096
+
 CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
@@ -25,7 +29,7 @@ class TextTokenizer:
     def __call__(self, texts: Iterable[str]) -> np.ndarray:
         """(len(texts), length) int32 ids; an over-long text keeps its end-of-text token."""
         rows = []
-        for enc in self.tok.encode_batch(list(texts)):
+        for enc in self.tok.encode_batch([t[:MAX_CAPTION_CHARS] for t in texts]):
             ids = enc.ids
             if len(ids) > self.length:
                 ids = ids[: self.length - 1] + ([self.eos_id] if self.eos_id is not None else [ids[self.length - 1]])
@@ -55,6 +59,9 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
     tok.decoder = decoders.ByteLevel()
     v = json.loads(vocab.read_text())
     bos, eos = v["<|startoftext|>"], v["<|endoftext|>"]
+    # literal "<|endoftext|>" in a text is the special token, as in transformers' CLIPTokenizer and open_clip
+    from tokenizers import AddedToken
+    tok.add_special_tokens([AddedToken(t, normalized=False) for t in ("<|startoftext|>", "<|endoftext|>")])
     tok.post_processor = processors.TemplateProcessing(
         single="<|startoftext|> $A <|endoftext|>",
         special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
@@ -120,7 +127,7 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>"],
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
-    tok.train_from_iterator(texts, trainer)
+    tok.train_from_iterator((t[:MAX_CAPTION_CHARS] for t in texts), trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

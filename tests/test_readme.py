@@ -22,14 +22,15 @@ def test_main_job_command_runs_offline_with_the_demo(tmp_path):
     args = shlex.split(run)
     assert args[0] == "mlx-aimv2"
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf"))
-    r = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args[1:]], cwd=ROOT, env=env,
+    # run in a temporary folder holding the repository's inputs, so outputs never touch the user's files
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    r = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args[1:]], cwd=tmp_path, env=env,
                        capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "demo" in r.stderr and "grace_hopper.jpg: embedding" in r.stdout
     pca = [a for a in args if a.endswith(".png")]
     if pca:
-        assert (ROOT / pca[0]).is_file()
-        (ROOT / pca[0]).unlink()
+        assert (tmp_path / pca[0]).is_file()
 
 
 def test_test_command_is_what_ci_runs():

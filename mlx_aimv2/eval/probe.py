@@ -149,10 +149,18 @@ class LinearProbe(nn.Module):
         return self.head(self.norm(x.mean(axis=1)))
 
 
-def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int, seed: int, min_steps: int = 500):
+MIN_STEPS = 500  # small sets get more epochs than asked for, so a probe has enough steps to converge
+
+
+def effective_epochs(epochs: int, n: int, batch: int = 64) -> int:
+    return max(epochs, -(-MIN_STEPS // max(1, n // batch)))
+
+
+def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int, seed: int, desc: str = "fit",
+         progress: bool = True):
     mx.random.seed(seed)
     n = len(x_train)
-    epochs = max(epochs, -(-min_steps // max(1, n // batch)))  # small sets: enough steps to converge
+    epochs = effective_epochs(epochs, n, batch)
     steps = epochs * max(1, n // batch)
     warm = max(1, steps // 10)
     sched = optim.join_schedules([optim.linear_schedule(0.0, lr, warm), optim.cosine_decay(lr, steps - warm, 1e-5)],
@@ -168,7 +176,8 @@ def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int,
         return loss
 
     rng = np.random.default_rng(seed)
-    for _ in range(epochs):
+    from tqdm import tqdm
+    for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
         order = rng.permutation(n)
         for i in range(0, n - batch + 1 if n >= batch else 1, batch):
             idx = order[i:i + batch]
@@ -193,7 +202,8 @@ def knn(train_x, train_y, test_x, k: int = 20, classes: int = 0) -> np.ndarray:
     return votes.argmax(axis=1)
 
 
-def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int = 30, seed: int = 0) -> dict:
+def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int = 30, seed: int = 0,
+               progress: bool = True, name: str = "") -> dict:
     """Top-1 accuracy (%) on the held-out split for each method."""
     tr, te = ds.split, ~ds.split
     if tr.sum() == 0 or te.sum() == 0:
@@ -206,10 +216,12 @@ def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int
             pooled = tokens.astype(np.float32).mean(axis=1)
             pred = knn(pooled[tr], y[tr], pooled[te], classes=c)
         elif m == "linear":
-            model = _fit(LinearProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-2, 1e-4, 64, seed)
+            model = _fit(LinearProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-2, 1e-4, 64, seed,
+                         f"{name} linear".strip(), progress)
             pred = _predict(model, tokens[te])
         elif m == "attentive":
-            model = _fit(AttentiveProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-3, 0.05, 64, seed)
+            model = _fit(AttentiveProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-3, 0.05, 64, seed,
+                         f"{name} attentive".strip(), progress)
             pred = _predict(model, tokens[te])
         else:
             raise UserError(f"unknown probe '{m}'; use {', '.join(METHODS)}")
@@ -223,4 +235,5 @@ def probe_all(model, sets: dict, cache_dir: Optional[Path] = None, methods=METHO
     files = list(dict.fromkeys(f for ds in sets.values() for f in ds.files))
     tokens = features(model, files, cache_dir, progress=progress)
     index = {f: i for i, f in enumerate(files)}
-    return {t: run_probes(tokens[[index[f] for f in ds.files]], ds, methods, epochs, seed) for t, ds in sets.items()}
+    return {t: run_probes(tokens[[index[f] for f in ds.files]], ds, methods, epochs, seed, progress, t)
+            for t, ds in sets.items()}

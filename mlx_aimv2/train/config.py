@@ -116,25 +116,26 @@ def _is(v, t) -> bool:
 def _check(key: str, v) -> None:
     """Raise one UserError naming `key` when v has the wrong type or lies out of range."""
     kind, lo, hi = _SCHEMA[key]
+    shown = list(v) if isinstance(v, tuple) else v
     if isinstance(kind, tuple) and all(isinstance(k, str) for k in kind):  # a choice
         if v not in kind:
-            raise UserError(f"config key '{key}' = {v!r}: use one of {', '.join(kind)}")
+            raise UserError(f"config key '{key}' = {shown!r}: use one of {', '.join(kind)}")
         return
     if isinstance(kind, tuple) and isinstance(kind[1], int):  # a fixed-length list of numbers
         t, n = kind
         if not (isinstance(v, (list, tuple)) and len(v) == n and all(_is(x, t) for x in v)):
-            raise UserError(f"config key '{key}' = {v!r}: give a list of {n} numbers")
+            raise UserError(f"config key '{key}' = {shown!r}: give a list of {n} numbers")
         items = v
     else:
         types = kind if isinstance(kind, tuple) else (kind,)
         if not any(_is(v, t) for t in types):
             want = " or ".join("null" if t is type(None) else t.__name__ for t in types)
-            raise UserError(f"config key '{key}' = {v!r}: must be {want}")
+            raise UserError(f"config key '{key}' = {shown!r}: must be {want}")
         items = [v] if _is(v, float) else []
     for x in items:
         if (lo is not None and x < lo) or (hi is not None and x > hi):
             span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
-            raise UserError(f"config key '{key}' = {v!r}: must be {span}")
+            raise UserError(f"config key '{key}' = {shown!r}: must be {span}")
 
 
 # What a resumed run may change; everything else is fixed by the checkpoint it continues.

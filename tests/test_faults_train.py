@@ -1,0 +1,152 @@
+"""Fault injection for training: bad configs, a busy run folder, damaged checkpoints, signals,
+non-finite weights and the leftovers of killed runs."""
+import json
+import signal
+from pathlib import Path
+
+import mlx.core as mx
+import pytest
+from typer.testing import CliRunner
+
+from mlx_aimv2.atomic import TMP_PREFIX
+from mlx_aimv2.cli import app
+from mlx_aimv2.data import write_synthetic
+from mlx_aimv2.errors import UserError
+from mlx_aimv2.train import Trainer, load_config
+from mlx_aimv2.train import checkpoint
+
+runner = CliRunner()
+logs: list = []
+QUIET = dict(log=logs.append)
+
+
+@pytest.fixture(scope="module")
+def synth(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("synth"), 64, size=64, seed=2)
+
+
+def cfg(synth, out, **kw):
+    base = dict(data=str(synth), out=str(out), encoder="tiny", image_size=56, batch_size=8, steps=4, warmup=1,
+                log_every=1, save_every=2, vocab_size=300, threads=1)
+    return load_config(overrides={**base, **kw})
+
+
+def err(*args):
+    r = runner.invoke(app, [str(a) for a in args])
+    assert r.exit_code == 1, r.output
+    assert "Traceback" not in r.output
+    return r.output.strip().splitlines()[-1]
+
+
+BAD_SETTINGS = {
+    "steps=3.5": "'steps' = 3.5", "patch_size=0": "'patch_size' = 0", "accum=0": "'accum' = 0",
+    "seed=-1": "'seed' = -1", "context_length=0": "'context_length' = 0", "betas=[2]": "'betas' = [2]",
+    "lr=fast": "'lr' = 'fast'", "threads=0": "'threads' = 0", "threads=-1": "'threads' = -1",
+    "crop_scale=[5]": "'crop_scale' = [5]", "image_size=0": "'image_size' = 0", "steps=true": "'steps' = True",
+    "decoder.depth=0": "'decoder.depth' = 0", "dtype=float64": "'dtype' = 'float64'",
+}
+
+
+@pytest.mark.parametrize("setting", list(BAD_SETTINGS))
+def test_every_config_key_is_checked(synth, tmp_path, setting):
+    line = err("train", "--data", synth, "--out", tmp_path / "r", "--set", setting)
+    assert BAD_SETTINGS[setting] in line
+    assert not (tmp_path / "r").exists()
+
+
+def test_out_naming_a_file(synth, tmp_path):
+    (tmp_path / "f").write_text("x")
+    assert "is a file" in err("train", "--data", synth, "--out", tmp_path / "f")
+
+
+def test_a_second_trainer_on_the_same_folder_is_refused(synth, tmp_path):
+    first = Trainer(cfg(synth, tmp_path / "r"), **QUIET)
+    with pytest.raises(UserError, match="another training process"):
+        Trainer(cfg(synth, tmp_path / "r"), **QUIET)
+    first.run(progress=False)  # and the lock goes with the run
+    Trainer(cfg(synth, tmp_path / "r", steps=6), resume=True, **QUIET).run(progress=False)
+
+
+def test_resume_falls_back_to_the_newest_intact_checkpoint(synth, tmp_path):
+    out = tmp_path / "r"
+    Trainer(cfg(synth, out, steps=4, keep=3), **QUIET).run(progress=False)
+    newest = checkpoint.latest(out)
+    assert newest.name == "step_00000004"
+    data = (newest / "model.safetensors").read_bytes()
+    (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
+    logs.clear()
+    t = Trainer(cfg(synth, out, steps=6), resume=True, **QUIET)
+    assert t.step == 2 and t.resume_from.name == "step_00000002"
+    assert any("cannot resume from step_00000004" in line for line in logs)
+    state = json.loads((t.resume_from / "state.json").read_text())
+    del state["step"]
+    (t.resume_from / "state.json").write_text(json.dumps(state))
+    del t
+    with pytest.raises(UserError, match="none of its 2 checkpoint"):
+        Trainer(cfg(synth, out, steps=6), resume=True, **QUIET)
+
+
+def test_non_finite_weights_are_never_checkpointed(synth, tmp_path):
+    out = tmp_path / "r"
+    t = Trainer(cfg(synth, out, steps=2, save_every=1000), **QUIET)
+    t.run(progress=False)
+    good = checkpoint.latest(out)
+    w = t.model.encoder.trunk.blocks[0].mlp.fc2.weight
+    t.model.encoder.trunk.blocks[0].mlp.fc2.weight = mx.full(w.shape, float("nan"))
+    t.step = 3
+    assert t.save() == good and checkpoint.latest(out) == good
+    t.model.encoder.trunk.blocks[0].mlp.fc2.weight = mx.full(w.shape, 6e29)
+    assert t.save() == good
+
+
+def test_sigterm_checkpoints_like_ctrl_c(synth, tmp_path, monkeypatch):
+    out = tmp_path / "r"
+    t = Trainer(cfg(synth, out, steps=50, save_every=1000), **QUIET)
+    real = t._key
+
+    def key(step):
+        if step == 2:
+            signal.raise_signal(signal.SIGTERM)
+        return real(step)
+    monkeypatch.setattr(t, "_key", key)
+    r = t.run(progress=False)
+    assert r["interrupted"] and 2 <= r["step"] < 50
+    assert checkpoint.latest(out).name == f"step_{r['step']:08d}"
+
+
+def test_orphans_of_killed_runs_are_cleaned_up(synth, tmp_path):
+    out = tmp_path / "r"
+    Trainer(cfg(synth, out, steps=2), **QUIET).run(progress=False)
+    (out / "checkpoints" / f"{TMP_PREFIX}abc").mkdir()
+    (out / f"{TMP_PREFIX}def").mkdir()
+    (out / "checkpoints" / "user-notes").mkdir()
+    Trainer(cfg(synth, out, steps=3), resume=True, **QUIET)
+    assert not list(out.rglob(f"{TMP_PREFIX}*")) and (out / "checkpoints" / "user-notes").is_dir()
+
+
+def test_resume_from_the_saved_config(synth, tmp_path):
+    """The README's form: only --out and --resume; the run's own config does the rest."""
+    out = tmp_path / "r"
+    r = runner.invoke(app, ["train", "--data", str(synth), "--out", str(out), "--encoder", "tiny", "--image-size", "56",
+                            "-b", "8", "--steps", "2", "--set", "vocab_size=300", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    r = runner.invoke(app, ["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"])
+    assert r.exit_code == 0, r.output
+    assert "step 3:" in r.output and checkpoint.latest(out).name == "step_00000003"
+    assert "keeps its batch_size" in err("train", "--out", out, "--resume", "-b", "16", "--steps", "4")
+
+
+def test_mirrored_captions_only_when_asked(synth, tmp_path):
+    import numpy as np
+    t = Trainer(cfg(synth, tmp_path / "a"), **QUIET)
+    assert t.stream.mirrored_ids is t.stream.ids
+    t2 = Trainer(cfg(synth, tmp_path / "b", mirror_captions=True), **QUIET)
+    assert not np.array_equal(t2.stream.mirrored_ids, t2.stream.ids)
+
+
+def test_huge_captions_do_not_stall_the_tokenizer(tmp_path):
+    """2.6-million-character captions (uncapped, BPE training on them took minutes)."""
+    from mlx_aimv2.tokenizer import MAX_CAPTION_CHARS, train_bpe
+    huge = "a red circle " * 200_000
+    tok = train_bpe([huge, "a blue square"] * 3, 300, tmp_path / "t.json")
+    assert (tok([huge]) == tok([huge[:MAX_CAPTION_CHARS]])).all()

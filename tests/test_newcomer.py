@@ -1,0 +1,94 @@
+"""What a new user meets: ragged native outputs, CLIP's special tokens, probing a LiT model from
+scratch, and the README's main job from an installed wheel rather than a clone."""
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+from typer.testing import CliRunner
+
+import mlx_aimv2
+from mlx_aimv2.cli import app
+from helpers import hf_lit, hf_vision, tiny_clip_vocab
+
+ROOT = Path(__file__).parent.parent
+PHOTO = ROOT / "examples" / "grace_hopper.jpg"
+runner = CliRunner()
+
+
+def run(*args):
+    return runner.invoke(app, [str(a) for a in args])
+
+
+@pytest.fixture(scope="module")
+def native(tmp_path_factory):
+    tmp = tmp_path_factory.mktemp("native")
+    _, folder = hf_vision(tmp, is_native=True)
+    Image.open(PHOTO).resize((300, 200)).save(tmp / "wide.jpg")
+    Image.open(PHOTO).resize((300, 300)).save(tmp / "tall.jpg")
+    return tmp, mlx_aimv2.convert(str(folder), tmp / "mlx")
+
+
+def test_native_tokens_of_different_sizes(native, tmp_path):
+    tmp, model = native
+    files = [tmp / "wide.jpg", tmp / "tall.jpg", tmp / "wide.jpg"]
+    m = mlx_aimv2.load(str(model))
+    toks = m.embed(files, pool="none")
+    assert isinstance(toks, list) and toks[0].shape != toks[1].shape and toks[0].shape == toks[2].shape
+    from safetensors.numpy import load_file
+    from safetensors import safe_open
+    r = run("embed", *files, "--model", model, "--pool", "none", "-o", tmp_path / "t.safetensors")
+    assert r.exit_code == 0, r.output
+    saved = load_file(str(tmp_path / "t.safetensors"))
+    with safe_open(str(tmp_path / "t.safetensors"), "numpy") as f:
+        names = json.loads(f.metadata()["files"])
+    assert names == [str(f) for f in files]
+    assert np.allclose(saved["tokens/1"], toks[1], atol=1e-5)
+    r = run("embed", *files, "--model", model, "--pool", "none", "-o", tmp_path / "t.jsonl")
+    assert r.exit_code == 0 and len((tmp_path / "t.jsonl").read_text().splitlines()) == 3
+    r = run("embed", *files, "--model", model, "--pool", "none", "-o", tmp_path / "t.npy")
+    assert r.exit_code == 1 and ".safetensors or .jsonl" in r.output.strip().splitlines()[-1]
+    assert not (tmp_path / "t.npy").exists()
+
+
+def test_clip_special_tokens_in_text_match_transformers(tmp_path):
+    from transformers import CLIPTokenizer
+    from mlx_aimv2.tokenizer import clip_tokenizer
+    tiny_clip_vocab(tmp_path)
+    ours = clip_tokenizer(tmp_path)
+    ref = CLIPTokenizer(str(tmp_path / "vocab.json"), str(tmp_path / "merges.txt"))
+    texts = ["a cat<|endoftext|>dog", "<|startoftext|>photo of a cat", "A  Photo <|endoftext|> of"]
+    want = ref(texts, padding="max_length", max_length=77)["input_ids"]
+    assert (ours(texts) == np.array(want)).all()
+
+
+def test_probe_from_random_init_on_a_lit_model(tmp_path):
+    from mlx_aimv2.data import write_synthetic
+    _, folder = hf_lit(tmp_path)
+    data = write_synthetic(tmp_path / "s", 40, size=56, max_objects=1)
+    out = tmp_path / "p.json"
+    r = run("probe", "-m", folder, "--data", data, "--random-init", "--methods", "knn,linear", "--epochs", "1",
+            "--attributes", "colour", "-o", out, "--cache", tmp_path / "cache")
+    assert r.exit_code == 0, r.output
+    res = json.loads(out.read_text())
+    assert res["random_init"] and res["epochs"]["colour"] > 1  # the epochs it really ran are recorded
+
+
+def test_main_job_from_an_installed_wheel(tmp_path):
+    """`pip install <wheel>` then the README's main command: the demo ships inside the package."""
+    pytest.importorskip("setuptools", minversion="77")
+    wheels = tmp_path / "wheels"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "--no-build-isolation", str(ROOT),
+                    "-w", str(wheels)], check=True, capture_output=True, timeout=300)
+    site = tmp_path / "site"
+    subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site),
+                    *map(str, wheels.glob("*.whl"))], check=True, capture_output=True, timeout=300)
+    env = dict(os.environ, PYTHONPATH=str(site), HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"))
+    r = subprocess.run([sys.executable, "-m", "mlx_aimv2", "embed", str(PHOTO), "--pca", str(tmp_path / "p.png")],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert str(site / "mlx_aimv2" / "demo") in r.stderr and (tmp_path / "p.png").is_file()
