@@ -12,6 +12,11 @@ import typer
 from .errors import UserError
 from .preprocess import IMAGE_EXT
 
+from .config import ENCODERS as _ENCODERS  # noqa: E402  (names only; no MLX work at import)
+from .train.config import TrainConfig as _TrainConfig  # noqa: E402
+
+_TRAIN = _TrainConfig()
+
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train.")
 
@@ -61,6 +66,19 @@ def expand_paths(paths: List[str]) -> tuple[list[Path], list[tuple[str, str]]]:
     return files, missing
 
 
+def _version(value: bool):
+    if value:
+        from . import __version__
+        typer.echo(f"mlx-aimv2 {__version__}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
+                                       help="print the version and exit")):
+    """AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train."""
+
+
 @app.command()
 @user_errors
 def doctor():
@@ -96,8 +114,8 @@ def convert(src: str = typer.Argument(..., help="hub id, model name, local folde
 @app.command()
 @user_errors
 def embed(paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
-          model: Optional[str] = typer.Option(None, "--model", "-m",
-                                              help="hub id, local checkpoint or 'demo' [default: "
+          model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False,
+                                              help="hub id, local checkpoint or 'demo'  \\[default: "
                                                    "apple/aimv2-large-patch14-224, else the demo]"),
           pool: str = typer.Option("mean", help="mean | none | attn (LiT head)"),
           layers: Optional[str] = typer.Option(None, help="comma-separated block indices, e.g. '-1,12': block k's "
@@ -241,17 +259,19 @@ def tokenizer_train(captions: Path = typer.Argument(..., help="captions file (.j
 @app.command()
 @user_errors
 def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML config file"),
-          data: Optional[str] = typer.Option(None, help="captions file, folder or tar shards"),
-          out: Optional[str] = typer.Option(None, help="run folder (checkpoints, metrics, plots)"),
-          encoder: Optional[str] = typer.Option(None, help="tiny | demo | vit-s | vit-b | large | huge | 1B | 3B"),
-          init: Optional[str] = typer.Option(None, help="start the encoder from this checkpoint"),
-          image_size: Optional[int] = typer.Option(None, "--image-size"),
-          batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b"),
-          steps: Optional[int] = typer.Option(None),
-          lr: Optional[float] = typer.Option(None),
-          objective: Optional[str] = typer.Option(None, help="aimv2 | image | text"),
-          dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16"),
-          set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200"),
+          data: Optional[str] = typer.Option(None, help="captions file (.jsonl/.csv/.tsv), folder or tar shards"),
+          out: Optional[str] = typer.Option(None, help=f"run folder (checkpoints, metrics, plots) \\[default: {_TRAIN.out}]"),
+          encoder: Optional[str] = typer.Option(None, help=f"{' | '.join(_ENCODERS)} \\[default: {_TRAIN.encoder}]"),
+          init: Optional[str] = typer.Option(None, help="start the encoder from this checkpoint (hub id, folder, file)"),
+          image_size: Optional[int] = typer.Option(None, "--image-size",
+                                                   help=f"training resolution in px \\[default: {_TRAIN.image_size}]"),
+          batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b",
+                                                   help=f"global batch \\[default: {_TRAIN.batch_size}]"),
+          steps: Optional[int] = typer.Option(None, help=f"optimizer steps \\[default: {_TRAIN.steps}]"),
+          lr: Optional[float] = typer.Option(None, help=f"peak learning rate \\[default: {_TRAIN.lr}]"),
+          objective: Optional[str] = typer.Option(None, help=f"aimv2 | image | text \\[default: {_TRAIN.objective}]"),
+          dtype: Optional[str] = typer.Option(None, help=f"float32 | bfloat16 compute \\[default: {_TRAIN.dtype}]"),
+          set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200 (README: Config)"),
           resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init)."""
@@ -265,10 +285,12 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
     trainer = Trainer(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
     result = trainer.run(progress=progress)
     last = result["last"]
-    typer.echo(f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}; checkpoint {result['checkpoint']}")
+    if trainer.rank == 0:  # the rank that writes checkpoints and the export
+        typer.echo(f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}; checkpoint {result['checkpoint']}")
     if result["interrupted"]:
         raise typer.Exit(130)
-    typer.echo(f"encoder exported to {Path(cfg.out) / 'encoder'} (mlx-aimv2 embed --model {Path(cfg.out) / 'encoder'})")
+    if trainer.rank == 0:
+        typer.echo(f"encoder exported to {Path(cfg.out) / 'encoder'} (mlx-aimv2 embed --model {Path(cfg.out) / 'encoder'})")
 
 
 @app.command()

@@ -1,5 +1,7 @@
 """Run by test_distributed under `mlx.launch` (or alone): train a few steps, then each rank writes
-its own weights so the test can compare ranks and runs."""
+its own weights so the test can compare ranks and runs. Optional: steps and collective_timeout;
+each rank writes its pid to <out>/pid.rank<r> so a test can signal one rank."""
+import os
 import sys
 from pathlib import Path
 
@@ -9,9 +11,14 @@ from mlx.utils import tree_flatten
 from mlx_aimv2.train import Trainer, load_config
 
 data, out, tokenizer = sys.argv[1:4]
-cfg = load_config(overrides=dict(data=data, out=out, encoder="tiny", image_size=56, batch_size=8, steps=6,
-                                 warmup=2, lr=2e-3, log_every=1, save_every=1000, tokenizer=tokenizer, threads=1))
-t = Trainer(cfg, log=lambda *a: None)
-t.run(progress=False)
+steps = int(sys.argv[4]) if len(sys.argv) > 4 else 6
+timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 600.0
+cfg = load_config(overrides=dict(data=data, out=out, encoder="tiny", image_size=56, batch_size=8, steps=steps,
+                                 warmup=2, lr=2e-3, log_every=1, save_every=1000, tokenizer=tokenizer, threads=1,
+                                 collective_timeout=timeout))
 rank = mx.distributed.init().rank()
+t = Trainer(cfg, log=lambda *a: None)
+(Path(out) / f"pid.rank{rank}").write_text(str(os.getpid()))
+r = t.run(progress=False)
+print(f"rank {rank} stopped at step {r['step']} interrupted={r['interrupted']}", flush=True)
 mx.save_safetensors(str(Path(out) / f"weights.rank{rank}.safetensors"), dict(tree_flatten(t.model.parameters())))

@@ -1,9 +1,12 @@
 """Data parallel over mx.distributed: two ranks on 127.0.0.1 (ring backend) end with identical
 weights, equal to a one-process run with the same global batch."""
+import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import mlx.core as mx
@@ -12,6 +15,7 @@ import pytest
 
 from mlx_aimv2.data import open_dataset, write_synthetic
 from mlx_aimv2.tokenizer import train_bpe
+from mlx_aimv2.train.checkpoint import latest as checkpoint_latest
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 
@@ -23,12 +27,68 @@ def _launcher():
     return exe
 
 
-def test_two_ranks_match_each_other_and_one_process(tmp_path):
+def _setup(tmp_path):
     data = write_synthetic(tmp_path / "synth", 64, size=64, seed=3)
     tok = tmp_path / "tok.json"
     train_bpe((s.caption for s in open_dataset(str(data)).samples), 300, tok)
     env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent),
                                                        os.environ.get("PYTHONPATH", "")]))
+    return data, tok, env
+
+
+def _start_two_ranks(tmp_path, data, tok, env, *extra):
+    port = 20000 + (os.getpid() * 7 + len(extra)) % 20000
+    logs = [open(tmp_path / "stdout", "w"), open(tmp_path / "stderr", "w")]  # files: a full pipe would block the ranks
+    return subprocess.Popen([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--",
+                             sys.executable, str(WORKER), str(data), str(tmp_path / "two"), str(tok), *extra],
+                            env=env, stdout=logs[0], stderr=logs[1], text=True)
+
+
+def _output(tmp_path):
+    return (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
+
+
+def _pids(out: Path, deadline=120):
+    t0 = time.time()
+    while time.time() - t0 < deadline:
+        files = [out / f"pid.rank{r}" for r in (0, 1)]
+        if all(f.is_file() and f.read_text() for f in files) and (out / "metrics.jsonl").is_file():
+            return [int(f.read_text()) for f in files]
+        time.sleep(0.2)
+    pytest.fail("the ranks did not start")
+
+
+def test_ctrl_c_to_one_rank_stops_both_at_the_same_step(tmp_path):
+    data, tok, env = _setup(tmp_path)
+    proc = _start_two_ranks(tmp_path, data, tok, env, "100000")
+    _, pid1 = _pids(tmp_path / "two")
+    os.kill(pid1, signal.SIGINT)
+    proc.wait(timeout=120)  # never hangs
+    out, errs = _output(tmp_path)
+    steps = sorted(int(line.split("step ")[1].split()[0]) for line in out.splitlines() if "stopped at step" in line)
+    assert len(steps) == 2 and steps[0] == steps[1] and "interrupted=True" in out, out + errs[-2000:]
+    state = json.loads((checkpoint_latest(tmp_path / "two") / "state.json").read_text())
+    assert state["step"] == steps[0]
+
+
+def test_a_stopped_rank_is_named_and_does_not_hang_the_other(tmp_path):
+    data, tok, env = _setup(tmp_path)
+    proc = _start_two_ranks(tmp_path, data, tok, env, "100000", "6")
+    _, pid1 = _pids(tmp_path / "two")
+    os.kill(pid1, signal.SIGSTOP)
+    try:
+        t0 = time.time()
+        while "no step finished" not in _output(tmp_path)[1] and time.time() - t0 < 60:
+            time.sleep(0.5)
+    finally:
+        os.kill(pid1, signal.SIGKILL)
+    proc.wait(timeout=60)
+    out, errs = _output(tmp_path)
+    assert "rank 0: no step finished in 6 s while waiting on rank 1" in errs, errs[-2000:]
+
+
+def test_two_ranks_match_each_other_and_one_process(tmp_path):
+    data, tok, env = _setup(tmp_path)
     one = subprocess.run([sys.executable, str(WORKER), str(data), str(tmp_path / "one"), str(tok)],
                          env=env, capture_output=True, text=True, timeout=300)
     assert one.returncode == 0, one.stderr[-2000:]

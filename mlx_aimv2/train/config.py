@@ -46,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     threads: int = 2
     crop_scale: tuple = (0.4, 1.0)      # random resized crop: fraction of the image area kept
+    collective_timeout: float = 600.0   # data parallel: seconds without a finished step before a rank gives up
     mirror_captions: bool = False       # flipped images get left/right swapped in their caption (synthetic sets)
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
@@ -96,7 +97,7 @@ _SCHEMA = {
     "weight_decay": (float, 0.0, None), "eps": (float, 1e-30, 1.0), "clip": (float, 0.0, None),
     "dtype": (("float32", "bfloat16"), None, None), "checkpointing": (bool, None, None),
     "save_every": (int, 1, None), "keep": (int, 1, None), "log_every": (int, 1, None), "seed": (int, 0, 2**31 - 1),
-    "threads": (int, 1, 256), "mirror_captions": (bool, None, None), "decoder": (dict, None, None),
+    "threads": (int, 1, 256), "collective_timeout": (float, 1.0, None), "mirror_captions": (bool, None, None), "decoder": (dict, None, None),
     "betas": ((float, 2), 0.0, 0.9999999), "crop_scale": ((float, 2), 1e-6, 1.0),
     "mean": ((float, 3), 0.0, 1.0), "std": ((float, 3), 1e-6, 10.0),
     "decoder.width": (int, 8, 65536), "decoder.depth": (int, 1, 256), "decoder.num_heads": (int, 1, 512),
@@ -139,7 +140,8 @@ def _check(key: str, v) -> None:
 
 
 # What a resumed run may change; everything else is fixed by the checkpoint it continues.
-RESUMABLE = {"data", "images", "out", "steps", "lr", "min_lr", "warmup", "save_every", "keep", "log_every", "threads"}
+RESUMABLE = {"data", "images", "out", "steps", "lr", "min_lr", "warmup", "save_every", "keep", "log_every", "threads",
+             "collective_timeout"}
 
 
 def _parse_value(text: str):

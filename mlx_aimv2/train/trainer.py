@@ -27,6 +27,7 @@ from . import checkpoint
 from .config import TrainConfig
 from .optim import DecoupledAdamW, schedule
 from .step import make_step
+from .watchdog import Watchdog
 
 
 class Trainer:
@@ -77,6 +78,7 @@ class Trainer:
         if self.data.bad and self.rank == 0:
             where, why = self.data.bad[0]
             self.log(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
+        self._note_image_size()
         self.tokenizer = self._tokenizer()
         self.ids = self.tokenizer([s.caption for s in self.data.samples])
         mirrored = (self.tokenizer([mirror_caption(s.caption) for s in self.data.samples])  # for flipped images
@@ -87,6 +89,19 @@ class Trainer:
                             f"lower --batch-size or add data")
         self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
                                   cfg.threads, scale=cfg.crop_scale, mirrored_ids=mirrored)
+
+    def _note_image_size(self):
+        """Say so when the data's images are smaller than the training resolution (read from one header)."""
+        import io
+        from PIL import Image
+        try:
+            with Image.open(io.BytesIO(self.data.samples[0].read_bytes())) as im:
+                w, h = im.size
+        except Exception:
+            return  # an unreadable first image is counted later, like any other
+        if min(w, h) < self.cfg.image_size and self.rank == 0:
+            self.log(f"note: the images are about {w}x{h} px and training runs at {self.cfg.image_size} px, so they "
+                     f"are upsampled; set --image-size to train nearer their size")
 
     def _tokenizer(self):
         cfg = self.cfg
@@ -160,6 +175,12 @@ class Trainer:
             pos = mx.distributed.all_gather(pos[None], group=self.world)
         return np.array(pos).reshape(self.size, 2).tolist()
 
+    def _anyone_stops(self, mine: bool) -> bool:
+        """Ranks stop together, at the same step boundary: a signal to one rank stops them all."""
+        if self.size == 1:
+            return mine
+        return mx.distributed.all_sum(mx.array([int(mine)]), group=self.world).item() > 0
+
     def save(self) -> Optional[Path]:
         """Checkpoint now (rank 0 writes); weights that are not finite are never written, so the
         newest checkpoint is always one a run can resume from."""
@@ -203,8 +224,9 @@ class Trainer:
             bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True)
         batches = iter(self.stream)
         t0, seen, last = time.perf_counter(), 0, {}
+        watchdog = Watchdog(self.rank, self.size, cfg.collective_timeout, self.out) if self.size > 1 else None
         try:
-            while self.step < cfg.steps and not stop["flag"]:
+            while self.step < cfg.steps and not self._anyone_stops(stop["flag"]):
                 batch = next(batches)
                 parts, norm = step_fn(mx.array(batch["images"]), mx.array(batch["ids"]), self._key(self.step))
                 mx.eval(parts, norm, self.model.state, self.optimizer.state)
@@ -214,6 +236,8 @@ class Trainer:
                     raise UserError(f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
                                     f"{good or 'none'}. Lower lr or raise warmup, then --resume")
                 self.step += 1
+                if watchdog is not None:
+                    watchdog.beat()
                 seen += cfg.batch_size
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t0
@@ -233,12 +257,15 @@ class Trainer:
                     self.save()
                 if until is not None and self.step >= until:
                     stop["flag"] = True
+            stop["flag"] = stop["flag"] or self.step < cfg.steps  # a peer asked: this rank stops too
+            path = self.save()  # a collective too, still under the watchdog
         finally:
+            if watchdog is not None:
+                watchdog.close()
             for sig, handler in old.items():
                 signal.signal(sig, handler)
             if bar is not None:
                 bar.close()
-        path = self.save()
         if self.rank == 0:
             from ..viz import plot_curves
             _rewrite_metrics(metrics_file, records)

@@ -1,0 +1,53 @@
+"""Bounds the collective waits of a data-parallel run.
+
+MLX's collectives wait forever for a rank that died, hung or was stopped (SIGSTOP), and so would
+every other rank. Each rank here notes when its last step finished (and touches a heartbeat file in
+the run folder, which ranks on one machine share); when no step has finished for `timeout` seconds
+the watchdog names the rank that went quiet, if it can tell, and ends this rank with exit status 1.
+"""
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from pathlib import Path
+
+
+class Watchdog:
+    def __init__(self, rank: int, size: int, timeout: float, run: Path):
+        self.rank, self.size, self.timeout = rank, size, timeout
+        self.beats = Path(run) / ".heartbeat"
+        self.beats.mkdir(parents=True, exist_ok=True)
+        self.last = time.monotonic()
+        self.done = threading.Event()
+        self.beat()
+        threading.Thread(target=self._watch, daemon=True, name="mlx-aimv2-watchdog").start()
+
+    def beat(self) -> None:
+        """A step finished (every collective of it included)."""
+        self.last = time.monotonic()
+        (self.beats / f"rank{self.rank}").touch()
+
+    def close(self) -> None:
+        self.done.set()
+
+    def _quiet_rank(self) -> str:
+        now = time.time()
+        ages = {}
+        for r in range(self.size):
+            f = self.beats / f"rank{r}"
+            if r != self.rank and f.exists():
+                ages[r] = now - f.stat().st_mtime
+        if not ages:
+            return "another rank (its heartbeat is on another machine)"
+        r = max(ages, key=ages.get)
+        return f"rank {r} (its last step finished {ages[r]:.0f} s ago)"
+
+    def _watch(self) -> None:
+        while not self.done.wait(min(5.0, self.timeout / 4)):
+            if time.monotonic() - self.last > self.timeout:
+                print(f"error: rank {self.rank}: no step finished in {self.timeout:.0f} s while waiting on "
+                      f"{self._quiet_rank()}; it stopped, hung or died. Stopping; continue with --resume "
+                      f"(collective_timeout sets the wait)", file=sys.stderr, flush=True)
+                os._exit(1)
