@@ -41,6 +41,7 @@ class Trainer:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x accum = {self.size * cfg.accum}")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: is a file; give a folder for the run")
+        self.out.mkdir(parents=True, exist_ok=True)
         self.lock = checkpoint.lock_run(self.out) if self.rank == 0 else None
         found = checkpoint.candidates(self.out)
         if resume and not found:
