@@ -49,9 +49,10 @@ def check_destination(dst: Path, overwrite: bool = False) -> Path:
 
 def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
     """write(tmp) fills a temporary folder; a new destination is then renamed into place whole, an
-    existing one gets each file renamed in (replacing only files of the same name)."""
+    existing folder (empty ones too: it may be someone's working directory) gets each file renamed
+    in, replacing only files of the same name."""
     dst = check_destination(dst, overwrite)
-    existing = dst.is_dir() and any(dst.iterdir())
+    existing = dst.is_dir()
     parent = dst if existing else dst.parent
     parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
@@ -61,8 +62,6 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
             for f in sorted(tmp.iterdir()):
                 os.replace(f, dst / f.name)
         else:
-            if dst.is_dir():
-                dst.rmdir()  # empty
             os.replace(tmp, dst)
     finally:
         shutil.rmtree(tmp, ignore_errors=True)

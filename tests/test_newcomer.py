@@ -92,3 +92,33 @@ def test_main_job_from_an_installed_wheel(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(site / "mlx_aimv2" / "demo") in r.stderr and (tmp_path / "p.png").is_file()
+
+
+def test_training_says_what_it_did(tmp_path):
+    from mlx_aimv2.data import write_synthetic
+    data = write_synthetic(tmp_path / "s", 32, size=64)
+    r = run("train", "--data", data, "--out", tmp_path / "r", "-b", "8", "--steps", "2", "--set", "warmup=5",
+            "--set", "vocab_size=1024", "--no-progress")
+    assert r.exit_code == 0, r.output
+    assert "warmup (5) is not shorter than steps (2)" in r.output
+    assert "training runs at 224 px, so they are upsampled" in r.output
+    made = json.loads((tmp_path / "r" / "tokenizer.json").read_text())["model"]["vocab"]
+    assert f"trained a {len(made)}-token BPE" in r.output and "asked for 1024" in r.output
+    assert run("--version").output.strip() == f"mlx-aimv2 {mlx_aimv2.__version__}"
+    help_text = run("train", "--help").output
+    assert "small" in help_text and "default: 224" in help_text
+
+
+def test_export_into_the_working_directory_is_one_clear_line(tmp_path, monkeypatch):
+    from mlx_aimv2.data import write_synthetic
+    data = write_synthetic(tmp_path / "s", 16, size=64)
+    r = run("train", "--data", data, "--out", tmp_path / "r", "--image-size", "56", "-b", "8", "--steps", "1",
+            "--set", "vocab_size=300", "--no-progress")
+    assert r.exit_code == 0, r.output
+    monkeypatch.chdir(tmp_path)
+    r = run("export", tmp_path / "r", ".")
+    assert r.exit_code == 1 and "not an mlx-aimv2 checkpoint" in r.output and "Traceback" not in r.output
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    monkeypatch.chdir(empty)
+    assert run("export", tmp_path / "r", ".").exit_code == 0 and (empty / "model.safetensors").is_file()
