@@ -21,6 +21,7 @@ from .config import ModelConfig
 from .environment import wire_memory_for
 from .errors import UserError
 from .preprocess import ImageLike, Preprocessor
+from .quantize import quantize
 
 POOLS = ("mean", "none", "attn")
 
@@ -199,15 +200,22 @@ class AIMv2:
 
 
 def convert(src: str, dst: Path, dtype: Optional[str] = None, revision: Optional[str] = None,
-            overwrite: bool = False) -> Path:
+            overwrite: bool = False, quantization: Optional[dict] = None) -> Path:
     """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json).
-    dtype: float32 | bfloat16 | float16, default the source's own. An existing destination must be
-    empty or one of our checkpoints unless `overwrite` (which replaces only the files we write)."""
+    dtype: float32 | bfloat16 | float16, default the source's own. quantization: quantize.spec(...) to
+    quantize the blocks' linear layers. An existing destination must be empty or one of our
+    checkpoints unless `overwrite` (which replaces only the files we write)."""
     dtypes = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
     if dtype is not None and dtype not in dtypes:
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     check_destination(dst, overwrite)
     module, config, folder = load_checkpoint(src, revision, dtypes.get(dtype))
+    if quantization is not None:
+        if config.quantization:
+            raise UserError(f"{src}: already quantized ({config.quantization['bits']}-bit); convert from the float "
+                            f"checkpoint it was made from")
+        quantize(module, quantization)
+        config.quantization = quantization
     pp = folder / "preprocessor_config.json"
     v = config.vision
     Preprocessor.from_folder(folder, v.patch_size if v.native else None, v.image_size or 224)  # valid, or one line why

@@ -14,6 +14,17 @@ from .errors import UserError
 TMP_PREFIX = ".tmp-mlx-aimv2-"  # every temporary file and folder we make; only these are cleaned up
 
 
+def _umask() -> int:
+    mask = os.umask(0)
+    os.umask(mask)
+    return mask
+
+
+def _usual_mode(path: Path, folder: bool) -> None:
+    """mkstemp / mkdtemp make private (0600 / 0700) entries; what we publish gets the usual mode."""
+    os.chmod(path, (0o777 if folder else 0o666) & ~_umask())
+
+
 def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     """write(tmp) into a temporary file beside `path`, then rename it into place."""
     path = Path(path)
@@ -21,6 +32,7 @@ def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     os.close(fd)
     try:
         write(Path(tmp))
+        _usual_mode(Path(tmp), folder=False)
         os.replace(tmp, path)
     finally:
         if os.path.exists(tmp):
@@ -58,6 +70,7 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
     tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
     try:
         write(tmp)
+        _usual_mode(tmp, folder=True)
         if existing:
             for f in sorted(tmp.iterdir()):
                 os.replace(f, dst / f.name)

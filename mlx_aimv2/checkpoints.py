@@ -22,6 +22,7 @@ from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .atomic import write_folder
 from .errors import UserError
 from .preprocess import CLIP_MEAN, CLIP_STD
+from .quantize import is_quantized_weight, quantize, read_spec
 
 WEIGHT_FILES = ("model.safetensors", "mlx_model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.pt")
@@ -236,7 +237,8 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None,
     """The architecture from tensor shapes (our layout); `hints` (a config.json) gives head counts etc.
     and must agree with the shapes."""
     hints = hints or {}
-    odd = sorted(k for k, v in weights.items() if not mx.issubdtype(v.dtype, mx.floating))
+    odd = sorted(k for k, v in weights.items() if not mx.issubdtype(v.dtype, mx.floating)
+                 and not is_quantized_weight(k, weights) and not k.endswith(".scales"))
     if odd:
         raise UserError(f"{where.rsplit('/', 1)[0]}: tensor {odd[0]} is {str(weights[odd[0]].dtype).split('.')[-1]}; AIMv2 weights are "
                         f"floating point - the file is damaged or not a model")
@@ -349,9 +351,17 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     weights = to_mlx(read_weights(file))
     hints = read_config_json(folder) or {}
     config = infer_config(weights, hints, str(folder / "config.json"))
+    packed = any(is_quantized_weight(k, weights) for k in weights)
+    if hints.get("format") == "mlx_aimv2" and "quantization" in hints:
+        config.quantization = read_spec(hints["quantization"], str(folder / "config.json"))
+    elif packed:
+        raise UserError(f"{file}: holds quantized weights but {folder / 'config.json'} does not say how they were "
+                        f"quantized; keep the config.json that convert -q wrote beside it")
     given = hints.get("name") if hints.get("format") == "mlx_aimv2" and isinstance(hints.get("name"), str) else None
     config.name = given or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else architecture_name(config))
     module = build(config)
+    if config.quantization:
+        quantize(module, config.quantization)  # the layers' shapes, before the weights go in
     load_into(module, weights, str(file), dtype)
     return module, config, folder
 
@@ -365,8 +375,8 @@ def load_into(model, weights: dict[str, mx.array], source: str, dtype=None):
         if len(msg) > 300:
             msg = msg[:300] + "..."
         raise UserError(f"{source}: checkpoint does not fit the model: {msg}") from None
-    if dtype is None:
-        dtype = next(iter(weights.values())).dtype
+    if dtype is None:  # the source's own float type (quantized layers' packed weights are integers)
+        dtype = next((v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)), mx.float32)
     model.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
     mx.eval(model.parameters())
     return model

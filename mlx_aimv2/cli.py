@@ -104,10 +104,17 @@ def convert(src: str = typer.Argument(..., help="hub id, model name, local folde
             dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [default: the source's]"),
             revision: Optional[str] = typer.Option(None, help="hub revision (default: the pinned one)"),
             overwrite: bool = typer.Option(False, "--overwrite",
-                                           help="write into a non-empty folder (only our files are replaced)")):
-    """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX."""
+                                           help="write into a non-empty folder (only our files are replaced)"),
+            quantize: bool = typer.Option(False, "--quantize", "-q", help="quantize the transformer blocks"),
+            q_bits: int = typer.Option(8, "--q-bits", help="bits per weight: 4, 6 or 8 (affine also 2, 3, 5)"),
+            q_group_size: int = typer.Option(64, "--q-group-size", help="weights per scale: 32, 64 or 128"),
+            q_mode: str = typer.Option("affine", "--q-mode", help="affine | mxfp4 | mxfp8 | nvfp4")):
+    """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX, optionally
+    quantized (docs/quantization.md: what it costs in fidelity, size and speed)."""
     from .api import convert as run
-    out = run(src, dst, dtype, revision, overwrite)
+    from .quantize import spec
+    q = spec(q_bits, q_group_size, q_mode) if quantize else None
+    out = run(src, dst, dtype, revision, overwrite, q)
     typer.echo(f"wrote {out}/model.safetensors, config.json, preprocessor_config.json")
 
 

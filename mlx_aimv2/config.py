@@ -87,10 +87,13 @@ class ModelConfig:
     init_temperature: float = 0.07
     max_logit_scale: float = 100.0
     name: str = ""
+    quantization: Optional[dict] = None  # {"bits", "group_size", "mode"} when the blocks are quantized
 
     def to_dict(self) -> dict:
         d = {"format": "mlx_aimv2", "kind": self.kind, "name": self.name,
              "vision": self.vision.to_dict()}
+        if self.quantization:
+            d["quantization"] = dict(self.quantization)
         if self.kind == "lit":
             d.update(text=self.text.to_dict(), projection_dim=self.projection_dim,
                      init_temperature=self.init_temperature, max_logit_scale=self.max_logit_scale)

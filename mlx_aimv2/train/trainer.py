@@ -125,6 +125,11 @@ class Trainer:
         if not cfg.init:
             return cfg.vision(), None
         module, mcfg, _ = ckpt_io.load_checkpoint(cfg.init, dtype=mx.float32)
+        if mcfg.quantization:  # training needs float weights: continue from the dequantized ones
+            from ..quantize import dequantize
+            dequantize(module)
+            mcfg.quantization = None
+            self.log(f"note: {cfg.init} is quantized; training starts from its dequantized weights")
         enc = module.image_encoder if mcfg.kind == "lit" else module
         vision = mcfg.vision
         vision.use_head = False
