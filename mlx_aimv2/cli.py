@@ -302,13 +302,24 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
 
 @app.command()
 @user_errors
-def export(run: Path = typer.Argument(..., help="a training run folder or checkpoint"),
-           out: Path = typer.Argument(..., help="output folder for the encoder"),
+def export(src: str = typer.Argument(..., help="a training run folder or checkpoint, or any checkpoint we load"),
+           out: Path = typer.Argument(..., help="output folder"),
+           format: str = typer.Option("mlx", "--format", help="mlx (for embed) | transformers (for PyTorch)"),
            overwrite: bool = typer.Option(False, "--overwrite",
                                           help="write into a non-empty folder (only our files are replaced)")):
-    """Export a training run's encoder as a checkpoint that `embed` loads."""
-    from .train import export_run
-    typer.echo(f"wrote {export_run(run, out, overwrite)}")
+    """Export a model: a run's encoder for `embed`, or any model for transformers' from_pretrained."""
+    if format == "transformers":
+        from .export import export_transformers
+        typer.echo(f"wrote {export_transformers(src, out, overwrite)} (transformers: from_pretrained)")
+        return
+    if format != "mlx":
+        raise UserError(f"--format {format}: use mlx or transformers")
+    from .train import checkpoint, export_run
+    if checkpoint.latest(Path(src)) is None:
+        from .api import convert as run
+        typer.echo(f"wrote {run(src, out, overwrite=overwrite)}")
+        return
+    typer.echo(f"wrote {export_run(Path(src), out, overwrite)}")
 
 
 @app.command()

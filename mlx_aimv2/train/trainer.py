@@ -300,9 +300,8 @@ def _save_encoder(encoder, vision, mean, std, name: str, dst: Path, overwrite: b
     return ckpt_io.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
 
 
-def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
-    """Export the encoder of a run's latest checkpoint without training."""
-    check_destination(dst, overwrite)
+def load_run_encoder(run: Path):
+    """(encoder, VisionConfig, preprocessor dict, name) from a run's latest checkpoint."""
     ckpt = checkpoint.latest(Path(run))
     if ckpt is None:
         raise UserError(f"{run}: no checkpoint found")
@@ -315,8 +314,16 @@ def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
                if k.startswith("encoder.")}
     ckpt_io.load_into(enc, weights, str(ckpt))
     cfg = state["config"]
-    return _save_encoder(enc, vision, cfg["mean"], cfg["std"], f"{Path(run).resolve().name} step {state['step']}",
-                         dst, overwrite)
+    pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
+    pp.update(image_mean=list(cfg["mean"]), image_std=list(cfg["std"]))
+    return enc, vision, pp, f"{Path(run).resolve().name} step {state['step']}"
+
+
+def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
+    """Export the encoder of a run's latest checkpoint without training."""
+    check_destination(dst, overwrite)
+    enc, vision, pp, name = load_run_encoder(run)
+    return ckpt_io.save(enc, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
 
 
 def _read_metrics(f: Path, upto: int) -> list:
