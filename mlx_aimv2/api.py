@@ -26,13 +26,17 @@ from .quantize import quantize
 POOLS = ("mean", "none", "attn")
 
 
-def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, dtype=None) -> "AIMv2":
+def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, dtype=None,
+         keep_quantized: Optional[bool] = None) -> "AIMv2":
     """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo".
 
-    On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster); on Metal, a model
-    over 1 GiB has its weights wired (mx.set_wired_limit), as mlx-lm does."""
+    On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster), and a quantized
+    checkpoint runs with its layers dequantized (MLX's CPU quantized matmul is ~60x slower; pass
+    keep_quantized=True to keep them). On Metal, a model over 1 GiB has its weights wired
+    (mx.set_wired_limit), as mlx-lm does."""
     cpu.warn_if_slow_blas()
     module, config, folder = load_checkpoint(name_or_path, revision, dtype)
+    cpu.float_layers(module, keep_quantized)
     cpu.use_kernels(module)
     wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
     v = config.vision

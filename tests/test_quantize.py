@@ -45,7 +45,7 @@ def test_quantized_encoder_equals_transformers_on_the_dequantized_weights(tmp_pa
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
     assert cfg["quantization"] == {"bits": bits, "group_size": group, "mode": mode}
-    m = mlx_aimv2.load(str(tmp_path / "q"))
+    m = mlx_aimv2.load(str(tmp_path / "q"), keep_quantized=True)  # MLX's quantized kernels
     assert is_quantized(m.module)
     # transformers with our dequantized block weights: the reference for what the quantized layers compute
     deq = _dequantized_state(tmp_path / "q")
@@ -65,6 +65,10 @@ def test_quantized_encoder_equals_transformers_on_the_dequantized_weights(tmp_pa
     assert sd is not None
     out = np.array(m.vision(mx.array(x)))
     assert np.abs(out - ref).max() <= 2e-4
+    # the CPU default: the same layers dequantized at load (MLX's CPU quantized matmul is slow), same numbers
+    plain = mlx_aimv2.load(str(tmp_path / "q"))
+    assert not is_quantized(plain.module)
+    assert np.abs(np.array(plain.vision(mx.array(x))) - ref).max() <= 2e-4
 
 
 def test_fidelity_and_size_against_float(tmp_path):
@@ -92,7 +96,7 @@ def test_quantized_folders_behave_like_any_other(tmp_path):
     for f in ("vocab.json", "merges.txt"):
         shutil.copy(tmp_path / "tok" / f, folder / f)
     q = mlx_aimv2.convert(str(folder), tmp_path / "q", quantization=spec(8, 64))
-    m = mlx_aimv2.load(str(q))
+    m = mlx_aimv2.load(str(q), keep_quantized=True)
     assert is_quantized(m.module.text_encoder) and is_quantized(m.module.image_encoder)
     from pathlib import Path
     photo = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
