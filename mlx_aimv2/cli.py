@@ -90,11 +90,15 @@ def doctor():
 
 @app.command()
 def models():
-    """List the published checkpoints this package knows, with their parameter counts."""
-    from .config import PRESETS, count_params
+    """List the published checkpoints this package knows: parameters and size in fp32, bf16, 8 and 4 bits."""
+    from .config import PRESETS, checkpoint_bytes, count_params
+    typer.echo(f"{'':<44} {'params':>9} {'fp32':>9} {'bf16':>9} {'8-bit':>9} {'4-bit':>9}")
     typer.echo(f"{'demo':<44} the small checkpoint bundled in weights/demo")
+    gb = lambda n: f"{n / 1e9:8.2f}G"  # noqa: E731
     for name, cfg in PRESETS.items():
-        typer.echo(f"{'apple/' + name:<44} {count_params(cfg) / 1e6:8.1f}M params")
+        # quantized sizes as `convert -q` writes them from the published fp32 files (group 64)
+        typer.echo(f"{'apple/' + name:<44} {count_params(cfg) / 1e6:8.1f}M {gb(checkpoint_bytes(cfg))} "
+                   f"{gb(checkpoint_bytes(cfg, 2))} {gb(checkpoint_bytes(cfg, 4, 8))} {gb(checkpoint_bytes(cfg, 4, 4))}")
 
 
 @app.command()
@@ -144,6 +148,8 @@ def embed(paths: List[str] = typer.Argument(..., help="image files, folders (rec
             raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
         m = _load_default(revision) if model is None else load(model, revision)
         layer_ids = m.check_layers(_parse_layers(layers))
+        if output is not None and output.suffix == ".npy" and layer_ids:
+            raise UserError(f"{output}: .npy holds one array, and --layers adds more; use .safetensors or .jsonl")
         if (output is not None and output.suffix == ".npy" and pool == "none" and m.config.vision.native
                 and len(files) > 1):
             raise UserError(f"{output}: the native model's tokens differ in size per image and .npy holds one "

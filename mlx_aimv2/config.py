@@ -217,3 +217,22 @@ def count_params(c: ModelConfig) -> int:
         n += t.depth * _block_params(t.hidden_size, t.mlp_hidden) + t.hidden_size
         n += c.vision.hidden_size * c.projection_dim + t.hidden_size * c.projection_dim + 1
     return n
+
+
+def block_linear_params(c: ModelConfig) -> int:
+    """Weights in the transformer blocks' linear layers: what quantization packs."""
+    n = c.vision.depth * (4 * c.vision.hidden_size ** 2 + 3 * c.vision.hidden_size * c.vision.mlp_hidden)
+    if c.kind == "lit":
+        t = c.text
+        n += t.depth * (4 * t.hidden_size ** 2 + 3 * t.hidden_size * t.mlp_hidden)
+    return n
+
+
+def checkpoint_bytes(c: ModelConfig, float_bytes: int = 4, bits: Optional[int] = None, group_size: int = 64) -> int:
+    """A converted checkpoint's size: everything in `float_bytes`, or with the blocks packed to `bits`
+    (plus a scale and a bias of `float_bytes` each per group), as convert -q writes it."""
+    total = count_params(c)
+    if bits is None:
+        return total * float_bytes
+    blocks = block_linear_params(c)
+    return (total - blocks) * float_bytes + blocks * bits // 8 + blocks // group_size * 2 * float_bytes

@@ -40,15 +40,20 @@ def read_spec(d, where: str) -> dict:
         raise UserError(f"{where}: 'quantization' is invalid ({e})") from None
 
 
-def _in_blocks(path: str, module, group_size: int) -> bool:
-    return (isinstance(module, nn.Linear) and ".blocks." in f".{path}"
-            and module.weight.shape[1] % group_size == 0)
+def _in_blocks(path: str, module) -> bool:
+    return isinstance(module, nn.Linear) and ".blocks." in f".{path}"
 
 
 def quantize(model: nn.Module, s: dict) -> nn.Module:
-    """Replace the blocks' linear layers of `model` (float weights) by quantized ones, in place."""
-    nn.quantize(model, s["group_size"], s["bits"], mode=s["mode"],
-                class_predicate=lambda path, m: _in_blocks(path, m, s["group_size"]))
+    """Replace the blocks' linear layers of `model` (float weights) by quantized ones, in place. Every
+    one of them is quantized or none: a group size that does not divide a layer's width is refused."""
+    widths = sorted({m.weight.shape[1] for p, m in model.named_modules() if _in_blocks(p, m)})
+    bad = [w for w in widths if w % s["group_size"]]
+    if bad:
+        fits = [g for g in MODES[s["mode"]][1] if all(w % g == 0 for w in widths)]
+        raise UserError(f"--q-group-size {s['group_size']} does not divide this model's {bad[0]}-wide layers; "
+                        + (f"use {' or '.join(map(str, fits))}" if fits else f"no {s['mode']} group size fits"))
+    nn.quantize(model, s["group_size"], s["bits"], mode=s["mode"], class_predicate=_in_blocks)
     return model
 
 

@@ -41,6 +41,9 @@ def test_float_and_quantized_encoders_round_trip(tmp_path, native):
         want = ref(torch_pixels(x)).last_hidden_state.numpy()
         got = back(torch_pixels(x)).last_hidden_state.numpy()
     assert np.abs(got - want).max() <= 1e-5
+    again = mlx_aimv2.convert(str(tmp_path / "back"), tmp_path / "again")  # export then convert: bit-identical
+    wa, wb = mx.load(str(ours / "model.safetensors")), mx.load(str(again / "model.safetensors"))
+    assert wa.keys() == wb.keys() and all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
     q = mlx_aimv2.convert(str(ours), tmp_path / "q4", quantization=spec(4, 64))
     back_q = _load_hf(Aimv2VisionModel, _export(q, tmp_path / "back_q"))
     with torch.no_grad():

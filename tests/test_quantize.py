@@ -120,6 +120,9 @@ def test_bad_quantization_options_are_one_line(tmp_path):
         r = runner.invoke(app, ["convert", str(folder), str(tmp_path / "q"), "-q", *args])
         assert r.exit_code == 1 and word in r.output.strip().splitlines()[-1], r.output
     assert not (tmp_path / "q").exists()
+    r = runner.invoke(app, ["convert", "demo", str(tmp_path / "q"), "-q", "--q-group-size", "128"])  # 192 wide
+    assert r.exit_code == 1 and "does not divide this model's 192-wide layers; use 32 or 64" in r.output, r.output
+    assert not (tmp_path / "q").exists()
 
 
 def test_training_from_a_quantized_checkpoint_starts_from_dequantized_weights(tmp_path):
