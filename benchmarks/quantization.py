@@ -94,7 +94,13 @@ def main():
     for name, f32 in models.items():
         ref = tokens(f32, files)
         for bits, group, mode in VARIANTS:
-            q = mlx_aimv2.convert(str(f32), tmp / f"{f32.name}-{mode}{bits}g{group}", quantization=spec(bits, group, mode))
+            try:
+                q = mlx_aimv2.convert(str(f32), tmp / f"{f32.name}-{mode}{bits}g{group}",
+                                      quantization=spec(bits, group, mode))
+            except mlx_aimv2.UserError as e:  # e.g. a group size that does not divide the demo's 192-wide layers
+                emit({"what": "refused", "model": name, "bits": bits, "group_size": group, "mode": mode,
+                      "why": str(e)}, a.out)
+                continue
             emit({"what": "fidelity", "model": name, "bits": bits, "group_size": group, "mode": mode,
                   "size_ratio": round(size(q) / size(f32), 3), "size_mib": round(size(q) / 2**20, 2),
                   **fidelity(ref, tokens(q, files))}, a.out)
@@ -125,8 +131,8 @@ def main():
         attrs = ("colour", "shape", "size")
         sets = {t: P.synthetic_attribute(data, t) for t in attrs}
         demo = models["demo"]
-        for label, folder in [("fp32", demo)] + [(f"{m}{b} g{g}", tmp / f"{demo.name}-{m}{b}g{g}")
-                                                 for b, g, m in VARIANTS]:
+        for label, folder in [("fp32", demo)] + [(f"{m} {b}-bit g{g}", tmp / f"{demo.name}-{m}{b}g{g}")
+                                                 for b, g, m in VARIANTS if (tmp / f"{demo.name}-{m}{b}g{g}").is_dir()]:
             t0 = time.perf_counter()
             top1 = P.probe_all(mlx_aimv2.load(str(folder)), sets, None, ("attentive", "linear", "knn"), 30, 0,
                                progress=False)
