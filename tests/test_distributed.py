@@ -52,7 +52,9 @@ def _pids(out: Path, deadline=120):
     t0 = time.time()
     while time.time() - t0 < deadline:
         files = [out / f"pid.rank{r}" for r in (0, 1)]
-        if all(f.is_file() and f.read_text() for f in files) and (out / "metrics.jsonl").is_file():
+        metrics = out / "metrics.jsonl"
+        # a logged step means both ranks are inside the training loop, signal handlers installed
+        if all(f.is_file() and f.read_text() for f in files) and metrics.is_file() and metrics.read_text().strip():
             return [int(f.read_text()) for f in files]
         time.sleep(0.2)
     pytest.fail("the ranks did not start")
@@ -60,7 +62,7 @@ def _pids(out: Path, deadline=120):
 
 def test_ctrl_c_to_one_rank_stops_both_at_the_same_step(tmp_path):
     data, tok, env = _setup(tmp_path)
-    proc = _start_two_ranks(tmp_path, data, tok, env, "100000")
+    proc = _start_two_ranks(tmp_path, data, tok, env, "100000", "90")
     _, pid1 = _pids(tmp_path / "two")
     os.kill(pid1, signal.SIGINT)
     proc.wait(timeout=120)  # never hangs
