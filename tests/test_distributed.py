@@ -48,6 +48,18 @@ def _output(tmp_path):
     return (tmp_path / "stdout").read_text(), (tmp_path / "stderr").read_text()
 
 
+def _stop_all(proc, out: Path):
+    """A failed test leaves no rank behind."""
+    if proc.poll() is None:
+        for f in out.glob("pid.rank*"):
+            try:
+                os.kill(int(f.read_text()), signal.SIGKILL)
+            except (ProcessLookupError, ValueError):
+                pass
+        proc.kill()
+        proc.wait()
+
+
 def _pids(out: Path, deadline=120):
     t0 = time.time()
     while time.time() - t0 < deadline:
@@ -63,9 +75,12 @@ def _pids(out: Path, deadline=120):
 def test_ctrl_c_to_one_rank_stops_both_at_the_same_step(tmp_path):
     data, tok, env = _setup(tmp_path)
     proc = _start_two_ranks(tmp_path, data, tok, env, "100000", "90")
-    _, pid1 = _pids(tmp_path / "two")
-    os.kill(pid1, signal.SIGINT)
-    proc.wait(timeout=120)  # never hangs
+    try:
+        _, pid1 = _pids(tmp_path / "two")
+        os.kill(pid1, signal.SIGINT)
+        proc.wait(timeout=120)  # never hangs
+    finally:
+        _stop_all(proc, tmp_path / "two")
     out, errs = _output(tmp_path)
     steps = sorted(int(line.split("step ")[1].split()[0]) for line in out.splitlines() if "stopped at step" in line)
     assert len(steps) == 2 and steps[0] == steps[1] and "interrupted=True" in out, out + errs[-2000:]
@@ -75,7 +90,7 @@ def test_ctrl_c_to_one_rank_stops_both_at_the_same_step(tmp_path):
 
 def test_a_stopped_rank_is_named_and_does_not_hang_the_other(tmp_path):
     data, tok, env = _setup(tmp_path)
-    proc = _start_two_ranks(tmp_path, data, tok, env, "100000", "6")
+    proc = _start_two_ranks(tmp_path, data, tok, env, "100000", "12")
     _, pid1 = _pids(tmp_path / "two")
     os.kill(pid1, signal.SIGSTOP)
     try:
@@ -84,9 +99,12 @@ def test_a_stopped_rank_is_named_and_does_not_hang_the_other(tmp_path):
             time.sleep(0.5)
     finally:
         os.kill(pid1, signal.SIGKILL)
-    proc.wait(timeout=60)
+    try:
+        proc.wait(timeout=60)
+    finally:
+        _stop_all(proc, tmp_path / "two")
     out, errs = _output(tmp_path)
-    assert "rank 0: no step finished in 6 s while waiting on rank 1" in errs, errs[-2000:]
+    assert "rank 0: no step finished in 12 s while waiting on rank 1" in errs, errs[-2000:]
 
 
 def test_two_ranks_match_each_other_and_one_process(tmp_path):
