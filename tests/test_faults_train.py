@@ -82,7 +82,7 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(synth, tmp_path):
     del state["step"]
     (t.resume_from / "state.json").write_text(json.dumps(state))
     del t
-    with pytest.raises(UserError, match="none of its 2 checkpoint"):
+    with pytest.raises(UserError, match="none of the 2 checkpoint.* can be resumed; the newest: .*unreadable checkpoint files"):
         Trainer(cfg(synth, out, steps=6), resume=True, **QUIET)
 
 

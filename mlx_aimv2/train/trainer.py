@@ -57,17 +57,18 @@ class Trainer:
         self._setup_data()
         self._setup_model()
         self.step = 0
-        self.resume_from = None
-        for ckpt in found if resume else []:  # the newest intact checkpoint
+        self.resume_from, errors = None, []
+        for ckpt in found if resume else []:  # the newest checkpoint that restores
             try:
                 self._restore(ckpt)
                 self.resume_from = ckpt
                 break
             except UserError as e:
+                errors.append(str(e))
                 if self.rank == 0:
                     self.log(f"cannot resume from {ckpt.name}: {e}; trying the one before")
         if resume and self.resume_from is None:
-            raise UserError(f"{self.out}: none of its {len(found)} checkpoint(s) is intact; start a new run")
+            raise UserError(f"none of the {len(found)} checkpoint(s) in {self.out} can be resumed; the newest: {errors[0]}")
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup_data(self):
