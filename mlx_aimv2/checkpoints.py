@@ -283,10 +283,11 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None,
 def _field(d: dict, key: str, kind, where: str, low=None):
     """d[key] checked: an int / float (not a bool) / bool, at least `low`; one clear line otherwise."""
     v = d[key]
-    ok = isinstance(v, kind) and not (kind is not bool and isinstance(v, bool))
     if kind is float:
-        ok = isinstance(v, (int, float)) and not isinstance(v, bool)
-    if not ok or (low is not None and v < low) or (kind is float and not math.isfinite(v)):
+        ok = isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v)
+    else:
+        ok = isinstance(v, kind) and (kind is bool or not isinstance(v, bool))
+    if not ok or (low is not None and v < low):
         want = {int: "an integer", float: "a number", bool: "true or false"}[kind]
         raise UserError(f"{where}: '{key}' is {v!r}; it must be {want}" + (f" >= {low}" if low is not None else ""))
     return v
@@ -311,8 +312,7 @@ def _section(h: dict, ours: str, theirs: str, where: str) -> tuple[dict, bool]:
 def _hints(h: dict, ours: str, theirs: str, where: str) -> dict:
     """Head count, eps (and eos) from a config.json, checked; plus the shape keys to compare."""
     sec, mine = _section(h, ours, theirs, where)
-    names = {"heads": "num_heads" if mine else "num_attention_heads", "eps": "eps" if mine else "rms_norm_eps",
-             "eos": "eos_token_id"}
+    names = {"heads": "num_heads" if mine else "num_attention_heads", "eps": "eps" if mine else "rms_norm_eps"}
     out = {}
     if names["heads"] in sec:
         out["heads"] = _field(sec, names["heads"], int, where, 1)
