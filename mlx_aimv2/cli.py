@@ -12,7 +12,7 @@ import typer
 from .errors import UserError
 from .preprocess import IMAGE_EXT
 
-from .config import ENCODERS as _ENCODERS  # noqa: E402  (names only; no MLX work at import)
+from .config import ENCODERS as _ENCODERS  # noqa: E402  (help texts: the preset names and training defaults)
 from .train.config import TrainConfig as _TrainConfig  # noqa: E402
 
 _TRAIN = _TrainConfig()
