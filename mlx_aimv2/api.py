@@ -20,7 +20,7 @@ from .checkpoints import load_checkpoint, save
 from .config import ModelConfig
 from .environment import wire_memory_for
 from .errors import UserError
-from .preprocess import ImageLike, Preprocessor
+from .preprocess import ImageLike, Preprocessor, decode_ahead
 from .quantize import quantize
 
 POOLS = ("mean", "none", "attn")
@@ -130,8 +130,9 @@ class AIMv2:
 
     def iter_embed(self, items: Iterable[ImageLike], pool: str = "mean", layers=None, batch_size: int = 8,
                    errors: Optional[list] = None) -> Iterator[tuple]:
-        """Yields (item, {name: np.ndarray}) per image, batching images of the same size. With an
-        `errors` list, unreadable images are appended as (item, message) instead of raising."""
+        """Yields (item, {name: np.ndarray}) per image, in input order, batching images of the same
+        size; images are decoded in worker threads ahead of the model (preprocess.decode_ahead). With
+        an `errors` list, unreadable images are appended as (item, message) instead of raising."""
         pending: list = []
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
@@ -153,13 +154,11 @@ class AIMv2:
                 yield item, row
             pending.clear()
 
-        for item in items:
-            try:
-                x = self.preprocessor(item)
-            except UserError as e:
-                if errors is None:
-                    raise
-                errors.append((item, str(e)))
+        for item, x in decode_ahead(self.preprocessor, items):
+            if isinstance(x, Exception):
+                if errors is None or not isinstance(x, UserError):
+                    raise x
+                errors.append((item, str(x)))
                 continue
             if pending and pending[0][1].shape != x.shape:  # native sizes differ: new batch
                 yield from flush()

@@ -209,3 +209,31 @@ def load_image(src: ImageLike) -> Image.Image:
     except Exception as e:
         kind = "truncated or corrupt image" if isinstance(e, (OSError, SyntaxError)) else type(e).__name__
         raise UserError(f"{path}: cannot decode ({kind}: {e}); re-export it as JPEG or PNG") from None
+
+
+def decode_ahead(preprocess, items, workers: int = 0):
+    """Yields (item, pixels or the exception it raised) in input order, with up to 2 x `workers`
+    images decoded and preprocessed ahead in threads (PIL releases the GIL while it decodes and
+    resizes), so the model's compute and the decoding overlap. workers=0: one per core, at most 4."""
+    from collections import deque
+    from concurrent.futures import ThreadPoolExecutor
+    import os
+
+    def run(item):
+        try:
+            return preprocess(item)
+        except Exception as e:  # handed to the consumer, in order: errors stay per file
+            return e
+
+    workers = workers or max(1, min(4, os.cpu_count() or 1))
+    items = iter(items)
+    with ThreadPoolExecutor(workers, thread_name_prefix="mlx-aimv2-decode") as pool:
+        window = deque()
+        for item in items:
+            window.append((item, pool.submit(run, item)))
+            if len(window) >= 2 * workers:
+                done, future = window.popleft()
+                yield done, future.result()
+        while window:
+            done, future = window.popleft()
+            yield done, future.result()

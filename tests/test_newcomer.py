@@ -122,3 +122,29 @@ def test_export_into_the_working_directory_is_one_clear_line(tmp_path, monkeypat
     empty.mkdir()
     monkeypatch.chdir(empty)
     assert run("export", tmp_path / "r", ".").exit_code == 0 and (empty / "model.safetensors").is_file()
+
+
+def test_images_are_decoded_ahead_in_threads_in_input_order(tmp_path, monkeypatch):
+    import threading
+    from mlx_aimv2.preprocess import decode_ahead
+    seen = []
+
+    def slow_square(i):
+        seen.append(threading.current_thread().name)
+        if i == 3:
+            raise ValueError("bad item 3")
+        return i * i
+    out = list(decode_ahead(slow_square, range(10), workers=3))
+    assert [i for i, _ in out] == list(range(10))
+    assert [v for i, v in out if i != 3] == [i * i for i in range(10) if i != 3]
+    assert isinstance(out[3][1], ValueError)  # errors stay with their item
+    assert all(name.startswith("mlx-aimv2-decode") for name in seen)
+    # and through the API: same rows as one by one, a bad file in the middle skipped and named
+    m = mlx_aimv2.load("demo")
+    bad = tmp_path / "bad.jpg"
+    bad.write_bytes(b"not a jpeg")
+    files = [PHOTO, bad, PHOTO, PHOTO]
+    errors = []
+    rows = list(m.iter_embed(files, errors=errors, batch_size=2))
+    assert [r[0] for r in rows] == [PHOTO] * 3 and errors[0][0] == bad
+    assert np.allclose(rows[2][1]["embedding"], m.embed(PHOTO), atol=1e-5)
