@@ -39,10 +39,14 @@ def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, 
     cpu.float_layers(module, keep_quantized)
     cpu.use_kernels(module)
     wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
+    return AIMv2(module, config, _preprocessor(config, folder), folder)
+
+
+def _preprocessor(config: ModelConfig, folder: Path) -> Preprocessor:
+    """The folder's preprocessor_config.json, checked against the model (or the defaults)."""
     v = config.vision
-    pre = Preprocessor.from_folder(folder, native_patch=v.patch_size if v.native else None,
-                                   image_size=v.image_size or 224)
-    return AIMv2(module, config, pre, folder)
+    return Preprocessor.from_folder(folder, native_patch=v.patch_size if v.native else None,
+                                    image_size=v.image_size or 224)
 
 
 class AIMv2:
@@ -220,8 +224,7 @@ def convert(src: str, dst: Path, dtype: Optional[str] = None, revision: Optional
         quantize(module, quantization)
         config.quantization = quantization
     pp = folder / "preprocessor_config.json"
-    v = config.vision
-    Preprocessor.from_folder(folder, v.patch_size if v.native else None, v.image_size or 224)  # valid, or one line why
+    _preprocessor(config, folder)  # refuse an invalid one before writing anything
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
     extra = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / f).is_file()]
     return save(module, config, Path(dst), preprocessor, tuple(extra), overwrite=overwrite)

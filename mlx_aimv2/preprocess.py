@@ -192,8 +192,6 @@ def load_image(src: ImageLike) -> Image.Image:
     if not path.is_file():
         kind = "a folder" if path.is_dir() else "not a regular file (a pipe or device?)"
         raise UserError(f"{path}: {kind}, not an image file")
-    if not os.access(path, os.R_OK):
-        raise UserError(f"{path}: permission denied; make it readable (chmod +r)")
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file, not an image")
     try:
@@ -217,7 +215,6 @@ def decode_ahead(preprocess, items, workers: int = 0):
     resizes), so the model's compute and the decoding overlap. workers=0: one per core, at most 4."""
     from collections import deque
     from concurrent.futures import ThreadPoolExecutor
-    import os
 
     def run(item):
         try:
@@ -226,7 +223,6 @@ def decode_ahead(preprocess, items, workers: int = 0):
             return e
 
     workers = workers or max(1, min(4, os.cpu_count() or 1))
-    items = iter(items)
     with ThreadPoolExecutor(workers, thread_name_prefix="mlx-aimv2-decode") as pool:
         window = deque()
         for item in items:

@@ -291,13 +291,18 @@ class Trainer:
         """The trained encoder as an MLX checkpoint folder that `mlx-aimv2 embed` loads."""
         cfg = self.cfg
         name = f"mlx-aimv2 pre-trained ({cfg.encoder if not cfg.init else cfg.init}, {self.step} steps)"
-        return _save_encoder(self.model.encoder, self.vision, cfg.mean, cfg.std, name, dst)
+        return _save_encoder(self.model.encoder, self.vision, _preprocessor(self.vision, cfg.mean, cfg.std), name, dst)
 
 
-def _save_encoder(encoder, vision, mean, std, name: str, dst: Path, overwrite: bool = False) -> Path:
-    """An encoder folder for `embed`, its preprocessor normalising as training did."""
+def _preprocessor(vision, mean, std) -> dict:
+    """An encoder trained here: CLIP's transforms, normalising as its training did."""
     pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
     pp.update(image_mean=list(mean), image_std=list(std))
+    return pp
+
+
+def _save_encoder(encoder, vision, pp: dict, name: str, dst: Path, overwrite: bool = False) -> Path:
+    """An encoder folder for `embed`."""
     return ckpt_io.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
 
 
@@ -315,16 +320,13 @@ def load_run_encoder(run: Path):
                if k.startswith("encoder.")}
     ckpt_io.load_into(enc, weights, str(ckpt))
     cfg = state["config"]
-    pp = ckpt_io.default_preprocessor(ModelConfig(vision=vision))
-    pp.update(image_mean=list(cfg["mean"]), image_std=list(cfg["std"]))
-    return enc, vision, pp, f"{Path(run).resolve().name} step {state['step']}"
+    return enc, vision, _preprocessor(vision, cfg["mean"], cfg["std"]), f"{Path(run).resolve().name} step {state['step']}"
 
 
 def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
     """Export the encoder of a run's latest checkpoint without training."""
     check_destination(dst, overwrite)
-    enc, vision, pp, name = load_run_encoder(run)
-    return ckpt_io.save(enc, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
+    return _save_encoder(*load_run_encoder(run), dst, overwrite)
 
 
 def _read_metrics(f: Path, upto: int) -> list:
