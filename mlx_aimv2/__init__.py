@@ -14,7 +14,8 @@ from .api import AIMv2, convert, load  # noqa: E402
 from .config import ModelConfig, TextConfig, VisionConfig, PRESETS  # noqa: E402
 from .cpu import SlowBLASWarning  # noqa: E402
 from .errors import UserError  # noqa: E402
+from .index import Index  # noqa: E402
 from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
 
 __all__ = ["load", "convert", "AIMv2", "AIMv2VisionEncoder", "AIMv2LiT", "ModelConfig", "VisionConfig",
-           "TextConfig", "PRESETS", "UserError", "SlowBLASWarning", "__version__"]
+           "TextConfig", "PRESETS", "UserError", "SlowBLASWarning", "Index", "__version__"]

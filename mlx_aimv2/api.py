@@ -133,10 +133,11 @@ class AIMv2:
         return out if layers is not None else out["tokens" if pool == "none" else "embedding"]
 
     def iter_embed(self, items: Iterable[ImageLike], pool: str = "mean", layers=None, batch_size: int = 8,
-                   errors: Optional[list] = None) -> Iterator[tuple]:
+                   errors: Optional[list] = None, read=None) -> Iterator[tuple]:
         """Yields (item, {name: np.ndarray}) per image, in input order, batching images of the same
         size; images are decoded in worker threads ahead of the model (preprocess.decode_ahead). With
-        an `errors` list, unreadable images are appended as (item, message) instead of raising."""
+        an `errors` list, unreadable images are appended as (item, message) instead of raising.
+        `read`: item -> image, for items that are not images themselves (run in the workers too)."""
         pending: list = []
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
@@ -158,7 +159,8 @@ class AIMv2:
                 yield item, row
             pending.clear()
 
-        for item, x in decode_ahead(self.preprocessor, items):
+        prepare = self.preprocessor if read is None else (lambda item: self.preprocessor(read(item)))
+        for item, x in decode_ahead(prepare, items):
             if isinstance(x, Exception):
                 if errors is None or not isinstance(x, UserError):
                     raise x
@@ -181,8 +183,8 @@ class AIMv2:
     def tokenizer(self):
         self._need_lit()
         if self._tokenizer is None:
-            from .tokenizer import clip_tokenizer
-            self._tokenizer = clip_tokenizer(self.folder, self.config.text.context_length)
+            from .tokenizer import load_tokenizer  # the folder's tokenizer.json, else CLIP's vocab + merges
+            self._tokenizer = load_tokenizer(self.folder, self.config.text.context_length)
         return self._tokenizer
 
     def encode_image(self, images: Sequence[ImageLike]) -> np.ndarray:

@@ -392,8 +392,9 @@ def save(model, config: ModelConfig, out_dir: Path, preprocessor: Optional[dict]
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
-        for f in extra_files:
-            shutil.copy(f, tmp / Path(f).name)
+        for f in extra_files:  # a path, or (path, the name it gets in the folder)
+            src, name = f if isinstance(f, tuple) else (f, Path(f).name)
+            shutil.copy(src, tmp / name)
     return write_folder(out_dir, write, overwrite)
 
 

@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import functools
-import glob
 import os
 from pathlib import Path
 from typing import List, Optional
@@ -10,7 +9,7 @@ from typing import List, Optional
 import typer
 
 from .errors import UserError
-from .preprocess import IMAGE_EXT
+from .paths import expand_paths
 
 from .config import ENCODERS as _ENCODERS  # noqa: E402  (help texts: the preset names and training defaults)
 from .train.config import TrainConfig as _TrainConfig  # noqa: E402
@@ -34,36 +33,6 @@ def user_errors(fn):
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
     return wrapper
-
-
-def _images_under(folder: Path, missing: list) -> list[Path]:
-    """Image files under a folder, recursively; unreadable sub-folders are reported, links to folders
-    are not followed (no loops), pipes and devices are not files."""
-    found = []
-    for root, _, names in os.walk(folder, onerror=lambda e: missing.append((e.filename, "folder not readable; skipped"))):
-        found += [Path(root) / n for n in names if n.lower().endswith(IMAGE_EXT) and (Path(root) / n).is_file()]
-    if not found and not missing:
-        missing.append((str(folder), f"folder holds no image files ({', '.join(IMAGE_EXT)})"))
-    return sorted(found)
-
-
-def expand_paths(paths: List[str]) -> tuple[list[Path], list[tuple[str, str]]]:
-    """Files, folders (recursive, image extensions) and globs -> image files, plus what matched nothing."""
-    files, missing = [], []
-    for p in paths:
-        path = Path(p)
-        if path.is_dir():
-            files += _images_under(path, missing)
-        elif path.exists():
-            files.append(path)
-        elif any(ch in p for ch in "*?["):
-            hits = sorted(Path(h) for h in glob.glob(p, recursive=True) if Path(h).is_file())
-            files += hits
-            if not hits:
-                missing.append((p, "no file matches this pattern"))
-        else:
-            missing.append((p, "no such file or folder"))
-    return files, missing
 
 
 def _version(value: bool):
@@ -187,12 +156,12 @@ def embed(paths: List[str] = typer.Argument(..., help="image files, folders (rec
 def _load_default(revision):
     """Apple's L/14-224 when the hub or its cache has it, else the bundled demo checkpoint."""
     from .api import load
-    from .hub import DEFAULT_MODEL, DEMO_DIR
+    from .hub import BUNDLED, DEFAULT_MODEL
     try:
         return load(DEFAULT_MODEL, revision)
     except UserError as e:
         typer.echo(f"note: {e}", err=True)
-        typer.echo(f"note: using the bundled demo checkpoint ({DEMO_DIR}) instead", err=True)
+        typer.echo(f"note: using the bundled demo checkpoint ({BUNDLED['demo']}) instead", err=True)
         return load("demo")
 
 
@@ -282,12 +251,14 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
                                                    help=f"global batch \\[default: {_TRAIN.batch_size}]"),
           steps: Optional[int] = typer.Option(None, help=f"optimizer steps \\[default: {_TRAIN.steps}]"),
           lr: Optional[float] = typer.Option(None, help=f"peak learning rate \\[default: {_TRAIN.lr}]"),
-          objective: Optional[str] = typer.Option(None, help=f"aimv2 | image | text \\[default: {_TRAIN.objective}]"),
+          objective: Optional[str] = typer.Option(None, help=f"aimv2 | image | text | lit (LiT tuning of the frozen "
+                                                             f"--init encoder) \\[default: {_TRAIN.objective}]"),
           dtype: Optional[str] = typer.Option(None, help=f"float32 | bfloat16 compute \\[default: {_TRAIN.dtype}]"),
           set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200 (README: Config)"),
           resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
           progress: bool = typer.Option(True, "--progress/--no-progress")):
-    """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init)."""
+    """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init), or LiT-tune a
+    text side onto a frozen --init encoder (--objective lit)."""
     from .train import Trainer, build_config, read_config
     from .train.checkpoint import saved_config
     flags = dict(data=data, out=out, encoder=encoder, init=init, image_size=image_size, batch_size=batch_size,
@@ -303,7 +274,9 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
     if result["interrupted"]:
         raise typer.Exit(130)
     if trainer.rank == 0:
-        typer.echo(f"encoder exported to {Path(cfg.out) / 'encoder'} (mlx-aimv2 embed --model {Path(cfg.out) / 'encoder'})")
+        done = trainer.result_folder
+        use = f"mlx-aimv2 index PHOTOS --model {done}" if cfg.objective == "lit" else f"mlx-aimv2 embed --model {done}"
+        typer.echo(f"{'LiT model' if cfg.objective == 'lit' else 'encoder'} exported to {done} ({use})")
 
 
 @app.command()
@@ -362,6 +335,88 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(results, indent=2) + "\n")
+        typer.echo(f"saved {output}")
+
+
+@app.command()
+@user_errors
+def index(paths: List[str] = typer.Argument(..., help="folders (recursive), image files or globs"),
+          db: Path = typer.Option(..., "--db", help="the index file (SQLite), made if missing, e.g. lib.aimv2"),
+          model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False,
+                                              help="for a new index: a LiT model (text and image search) or any "
+                                                   "encoder (image search)  \\[default: apple/aimv2-large-patch14-224-lit, "
+                                                   "else demo-lit]"),
+          batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per batch and per commit"),
+          progress: bool = typer.Option(True, "--progress/--no-progress")):
+    """Index a photo library for search: embeds new and changed images, drops deleted ones."""
+    from .index import Index
+    with Index(db, model) as lib:
+        s = lib.add(paths, batch_size, progress, log=lambda m: typer.echo(m, err=True))
+        typer.echo(f"{db}: {s}  (model: {lib.info['model']['ref']})")
+        for p, why in s.missing:
+            typer.echo(f"  {p}: {why}", err=True)
+        if s.bad:
+            typer.echo(f"bad files (recorded; retried when they change):", err=True)
+            for p, why in s.bad[:20]:
+                typer.echo(f"  {why if p in why else f'{p}: {why}'}", err=True)
+            if len(s.bad) > 20:
+                typer.echo(f"  ... and {len(s.bad) - 20} more", err=True)
+        if s.total == 0:
+            raise typer.Exit(1)
+
+
+@app.command()
+@user_errors
+def search(db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 index`"),
+           query: Optional[str] = typer.Argument(None, help="what to look for, in words (needs a LiT index)"),
+           image: Optional[str] = typer.Option(None, "--image", help="find images like this one instead"),
+           k: int = typer.Option(10, "-k", min=1, help="how many results"),
+           grid: Optional[Path] = typer.Option(None, "--grid", help="save a contact sheet of the hits (.png/.jpg)"),
+           as_json: bool = typer.Option(False, "--json", help="print the hits as JSON, for scripts")):
+    """Search an index by text or by example image: paths and cosine scores, best first."""
+    import json
+    from .index import Index
+    if query is None and image is None:
+        raise UserError("give a text query, or --image PATH")
+    if query is not None and image is not None:
+        raise UserError("give a text query or --image, not both")
+    with Index(db, create=False) as lib:
+        hits = lib.search(text=query, image=image, k=k)
+    if as_json:
+        typer.echo(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], indent=1))
+    else:
+        for i, h in enumerate(hits, 1):
+            typer.echo(f"{i:>3}  {h.score:.4f}  {h.path}")
+    if grid is not None:
+        from .viz import contact_sheet
+        contact_sheet([h.path for h in hits], [f"{i}. {h.score:.3f}\n{Path(h.path).name}" for i, h in enumerate(hits, 1)],
+                      grid)
+        typer.echo(f"saved {grid}", err=as_json)
+
+
+@app.command()
+@user_errors
+def retrieval(model: str = typer.Option(..., "--model", "-m", help="a LiT model (folder, hub id, 'demo-lit')"),
+              data: str = typer.Option(..., help="captioned images: a captions file or folder, as train reads"),
+              limit: Optional[int] = typer.Option(None, min=2, help="use the first N pairs"),
+              random_init: bool = typer.Option(False, "--random-init",
+                                               help="re-initialise the head, projections and text tower: the floor"),
+              output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
+              seed: int = typer.Option(0)):
+    """Text->image and image->text recall@1 and @5 of a LiT model on held-out captioned images."""
+    import json
+    from .api import load
+    from .eval import retrieval as R
+    m = load(model)
+    m._need_lit()
+    if random_init:
+        R.randomize_text_side(m, seed)
+    r = {"model": model, "random_init": random_init, "data": data, **R.evaluate(m, data, limit)}
+    typer.echo(f"{r['n']} pairs ({r['distinct_captions']} distinct captions): " + "  ".join(
+        f"{k} {r[k]:.1f}%" for k in r if "@" in k))
+    if output:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(r, indent=2) + "\n")
         typer.echo(f"saved {output}")
 
 

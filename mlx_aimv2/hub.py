@@ -32,9 +32,13 @@ REVISIONS = {
 }
 DEFAULT_MODEL = "apple/aimv2-large-patch14-224"
 # an installed wheel carries the demo inside the package; a clone (or editable install) in weights/
-_PACKAGED_DEMO = Path(__file__).resolve().parent / "demo"
-DEMO_DIR = _PACKAGED_DEMO if (_PACKAGED_DEMO / "model.safetensors").is_file() else \
-    Path(__file__).resolve().parent.parent / "weights" / "demo"
+def _bundled(name: str) -> Path:
+    packaged = Path(__file__).resolve().parent / name.replace("-", "_")
+    return packaged if (packaged / "model.safetensors").is_file() else \
+        Path(__file__).resolve().parent.parent / "weights" / name
+
+
+BUNDLED = {"demo": _bundled("demo"), "demo-lit": _bundled("demo-lit")}  # the checkpoints that ship with the package
 ALLOW = ["config.json", "preprocessor_config.json", "model.safetensors", "vocab.json", "merges.txt",
          "tokenizer_config.json", "special_tokens_map.json"]
 
@@ -69,10 +73,10 @@ def _offline() -> bool:
 
 def resolve(name: str, revision: Optional[str] = None) -> Path:
     """A local folder or file holding the checkpoint `name` refers to."""
-    if name == "demo":
-        if not (DEMO_DIR / "model.safetensors").is_file():
-            raise UserError(f"the demo checkpoint is missing from {DEMO_DIR}; reinstall from a full clone of the repo")
-        return DEMO_DIR
+    if name in BUNDLED:
+        if not (BUNDLED[name] / "model.safetensors").is_file():
+            raise UserError(f"the {name} checkpoint is missing from {BUNDLED[name]}; reinstall from a full clone of the repo")
+        return BUNDLED[name]
     p = Path(name).expanduser()
     if p.exists():
         return p

@@ -63,3 +63,29 @@ def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "los
     fig.savefig(out, dpi=110)
     plt.close(fig)
     return out
+
+
+def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: int = 160, columns: int = 5) -> Path:
+    """The hits of a search as a grid of thumbnails, each with its label (rank, score, file name) below;
+    an image that no longer opens gets a grey tile."""
+    from PIL import ImageDraw, ImageOps
+    rows = max(1, -(-len(paths) // columns))
+    text_h = 28
+    sheet = Image.new("RGB", (columns * (cell + 8) + 8, rows * (cell + text_h + 8) + 8), "white")
+    draw = ImageDraw.Draw(sheet)
+    for i, (p, label) in enumerate(zip(paths, labels)):
+        x, y = 8 + (i % columns) * (cell + 8), 8 + (i // columns) * (cell + text_h + 8)
+        try:
+            with Image.open(p) as im:
+                im.draft("RGB", (cell, cell))
+                thumb = ImageOps.exif_transpose(im).convert("RGB")
+                thumb.thumbnail((cell, cell), Image.BICUBIC)
+        except Exception:
+            thumb = Image.new("RGB", (cell, cell), (200, 200, 200))
+        sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))
+        for j, line in enumerate(label.split("\n")[:2]):
+            draw.text((x, y + cell + 2 + 12 * j), line[: cell // 6], fill="black")
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

@@ -170,7 +170,7 @@ def test_default_model_falls_back_to_demo_offline(tiny, tmp_path, monkeypatch):
     import huggingface_hub.constants as c
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    monkeypatch.setattr(hub, "DEMO_DIR", mlx)
+    monkeypatch.setitem(hub.BUNDLED, "demo", mlx)
     r = run("embed", imgs / "a.jpg", "-o", tmp_path / "e.npy")
     assert r.exit_code == 0, r.output
     assert "demo" in r.output and np.load(tmp_path / "e.npy").shape == (1, 256)

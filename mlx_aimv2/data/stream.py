@@ -18,7 +18,7 @@ from PIL import Image, ImageOps
 
 from ..errors import UserError
 from ..preprocess import check_image_size, to_rgb  # the same guards and RGB conversion as inference
-from .sources import Dataset
+from .sources import Dataset, Sample
 
 
 def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -51,7 +51,20 @@ _SWAP = {"left": "right", "right": "left"}
 _LR = re.compile(r"\b(left|right|Left|Right)\b")
 
 
+def sample_image(s: Sample) -> Image.Image:
+    """A sample's image, oriented by EXIF and in RGB, with the size guards of inference; any failure is
+    one UserError naming the sample."""
+    try:
+        with Image.open(io.BytesIO(s.read_bytes())) as im:
+            check_image_size(*im.size)
+            return to_rgb(ImageOps.exif_transpose(im))
+    except Exception as e:
+        raise UserError(f"{s.name}: cannot read the image ({e})") from None
+
+
 class TrainStream:
+    field = "images"   # what a batch calls its inputs
+
     def __init__(self, data: Dataset, ids: np.ndarray, image_size: int, batch_size: int, seed: int = 0,
                  rank: int = 0, world: int = 1, threads: int = 2, augment: bool = True,
                  scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), mirrored_ids: Optional[np.ndarray] = None):
@@ -80,11 +93,8 @@ class TrainStream:
 
     def _load(self, sample: dict) -> dict:
         i, epoch = int(sample["idx"]), int(sample["epoch"])
-        s = self.data.samples[i]
         try:
-            with Image.open(io.BytesIO(s.read_bytes())) as im:
-                check_image_size(*im.size)
-                img = to_rgb(ImageOps.exif_transpose(im))
+            img = sample_image(self.data.samples[i])
             rng = np.random.default_rng([self.seed, epoch, i])
             flip = False
             if self.augment:
@@ -95,7 +105,7 @@ class TrainStream:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
             else:
                 img = img.resize((self.size, self.size), Image.BICUBIC)
-            return {"idx": sample["idx"], "image": np.array(img, dtype=np.uint8), "flip": np.array(int(flip), dtype=np.uint8)}
+            return {"idx": sample["idx"], "x": np.array(img, dtype=np.uint8), "flip": np.array(int(flip), dtype=np.uint8)}
         except Exception as e:  # corrupt, truncated, unreadable: skip and count, never stop the run
             return {"idx": sample["idx"], "error": np.frombuffer(str(e)[:200].encode(), np.uint8).copy()}
 
@@ -105,7 +115,7 @@ class TrainStream:
         yield from buf.sample_transform(self._load).ordered_prefetch(4 * self.batch_size, self.threads)
 
     def __iter__(self) -> Iterator[dict]:
-        """Endless full batches {"images": (B, S, S, 3) uint8, "ids": (B, L) int32}."""
+        """Endless full batches {"images": (B, S, S, 3) uint8, "ids": (B, L) int32} (`field` names the first)."""
         images, rows = [], []
         while True:
             good = pulled = 0
@@ -117,13 +127,32 @@ class TrainStream:
                     self.skipped.append((self.data.samples[i].name, bytes(s["error"]).decode(errors="replace")))
                     continue
                 good += 1
-                images.append(s["image"])
-                rows.append(self.mirrored_ids[i] if bool(s["flip"]) else self.ids[i])
+                images.append(s["x"])
+                rows.append(self.mirrored_ids[i] if "flip" in s and bool(s["flip"]) else self.ids[i])
                 if len(images) == self.batch_size:
-                    yield {"images": np.stack(images), "ids": np.stack(rows)}
+                    yield {self.field: np.stack(images), "ids": np.stack(rows)}
                     images, rows = [], []
             if good == 0 and pulled > 0:
                 name, why = self.skipped[-1]
                 raise UserError(f"no readable image in {pulled} samples (last: {name}: {why}); "
                                 f"check the dataset")
             self.epoch, self.offset = self.epoch + 1, 0
+
+
+class TokenStream(TrainStream):
+    """LiT tuning's stream: the same order, shares and resume positions as TrainStream, over the frozen
+    encoder's tokens in a TokenCache instead of decoded images (no augmentation: tokens are fixed)."""
+    field = "tokens"
+
+    def __init__(self, cache, data: Dataset, ids: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0,
+                 world: int = 1):
+        super().__init__(data, ids, 0, batch_size, seed, rank, world, augment=False)
+        self.cache = cache
+
+    def _epoch_samples(self) -> Iterator[dict]:
+        for i in self._share(self.epoch)[self.offset:]:
+            x = self.cache.get(int(i))
+            if x is None:
+                yield {"idx": i, "error": np.frombuffer(self.cache.why(int(i)).encode(), np.uint8)}
+            else:
+                yield {"idx": i, "x": x}

@@ -85,6 +85,6 @@ def init_weights(model: nn.Module) -> None:
             o = m.weight.shape[0]
             m.weight = init(m.weight.reshape(o, -1)).reshape(m.weight.shape)
             m.bias = mx.zeros_like(m.bias)
-    enc = model.encoder if hasattr(model, "encoder") else model
-    if "pos_embed" in enc.preprocessor:
+    enc = model.encoder if "encoder" in model else model
+    if "preprocessor" in enc and "pos_embed" in enc.preprocessor:
         enc.preprocessor.pos_embed = mx.random.normal(enc.preprocessor.pos_embed.shape) * 0.02

@@ -37,3 +37,18 @@ def text_loss(logits: mx.array, ids: mx.array, pad_id: int, total=_identity) -> 
     ce = nn.losses.cross_entropy(logits, ids, reduction="none")
     m = (ids != pad_id).astype(mx.float32)
     return (ce * m).sum() / mx.maximum(total(mx.stop_gradient(m.sum())), 1.0)
+
+
+def clip_loss(img: mx.array, txt: mx.array, scale: mx.array) -> mx.array:
+    """CLIP's symmetric contrastive loss: image i's caption is text i among the batch's texts, and back.
+    img, txt: (B, D) L2-normalised; scale: the logit scale (not its log)."""
+    logits = scale * img @ txt.T
+    labels = mx.arange(img.shape[0])
+    return 0.5 * (nn.losses.cross_entropy(logits, labels).mean() + nn.losses.cross_entropy(logits.T, labels).mean())
+
+
+def sigmoid_loss(img: mx.array, txt: mx.array, scale: mx.array, bias: mx.array) -> mx.array:
+    """SigLIP's pairwise loss: every (image, text) pair is a binary match / no-match, summed per image."""
+    logits = scale * img @ txt.T + bias
+    sign = 2.0 * mx.eye(img.shape[0]) - 1.0
+    return -nn.log_sigmoid(sign * logits).sum() / img.shape[0]

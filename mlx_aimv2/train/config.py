@@ -25,7 +25,7 @@ class TrainConfig:
     tokenizer: Optional[str] = None     # a tokenizer.json; default: train a BPE on the captions
     vocab_size: int = 1024              # for that BPE
     context_length: int = 77
-    objective: str = "aimv2"            # aimv2 | image (AIMv1-like) | text (captioning)
+    objective: str = "aimv2"            # aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`)
     alpha: float = 0.4
     prefix_attention: bool = True
     batch_size: int = 32                # global batch (all ranks, all accumulation steps)
@@ -48,6 +48,9 @@ class TrainConfig:
     crop_scale: tuple = (0.4, 1.0)      # random resized crop: fraction of the image area kept
     collective_timeout: float = 600.0   # data parallel: seconds without a finished step before a rank gives up
     mirror_captions: bool = False       # flipped images get left/right swapped in their caption (synthetic sets)
+    lit_loss: str = "softmax"           # LiT tuning: softmax (CLIP, as the published LiT) | sigmoid (SigLIP)
+    text: dict = field(default_factory=dict)   # LiT tuning: the new text tower's hidden_size, depth, num_heads, mlp_hidden
+    projection_dim: int = 256           # LiT tuning: the shared embedding's width (a LiT init keeps its own)
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
 
@@ -72,6 +75,15 @@ class TrainConfig:
             raise UserError(f"unknown decoder config key(s): {', '.join(sorted(bad))}")
         for k, v in self.decoder.items():
             _check(f"decoder.{k}", v)
+        bad = set(self.text) - {"hidden_size", "depth", "num_heads", "mlp_hidden"}
+        if bad:
+            raise UserError(f"unknown text config key(s): {', '.join(sorted(bad))}; use hidden_size, depth, "
+                            f"num_heads, mlp_hidden")
+        for k, v in self.text.items():
+            _check(f"text.{k}", v)
+        if self.objective == "lit" and not self.init:
+            raise UserError("objective 'lit' tunes a text side onto a frozen encoder: set init to one "
+                            "(a checkpoint folder, a hub id, demo, or a training run)")
         return self
 
     def vision(self) -> VisionConfig:
@@ -91,7 +103,7 @@ _SCHEMA = {
     "data": (str, None, None), "images": ((str, type(None)), None, None), "out": (str, None, None),
     "encoder": (str, None, None), "init": ((str, type(None)), None, None), "tokenizer": ((str, type(None)), None, None),
     "image_size": (int, 2, 4096), "patch_size": (int, 1, 64), "vocab_size": (int, 260, 1_000_000),
-    "context_length": (int, 2, 4096), "objective": (OBJECTIVES, None, None), "alpha": (float, 0.0, None),
+    "context_length": (int, 2, 4096), "objective": (OBJECTIVES + ("lit",), None, None), "alpha": (float, 0.0, None),
     "prefix_attention": (bool, None, None), "batch_size": (int, 1, None), "accum": (int, 1, None),
     "steps": (int, 1, None), "lr": (float, 1e-12, 10.0), "min_lr": (float, 0.0, 10.0), "warmup": (int, 0, None),
     "weight_decay": (float, 0.0, None), "eps": (float, 1e-30, 1.0), "clip": (float, 0.0, None),
@@ -103,6 +115,9 @@ _SCHEMA = {
     "decoder.width": (int, 8, 65536), "decoder.depth": (int, 1, 256), "decoder.num_heads": (int, 1, 512),
     "decoder.mlp_hidden": ((int, type(None)), 1, None), "decoder.ratio": ((float, type(None)), 1e-3, 100.0),
     "decoder.vocab_size": (int, 2, None), "decoder.context_length": (int, 2, None),
+    "lit_loss": (("softmax", "sigmoid"), None, None), "text": (dict, None, None), "projection_dim": (int, 1, 65536),
+    "text.hidden_size": (int, 8, 65536), "text.depth": (int, 1, 256), "text.num_heads": (int, 1, 512),
+    "text.mlp_hidden": ((int, type(None)), 1, None),
 }
 
 
@@ -187,10 +202,11 @@ def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets
         if "=" not in s:
             raise UserError(f"--set '{s}': use key=value")
         k, v = s.split("=", 1)
-        if k.startswith("decoder."):
-            if not isinstance(d.get("decoder", {}), dict):
-                raise UserError(f"--set {k}: the config's 'decoder' is not a table of keys")
-            d.setdefault("decoder", {})[k[8:]] = _parse_value(v)
+        table = k.split(".", 1)[0]
+        if "." in k and table in ("decoder", "text"):
+            if not isinstance(d.get(table, {}), dict):
+                raise UserError(f"--set {k}: the config's '{table}' is not a table of keys")
+            d.setdefault(table, {})[k.split(".", 1)[1]] = _parse_value(v)
         else:
             d[k] = _parse_value(v)
     d.update({k: v for k, v in (overrides or {}).items() if v is not None})

@@ -2,6 +2,9 @@
 
     trainer = Trainer(cfg)          # builds data, tokenizer, model, optimizer (and resumes)
     trainer.run()                   # trains to cfg.steps, checkpointing every cfg.save_every
+
+objective = "lit" is LiT tuning in the same loop: the encoder is frozen, its tokens come from a
+cache on disk (train/lit.py) instead of images, and the tuner learns the contrastive loss.
 """
 from __future__ import annotations
 
@@ -20,10 +23,12 @@ from .. import checkpoints as ckpt_io, cpu
 from ..atomic import check_destination, remove_orphans
 from ..config import ModelConfig
 from ..data import TrainStream, mirror_caption, open_dataset
+from ..data.stream import TokenStream
 from ..errors import UserError
 from ..models.decoder import AIMv2PreTrainer, init_weights
+from ..models.lit import LiTTuner
 from ..tokenizer import load_tokenizer, train_bpe
-from . import checkpoint
+from . import checkpoint, lit
 from .config import TrainConfig
 from .optim import DecoupledAdamW, schedule
 from .step import make_step
@@ -54,6 +59,8 @@ class Trainer:
                     self.log(f"removed {p.name}, left by a run that was killed while writing")
         if cfg.warmup >= cfg.steps and self.rank == 0:
             self.log(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
+        # LiT tuning: the frozen encoder comes first (its tokenizer, if it is a LiT model; its tokens)
+        self.frozen = lit.frozen_encoder(cfg.init) if cfg.objective == "lit" else None
         self._setup_data()
         self._setup_model()
         self.step = 0
@@ -89,8 +96,19 @@ class Trainer:
         if len(self.data) < cfg.batch_size:
             raise UserError(f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
                             f"lower --batch-size or add data")
-        self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
-                                  cfg.threads, scale=cfg.crop_scale, mirrored_ids=mirrored)
+        if self.frozen is not None:
+            self.stream = TokenStream(self._token_cache(), self.data, self.ids, per_rank, cfg.seed, self.rank, self.size)
+        else:
+            self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
+                                      cfg.threads, scale=cfg.crop_scale, mirrored_ids=mirrored)
+
+    def _token_cache(self) -> "lit.TokenCache":
+        cfg, v = self.cfg, self.frozen.config.vision
+        key = {"init": cfg.init, "encoder": self.frozen.config.name, "data": cfg.data, "images": cfg.images,
+               "samples": len(self.data), "ranks": self.size, "tokens": [v.num_patches, v.hidden_size]}
+        barrier = (lambda: mx.distributed.all_sum(mx.array([0]), group=self.world).item()) if self.size > 1 else (lambda: None)
+        return lit.TokenCache.open_or_build(self.out / "token_cache", key, self.frozen, self.data.samples,
+                                            self.rank, self.size, barrier, self.log)
 
     def _note_image_size(self):
         """Say so when the data's images are smaller than the training resolution (read from one header)."""
@@ -101,12 +119,17 @@ class Trainer:
                 w, h = im.size
         except Exception:
             return  # an unreadable first image is counted later, like any other
-        if min(w, h) < self.cfg.image_size and self.rank == 0:
+        size = self.frozen.preprocessor.crop[0] if self.frozen is not None else self.cfg.image_size
+        if min(w, h) < size and self.rank == 0:
             self.log(f"note: the images are about {w}x{h} px and training runs at {self.cfg.image_size} px, so they "
-                     f"are upsampled; set --image-size to train nearer their size")
+                     f"are upsampled" + ("" if self.frozen is not None else "; set --image-size to train nearer their size"))
 
     def _tokenizer(self):
         cfg = self.cfg
+        if self.frozen is not None and self.frozen.config.kind == "lit":  # tuning a LiT model: its own text side
+            if cfg.tokenizer:
+                raise UserError(f"{cfg.init} is a LiT model with its own tokenizer; drop 'tokenizer'")
+            return self.frozen.tokenizer
         if cfg.tokenizer:
             return load_tokenizer(Path(cfg.tokenizer), cfg.context_length)
         own = self.out / "tokenizer.json"
@@ -145,6 +168,33 @@ class Trainer:
     def _setup_model(self):
         cfg = self.cfg
         mx.random.seed(cfg.seed)  # identical initial weights on every rank
+        if self.frozen is not None:
+            self.vision = self.frozen.config.vision
+            self.model = self._tuner()
+        else:
+            self._setup_pretrainer()
+        mx.eval(self.model.parameters())
+        self.lr = schedule(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
+        self.optimizer = DecoupledAdamW(self.lr, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.optimizer.init(self.model.trainable_parameters())
+
+    def _tuner(self) -> LiTTuner:
+        """LiT tuning's trainable part: from the LiT init's own head, projections and text tower, or new."""
+        cfg, frozen = self.cfg, self.frozen
+        if frozen.config.kind == "lit":
+            tuner = LiTTuner(self.vision.hidden_size, self.vision.num_heads, frozen.config, cfg.lit_loss)
+            tuner.load_from_lit(frozen.module)
+            self.log(f"tuning {cfg.init}'s head, projections and text tower; its image encoder stays frozen")
+        else:
+            mcfg = ModelConfig(kind="lit", vision=self.vision, text=lit.text_config(cfg, self.tokenizer),
+                               projection_dim=cfg.projection_dim)
+            tuner = LiTTuner(self.vision.hidden_size, self.vision.num_heads, mcfg, cfg.lit_loss)
+            init_weights(tuner)
+        cpu.use_kernels(tuner)
+        return tuner
+
+    def _setup_pretrainer(self):
+        cfg = self.cfg
         self.vision, init = self._encoder_source()
         self.model = AIMv2PreTrainer(self.vision, cfg.decoder_config(self.tokenizer.vocab_size),
                                      pad_id=self.tokenizer.pad_id, alpha=cfg.alpha, objective=cfg.objective,
@@ -155,10 +205,6 @@ class Trainer:
             self.model.encoder.load_weights(list(init.items()), strict=True)
         self.model.encoder.trunk.set_checkpointing(cfg.checkpointing)
         self.model.decoder.trunk.set_checkpointing(cfg.checkpointing)
-        mx.eval(self.model.parameters())
-        self.lr = schedule(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
-        self.optimizer = DecoupledAdamW(self.lr, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
-        self.optimizer.init(self.model.trainable_parameters())
 
     def _restore(self, ckpt: Path):
         state = checkpoint.read_state(ckpt)
@@ -199,6 +245,8 @@ class Trainer:
             return checkpoint.latest(self.out)
         state = {"positions": positions, "config": self.cfg.to_dict(), "vision": self.vision.to_dict(),
                  "skipped_images": len(self.stream.skipped)}
+        if self.frozen is not None:
+            state["lit"] = self.model.config.to_dict()
         return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
 
     def run(self, progress: bool = True, until: Optional[int] = None) -> dict:
@@ -235,7 +283,7 @@ class Trainer:
         try:
             while self.step < cfg.steps and not self._anyone_stops(stop["flag"]):
                 batch = next(batches)
-                parts, norm = step_fn(mx.array(batch["images"]), mx.array(batch["ids"]), self._key(self.step))
+                parts, norm = step_fn(mx.array(batch[self.stream.field]), mx.array(batch["ids"]), self._key(self.step))
                 mx.eval(parts, norm, self.model.state, self.optimizer.state)
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
@@ -278,18 +326,27 @@ class Trainer:
             _rewrite_metrics(metrics_file, records)
             if records:
                 plot_curves(records, self.out / "loss.png")
+            what = "uncached image(s)" if self.frozen is not None else "unreadable image(s)"
             if self.stream.skipped:
                 name, why = self.stream.skipped[0]
-                self.log(f"skipped {len(self.stream.skipped)} unreadable image(s) (first: {name}: {why})")
+                self.log(f"skipped {len(self.stream.skipped)} {what} (first: {name}: {why})")
             if stop["flag"]:
                 self.log(f"interrupted at step {self.step}; saved {path}; continue with --resume")
             else:
-                self.export(self.out / "encoder")
+                self.export(self.result_folder)
         return {"step": self.step, "checkpoint": path, "interrupted": stop["flag"], "last": last}
 
+    @property
+    def result_folder(self) -> Path:
+        return self.out / ("lit" if self.frozen is not None else "encoder")
+
     def export(self, dst: Path) -> Path:
-        """The trained encoder as an MLX checkpoint folder that `mlx-aimv2 embed` loads."""
+        """The trained encoder as an MLX checkpoint folder that `mlx-aimv2 embed` loads; after LiT
+        tuning, the LiT folder that `load`, `encode_text` and `search` read."""
         cfg = self.cfg
+        if self.frozen is not None:
+            name = f"mlx-aimv2 LiT-tuned ({cfg.init}, {self.step} steps)"
+            return lit.save_lit(self.frozen, self.model, name, _tokenizer_files(cfg, self.out, self.frozen), dst)
         name = f"mlx-aimv2 pre-trained ({cfg.encoder if not cfg.init else cfg.init}, {self.step} steps)"
         return _save_encoder(self.model.encoder, self.vision, _preprocessor(self.vision, cfg.mean, cfg.std), name, dst)
 
@@ -324,9 +381,33 @@ def load_run_encoder(run: Path):
 
 
 def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
-    """Export the encoder of a run's latest checkpoint without training."""
+    """Export the encoder of a run's latest checkpoint without training (a LiT run: its LiT folder)."""
     check_destination(dst, overwrite)
+    ckpt = checkpoint.latest(Path(run))
+    state = checkpoint.read_state(ckpt) if ckpt is not None else {}
+    if "lit" in state:
+        cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+        frozen = lit.frozen_encoder(cfg.init)
+        tuner = LiTTuner.from_run(ckpt, state, frozen.config.vision)
+        name = f"mlx-aimv2 LiT-tuned ({cfg.init}, {state['step']} steps)"
+        return lit.save_lit(frozen, tuner, name, _tokenizer_files(cfg, Path(run), frozen), dst, overwrite)
     return _save_encoder(*load_run_encoder(run), dst, overwrite)
+
+
+def _tokenizer_files(cfg: TrainConfig, run: Path, frozen) -> tuple:
+    """The files a LiT folder carries for its text side: the LiT init's, the given one, or the run's BPE."""
+    if frozen.config.kind == "lit":
+        names = ("tokenizer.json",) if (frozen.folder / "tokenizer.json").is_file() else ("vocab.json", "merges.txt")
+        return tuple(frozen.folder / n for n in names)
+    if cfg.tokenizer:
+        t = Path(cfg.tokenizer)
+        if t.is_dir() and not (t / "tokenizer.json").is_file():
+            return (t / "vocab.json", t / "merges.txt")
+        if t.exists():
+            return ((t / "tokenizer.json" if t.is_dir() else t, "tokenizer.json"),)
+        raise UserError(f"{cfg.tokenizer}: a hub tokenizer cannot be bundled with the LiT folder; "
+                        f"save its tokenizer.json and give that file")
+    return (run / "tokenizer.json",)
 
 
 def _read_metrics(f: Path, upto: int) -> list:

@@ -1,0 +1,269 @@
+"""A photo library index: embed every image under some folders once, keep the embeddings on disk,
+search them by text (a LiT model) or by an example image (any model).
+
+    lib = mlx_aimv2.Index("lib.aimv2", model="demo-lit")   # the model is fixed when the index is made
+    lib.add(["~/Pictures"])                                  # incremental: new / changed files only
+    for hit in lib.search(text="a red circle on the left", k=5):
+        print(hit.score, hit.path)
+
+The flow: paths -> the embed flow (decode in worker threads, batches, the model) -> the store, a
+batch per transaction; query -> the same model -> cosine similarity over the stored matrix.
+"""
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Callable, Optional, Sequence
+
+import numpy as np
+
+from ..errors import UserError
+from .search import top_k
+from .store import Row, Store
+
+DEFAULT_MODEL = "apple/aimv2-large-patch14-224-lit"
+
+
+@dataclass
+class Hit:
+    path: str
+    score: float
+
+
+@dataclass
+class Summary:
+    """What one add() did."""
+    new: int = 0
+    changed: int = 0
+    unchanged: int = 0
+    removed: int = 0
+    bad: list = field(default_factory=list)     # (path, why) found bad in this run
+    missing: list = field(default_factory=list)  # (given path, why) that named no image
+    total: int = 0                               # embedded images in the index afterwards
+
+    def __str__(self) -> str:
+        s = (f"{self.new} new, {self.changed} changed, {self.unchanged} unchanged, {self.removed} removed; "
+             f"{self.total} images in the index")
+        return s + (f"; {len(self.bad)} bad file(s) recorded" if self.bad else "")
+
+
+def model_fingerprint(model) -> str:
+    """Identifies the weights an index was built with: config plus the patch embedding's bytes (and,
+    for LiT, the image projection), enough to tell any two checkpoints apart."""
+    import mlx.core as mx
+    h = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True).encode())
+    tensors = [model.vision.preprocessor.patchifier.proj.weight]
+    if model.config.kind == "lit":
+        tensors.append(model.module.image_projector.weight)
+    for t in tensors:
+        h.update(np.array(t.astype(mx.float32)).tobytes())
+    return h.hexdigest()[:16]
+
+
+def _model_ref(name: str) -> str:
+    """What to store to load the model again: a local path made absolute, a name as given."""
+    p = Path(name).expanduser()
+    return str(p.resolve()) if p.exists() else name
+
+
+class Index:
+    def __init__(self, path, model: Optional[str] = None, create: bool = True):
+        """Open (or, with create, make) the index at `path`. `model`: what a new index embeds with
+        (default: Apple's LiT model, else the bundled demo-lit); an existing index keeps its own and
+        refuses another."""
+        self.path = Path(path)
+        self.store = Store(self.path, create=create)
+        self._asked = model
+        self._model = None
+        self._cache = None   # (store version, paths, float32 matrix)
+        stored = self.store.get_meta("model")
+        if stored is not None and model is not None and _model_ref(model) != stored["ref"]:
+            self.store.close()
+            raise UserError(f"{self.path} was built with {stored['ref']}, not {model}; search it without --model, "
+                            f"or index into another --db")
+
+    def close(self) -> None:
+        self.store.close()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
+    def __len__(self) -> int:
+        return self.store.counts()[0]
+
+    # -- the model ----------------------------------------------------------------------------
+    @property
+    def model(self):
+        """The index's model, loaded on first use and checked against the weights it was built with."""
+        if self._model is None:
+            from ..api import load
+            stored = self.store.get_meta("model")
+            if stored is None:
+                self._model, ref = _load_new(self._asked)
+                self.store.set_meta("model", {"ref": ref, "name": self._model.config.name, "kind": self._model.config.kind,
+                                              "fingerprint": model_fingerprint(self._model), "dim": self._dim(self._model)})
+                self.store.commit()
+            else:
+                self._model = load(stored["ref"])
+                if model_fingerprint(self._model) != stored["fingerprint"]:
+                    raise UserError(f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
+                                    f"its vectors no longer compare with new ones - re-index into a new --db")
+        return self._model
+
+    @staticmethod
+    def _dim(model) -> int:
+        return model.config.projection_dim if model.config.kind == "lit" else model.config.vision.hidden_size
+
+    @property
+    def info(self) -> dict:
+        ok, bad = self.store.counts()
+        return {"path": str(self.path), "model": self.store.get_meta("model"), "images": ok, "bad_files": bad}
+
+    def _embed_rows(self, items, errors: list, read: Callable, batch_size: int):
+        """(item, unit-length float32 embedding) for images: LiT's projected embedding, else the mean of tokens."""
+        m = self.model
+        pool = "attn" if m.config.kind == "lit" else "mean"
+        for item, feats in m.iter_embed(items, pool=pool, errors=errors, batch_size=batch_size, read=read):
+            e = feats["embedding"].astype(np.float32)
+            yield item, e / max(float(np.linalg.norm(e)), 1e-12)
+
+    # -- adding ---------------------------------------------------------------------------------
+    def add(self, paths: Sequence, batch_size: int = 16, progress: bool = False,
+            log: Callable[[str], None] = lambda m: None) -> Summary:
+        """Index the images under `paths` (folders recursively, files, globs). Only new and changed
+        files are embedded; files gone from a given folder are dropped. Each batch commits on its own,
+        so an interrupted run keeps what it did and the next run continues from there."""
+        from ..paths import expand_paths
+        files, missing = expand_paths([str(p) for p in paths])
+        out = Summary(missing=missing)
+        known = self.store.stats()
+        todo = []
+        for f in files:
+            key = os.path.abspath(f)
+            try:
+                st = os.stat(key)
+            except OSError as e:
+                out.bad.append((key, f"cannot stat ({e.strerror})"))
+                continue
+            old = known.get(key)
+            if old is not None and (old[0], old[1]) == (st.st_size, st.st_mtime_ns):
+                out.unchanged += 1
+            else:
+                todo.append((key, st.st_size, st.st_mtime_ns, old))
+        if todo:
+            self._embed_files(todo, out, batch_size, progress, log)
+        roots = [os.path.join(os.path.abspath(p), "") for p in paths if Path(p).is_dir()]
+        seen = {os.path.abspath(f) for f in files}
+        gone = [p for p in known if p not in seen and any(p.startswith(r) for r in roots)]
+        self.store.delete(gone)
+        self.store.commit()
+        out.removed = len(gone)
+        out.total = len(self)
+        return out
+
+    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool, log) -> None:
+        from ..preprocess import load_image
+        meta = {key: (size, mtime, old) for key, size, mtime, old in todo}
+        found: dict = {}  # path -> (sha1, width, height), filled by the decode workers
+
+        def read(key: str):
+            img = load_image(key)  # one clear UserError per bad file
+            try:  # the bytes are in the page cache now: hashing costs a copy
+                with open(key, "rb") as f:
+                    digest = hashlib.sha1(f.read()).hexdigest()
+            except OSError as e:
+                raise UserError(f"{key}: cannot read ({e.strerror})") from None
+            found[key] = (digest, *img.size)
+            return img
+
+        errors: list = []
+        pending: list[Row] = []
+
+        def flush():
+            while errors:  # bad files are rows too: recorded with their reason, retried when they change
+                key, why = errors.pop(0)
+                size, mtime, _ = meta[key]
+                pending.append(Row(key, size, mtime, error=why))
+                out.bad.append((key, why))
+                if bar is not None:
+                    bar.update(1)
+            self.store.put(pending)
+            self.store.commit()
+            pending.clear()
+
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(todo), unit="img", desc="index", dynamic_ncols=True)
+        try:
+            for key, vec in self._embed_rows([k for k, *_ in todo], errors, read, batch_size):
+                size, mtime, old = meta[key]
+                digest, w, h = found.pop(key)
+                pending.append(Row(key, size, mtime, digest, w, h, vec))
+                if old is None:
+                    out.new += 1
+                else:
+                    out.changed += 1
+                if bar is not None:
+                    bar.update(1)
+                if len(pending) >= batch_size:
+                    flush()
+            flush()
+        finally:
+            if bar is not None:
+                bar.close()
+
+    # -- searching ------------------------------------------------------------------------------
+    def _matrix(self):
+        version = self.store.version()
+        if self._cache is None or self._cache[0] != version:
+            stored = self.store.get_meta("model")
+            paths, m = self.store.matrix(stored["dim"]) if stored else ([], np.zeros((0, 1), np.float16))
+            self._cache = (version, paths, m.astype(np.float32))
+        return self._cache[1], self._cache[2]
+
+    def query_vector(self, text: Optional[str] = None, image=None) -> np.ndarray:
+        if (text is None) == (image is None):
+            raise UserError("search with either a text or an image query")
+        m = self.model
+        if text is not None:
+            if m.config.kind != "lit":
+                raise UserError(f"{self.path} was built with {m.config.name}, an image-only model: search it "
+                                f"with --image, or index with a LiT model (e.g. demo-lit) for text search")
+            return m.encode_text([text])[0]
+        errors: list = []
+        rows = list(self._embed_rows([image], errors, None, 1))
+        if not rows:
+            raise UserError(errors[0][1] if errors else f"{image}: could not embed the query image")
+        return rows[0][1]
+
+    def search(self, text: Optional[str] = None, image=None, k: int = 10) -> list[Hit]:
+        """The k images nearest the query (cosine similarity), best first."""
+        if k < 1:
+            raise UserError(f"k = {k}: ask for at least one result")
+        paths, matrix = self._matrix()
+        if not paths:
+            raise UserError(f"{self.path}: the index holds no images yet; add some with `mlx-aimv2 index`")
+        q = self.query_vector(text, image)
+        idx, scores = top_k(matrix, q, k)
+        return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
+
+
+def _load_new(name: Optional[str]):
+    """The model for a new index: the one asked for, else Apple's LiT, else the bundled demo-lit."""
+    from ..api import load
+    if name is not None:
+        return load(name), _model_ref(name)
+    try:
+        return load(DEFAULT_MODEL), DEFAULT_MODEL
+    except UserError as e:
+        import sys
+        print(f"note: {DEFAULT_MODEL} is not available ({e}); using the bundled demo-lit, which knows only "
+              f"the synthetic shapes", file=sys.stderr)
+        return load("demo-lit"), "demo-lit"
