@@ -266,7 +266,7 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
     given = read_config(config, flags, set_)
     # a resumed run continues with the config saved in its checkpoint; flags change only what may change
     cfg = build_config(given, saved_config(Path(given.get("out", "runs/aimv2"))) if resume else None)
-    trainer = Trainer(cfg, resume=resume, log=lambda m: typer.echo(m, err=True))
+    trainer = Trainer(cfg, resume=resume, log=lambda m: typer.echo(m, err=True), progress=progress)
     result = trainer.run(progress=progress)
     last = result["last"]
     if trainer.rank == 0:  # the rank that writes checkpoints and the export

@@ -132,3 +132,31 @@ def test_two_ranks_match_each_other_and_one_process(tmp_path):
     state = json.loads((tmp_path / "two" / "checkpoints" / "step_00000006" / "state.json").read_text())
     assert len(state["positions"]) == 2
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 6
+
+
+def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
+    """The contrastive loss needs every rank's embeddings: gathered, with exact gradients."""
+    data, tok, env = _setup(tmp_path)
+    demo = str(Path(__file__).parent.parent / "weights" / "demo")
+    args = [str(data), None, str(tok), "6", "600", demo]
+    one = subprocess.run([sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert one.returncode == 0, one.stderr[-2000:]
+    port = 20000 + (os.getpid() * 3) % 20000
+    two = subprocess.run([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--",
+                          sys.executable, str(WORKER), *[str(tmp_path / "two") if a is None else a for a in args]],
+                         env=env, capture_output=True, text=True, timeout=300)
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
+    r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
+    ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
+    start = mx.load(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors"))
+    assert r0.keys() == r1.keys() == ref.keys() and "log_logit_scale" in ref
+    for k in r0:
+        assert mx.array_equal(r0[k], r1[k]).item(), k
+        assert np.allclose(np.array(r0[k]), np.array(ref[k]), atol=3e-5), k
+    # each rank cached only its half of the tokens
+    assert sorted(p.name for p in (tmp_path / "two" / "token_cache").glob("part*.npy")) == ["part0.npy", "part1.npy"]
+    losses = [json.loads(l)["loss"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
+    two_losses = [json.loads(l)["loss"] for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
+    assert np.allclose(losses, two_losses, atol=1e-4), (losses, two_losses)

@@ -86,7 +86,7 @@ class TokenCache:
 
     @classmethod
     def open_or_build(cls, folder: Path, key: dict, model, samples: list, rank: int, ranks: int,
-                      barrier=lambda: None, log=print, batch_size: int = 16) -> "TokenCache":
+                      barrier=lambda: None, log=print, batch_size: int = 16, progress: bool = True) -> "TokenCache":
         """The cache for `key` (what made it: encoder, data, ranks); rebuilt when any of that differs.
         Each rank computes its own part; `barrier` waits for all of them."""
         folder = Path(folder)
@@ -101,7 +101,7 @@ class TokenCache:
             meta.unlink(missing_ok=True)
             for p in remove_orphans(folder):
                 log(f"removed {p.name}, left by a cache build that was killed")
-        _build_part(folder, rank, ranks, model, samples, key["tokens"], log, batch_size)
+        _build_part(folder, rank, ranks, model, samples, key["tokens"], log, batch_size, progress and rank == 0)
         barrier()
         if rank == 0:
             tmp = folder / f"{TMP_PREFIX}meta.json"
@@ -118,7 +118,8 @@ def _read_json(f: Path):
         return None
 
 
-def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape, log, batch_size: int) -> None:
+def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape, log, batch_size: int,
+                progress: bool) -> None:
     from ..data.stream import sample_image
 
     mine = samples[rank::ranks]
@@ -132,7 +133,7 @@ def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape
     ok = np.zeros(len(mine), dtype=bool)
     errors: list = []
     bar = None
-    if rank == 0:
+    if progress:
         from tqdm import tqdm
         bar = tqdm(total=len(mine), unit="img", desc="encode", dynamic_ncols=True)
     for j, row in model.iter_embed(range(len(mine)), pool="none", errors=errors, batch_size=batch_size,

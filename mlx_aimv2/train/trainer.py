@@ -36,8 +36,8 @@ from .watchdog import Watchdog
 
 
 class Trainer:
-    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print):
-        self.cfg, self.log = cfg, log
+    def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True):
+        self.cfg, self.log, self.progress = cfg, log, progress
         cpu.warn_if_slow_blas()
         self.world = mx.distributed.init()
         self.rank, self.size = self.world.rank(), self.world.size()
@@ -108,7 +108,7 @@ class Trainer:
                "samples": len(self.data), "ranks": self.size, "tokens": [v.num_patches, v.hidden_size]}
         barrier = (lambda: mx.distributed.all_sum(mx.array([0]), group=self.world).item()) if self.size > 1 else (lambda: None)
         return lit.TokenCache.open_or_build(self.out / "token_cache", key, self.frozen, self.data.samples,
-                                            self.rank, self.size, barrier, self.log)
+                                            self.rank, self.size, barrier, self.log, progress=self.progress)
 
     def _note_image_size(self):
         """Say so when the data's images are smaller than the training resolution (read from one header)."""
