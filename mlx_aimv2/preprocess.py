@@ -38,6 +38,7 @@ class Preprocessor:
     native_patch: Optional[int] = None    # set for the native model: sizing by patch budget
     min_patches: int = 112
     max_patches: int = 4096
+    fast_decode: bool = False             # JPEGs: PIL's reduced-size decode (draft) before the exact resize
 
     @classmethod
     def from_config(cls, d: dict, native_patch: Optional[int] = None, where: str = "preprocessor_config.json",
@@ -107,8 +108,15 @@ class Preprocessor:
                 gw, gh = (gw + 1, gh) if gw <= gh else (gw, gh + 1)
         return gw * p, gh * p
 
+    @property
+    def draft_size(self) -> Optional[int]:
+        """With fast_decode, the side a JPEG may be reduced to: it decodes at 1/2, 1/4 or 1/8 scale while
+        both sides stay >= the resize target, then the same bicubic resize runs. Not for the native
+        model, whose size is chosen per image."""
+        return self.size if self.fast_decode and self.do_resize and not self.native_patch else None
+
     def __call__(self, image: ImageLike) -> np.ndarray:
-        img = to_rgb(load_image(image) if not isinstance(image, Image.Image) else image)
+        img = to_rgb(load_image(image, self.draft_size) if not isinstance(image, Image.Image) else image)
         if self.native_patch:
             w, h = self.native_size(*img.size)
             if (w, h) != img.size:
@@ -164,8 +172,9 @@ def check_image_size(w: int, h: int) -> None:
         raise ImageSizeError(f"{w}x{h} is a strip over {MAX_ASPECT}:1, which no encoder input can hold; crop it first")
 
 
-def load_image(src: ImageLike) -> Image.Image:
-    """Open an image file with EXIF orientation applied; one clear UserError for every bad file."""
+def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
+    """Open an image file with EXIF orientation applied; one clear UserError for every bad file.
+    draft: for a JPEG, decode at the smallest power-of-two reduction that keeps both sides >= draft."""
     if isinstance(src, Image.Image):
         return src
     if isinstance(src, np.ndarray):
@@ -197,11 +206,16 @@ def load_image(src: ImageLike) -> Image.Image:
     try:
         with Image.open(path) as im:
             check_image_size(*im.size)
+            if draft and im.format == "JPEG":
+                im.draft(im.mode, (draft, draft))
             im = ImageOps.exif_transpose(im)
             im.load()
             return im
     except ImageSizeError as e:
         raise UserError(f"{path}: {e}") from None
+    except Image.DecompressionBombError:  # PIL refuses it at open, before our own check can read the size
+        raise UserError(f"{path}: over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); "
+                        f"downscale it first") from None
     except PermissionError:
         raise UserError(f"{path}: permission denied; make it readable (chmod +r)") from None
     except Exception as e:

@@ -134,13 +134,15 @@ class Index:
             yield item, e / max(float(np.linalg.norm(e)), 1e-12)
 
     # -- adding ---------------------------------------------------------------------------------
-    def add(self, paths: Sequence, batch_size: int = 16, progress: bool = False,
-            log: Callable[[str], None] = lambda m: None) -> Summary:
+    def add(self, paths: Sequence, batch_size: int = 16, progress: bool = False, fast_decode: bool = False) -> Summary:
         """Index the images under `paths` (folders recursively, files, globs). Only new and changed
         files are embedded; files gone from a given folder are dropped. Each batch commits on its own,
-        so an interrupted run keeps what it did and the next run continues from there."""
+        so an interrupted run keeps what it did and the next run continues from there.
+        fast_decode: JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
         from ..paths import expand_paths
         files, missing = expand_paths([str(p) for p in paths])
+        if not files and not any(Path(p).is_dir() for p in paths):  # an emptied folder still drops its rows
+            raise UserError("nothing to index: " + "; ".join(f"{p}: {why}" for p, why in missing))
         out = Summary(missing=missing)
         known = self.store.stats()
         todo = []
@@ -157,7 +159,11 @@ class Index:
             else:
                 todo.append((key, st.st_size, st.st_mtime_ns, old))
         if todo:
-            self._embed_files(todo, out, batch_size, progress, log)
+            self.model.preprocessor.fast_decode = fast_decode
+            try:
+                self._embed_files(todo, out, batch_size, progress)
+            finally:
+                self.model.preprocessor.fast_decode = False
         roots = [os.path.join(os.path.abspath(p), "") for p in paths if Path(p).is_dir()]
         seen = {os.path.abspath(f) for f in files}
         gone = [p for p in known if p not in seen and any(p.startswith(r) for r in roots)]
@@ -167,19 +173,26 @@ class Index:
         out.total = len(self)
         return out
 
-    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool, log) -> None:
+    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool) -> None:
         from ..preprocess import load_image
         meta = {key: (size, mtime, old) for key, size, mtime, old in todo}
         found: dict = {}  # path -> (sha1, width, height), filled by the decode workers
 
+        draft = self.model.preprocessor.draft_size
+
         def read(key: str):
-            img = load_image(key)  # one clear UserError per bad file
+            img = load_image(key, draft)  # one clear UserError per bad file
             try:  # the bytes are in the page cache now: hashing costs a copy
                 with open(key, "rb") as f:
                     digest = hashlib.sha1(f.read()).hexdigest()
             except OSError as e:
                 raise UserError(f"{key}: cannot read ({e.strerror})") from None
-            found[key] = (digest, *img.size)
+            size = img.size
+            if draft:  # a reduced decode: the file's own size comes from its header
+                from PIL import Image
+                with Image.open(key) as header:
+                    size = header.size
+            found[key] = (digest, *size)
             return img
 
         errors: list = []
