@@ -146,7 +146,8 @@ def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
     two = subprocess.run([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--",
                           sys.executable, str(WORKER), *[str(tmp_path / "two") if a is None else a for a in args]],
                          env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    assert two.returncode == 0 and (tmp_path / "two" / "weights.rank1.safetensors").is_file(), \
+        two.stdout[-2000:] + two.stderr[-2000:]
     r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
     r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
     ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))

@@ -96,11 +96,12 @@ class TokenCache:
                 log(f"using the encoder tokens cached in {folder}")
             return cls(folder, ranks)
         folder.mkdir(parents=True, exist_ok=True)
-        barrier()  # every rank has seen the old meta before rank 0 replaces it
+        barrier()  # every rank has read the old meta before rank 0 removes it
         if rank == 0:
             meta.unlink(missing_ok=True)
             for p in remove_orphans(folder):
                 log(f"removed {p.name}, left by a cache build that was killed")
+        barrier()  # and no rank starts its part before the orphans are gone (its own temporary is one)
         _build_part(folder, rank, ranks, model, samples, key["tokens"], log, batch_size, progress and rank == 0)
         barrier()
         if rank == 0:
