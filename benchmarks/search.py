@@ -53,6 +53,8 @@ def main():
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--dims", default="128,768", help="demo-lit's and Apple's LiT embedding widths")
     ap.add_argument("--queries", type=int, default=20)
+    ap.add_argument("--ann-max", type=float, default=1.5e8,
+                    help="build the HNSW graph only while n * dim is at most this (its build is slow on 2 cores)")
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     try:
@@ -70,7 +72,7 @@ def main():
             if n <= 100_000:
                 rec.update(store_load(n, d, rng))
             emit(rec, a.out)
-            if faiss is not None:
+            if faiss is not None and n * d <= a.ann_max:
                 exact = [set(top_k(m, q, 10)[0].tolist()) for q in qs]
                 index = faiss.IndexHNSWFlat(d, 32, faiss.METRIC_INNER_PRODUCT)
                 index.hnsw.efSearch = 64

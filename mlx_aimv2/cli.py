@@ -63,6 +63,7 @@ def models():
     from .config import PRESETS, checkpoint_bytes, count_params
     typer.echo(f"{'':<44} {'params':>9} {'fp32':>9} {'bf16':>9} {'8-bit':>9} {'4-bit':>9}")
     typer.echo(f"{'demo':<44} the small checkpoint bundled in weights/demo")
+    typer.echo(f"{'demo-lit':<44} its LiT text side (weights/demo-lit): text search offline")
     gb = lambda n: f"{n / 1e9:8.2f}G"  # noqa: E731
     for name, cfg in PRESETS.items():
         # quantized sizes as `convert -q` writes them from the published fp32 files (group 64)

@@ -37,3 +37,23 @@ def test_test_command_is_what_ci_runs():
     tests = readme_commands()[1]
     assert "python -m pytest" in tests
     assert "python -m pytest" in (ROOT / ".ci" / "run").read_text()
+
+
+def test_offline_search_commands_run_on_what_ships(tmp_path):
+    """The README's fresh-clone search line: index examples/ with the bundled demo-lit, then search."""
+    line = next(l for l in (ROOT / "README.md").read_text().splitlines() if l.startswith("mlx-aimv2 index examples/"))
+    env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf"))
+    (tmp_path / "examples").symlink_to(ROOT / "examples")
+    outputs = []
+    for part in line.split("&&"):
+        args = shlex.split(part)
+        assert args[0] == "mlx-aimv2"
+        r = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args[1:]], cwd=tmp_path, env=env,
+                           capture_output=True, text=True, timeout=300)
+        assert r.returncode == 0, r.stderr[-2000:]
+        outputs.append(r)
+    assert "25 new" in outputs[0].stdout and "demo-lit" in outputs[0].stderr
+    hits = [l.split() for l in outputs[1].stdout.splitlines() if l.strip()]
+    assert len(hits) == 3 and all(Path(h[-1]).is_file() for h in hits)
+    # the query describes examples/scenes' image 4 (its caption: captions.jsonl): it comes first
+    assert hits[0][-1].endswith("scenes/images/000004.jpg"), outputs[1].stdout

@@ -62,6 +62,8 @@ class Trainer:
         # LiT tuning: the frozen encoder comes first (its tokenizer, if it is a LiT model; its tokens)
         self.frozen = lit.frozen_encoder(cfg.init) if cfg.objective == "lit" else None
         self._setup_data()
+        if self.frozen is not None:
+            _tokenizer_files(cfg, self.out, self.frozen)  # a tokenizer the LiT folder cannot carry: say so now
         self._setup_model()
         self.step = 0
         self.resume_from, errors = None, []
