@@ -92,6 +92,11 @@ def test_main_job_from_an_installed_wheel(tmp_path):
                        cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
     assert r.returncode == 0, r.stderr[-2000:]
     assert str(site / "mlx_aimv2" / "demo") in r.stderr and (tmp_path / "p.png").is_file()
+    # and text search works from the wheel alone: demo-lit ships inside the package too
+    r = subprocess.run([sys.executable, "-c", "import mlx_aimv2; m = mlx_aimv2.load('demo-lit'); "
+                        "print(m.folder, m.encode_text(['a red circle']).shape)"],
+                       cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    assert r.returncode == 0 and str(site / "mlx_aimv2" / "demo_lit") in r.stdout and "(1, 128)" in r.stdout, r.stderr
 
 
 def test_training_says_what_it_did(tmp_path):
