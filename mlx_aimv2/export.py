@@ -116,12 +116,20 @@ def _source(src: str):
     """(float or quantized module, config, preprocessor dict, extra files) of a run or a checkpoint."""
     from . import checkpoints
     from .train import checkpoint as run_checkpoints
-    if run_checkpoints.latest(Path(src)) is not None:
+    latest = run_checkpoints.latest(Path(src))
+    if latest is not None and "lit" in run_checkpoints.read_state(latest):  # a LiT run: via its LiT folder
+        import atexit
+        import tempfile
+        from .train.trainer import export_run
+        tmp = tempfile.mkdtemp(prefix="mlx-aimv2-export-")
+        atexit.register(shutil.rmtree, tmp, True)  # after the export has copied the tokenizer from it
+        src = str(export_run(Path(src), Path(tmp) / "lit"))
+    elif latest is not None:
         from .train.trainer import load_run_encoder
         enc, vision, pp, name = load_run_encoder(Path(src))
         return enc, ModelConfig(vision=vision, name=name), pp, []
     module, config, folder = checkpoints.load_checkpoint(src)
     f = folder / "preprocessor_config.json"
     pp = json.loads(f.read_text()) if f.is_file() else checkpoints.default_preprocessor(config)
-    extra = [folder / n for n in ("vocab.json", "merges.txt") if (folder / n).is_file()]
+    extra = [folder / n for n in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / n).is_file()]
     return module, config, pp, extra

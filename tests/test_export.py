@@ -85,3 +85,29 @@ def test_a_training_run_exports_for_pytorch(tmp_path):
     assert np.abs(got - ours).max() <= 1e-4
     from transformers import CLIPImageProcessor
     assert CLIPImageProcessor.from_pretrained(folder).crop_size["height"] == 56
+
+
+def test_a_lit_tuning_run_exports_for_pytorch(tmp_path):
+    """LiT tuning's result, from the run folder, loads in transformers' Aimv2Model and gives our logits."""
+    from pathlib import Path
+    from transformers import Aimv2Model
+    from mlx_aimv2.data import write_synthetic
+    root = Path(__file__).parent.parent
+    data = write_synthetic(tmp_path / "s", 16, size=112)
+    r = runner.invoke(app, ["train", "--objective", "lit", "--init", str(root / "weights" / "demo"), "--data", str(data),
+                            "--out", str(tmp_path / "run"), "-b", "8", "--steps", "3", "--no-progress",
+                            "--set", f"tokenizer={root / 'weights/demo/tokenizer.json'}", "--set", "context_length=32",
+                            "--set", "text.hidden_size=64", "--set", "text.depth=1", "--set", "text.num_heads=2"])
+    assert r.exit_code == 0, r.output
+    folder = _export(tmp_path / "run", tmp_path / "back")
+    assert (folder / "tokenizer.json").is_file()
+    model, info = Aimv2Model.from_pretrained(folder, output_loading_info=True, attn_implementation="eager")
+    assert not info["missing_keys"] and not info["unexpected_keys"], info
+    ours = mlx_aimv2.load(str(tmp_path / "run" / "lit"))
+    x = np.random.default_rng(0).standard_normal((2, 112, 112, 3)).astype(np.float32)
+    ids = ours.tokenizer(["one shape: a large red circle at the left", "two shapes: a small blue square"])
+    want = np.array(ours.module(mx.array(x), mx.array(ids)))
+    with torch.no_grad():
+        got = model.eval()(input_ids=torch.from_numpy(ids.astype(np.int64)), pixel_values=torch_pixels(x),
+                           attention_mask=torch.ones(ids.shape, dtype=torch.long)).logits_per_image.numpy()
+    assert np.abs(got - want).max() <= 1e-3 * max(1.0, np.abs(want).max()), (got, want)

@@ -123,7 +123,7 @@ class Trainer:
             return  # an unreadable first image is counted later, like any other
         size = self.frozen.preprocessor.crop[0] if self.frozen is not None else self.cfg.image_size
         if min(w, h) < size and self.rank == 0:
-            self.log(f"note: the images are about {w}x{h} px and training runs at {self.cfg.image_size} px, so they "
+            self.log(f"note: the images are about {w}x{h} px and training runs at {size} px, so they "
                      f"are upsampled" + ("" if self.frozen is not None else "; set --image-size to train nearer their size"))
 
     def _tokenizer(self):
@@ -371,6 +371,9 @@ def load_run_encoder(run: Path):
     if ckpt is None:
         raise UserError(f"{run}: no checkpoint found")
     state = checkpoint.read_state(ckpt)
+    if "lit" in state:
+        raise UserError(f"{run} is a LiT tuning run, not a pre-training run: use its LiT model {Path(run) / 'lit'} "
+                        f"(`mlx-aimv2 export {run} DIR` writes one from the latest checkpoint)")
     from ..config import VisionConfig
     from ..models import AIMv2VisionEncoder
     vision = VisionConfig.from_dict(state["vision"])
