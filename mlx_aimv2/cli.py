@@ -358,12 +358,17 @@ def index(paths: List[str] = typer.Argument(..., help="folders (recursive), imag
     """Index a photo library for search: embeds new and changed images, drops deleted ones."""
     from .index import Index
     with Index(db, model) as lib:
-        s = lib.add(paths, batch_size, progress, fast_decode=fast_decode)
+        try:
+            s = lib.add(paths, batch_size, progress, fast_decode=fast_decode)
+        except KeyboardInterrupt:
+            typer.echo(f"interrupted: the {len(lib)} images committed to {db} are kept; run the same command "
+                       f"again to continue", err=True)
+            raise typer.Exit(130) from None
         typer.echo(f"{db}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')})")
         for p, why in s.missing:
             typer.echo(f"  {p}: {why}", err=True)
         if s.bad:
-            typer.echo(f"bad files (recorded; retried when they change):", err=True)
+            typer.echo("bad files (recorded; retried when they change):", err=True)
             for p, why in s.bad[:20]:
                 typer.echo(f"  {why if p in why else f'{p}: {why}'}", err=True)
             if len(s.bad) > 20:
@@ -387,6 +392,8 @@ def search(db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 inde
         raise UserError("give a text query, or --image PATH")
     if query is not None and image is not None:
         raise UserError("give a text query or --image, not both")
+    if grid is not None and grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
+        raise UserError(f"--grid {grid}: give a .png, .jpg or .webp file name")
     with Index(db, create=False) as lib:
         hits = lib.search(text=query, image=image, k=k)
     if as_json:

@@ -86,6 +86,10 @@ def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: 
         for j, line in enumerate(label.split("\n")[:2]):
             draw.text((x, y + cell + 2 + 12 * j), line[: cell // 6], fill="black")
     out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    sheet.save(out)
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        sheet.save(out)
+    except OSError as e:
+        from .errors import UserError
+        raise UserError(f"{out}: cannot write the contact sheet ({e.strerror or e})") from None
     return out

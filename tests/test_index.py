@@ -201,3 +201,23 @@ def test_cli_errors_are_one_line(photos, tmp_path, args, words):
     assert run("index", lib / "a", "--db", img_db, "-m", "demo", "--no-progress").exit_code == 0
     r = run(*[a.format(tmp=tmp_path, db=db, img_db=img_db, photo=PHOTO) for a in args])
     assert r.exit_code == 1 and words in r.output and "Traceback" not in r.output, r.output
+
+
+def test_ctrl_c_keeps_the_committed_batches(photos, tmp_path, monkeypatch):
+    from mlx_aimv2 import api
+    real = api.AIMv2.iter_embed
+
+    def interrupted_after_ten(self, items, *a, **k):
+        for i, row in enumerate(real(self, items, *a, **k)):
+            if i == 10:
+                raise KeyboardInterrupt
+            yield row
+    monkeypatch.setattr(api.AIMv2, "iter_embed", interrupted_after_ten)
+    db = tmp_path / "lib.aimv2"
+    r = run("index", photos[0], "--db", db, "-m", "demo-lit", "-b", "4", "--no-progress")
+    assert r.exit_code == 130 and "the 8 images committed" in r.output, r.output
+    monkeypatch.setattr(api.AIMv2, "iter_embed", real)
+    r = run("index", photos[0], "--db", db, "--no-progress")
+    assert r.exit_code == 0 and "33 new, 0 changed, 8 unchanged" in r.output, r.output
+    r = run("search", db, "a red circle", "--grid", tmp_path / "g.txt")
+    assert r.exit_code == 1 and "--grid" in r.output

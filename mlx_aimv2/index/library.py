@@ -162,6 +162,9 @@ class Index:
             self.model.preprocessor.fast_decode = fast_decode
             try:
                 self._embed_files(todo, out, batch_size, progress)
+            except BaseException:  # Ctrl-C, a crash: the committed batches stay, the open one is dropped
+                self.store.db.rollback()
+                raise
             finally:
                 self.model.preprocessor.fast_decode = False
         roots = [os.path.join(os.path.abspath(p), "") for p in paths if Path(p).is_dir()]
