@@ -12,6 +12,7 @@ from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.eval import retrieval as R
 from mlx_aimv2.models.losses import clip_loss, sigmoid_loss
+from mlx_aimv2.quantize import spec
 from mlx_aimv2.train import Trainer, load_config
 
 ROOT = Path(__file__).parent.parent
@@ -124,3 +125,19 @@ def test_recall_at_k_counts_identical_captions_and_chance():
     # image 1's best text is text 2, whose caption equals its own: a hit; texts 1 and 2 find images 2 and 1
     assert r["i2t@1"] == 100.0 and r["t2i@1"] == 100.0
     assert abs(r["chance@1"] - 100 * np.mean([1 / 3, 2 / 3, 2 / 3])) < 0.01
+
+
+def test_lit_from_a_training_run_and_from_a_quantized_encoder(sets, tmp_path):
+    """Any encoder we load can be frozen: a pre-training run's latest checkpoint, a quantized folder."""
+    train, _ = sets
+    pre = load_config(overrides=dict(data=str(train), out=str(tmp_path / "pre"), encoder="tiny", image_size=56,
+                                     batch_size=16, steps=2, warmup=1, vocab_size=300, log_every=1))
+    Trainer(pre, **QUIET).run(progress=False)
+    Trainer(cfg(train, tmp_path / "from_run", init=str(tmp_path / "pre"), steps=3, tokenizer=None), **QUIET).run(progress=False)
+    m = mlx_aimv2.load(str(tmp_path / "from_run" / "lit"))
+    assert m.config.vision.hidden_size == 64 and m.encode_text(["a red circle"]).shape == (1, 64)
+    q8 = mlx_aimv2.convert(DEMO, tmp_path / "demo-q8", quantization=spec(8, 64, "affine"))
+    Trainer(cfg(train, tmp_path / "from_q8", init=str(q8), steps=3), **QUIET).run(progress=False)
+    assert mlx_aimv2.load(str(tmp_path / "from_q8" / "lit")).config.kind == "lit"
+    with pytest.raises(UserError, match="LiT tuning run"):
+        Trainer(cfg(train, tmp_path / "x", init=str(tmp_path / "from_q8")), **QUIET)

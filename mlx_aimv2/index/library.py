@@ -140,7 +140,8 @@ class Index:
         so an interrupted run keeps what it did and the next run continues from there.
         fast_decode: JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
         from ..paths import expand_paths
-        files, missing = expand_paths([str(p) for p in paths])
+        paths = [os.path.expanduser(str(p)) for p in paths]  # "~/Pictures" from Python, as a shell would
+        files, missing = expand_paths(paths)
         if not files and not any(Path(p).is_dir() for p in paths):  # an emptied folder still drops its rows
             raise UserError("nothing to index: " + "; ".join(f"{p}: {why}" for p, why in missing))
         out = Summary(missing=missing)
