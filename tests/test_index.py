@@ -110,6 +110,8 @@ def test_second_run_is_incremental(photos, tmp_path):
         assert s.removed == 0 and s.total == 41
     with pytest.raises(UserError, match="was built with"):
         mlx_aimv2.Index(db, model="demo")
+    with mlx_aimv2.Index(db, model=str(ROOT / "weights" / "demo-lit")) as same:  # the same weights by path
+        assert same.add([lib]).unchanged == 41
 
 
 def test_bad_files_are_recorded_and_retried_only_when_they_change(photos, tmp_path):

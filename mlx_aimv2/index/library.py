@@ -81,9 +81,13 @@ class Index:
         self._cache = None   # (store version, paths, float32 matrix)
         stored = self.store.get_meta("model")
         if stored is not None and model is not None and _model_ref(model) != stored["ref"]:
-            self.store.close()
-            raise UserError(f"{self.path} was built with {stored['ref']}, not {model}; search it without --model, "
-                            f"or index into another --db")
+            from ..api import load
+            other = load(model)  # the same weights under another name (a path for "demo-lit") are fine
+            if model_fingerprint(other) != stored["fingerprint"]:
+                self.store.close()
+                raise UserError(f"{self.path} was built with {stored['ref']}, not {model}; leave out --model to "
+                                f"use the index's own, or index into another --db")
+            self._model = other
 
     def close(self) -> None:
         self.store.close()
