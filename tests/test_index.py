@@ -223,3 +223,23 @@ def test_ctrl_c_keeps_the_committed_batches(photos, tmp_path, monkeypatch):
     assert r.exit_code == 0 and "33 new, 0 changed, 8 unchanged" in r.output, r.output
     r = run("search", db, "a red circle", "--grid", tmp_path / "g.txt")
     assert r.exit_code == 1 and "--grid" in r.output
+
+
+def test_moved_files_keep_their_vectors_without_the_model(photos, tmp_path, monkeypatch):
+    lib = fresh(photos, tmp_path)
+    with mlx_aimv2.Index(tmp_path / "lib.aimv2", model="demo-lit") as index:
+        index.add([lib])
+        before = {Path(h.path).name: h.score for h in index.search(text="a red circle", k=41)}
+        (lib / "b").rename(lib / "c")                      # a folder renamed: 20 files at new paths
+        shutil.copy(PHOTO, lib / "c" / "another.jpg")      # and one truly new file
+        from mlx_aimv2 import api
+        real, calls = api.AIMv2.iter_embed, []
+        monkeypatch.setattr(api.AIMv2, "iter_embed", lambda self, items, *a, **k: calls.append(list(items)) or
+                            real(self, calls[-1], *a, **k))
+        s = index.add([lib])
+        assert (s.new, s.moved, s.removed, s.total) == (1, 20, 0, 42), s
+        assert [Path(p).name for p in calls[0]] == ["another.jpg"]   # the model saw only the new file
+        after = {Path(h.path).name: h.score for h in index.search(text="a red circle", k=42)}
+        assert all(abs(after[n] - v) < 1e-6 for n, v in before.items())
+        paths = [h.path for h in index.search(text="a red circle", k=42)]
+        assert sum("/c/" in p for p in paths) == 21 and not any("/b/" in p for p in paths)

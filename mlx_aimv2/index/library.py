@@ -37,6 +37,7 @@ class Hit:
 class Summary:
     """What one add() did."""
     new: int = 0
+    moved: int = 0          # new paths whose bytes a vanished file had: its vector is reused, no model run
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
@@ -45,7 +46,8 @@ class Summary:
     total: int = 0                               # embedded images in the index afterwards
 
     def __str__(self) -> str:
-        s = (f"{self.new} new, {self.changed} changed, {self.unchanged} unchanged, {self.removed} removed; "
+        moved = f"{self.moved} moved, " if self.moved else ""
+        s = (f"{self.new} new, {moved}{self.changed} changed, {self.unchanged} unchanged, {self.removed} removed; "
              f"{self.total} images in the index")
         return s + (f"; {len(self.bad)} bad file(s) recorded" if self.bad else "")
 
@@ -163,6 +165,10 @@ class Index:
                 out.unchanged += 1
             else:
                 todo.append((key, st.st_size, st.st_mtime_ns, old))
+        roots = [os.path.join(os.path.abspath(p), "") for p in paths if Path(p).is_dir()]
+        seen = {os.path.abspath(f) for f in files}
+        gone = [p for p in known if p not in seen and any(p.startswith(r) for r in roots)]
+        todo = self._reuse_moved(todo, gone, known, out)
         if todo:
             self.model.preprocessor.fast_decode = fast_decode
             try:
@@ -172,14 +178,41 @@ class Index:
                 raise
             finally:
                 self.model.preprocessor.fast_decode = False
-        roots = [os.path.join(os.path.abspath(p), "") for p in paths if Path(p).is_dir()]
-        seen = {os.path.abspath(f) for f in files}
-        gone = [p for p in known if p not in seen and any(p.startswith(r) for r in roots)]
         self.store.delete(gone)
         self.store.commit()
-        out.removed = len(gone)
+        out.removed = len(gone) - out.moved
         out.total = len(self)
         return out
+
+    def _reuse_moved(self, todo: list, gone: list, known: dict, out: Summary) -> list:
+        """Files moved or renamed within the indexed folders keep their vectors: a new path with the size
+        of a vanished file is hashed, and equal bytes take the vanished file's row. Returns what is left."""
+        vanished = {}  # (size, sha1) of embedded files no longer where they were
+        for p in gone:
+            size, _, digest, bad = known[p]
+            if digest and not bad:
+                vanished.setdefault(size, set()).add(digest)
+        if not vanished:
+            return todo
+        left, rows = [], []
+        for item in todo:
+            key, size, mtime, old = item
+            digest = None
+            if old is None and size in vanished:
+                try:
+                    with open(key, "rb") as f:
+                        digest = hashlib.sha1(f.read()).hexdigest()
+                except OSError:
+                    pass
+            row = self.store.row_of_hash(digest) if digest in vanished.get(size, ()) else None
+            if row is None:
+                left.append(item)
+                continue
+            rows.append(Row(key, size, mtime, digest, row[1], row[2], row[0]))
+            out.moved += 1
+        self.store.put(rows)
+        self.store.commit()
+        return left
 
     def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool) -> None:
         from ..preprocess import load_image

@@ -88,11 +88,11 @@ class Store:
         return {p: (s, m, h, e is not None)
                 for p, s, m, h, e in self.db.execute("SELECT path, size, mtime_ns, sha1, error FROM images")}
 
-    def vector_of_hash(self, sha1: str) -> Optional[np.ndarray]:
-        """An embedded file's vector with these exact bytes (a moved or copied file needs no model)."""
-        row = self.db.execute("SELECT vector FROM images WHERE sha1 = ? AND vector IS NOT NULL LIMIT 1",
-                              (sha1,)).fetchone()
-        return None if row is None else np.frombuffer(row[0], np.float16)
+    def row_of_hash(self, sha1: str) -> Optional[tuple]:
+        """(vector, width, height) of an embedded file with these exact bytes: a moved file needs no model."""
+        row = self.db.execute("SELECT vector, width, height FROM images WHERE sha1 = ? AND vector IS NOT NULL "
+                              "LIMIT 1", (sha1,)).fetchone()
+        return None if row is None else (np.frombuffer(row[0], np.float16), row[1], row[2])
 
     def put(self, rows: Iterable[Row]) -> None:
         """Insert or replace rows; the caller commits (one transaction per batch)."""
