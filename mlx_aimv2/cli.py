@@ -356,7 +356,9 @@ def index(paths: List[str] = typer.Argument(..., help="folders (recursive), imag
                                            help="decode large JPEGs at reduced size first (several times faster)"),
           progress: bool = typer.Option(True, "--progress/--no-progress")):
     """Index a photo library for search: embeds new and changed images, drops deleted ones."""
+    import time
     from .index import Index
+    t0 = time.perf_counter()
     with Index(db, model) as lib:
         try:
             s = lib.add(paths, batch_size, progress, fast_decode=fast_decode)
@@ -364,7 +366,8 @@ def index(paths: List[str] = typer.Argument(..., help="folders (recursive), imag
             typer.echo(f"interrupted: the {len(lib)} images committed to {db} are kept; run the same command "
                        f"again to continue", err=True)
             raise typer.Exit(130) from None
-        typer.echo(f"{db}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')})")
+        typer.echo(f"{db}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; "
+                   f"{time.perf_counter() - t0:.1f} s)")
         for p, why in s.missing:
             typer.echo(f"  {p}: {why}", err=True)
         if s.bad:
