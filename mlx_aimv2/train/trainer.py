@@ -57,6 +57,9 @@ class Trainer:
             for folder in (self.out, self.out / "checkpoints"):
                 for p in remove_orphans(folder):
                     self.log(f"removed {p.name}, left by a run that was killed while writing")
+        if cfg.objective == "lit" and cfg.accum > 1 and self.rank == 0:
+            self.log(f"note: with accum {cfg.accum}, each micro-batch of {cfg.batch_size // cfg.accum} is its own "
+                     f"contrastive batch: its images are compared with its own captions only")
         if cfg.warmup >= cfg.steps and self.rank == 0:
             self.log(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
         # LiT tuning: the frozen encoder comes first (its tokenizer, if it is a LiT model; its tokens)
