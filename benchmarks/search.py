@@ -88,7 +88,7 @@ def main():
                 emit({"what": "search", "n": n, "dim": d, "method": "faiss HNSW (M 32, efSearch 64)", "k": 10,
                       "query_ms": round(1e3 * median(ts), 3), "build_s": round(build, 1),
                       "recall_at_10": round(hits / (10 * len(qs)), 3)}, a.out)
-            del m
+            m = None  # free the matrix before the next size is drawn
 
 
 if __name__ == "__main__":

@@ -151,8 +151,9 @@ def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
     r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
     r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
     ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
-    start = mx.load(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors"))
-    assert r0.keys() == r1.keys() == ref.keys() and "log_logit_scale" in ref
+    saved = mx.load(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors"))
+    assert r0.keys() == r1.keys() == ref.keys() == saved.keys() and "log_logit_scale" in ref
+    assert all(mx.array_equal(saved[k], ref[k]).item() for k in ref)  # the checkpoint is the final tuner
     for k in r0:
         assert mx.array_equal(r0[k], r1[k]).item(), k
         assert np.allclose(np.array(r0[k]), np.array(ref[k]), atol=3e-5), k

@@ -4,7 +4,6 @@ silent, nothing lost, nothing left half-written."""
 import json
 import os
 import shutil
-import signal
 import struct
 import zlib
 from pathlib import Path

@@ -2,7 +2,6 @@
 non-finite weights and the leftovers of killed runs."""
 import json
 import signal
-from pathlib import Path
 
 import mlx.core as mx
 import pytest

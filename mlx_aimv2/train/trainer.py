@@ -256,7 +256,6 @@ class Trainer:
 
     def run(self, progress: bool = True, until: Optional[int] = None) -> dict:
         """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export)."""
-        cfg = self.cfg
         if self.rank == 0 and self.lock is None:
             self.lock = checkpoint.lock_run(self.out)
         try:
