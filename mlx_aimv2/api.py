@@ -16,7 +16,7 @@ from mlx.utils import tree_flatten
 
 from . import cpu, hub
 from .atomic import check_destination
-from .checkpoints import load_checkpoint, save
+from .checkpoints import load_checkpoint, save, tokenizer_files
 from .config import ModelConfig
 from .environment import wire_memory_for
 from .errors import UserError
@@ -228,5 +228,4 @@ def convert(src: str, dst: Path, dtype: Optional[str] = None, revision: Optional
     pp = folder / "preprocessor_config.json"
     _preprocessor(config, folder)  # refuse an invalid one before writing anything
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
-    extra = [folder / f for f in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / f).is_file()]
-    return save(module, config, Path(dst), preprocessor, tuple(extra), overwrite=overwrite)
+    return save(module, config, Path(dst), preprocessor, tokenizer_files(folder), overwrite=overwrite)

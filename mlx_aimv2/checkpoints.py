@@ -24,6 +24,7 @@ from .errors import UserError
 from .preprocess import CLIP_MEAN, CLIP_STD
 from .quantize import is_quantized_weight, quantize, read_spec
 
+TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")  # what a LiT folder carries for its text side
 WEIGHT_FILES = ("model.safetensors", "mlx_model.safetensors", "model.safetensors.index.json",
                 "pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.pt")
 
@@ -392,10 +393,20 @@ def save(model, config: ModelConfig, out_dir: Path, preprocessor: Optional[dict]
         (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
-        for f in extra_files:  # a path, or (path, the name it gets in the folder)
-            src, name = f if isinstance(f, tuple) else (f, Path(f).name)
-            shutil.copy(src, tmp / name)
+        copy_files(extra_files, tmp)
     return write_folder(out_dir, write, overwrite)
+
+
+def tokenizer_files(folder: Path) -> tuple:
+    """The tokenizer files a checkpoint folder holds (TOKENIZER_FILES), for a copy of it to carry."""
+    return tuple(Path(folder) / n for n in TOKENIZER_FILES if (Path(folder) / n).is_file())
+
+
+def copy_files(files, folder: Path) -> None:
+    """Copy each file into `folder`; an entry is a path, or (path, the name it gets there)."""
+    for f in files:
+        src, name = f if isinstance(f, tuple) else (f, Path(f).name)
+        shutil.copy(src, Path(folder) / name)
 
 
 def default_preprocessor(config: ModelConfig) -> dict:

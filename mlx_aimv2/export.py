@@ -8,13 +8,13 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 from pathlib import Path
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from .atomic import check_destination, write_folder
+from .checkpoints import copy_files
 from .config import ModelConfig
 from .errors import UserError
 from .quantize import dequantize
@@ -107,8 +107,7 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
-        for f in extra:
-            shutil.copy(f, tmp / Path(f).name)
+        copy_files(extra, tmp)
     return write_folder(dst, write, overwrite)
 
 
@@ -116,20 +115,17 @@ def _source(src: str):
     """(float or quantized module, config, preprocessor dict, extra files) of a run or a checkpoint."""
     from . import checkpoints
     from .train import checkpoint as run_checkpoints
-    latest = run_checkpoints.latest(Path(src))
-    if latest is not None and "lit" in run_checkpoints.read_state(latest):  # a LiT run: via its LiT folder
-        import atexit
-        import tempfile
-        from .train.trainer import export_run
-        tmp = tempfile.mkdtemp(prefix="mlx-aimv2-export-")
-        atexit.register(shutil.rmtree, tmp, True)  # after the export has copied the tokenizer from it
-        src = str(export_run(Path(src), Path(tmp) / "lit"))
-    elif latest is not None:
-        from .train.trainer import load_run_encoder
+    if run_checkpoints.latest(Path(src)) is not None:
+        from .train import lit
+        from .train.trainer import load_lit_run, load_run_encoder
+        tuned = load_lit_run(Path(src))
+        if tuned is not None:  # a LiT tuning run: the published LiT layout, built in memory
+            frozen, tuner, name, files = tuned
+            module, config = lit.lit_module(frozen, tuner, name)
+            return module, config, lit.preprocessor_config(frozen), files
         enc, vision, pp, name = load_run_encoder(Path(src))
         return enc, ModelConfig(vision=vision, name=name), pp, []
     module, config, folder = checkpoints.load_checkpoint(src)
     f = folder / "preprocessor_config.json"
     pp = json.loads(f.read_text()) if f.is_file() else checkpoints.default_preprocessor(config)
-    extra = [folder / n for n in ("vocab.json", "merges.txt", "tokenizer.json") if (folder / n).is_file()]
-    return module, config, pp, extra
+    return module, config, pp, checkpoints.tokenizer_files(folder)

@@ -177,9 +177,13 @@ def save_lit(frozen, tuner, name: str, tokenizer_files: tuple, dst: Path, overwr
     """A LiT folder that load / encode_text / classify / export read like the published one."""
     from ..checkpoints import save
     lit, config = lit_module(frozen, tuner, name)
+    return save(lit, config, Path(dst), preprocessor_config(frozen), tokenizer_files, overwrite=overwrite)
+
+
+def preprocessor_config(frozen) -> dict:
+    """The frozen encoder's preprocessor_config.json, or for a training run its transforms as one."""
     pp = frozen.folder / "preprocessor_config.json" if frozen.folder else None
-    pre = json.loads(pp.read_text()) if pp is not None and pp.is_file() else _preprocessor_dict(frozen)
-    return save(lit, config, Path(dst), pre, tokenizer_files, overwrite=overwrite)
+    return json.loads(pp.read_text()) if pp is not None and pp.is_file() else _preprocessor_dict(frozen)
 
 
 def _preprocessor_dict(frozen) -> dict:

@@ -390,22 +390,30 @@ def load_run_encoder(run: Path):
 def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
     """Export the encoder of a run's latest checkpoint without training (a LiT run: its LiT folder)."""
     check_destination(dst, overwrite)
+    tuned = load_lit_run(run)
+    if tuned is not None:
+        return lit.save_lit(*tuned, dst, overwrite)
+    return _save_encoder(*load_run_encoder(run), dst, overwrite)
+
+
+def load_lit_run(run: Path):
+    """(frozen encoder, tuner, name, tokenizer files) of a LiT tuning run's latest checkpoint; None for
+    a run of another objective (or no run)."""
     ckpt = checkpoint.latest(Path(run))
     state = checkpoint.read_state(ckpt) if ckpt is not None else {}
-    if "lit" in state:
-        cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
-        frozen = lit.frozen_encoder(cfg.init)
-        tuner = LiTTuner.from_run(ckpt, state, frozen.config.vision)
-        name = f"mlx-aimv2 LiT-tuned ({cfg.init}, {state['step']} steps)"
-        return lit.save_lit(frozen, tuner, name, _tokenizer_files(cfg, Path(run), frozen), dst, overwrite)
-    return _save_encoder(*load_run_encoder(run), dst, overwrite)
+    if "lit" not in state:
+        return None
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    frozen = lit.frozen_encoder(cfg.init)
+    tuner = LiTTuner.from_run(ckpt, state, frozen.config.vision)
+    name = f"mlx-aimv2 LiT-tuned ({cfg.init}, {state['step']} steps)"
+    return frozen, tuner, name, _tokenizer_files(cfg, Path(run), frozen)
 
 
 def _tokenizer_files(cfg: TrainConfig, run: Path, frozen) -> tuple:
     """The files a LiT folder carries for its text side: the LiT init's, the given one, or the run's BPE."""
     if frozen.config.kind == "lit":
-        names = ("tokenizer.json",) if (frozen.folder / "tokenizer.json").is_file() else ("vocab.json", "merges.txt")
-        return tuple(frozen.folder / n for n in names)
+        return ckpt_io.tokenizer_files(frozen.folder)
     if cfg.tokenizer:
         t = Path(cfg.tokenizer)
         if t.is_dir() and not (t / "tokenizer.json").is_file():
