@@ -200,8 +200,7 @@ class Index:
             digest = None
             if old is None and size in vanished:
                 try:
-                    with open(key, "rb") as f:
-                        digest = hashlib.sha1(f.read()).hexdigest()
+                    digest = _sha1(key)
                 except OSError:
                     pass
             row = self.store.row_of_hash(digest) if digest in vanished.get(size, ()) else None
@@ -224,8 +223,7 @@ class Index:
         def read(key: str):
             img = load_image(key, draft)  # one clear UserError per bad file
             try:  # the bytes are in the page cache now: hashing costs a copy
-                with open(key, "rb") as f:
-                    digest = hashlib.sha1(f.read()).hexdigest()
+                digest = _sha1(key)
             except OSError as e:
                 raise UserError(f"{key}: cannot read ({e.strerror})") from None
             size = img.size
@@ -307,6 +305,11 @@ class Index:
         q = self.query_vector(text, image)
         idx, scores = top_k(matrix, q, k)
         return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
+
+
+def _sha1(path: str) -> str:
+    with open(path, "rb") as f:
+        return hashlib.sha1(f.read()).hexdigest()
 
 
 def _load_new(name: Optional[str]):
