@@ -8,7 +8,6 @@ every epoch reads them back. A step then costs the head, the projections and the
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 from typing import Optional
 
@@ -16,7 +15,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from ..atomic import TMP_PREFIX, remove_orphans
+from ..atomic import remove_orphans, write_file
 from ..config import ModelConfig, TextConfig
 from ..errors import UserError
 
@@ -80,10 +79,6 @@ class TokenCache:
     def why(self, i: int) -> str:
         return self.errors[i % self.ranks].get(i // self.ranks, "not cached")
 
-    @property
-    def bad(self) -> int:
-        return int(sum((~ok).sum() for ok in self.ok))
-
     @classmethod
     def open_or_build(cls, folder: Path, key: dict, model, samples: list, rank: int, ranks: int,
                       barrier=lambda: None, log=print, batch_size: int = 16, progress: bool = True) -> "TokenCache":
@@ -105,9 +100,7 @@ class TokenCache:
         _build_part(folder, rank, ranks, model, samples, key["tokens"], log, batch_size, progress and rank == 0)
         barrier()
         if rank == 0:
-            tmp = folder / f"{TMP_PREFIX}meta.json"
-            tmp.write_text(json.dumps(key, indent=1))
-            os.replace(tmp, meta)
+            write_file(meta, lambda tmp: tmp.write_text(json.dumps(key, indent=1)))
         barrier()
         return cls(folder, ranks)
 
@@ -129,28 +122,28 @@ def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape
         gib = len(samples) * n * d * 2 / 2 ** 30
         log(f"caching the frozen encoder's tokens of {len(samples)} images ({n} x {d} each, {gib:.2f} GiB) "
             f"in {folder}; later epochs and resumed runs read them back")
-    tmp = folder / f"{TMP_PREFIX}part{rank}.npy"
-    out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(mine), n, d))
     ok = np.zeros(len(mine), dtype=bool)
     errors: list = []
-    bar = None
-    if progress:
-        from tqdm import tqdm
-        bar = tqdm(total=len(mine), unit="img", desc="encode", dynamic_ncols=True)
-    for j, row in model.iter_embed(range(len(mine)), pool="none", errors=errors, batch_size=batch_size,
-                                   read=lambda j: sample_image(mine[j])):
-        out[j] = row["tokens"].astype(np.float16)
-        ok[j] = True
+
+    def fill(tmp: Path):
+        out = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float16, shape=(len(mine), n, d))
+        bar = None
+        if progress:
+            from tqdm import tqdm
+            bar = tqdm(total=len(mine), unit="img", desc="encode", dynamic_ncols=True)
+        for j, row in model.iter_embed(range(len(mine)), pool="none", errors=errors, batch_size=batch_size,
+                                       read=lambda j: sample_image(mine[j])):
+            out[j] = row["tokens"].astype(np.float16)
+            ok[j] = True
+            if bar is not None:
+                bar.update(1)
         if bar is not None:
-            bar.update(1)
-    if bar is not None:
-        bar.close()
-    out.flush()
-    del out
+            bar.close()
+        out.flush()
+
+    write_file(folder / f"part{rank}.npy", fill)
     info = {"ok": ok.tolist(), "errors": {str(j): why for j, why in errors}}
-    (folder / f"{TMP_PREFIX}part{rank}.json").write_text(json.dumps(info))
-    os.replace(folder / f"{TMP_PREFIX}part{rank}.json", folder / f"part{rank}.json")
-    os.replace(tmp, folder / f"part{rank}.npy")
+    write_file(folder / f"part{rank}.json", lambda tmp: tmp.write_text(json.dumps(info)))
     if errors and rank == 0:
         log(f"{len(errors)} image(s) could not be encoded and are skipped (first: {errors[0][1]})")
 
