@@ -12,6 +12,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image, ImageDraw
 
+from ..atomic import write_file
+
 COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
            "purple": (140, 60, 180), "orange": (245, 130, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
 SHAPES = ("circle", "square", "triangle", "diamond")
@@ -73,7 +75,5 @@ def write_synthetic(out: Path, n: int, size: int = 128, seed: int = 0, progress:
         name = f"images/{i:06d}.jpg"
         img.save(out / name, quality=92)
         rows.append(json.dumps({"image": name, "caption": caption, "labels": attrs}))
-    tmp = out / ".captions.jsonl.tmp"
-    tmp.write_text("\n".join(rows) + "\n")
-    tmp.replace(out / "captions.jsonl")
+    write_file(out / "captions.jsonl", lambda tmp: tmp.write_text("\n".join(rows) + "\n"))
     return out

@@ -15,6 +15,7 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
 
+from ..atomic import write_file
 from ..errors import UserError
 
 METHODS = ("attentive", "linear", "knn")
@@ -108,9 +109,7 @@ def features(model, files: list, cache_dir: Optional[Path] = None, batch_size: i
     tokens = np.stack(out)
     if path is not None:
         path.parent.mkdir(parents=True, exist_ok=True)
-        tmp = path.with_suffix(".tmp.npy")
-        np.save(tmp, tokens)
-        tmp.replace(path)
+        write_file(path, lambda tmp: np.save(tmp, tokens))
     return tokens
 
 

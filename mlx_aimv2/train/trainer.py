@@ -20,7 +20,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from .. import checkpoints as ckpt_io, cpu
-from ..atomic import check_destination, remove_orphans
+from ..atomic import check_destination, remove_orphans, write_file
 from ..config import ModelConfig
 from ..data import TrainStream, mirror_caption, open_dataset
 from ..data.stream import TokenStream
@@ -440,6 +440,4 @@ def _read_metrics(f: Path, upto: int) -> list:
 
 
 def _rewrite_metrics(f: Path, records: list) -> None:
-    tmp = f.with_name(f".{f.name}.tmp")
-    tmp.write_text("".join(json.dumps(r) + "\n" for r in records))
-    tmp.replace(f)
+    write_file(f, lambda tmp: tmp.write_text("".join(json.dumps(r) + "\n" for r in records)))
