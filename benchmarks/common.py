@@ -1,4 +1,5 @@
 """Shared helpers for the benchmarks: timing, FLOP counts, the GEMM peak, memory."""
+
 from __future__ import annotations
 
 import json
@@ -21,7 +22,7 @@ def gemm_peak_gflops(n: int = 2048, reps: int = 5) -> float:
     """The best fp32 GEMM rate MLX reaches on this device (the 'peak' MFU is measured against)."""
     a, b = mx.random.normal((n, n)), mx.random.normal((n, n))
     mx.eval(a @ b)
-    return max(2 * n ** 3 / t / 1e9 for t in timed(lambda: mx.eval(a @ b), reps))
+    return max(2 * n**3 / t / 1e9 for t in timed(lambda: mx.eval(a @ b), reps))
 
 
 def encoder_flops(d: int, depth: int, mlp: int, tokens: int, patch_dim: int = 588) -> float:

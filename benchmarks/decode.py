@@ -12,6 +12,7 @@ upscaled to 4000x3000 and saved at quality 90, the size of a 12-megapixel camera
 
     python benchmarks/decode.py --out benchmarks/results/decode_cpu.jsonl
 """
+
 from __future__ import annotations
 
 import argparse
@@ -39,6 +40,7 @@ def serial(preprocess, items, workers=0):
 
 def camera_jpegs(folder: Path, n: int, size: tuple) -> list[Path]:
     from PIL import Image
+
     srcs = photos()
     out = []
     for i in range(n):
@@ -50,6 +52,7 @@ def camera_jpegs(folder: Path, n: int, size: tuple) -> list[Path]:
 
 def decode_only(files, reps: int, out) -> None:
     from mlx_aimv2.preprocess import Preprocessor, decode_ahead
+
     for fast in (False, True):
         p = Preprocessor(fast_decode=fast)
         for workers in (1, 2, 4):
@@ -59,15 +62,27 @@ def decode_only(files, reps: int, out) -> None:
                 got = list(decode_ahead(p, files, workers))
                 ts.append(time.perf_counter() - t)
                 assert not any(isinstance(x, Exception) for _, x in got)
-            emit({"what": "decode_preprocess", "decode": "fast" if fast else "exact", "threads": workers,
-                  "images": len(files), "img_per_s": round(len(files) / median(ts), 1)}, out)
+            emit(
+                {
+                    "what": "decode_preprocess",
+                    "decode": "fast" if fast else "exact",
+                    "threads": workers,
+                    "images": len(files),
+                    "img_per_s": round(len(files) / median(ts), 1),
+                },
+                out,
+            )
 
 
 def end_to_end(name: str, m, files, reps: int, out) -> None:
     import mlx_aimv2.api as api
+
     ahead = api.decode_ahead
-    variants = [("serial decode, exact", serial, False), ("decode ahead in threads, exact", ahead, False),
-                ("decode ahead in threads, fast", ahead, True)]
+    variants = [
+        ("serial decode, exact", serial, False),
+        ("decode ahead in threads, exact", ahead, False),
+        ("decode ahead in threads, fast", ahead, True),
+    ]
     times = {v[0]: [] for v in variants}
     m.iter_embed(files[:1]).__next__()  # warm-up: compile and allocate outside the timings
     for _ in range(reps):
@@ -80,13 +95,23 @@ def end_to_end(name: str, m, files, reps: int, out) -> None:
     api.decode_ahead, m.preprocessor.fast_decode = ahead, False
     base = median(times[variants[0][0]])
     for label, ts in times.items():
-        emit({"what": "embed_folder", "model": name, "images": len(files), "variant": label,
-              "img_per_s": round(len(files) / median(ts), 2), "vs_serial": round(base / median(ts), 2),
-              "times": [round(t, 2) for t in ts]}, out)
+        emit(
+            {
+                "what": "embed_folder",
+                "model": name,
+                "images": len(files),
+                "variant": label,
+                "img_per_s": round(len(files) / median(ts), 2),
+                "vs_serial": round(base / median(ts), 2),
+                "times": [round(t, 2) for t in ts],
+            },
+            out,
+        )
 
 
 def fidelity(name: str, m, files, out) -> None:
     from mlx_aimv2.preprocess import Preprocessor
+
     m.preprocessor.fast_decode = False
     exact = m.embed([str(f) for f in files])
     m.preprocessor.fast_decode = True
@@ -95,10 +120,18 @@ def fidelity(name: str, m, files, out) -> None:
     cos = (exact * fast).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
     a, b = Preprocessor(), Preprocessor(fast_decode=True)
     px = [np.abs(a(f) - b(f)) * np.asarray(a.std, np.float32) * 255 for f in files]  # in 0-255 intensity
-    emit({"what": "fast_decode_fidelity", "model": name, "photos": len(files),
-          "pooled_cosine_min": round(float(cos.min()), 5), "pooled_cosine_mean": round(float(cos.mean()), 5),
-          "input_abs_diff_max_255": round(float(max(p.max() for p in px)), 1),
-          "input_abs_diff_mean_255": round(float(np.mean([p.mean() for p in px])), 2)}, out)
+    emit(
+        {
+            "what": "fast_decode_fidelity",
+            "model": name,
+            "photos": len(files),
+            "pooled_cosine_min": round(float(cos.min()), 5),
+            "pooled_cosine_mean": round(float(cos.mean()), 5),
+            "input_abs_diff_max_255": round(float(max(p.max() for p in px)), 1),
+            "input_abs_diff_mean_255": round(float(np.mean([p.mean() for p in px])), 2),
+        },
+        out,
+    )
 
 
 def main():
@@ -115,8 +148,16 @@ def main():
     size = tuple(map(int, a.size.split("x")))
     tmp = Path(tempfile.mkdtemp())
     files = camera_jpegs(tmp, a.n, size)
-    emit({"what": "setup", "jpegs": len(files), "size": a.size, "mean_mib": round(
-        float(np.mean([f.stat().st_size for f in files])) / 2 ** 20, 2), "photos": [p.name for p in photos()]}, a.out)
+    emit(
+        {
+            "what": "setup",
+            "jpegs": len(files),
+            "size": a.size,
+            "mean_mib": round(float(np.mean([f.stat().st_size for f in files])) / 2**20, 2),
+            "photos": [p.name for p in photos()],
+        },
+        a.out,
+    )
     decode_only(files, a.reps, a.out)
     demo = mlx_aimv2.load("demo")
     end_to_end("demo", demo, files, a.reps, a.out)
@@ -124,10 +165,11 @@ def main():
     if not a.skip_large:
         import torch
         from transformers import Aimv2VisionConfig, Aimv2VisionModel
+
         torch.manual_seed(0)
         Aimv2VisionModel(Aimv2VisionConfig(**L14)).save_pretrained(tmp / "l14-hf")
         large = mlx_aimv2.load(str(mlx_aimv2.convert(str(tmp / "l14-hf"), tmp / "l14")))
-        end_to_end("AIMv2-L/14-224 shape, random weights", large, files[:a.n_large], 1, a.out)
+        end_to_end("AIMv2-L/14-224 shape, random weights", large, files[: a.n_large], 1, a.out)
         fidelity("AIMv2-L/14-224 shape, random weights", large, files, a.out)
 
 

@@ -12,6 +12,7 @@ implementation and batch that loads only its own model (its VmHWM, Linux).
     python benchmarks/embed.py               # L/14-224, batch 1 and 8 (~6 min here)
     python benchmarks/embed.py --quick       # a 4-block model, for a smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -24,8 +25,15 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, encoder_flops, median  # noqa: E402
 
-L14 = dict(hidden_size=1024, intermediate_size=2816, num_hidden_layers=24, num_attention_heads=8,
-           image_size=224, patch_size=14, use_head=False)
+L14 = dict(
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=24,
+    num_attention_heads=8,
+    image_size=224,
+    patch_size=14,
+    use_head=False,
+)
 SMALL = dict(L14, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=2)
 
 TORCH_WORKER = r"""
@@ -76,14 +84,15 @@ def main():
     ap.add_argument("--out", default=None, help="append JSON lines here")
     a = ap.parse_args()
 
+    import mlx.core as mx
     import numpy as np
     import torch
     from transformers import Aimv2VisionConfig, Aimv2VisionModel
-    import mlx.core as mx
+
     import mlx_aimv2
     from mlx_aimv2 import cpu
-    from mlx_aimv2.environment import backend
     from mlx_aimv2.cpu import loaded_blas
+    from mlx_aimv2.environment import backend
 
     arch = SMALL if a.quick else L14
     tmp = tempfile.TemporaryDirectory()
@@ -91,16 +100,33 @@ def main():
     torch.manual_seed(0)
     Aimv2VisionModel(Aimv2VisionConfig(**arch)).save_pretrained(folder)
     ours = mlx_aimv2.load(str(folder))
-    worker = subprocess.Popen([sys.executable, "-c", TORCH_WORKER, str(folder)], stdin=subprocess.PIPE,
-                              stdout=subprocess.PIPE, text=True, env=no_preload_env())
+    worker = subprocess.Popen(
+        [sys.executable, "-c", TORCH_WORKER, str(folder)],
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        text=True,
+        env=no_preload_env(),
+    )
     torch_threads = int(worker.stdout.readline())
     gflop = encoder_flops(arch["hidden_size"], arch["num_hidden_layers"], arch["intermediate_size"], 256) / 1e9
-    emit({"what": "setup", "arch": "small" if a.quick else "AIMv2-L/14-224", "gflop_per_image": round(gflop, 2),
-          "mlx": mx.__version__, "backend": backend(), "blas": loaded_blas(), "torch": torch.__version__,
-          "torch_threads": torch_threads, "torch_process": "separate, no preload"}, a.out)
+    emit(
+        {
+            "what": "setup",
+            "arch": "small" if a.quick else "AIMv2-L/14-224",
+            "gflop_per_image": round(gflop, 2),
+            "mlx": mx.__version__,
+            "backend": backend(),
+            "blas": loaded_blas(),
+            "torch": torch.__version__,
+            "torch_threads": torch_threads,
+            "torch_process": "separate, no preload",
+        },
+        a.out,
+    )
 
     def mlx_run(b, mode):
         import time
+
         x = mx.array(np.random.default_rng(0).standard_normal((b, 224, 224, 3)).astype(np.float32))
         cpu.use_kernels(ours.module, enabled=mode != "stock")  # stock: MLX's own ops, as on Metal
         try:
@@ -115,10 +141,12 @@ def main():
         worker.stdin.flush()
         return float(worker.stdout.readline())
 
-    impls = {"mlx-aimv2": lambda b: mlx_run(b, "full"),
-             "mlx-aimv2, one CPU stream": lambda b: mlx_run(b, "one"),
-             "mlx stock kernels, one stream (as ml-aim)": lambda b: mlx_run(b, "stock"),
-             "transformers (torch)": torch_run}
+    impls = {
+        "mlx-aimv2": lambda b: mlx_run(b, "full"),
+        "mlx-aimv2, one CPU stream": lambda b: mlx_run(b, "one"),
+        "mlx stock kernels, one stream (as ml-aim)": lambda b: mlx_run(b, "stock"),
+        "transformers (torch)": torch_run,
+    }
     for b in (int(x) for x in a.batches.split(",")):
         for fn in impls.values():
             fn(b)  # warm-up
@@ -133,13 +161,31 @@ def main():
             if k not in ("mlx-aimv2", "transformers (torch)"):
                 child = None
             env = no_preload_env() if child == "torch" else dict(os.environ)
-            rss = child and subprocess.run([sys.executable, "-c", MEMORY_CHILD, child, str(folder), str(b)],
-                                           env=env, capture_output=True, text=True, check=True).stdout.split()[-1]
-            emit({"what": "embed", "impl": k, "batch": b, "img_per_s": round(b / median(ts), 3),
-                  "s_per_batch": round(median(ts), 3), "vs_torch": round(base / median(ts), 2),
-                  "gflop_per_s": round(gflop * b / median(ts), 1), "reps": reps,
-                  "times": [round(t, 3) for t in ts],
-                  "peak_rss_mib": round(float(rss)) if k in ("mlx-aimv2", "transformers (torch)") else None}, a.out)
+            rss = (
+                child
+                and subprocess.run(
+                    [sys.executable, "-c", MEMORY_CHILD, child, str(folder), str(b)],
+                    env=env,
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                ).stdout.split()[-1]
+            )
+            emit(
+                {
+                    "what": "embed",
+                    "impl": k,
+                    "batch": b,
+                    "img_per_s": round(b / median(ts), 3),
+                    "s_per_batch": round(median(ts), 3),
+                    "vs_torch": round(base / median(ts), 2),
+                    "gflop_per_s": round(gflop * b / median(ts), 1),
+                    "reps": reps,
+                    "times": [round(t, 3) for t in ts],
+                    "peak_rss_mib": round(float(rss)) if k in ("mlx-aimv2", "transformers (torch)") else None,
+                },
+                a.out,
+            )
     worker.stdin.close()
     worker.wait()
 

@@ -8,6 +8,7 @@ comparison: its query time, its build time and its recall@10 against the exact a
 Random vectors are the worst case for an approximate index (no cluster structure) and the same
 case for brute force, whose cost does not depend on the data.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -44,7 +45,7 @@ def store_load(n: int, d: int, rng) -> dict:
         size = (Path(tmp) / "lib.aimv2").stat().st_size
         loads = timed(lambda: s.matrix(d)[1].astype(np.float32), 3)
         s.close()
-    return {"write_s": round(write, 2), "load_s": round(median(loads), 3), "db_mib": round(size / 2 ** 20, 1)}
+    return {"write_s": round(write, 2), "load_s": round(median(loads), 3), "db_mib": round(size / 2**20, 1)}
 
 
 def main():
@@ -53,8 +54,12 @@ def main():
     ap.add_argument("--sizes", default="10000,100000,1000000")
     ap.add_argument("--dims", default="128,768", help="demo-lit's and Apple's LiT embedding widths")
     ap.add_argument("--queries", type=int, default=20)
-    ap.add_argument("--ann-max", type=float, default=1.5e8,
-                    help="build the HNSW graph only while n * dim is at most this (its build is slow on 2 cores)")
+    ap.add_argument(
+        "--ann-max",
+        type=float,
+        default=1.5e8,
+        help="build the HNSW graph only while n * dim is at most this (its build is slow on 2 cores)",
+    )
     a = ap.parse_args()
     rng = np.random.default_rng(0)
     try:
@@ -66,9 +71,16 @@ def main():
         for n in map(int, a.sizes.split(",")):
             m = unit(rng, n, d)
             qs = unit(rng, a.queries, d)
-            ts = [timed(lambda q=q: top_k(m, q, 10), 1)[0] for q in qs]
-            rec = {"what": "search", "n": n, "dim": d, "method": "exact (numpy, float32)", "k": 10,
-                   "query_ms": round(1e3 * median(ts), 2), "memory_mib": round(m.nbytes / 2 ** 20, 1)}
+            ts = [timed(lambda q=q, m=m: top_k(m, q, 10), 1)[0] for q in qs]
+            rec = {
+                "what": "search",
+                "n": n,
+                "dim": d,
+                "method": "exact (numpy, float32)",
+                "k": 10,
+                "query_ms": round(1e3 * median(ts), 2),
+                "memory_mib": round(m.nbytes / 2**20, 1),
+            }
             if n <= 100_000:
                 rec.update(store_load(n, d, rng))
             emit(rec, a.out)
@@ -85,9 +97,19 @@ def main():
                     _, got = index.search(q[None], 10)
                     ts.append(time.perf_counter() - t)
                     hits += len(want & set(got[0].tolist()))
-                emit({"what": "search", "n": n, "dim": d, "method": "faiss HNSW (M 32, efSearch 64)", "k": 10,
-                      "query_ms": round(1e3 * median(ts), 3), "build_s": round(build, 1),
-                      "recall_at_10": round(hits / (10 * len(qs)), 3)}, a.out)
+                emit(
+                    {
+                        "what": "search",
+                        "n": n,
+                        "dim": d,
+                        "method": "faiss HNSW (M 32, efSearch 64)",
+                        "k": 10,
+                        "query_ms": round(1e3 * median(ts), 3),
+                        "build_s": round(build, 1),
+                        "recall_at_10": round(hits / (10 * len(qs)), 3),
+                    },
+                    a.out,
+                )
             m = None  # free the matrix before the next size is drawn
 
 

@@ -7,6 +7,7 @@ ViT-S/14 encoder (384 wide, 12 blocks) at 224 px with the default decoder for th
     python benchmarks/train.py               # ~3 min here
     python benchmarks/train.py --encoder tiny --image-size 56 --batch 8    # smoke run
 """
+
 from __future__ import annotations
 
 import argparse
@@ -25,12 +26,12 @@ def train_flops_per_image(model, image_size: int, text_len: int) -> float:
     """Forward FLOPs x 3 (forward + backward) for encoder, decoder and both heads."""
     enc, dec = model.encoder.config, model.decoder
     n = (image_size // enc.patch_size) ** 2
-    f = encoder_flops(enc.hidden_size, enc.depth, enc.mlp_hidden, n, enc.patch_size ** 2 * 3)
+    f = encoder_flops(enc.hidden_size, enc.depth, enc.mlp_hidden, n, enc.patch_size**2 * 3)
     w = dec.vision_proj.weight.shape[0]
     hidden = dec.trunk.blocks[0].mlp.fc1.weight.shape[0]
     t = n + text_len + 1
-    f += 2 * n * enc.hidden_size * w                                   # vision projection
-    f += encoder_flops(w, len(dec.trunk.blocks), hidden, t, 0)         # causal trunk (full attention cost)
+    f += 2 * n * enc.hidden_size * w  # vision projection
+    f += encoder_flops(w, len(dec.trunk.blocks), hidden, t, 0)  # causal trunk (full attention cost)
     f += 2 * n * w * dec.pixel_head.weight.shape[0] + 2 * (text_len + 1) * w * dec.text_head.weight.shape[0]
     return 3 * f
 
@@ -46,9 +47,10 @@ def main():
     a = ap.parse_args()
 
     import mlx.core as mx
+
+    from mlx_aimv2.cpu import loaded_blas
     from mlx_aimv2.data import TrainStream, open_dataset, write_synthetic
     from mlx_aimv2.environment import backend
-    from mlx_aimv2.cpu import loaded_blas
     from mlx_aimv2.models.decoder import AIMv2PreTrainer, init_weights
     from mlx_aimv2.train.config import TrainConfig
     from mlx_aimv2.train.optim import DecoupledAdamW, schedule
@@ -82,14 +84,29 @@ def main():
     flops = train_flops_per_image(model, a.image_size, 77)
     img_s = a.batch / median(ts)
     from mlx.utils import tree_flatten
+
     enc_p = sum(v.size for _, v in tree_flatten(model.encoder.parameters()))
     dec_p = sum(v.size for _, v in tree_flatten(model.decoder.parameters()))
-    emit({"what": "train_step", "encoder": a.encoder, "encoder_params_M": round(enc_p / 1e6, 1),
-          "decoder_params_M": round(dec_p / 1e6, 1), "image_size": a.image_size, "batch": a.batch,
-          "img_per_s": round(img_s, 2), "s_per_step": round(median(ts), 3),
-          "train_gflop_per_image": round(flops / 1e9, 1), "achieved_gflop_s": round(flops * img_s / 1e9, 1),
-          "gemm_peak_gflop_s": round(peak, 1), "mfu_vs_gemm_peak": round(flops * img_s / 1e9 / peak, 3),
-          "backend": backend(), "blas": loaded_blas(), "mlx": mx.__version__}, a.out)
+    emit(
+        {
+            "what": "train_step",
+            "encoder": a.encoder,
+            "encoder_params_M": round(enc_p / 1e6, 1),
+            "decoder_params_M": round(dec_p / 1e6, 1),
+            "image_size": a.image_size,
+            "batch": a.batch,
+            "img_per_s": round(img_s, 2),
+            "s_per_step": round(median(ts), 3),
+            "train_gflop_per_image": round(flops / 1e9, 1),
+            "achieved_gflop_s": round(flops * img_s / 1e9, 1),
+            "gemm_peak_gflop_s": round(peak, 1),
+            "mfu_vs_gemm_peak": round(flops * img_s / 1e9 / peak, 3),
+            "backend": backend(),
+            "blas": loaded_blas(),
+            "mlx": mx.__version__,
+        },
+        a.out,
+    )
 
     # the loader alone, on synthetic JPEGs larger than the crop, with the training transform
     with tempfile.TemporaryDirectory() as tmp:
@@ -103,8 +120,16 @@ def main():
         for _ in range(k):
             next(it)
         loader = k * a.batch / (time.perf_counter() - t)
-    emit({"what": "loader", "img_per_s": round(loader, 1), "step_needs_img_per_s": round(img_s, 2),
-          "headroom": round(loader / img_s, 1), "threads": 2}, a.out)
+    emit(
+        {
+            "what": "loader",
+            "img_per_s": round(loader, 1),
+            "step_needs_img_per_s": round(img_s, 2),
+            "headroom": round(loader / img_s, 1),
+            "threads": 2,
+        },
+        a.out,
+    )
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ Runs on the synthetic shapes set on a 2-core CPU in about 40 minutes:
 Each run trains the "small" encoder (128 wide, 4 blocks, 56 px, 16 patches); finished runs are
 skipped when the script is run again. Results: docs/ablation.{md,json,png}.
 """
+
 from __future__ import annotations
 
 import argparse
@@ -45,7 +46,7 @@ def main():
     if not (data / "captions.jsonl").is_file():
         write_synthetic(data, a.n, size=64, seed=0)
     if not (evalset / "captions.jsonl").is_file():
-        write_synthetic(evalset, 3000, size=64, seed=12345)   # held-out scenes; object attributes use the 1-object ones
+        write_synthetic(evalset, 3000, size=64, seed=12345)  # held-out scenes; object attributes use the 1-object ones
     tok = out / "tokenizer.json"
     if not tok.is_file():
         train_bpe((s.caption for s in open_dataset(str(data)).samples), 512, tok)
@@ -55,19 +56,41 @@ def main():
         t0 = time.time()
         seconds = run / "train_seconds.txt"
         if not (run / "encoder" / "model.safetensors").is_file():
-            cfg = load_config(overrides=dict(data=str(data), out=str(run), mirror_captions=True, encoder="small", image_size=56,
-                                             batch_size=a.batch, steps=a.steps, warmup=50, lr=2e-3,
-                                             objective=objective, tokenizer=str(tok), save_every=10_000,
-                                             decoder={"ratio": ratio}, log_every=10))
+            cfg = load_config(
+                overrides=dict(
+                    data=str(data),
+                    out=str(run),
+                    mirror_captions=True,
+                    encoder="small",
+                    image_size=56,
+                    batch_size=a.batch,
+                    steps=a.steps,
+                    warmup=50,
+                    lr=2e-3,
+                    objective=objective,
+                    tokenizer=str(tok),
+                    save_every=10_000,
+                    decoder={"ratio": ratio},
+                    log_every=10,
+                )
+            )
             Trainer(cfg, resume=(run / "checkpoints").is_dir()).run(progress=True)
             seconds.write_text(f"{time.time() - t0:.0f}\n")
         train_s = float(seconds.read_text()) if seconds.is_file() else None
-        results[name] = {"objective": objective, "decoder_ratio": ratio, "train_s": train_s,
-                         **probe(load(str(run / "encoder")), evalset, out / "features", a.probe_epochs)}
+        results[name] = {
+            "objective": objective,
+            "decoder_ratio": ratio,
+            "train_s": train_s,
+            **probe(load(str(run / "encoder")), evalset, out / "features", a.probe_epochs),
+        }
         print(name, json.dumps(results[name]))
     floor = P.reinitialize(load(str(out / run_dir(next(iter(RUNS))) / "encoder")))
-    results["random init (floor)"] = {"objective": "-", "decoder_ratio": None, "train_s": 0,
-                                      **probe(floor, evalset, None, a.probe_epochs)}
+    results["random init (floor)"] = {
+        "objective": "-",
+        "decoder_ratio": None,
+        "train_s": 0,
+        **probe(floor, evalset, None, a.probe_epochs),
+    }
     write_report(results, docs, a)
 
 
@@ -85,17 +108,26 @@ def probe(model, evalset: Path, cache, epochs: int) -> dict:
 def write_report(results: dict, docs: Path, a) -> None:
     docs.mkdir(parents=True, exist_ok=True)
     (docs / "ablation.json").write_text(json.dumps(results, indent=2) + "\n")
-    lines = ["| run | train (s) | " + " | ".join(f"{t} (attn)" for t in ATTRS)
-             + " | mean attentive | mean linear | mean k-NN |", "|---|" + "---|" * (len(ATTRS) + 4)]
+    lines = [
+        "| run | train (s) | "
+        + " | ".join(f"{t} (attn)" for t in ATTRS)
+        + " | mean attentive | mean linear | mean k-NN |",
+        "|---|" + "---|" * (len(ATTRS) + 4),
+    ]
     for name, r in results.items():
         secs = "-" if not r["train_s"] else f"{r['train_s']:.0f}"
-        lines.append(f"| {name} | {secs} | " + " | ".join(f"{r['top1'][t]['attentive']:.1f}" for t in ATTRS)
-                     + f" | **{r['mean']['attentive']:.1f}** | {r['mean']['linear']:.1f} | {r['mean']['knn']:.1f} |")
+        lines.append(
+            f"| {name} | {secs} | "
+            + " | ".join(f"{r['top1'][t]['attentive']:.1f}" for t in ATTRS)
+            + f" | **{r['mean']['attentive']:.1f}** | {r['mean']['linear']:.1f} | {r['mean']['knn']:.1f} |"
+        )
     (docs / "ablation_table.md").write_text("\n".join(lines) + "\n")  # pasted into docs/ablation.md
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
     import numpy as np
+
     names = list(results)
     x = np.arange(len(names))
     fig, ax = plt.subplots(figsize=(10, 4.5))

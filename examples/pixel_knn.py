@@ -3,6 +3,7 @@ the held-out synthetic set instead of encoder features. Shows that an attribute 
 
     python examples/pixel_knn.py                     # writes docs/pixel_knn.json
 """
+
 import argparse
 import json
 from pathlib import Path
@@ -31,8 +32,9 @@ def main():
         pred = knn(x[ds.split], ds.labels[ds.split], x[~ds.split], classes=len(ds.classes))
         top1[attr] = round(float((pred == ds.labels[~ds.split]).mean() * 100), 1)
         print(f"{attr:>10}: pixel k-NN {top1[attr]:5.1f}%")
-    Path(a.out).write_text(json.dumps({"command": "python examples/pixel_knn.py", "data": str(data),
-                                       "top1": top1}, indent=2) + "\n")
+    Path(a.out).write_text(
+        json.dumps({"command": "python examples/pixel_knn.py", "data": str(data), "top1": top1}, indent=2) + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -2,20 +2,36 @@
 
 `import mlx_aimv2` stays light (no torch, no transformers) and has no side effects.
 """
+
 __version__ = "0.1.0"
 
 try:
     import mlx.core  # noqa: F401
 except ImportError:
-    raise ImportError("mlx-aimv2 needs MLX's compute backend: on Linux pip install 'mlx-aimv2[cpu]' (or [cuda12] / "
-                      "[cuda13]); on a Mac pip install mlx") from None
+    raise ImportError(
+        "mlx-aimv2 needs MLX's compute backend: on Linux pip install 'mlx-aimv2[cpu]' (or [cuda12] / "
+        "[cuda13]); on a Mac pip install mlx"
+    ) from None
 
 from .api import AIMv2, convert, load  # noqa: E402
-from .config import ModelConfig, TextConfig, VisionConfig, PRESETS  # noqa: E402
+from .config import PRESETS, ModelConfig, TextConfig, VisionConfig  # noqa: E402
 from .cpu import SlowBLASWarning  # noqa: E402
 from .errors import UserError  # noqa: E402
 from .index import Index  # noqa: E402
 from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
 
-__all__ = ["load", "convert", "AIMv2", "AIMv2VisionEncoder", "AIMv2LiT", "ModelConfig", "VisionConfig",
-           "TextConfig", "PRESETS", "UserError", "SlowBLASWarning", "Index", "__version__"]
+__all__ = [
+    "load",
+    "convert",
+    "AIMv2",
+    "AIMv2VisionEncoder",
+    "AIMv2LiT",
+    "ModelConfig",
+    "VisionConfig",
+    "TextConfig",
+    "PRESETS",
+    "UserError",
+    "SlowBLASWarning",
+    "Index",
+    "__version__",
+]

@@ -1,4 +1,5 @@
 """`python -m mlx_aimv2` is the `mlx-aimv2` command, restart included."""
+
 from .cli import console
 
 console()

@@ -1,9 +1,10 @@
 """The face for apps: `load(name_or_path)` -> an `AIMv2` with embed / encode_image / encode_text.
 
-    import mlx_aimv2
-    model = mlx_aimv2.load("apple/aimv2-large-patch14-224")   # or a folder, a file, "demo"
-    emb = model.embed(["cat.jpg", pil_image])                 # (2, 1024) numpy, mean-pooled
+import mlx_aimv2
+model = mlx_aimv2.load("apple/aimv2-large-patch14-224")   # or a folder, a file, "demo"
+emb = model.embed(["cat.jpg", pil_image])                 # (2, 1024) numpy, mean-pooled
 """
+
 from __future__ import annotations
 
 import json
@@ -26,8 +27,12 @@ from .quantize import quantize
 POOLS = ("mean", "none", "attn")
 
 
-def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, dtype=None,
-         keep_quantized: Optional[bool] = None) -> "AIMv2":
+def load(
+    name_or_path: str = hub.DEFAULT_MODEL,
+    revision: Optional[str] = None,
+    dtype=None,
+    keep_quantized: Optional[bool] = None,
+) -> "AIMv2":
     """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo".
 
     On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster), and a quantized
@@ -45,8 +50,9 @@ def load(name_or_path: str = hub.DEFAULT_MODEL, revision: Optional[str] = None, 
 def _preprocessor(config: ModelConfig, folder: Path) -> Preprocessor:
     """The folder's preprocessor_config.json, checked against the model (or the defaults)."""
     v = config.vision
-    return Preprocessor.from_folder(folder, native_patch=v.patch_size if v.native else None,
-                                    image_size=v.image_size or 224)
+    return Preprocessor.from_folder(
+        folder, native_patch=v.patch_size if v.native else None, image_size=v.image_size or 224
+    )
 
 
 class AIMv2:
@@ -57,8 +63,10 @@ class AIMv2:
     def __repr__(self) -> str:
         v = self.config.vision
         size = f"{v.image_size} px" if v.image_size else "native resolution"
-        return (f"AIMv2({self.config.name or 'unnamed'!r}, {self.config.kind}, width {v.hidden_size}, "
-                f"{v.depth} blocks, patch {v.patch_size}, {size}, {self.dtype}, from {self.folder})")
+        return (
+            f"AIMv2({self.config.name or 'unnamed'!r}, {self.config.kind}, width {v.hidden_size}, "
+            f"{v.depth} blocks, patch {v.patch_size}, {size}, {self.dtype}, from {self.folder})"
+        )
 
     @property
     def vision(self):
@@ -80,8 +88,10 @@ class AIMv2:
         depth = len(self.vision.trunk.blocks)
         bad = [i for i in layers if not -depth <= i < depth]
         if bad:
-            raise UserError(f"layer(s) {', '.join(map(str, bad))} out of range: this model has {depth} blocks "
-                            f"(0..{depth - 1}, or -1..-{depth} counting back)")
+            raise UserError(
+                f"layer(s) {', '.join(map(str, bad))} out of range: this model has {depth} blocks "
+                f"(0..{depth - 1}, or -1..-{depth} counting back)"
+            )
         return tuple(layers)
 
     def features(self, pixels: mx.array, pool: str = "mean", layers: Optional[Sequence[int]] = None) -> dict:
@@ -94,8 +104,9 @@ class AIMv2:
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
         if pool == "attn" and self.config.kind != "lit":
-            raise UserError("--pool attn needs a model with an attention-pool head (the LiT model); "
-                            "use --pool mean or none")
+            raise UserError(
+                "--pool attn needs a model with an attention-pool head (the LiT model); use --pool mean or none"
+            )
         out = self.vision(pixels.astype(self.dtype), output_layers=layers)
         tokens, feats = out if layers is not None else (out, {})
         result = {}
@@ -111,8 +122,13 @@ class AIMv2:
             result[f"layer_{i % depth}"] = f if pool == "none" else f.mean(axis=1)
         return result
 
-    def embed(self, images: Sequence[ImageLike] | ImageLike, pool: str = "mean",
-              layers: Optional[Sequence[int]] = None, batch_size: int = 8):
+    def embed(
+        self,
+        images: Sequence[ImageLike] | ImageLike,
+        pool: str = "mean",
+        layers: Optional[Sequence[int]] = None,
+        batch_size: int = 8,
+    ):
         """Images (paths, PIL images or HWC arrays) -> numpy features.
 
         A list gives a batch: (B, D) pooled or (B, N, D) tokens; one image (not in a list) gives its
@@ -132,8 +148,15 @@ class AIMv2:
             out = {k: np.stack([r[k] for r in rows]) for k in keys}
         return out if layers is not None else out["tokens" if pool == "none" else "embedding"]
 
-    def iter_embed(self, items: Iterable[ImageLike], pool: str = "mean", layers=None, batch_size: int = 8,
-                   errors: Optional[list] = None, read=None) -> Iterator[tuple]:
+    def iter_embed(
+        self,
+        items: Iterable[ImageLike],
+        pool: str = "mean",
+        layers=None,
+        batch_size: int = 8,
+        errors: Optional[list] = None,
+        read=None,
+    ) -> Iterator[tuple]:
         """Yields (item, {name: np.ndarray}) per image, in input order, batching images of the same
         size; images are decoded in worker threads ahead of the model (preprocess.decode_ahead). With
         an `errors` list, unreadable images are appended as (item, message) instead of raising.
@@ -184,6 +207,7 @@ class AIMv2:
         self._need_lit()
         if self._tokenizer is None:
             from .tokenizer import load_tokenizer  # the folder's tokenizer.json, else CLIP's vocab + merges
+
             self._tokenizer = load_tokenizer(self.folder, self.config.text.context_length)
         return self._tokenizer
 
@@ -199,7 +223,9 @@ class AIMv2:
         ids = mx.array(self.tokenizer(texts))
         return np.array(self.module.encode_text(ids).astype(mx.float32))
 
-    def classify(self, images: Sequence[ImageLike], labels: Sequence[str], template: str = "a photo of {}.") -> np.ndarray:
+    def classify(
+        self, images: Sequence[ImageLike], labels: Sequence[str], template: str = "a photo of {}."
+    ) -> np.ndarray:
         """Zero-shot label probabilities (B_images, len(labels))."""
         img = self.encode_image(images)
         txt = self.encode_text([template.format(l) for l in labels])
@@ -208,8 +234,14 @@ class AIMv2:
         return e / e.sum(axis=1, keepdims=True)
 
 
-def convert(src: str, dst: Path, dtype: Optional[str] = None, revision: Optional[str] = None,
-            overwrite: bool = False, quantization: Optional[dict] = None) -> Path:
+def convert(
+    src: str,
+    dst: Path,
+    dtype: Optional[str] = None,
+    revision: Optional[str] = None,
+    overwrite: bool = False,
+    quantization: Optional[dict] = None,
+) -> Path:
     """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json).
     dtype: float32 | bfloat16 | float16, default the source's own. quantization: quantize.spec(...) to
     quantize the blocks' linear layers. An existing destination must be empty or one of our
@@ -221,8 +253,10 @@ def convert(src: str, dst: Path, dtype: Optional[str] = None, revision: Optional
     module, config, folder = load_checkpoint(src, revision, dtypes.get(dtype))
     if quantization is not None:
         if config.quantization:
-            raise UserError(f"{src}: already quantized ({config.quantization['bits']}-bit); convert from the float "
-                            f"checkpoint it was made from")
+            raise UserError(
+                f"{src}: already quantized ({config.quantization['bits']}-bit); convert from the float "
+                f"checkpoint it was made from"
+            )
         quantize(module, quantization)
         config.quantization = quantization
     pp = folder / "preprocessor_config.json"

@@ -1,5 +1,6 @@
 """Writing files and folders so that a crash, a kill or a full disk never leaves half of one, and
 so that nothing we did not write is ever deleted."""
+
 from __future__ import annotations
 
 import json
@@ -54,8 +55,10 @@ def check_destination(dst: Path, overwrite: bool = False) -> Path:
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: exists and is a file; give a folder to write the checkpoint into")
     if dst.is_dir() and any(dst.iterdir()) and not overwrite and not is_checkpoint_of_ours(dst):
-        raise UserError(f"{dst}: exists and holds files that are not an mlx-aimv2 checkpoint; choose a new or "
-                        f"empty folder, or pass --overwrite to write ours beside them (nothing else is deleted)")
+        raise UserError(
+            f"{dst}: exists and holds files that are not an mlx-aimv2 checkpoint; choose a new or "
+            f"empty folder, or pass --overwrite to write ours beside them (nothing else is deleted)"
+        )
     return dst
 
 

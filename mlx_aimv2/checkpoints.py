@@ -5,6 +5,7 @@ names: ml-aim / legacy hub (conv OIHW), Apple's mlx_model.safetensors and our ow
 OHWI), transformers-native (split q/k/v, gate/up/down) and timm. The architecture comes from the
 tensor shapes; a config.json adds only what shapes cannot tell (head counts, eps, eos id).
 """
+
 from __future__ import annotations
 
 import json
@@ -18,15 +19,22 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .atomic import write_folder
+from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .errors import UserError
 from .preprocess import CLIP_MEAN, CLIP_STD
 from .quantize import is_quantized_weight, quantize, read_spec
 
 TOKENIZER_FILES = ("vocab.json", "merges.txt", "tokenizer.json")  # what a LiT folder carries for its text side
-WEIGHT_FILES = ("model.safetensors", "mlx_model.safetensors", "model.safetensors.index.json",
-                "pytorch_model.bin", "model.bin", "model.pt", "pytorch_model.pt")
+WEIGHT_FILES = (
+    "model.safetensors",
+    "mlx_model.safetensors",
+    "model.safetensors.index.json",
+    "pytorch_model.bin",
+    "model.bin",
+    "model.pt",
+    "pytorch_model.pt",
+)
 
 # ---------------------------------------------------------------------------- reading files
 
@@ -44,8 +52,10 @@ def find_weights(path: Path) -> Path:
     candidates = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
     if len(candidates) == 1:
         return candidates[0]
-    raise UserError(f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES[:4])}); "
-                    f"point at a checkpoint folder or a .safetensors file")
+    raise UserError(
+        f"{path}: no weights found (looked for {', '.join(WEIGHT_FILES[:4])}); "
+        f"point at a checkpoint folder or a .safetensors file"
+    )
 
 
 def read_weights(file: Path) -> dict[str, mx.array]:
@@ -65,8 +75,10 @@ def read_weights(file: Path) -> dict[str, mx.array]:
     except UserError:
         raise
     except Exception as e:  # a truncated or foreign file: say which and why, in one line
-        raise UserError(f"{file}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
-                        f"is it a complete .safetensors / .bin file?") from None
+        raise UserError(
+            f"{file}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
+            f"is it a complete .safetensors / .bin file?"
+        ) from None
     raise UserError(f"{file}: unknown checkpoint type '{file.suffix}'; use .safetensors, .bin or .pt")
 
 
@@ -74,16 +86,19 @@ def _read_torch_pickle(file: Path) -> dict[str, mx.array]:
     try:
         import torch
     except ImportError:
-        raise UserError(f"{file}: reading a PyTorch pickle needs torch (pip install torch), "
-                        f"or give the .safetensors file instead") from None
+        raise UserError(
+            f"{file}: reading a PyTorch pickle needs torch (pip install torch), or give the .safetensors file instead"
+        ) from None
     # weights_only: never unpickle arbitrary objects
     try:
         sd = torch.load(str(file), map_location="cpu", weights_only=True)
     except pickle.UnpicklingError:
-        raise UserError(f"{file}: refused - this pickle holds Python objects beyond tensors, i.e. code that would "
-                        f"run on loading, and mlx-aimv2 never runs it. If you trust the file, make a safetensors "
-                        f"copy in PyTorch (safetensors.torch.save_file(torch.load(f), 'model.safetensors')) and "
-                        f"convert that") from None
+        raise UserError(
+            f"{file}: refused - this pickle holds Python objects beyond tensors, i.e. code that would "
+            f"run on loading, and mlx-aimv2 never runs it. If you trust the file, make a safetensors "
+            f"copy in PyTorch (safetensors.torch.save_file(torch.load(f), 'model.safetensors')) and "
+            f"convert that"
+        ) from None
     if isinstance(sd, dict) and "state_dict" in sd and isinstance(sd["state_dict"], dict):
         sd = sd["state_dict"]
     out = {}
@@ -113,29 +128,38 @@ def read_config_json(folder: Path) -> Optional[dict]:
 # ---------------------------------------------------------------------------- layouts
 
 _BLOCK_HF = [  # transformers-native block keys -> ml-aim block keys
-    (r"rms_norm1\.weight", "norm_1.weight"), (r"rms_norm2\.weight", "norm_2.weight"),
-    (r"attention\.out_proj\.weight", "attn.proj.weight"), (r"ffn\.gate_proj\.weight", "mlp.fc1.weight"),
-    (r"ffn\.up_proj\.weight", "mlp.fc3.weight"), (r"ffn\.down_proj\.weight", "mlp.fc2.weight"),
+    (r"rms_norm1\.weight", "norm_1.weight"),
+    (r"rms_norm2\.weight", "norm_2.weight"),
+    (r"attention\.out_proj\.weight", "attn.proj.weight"),
+    (r"ffn\.gate_proj\.weight", "mlp.fc1.weight"),
+    (r"ffn\.up_proj\.weight", "mlp.fc3.weight"),
+    (r"ffn\.down_proj\.weight", "mlp.fc2.weight"),
 ]
 _VISION_HF = [
     (r"embeddings\.patch_embed\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
     (r"embeddings\.rms_norm\.weight", "preprocessor.patchifier.norm.weight"),
     (r"embeddings\.position_embedding\.weight", "preprocessor.pos_embed"),
     (r"rms_norm\.weight", "trunk.post_trunk_norm.weight"),
-    (r"head\.k_proj\.weight", "head.k.weight"), (r"head\.v_proj\.weight", "head.v.weight"),
-    (r"head\.output_proj\.(weight|bias)", r"head.linear.\1"), (r"head\.cls_token", "head.cls_token"),
+    (r"head\.k_proj\.weight", "head.k.weight"),
+    (r"head\.v_proj\.weight", "head.v.weight"),
+    (r"head\.output_proj\.(weight|bias)", r"head.linear.\1"),
+    (r"head\.cls_token", "head.cls_token"),
 ]
 _TEXT_HF = [
     (r"embeddings\.token_embedding\.weight", "preprocessor.text_embedding.weight"),
     (r"embeddings\.position_embedding\.weight", "preprocessor.positional_embedding"),
     (r"rms_norm\.weight", "trunk.post_trunk_norm.weight"),
 ]
-_TOP_HF = [(r"visual_projection\.weight", "image_projector.weight"),
-           (r"text_projection\.weight", "text_projector.weight"), (r"logit_scale", "log_logit_scale")]
+_TOP_HF = [
+    (r"visual_projection\.weight", "image_projector.weight"),
+    (r"text_projection\.weight", "text_projector.weight"),
+    (r"logit_scale", "log_logit_scale"),
+]
 _TIMM = [
     (r"patch_embed\.proj\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
     (r"patch_embed\.norm\.weight", "preprocessor.patchifier.norm.weight"),
-    (r"pos_embed", "preprocessor.pos_embed"), (r"norm\.weight", "trunk.post_trunk_norm.weight"),
+    (r"pos_embed", "preprocessor.pos_embed"),
+    (r"norm\.weight", "trunk.post_trunk_norm.weight"),
     (r"blocks\.(\d+)\.norm1\.weight", r"trunk.blocks.\1.norm_1.weight"),
     (r"blocks\.(\d+)\.norm2\.weight", r"trunk.blocks.\1.norm_2.weight"),
     (r"blocks\.(\d+)\.mlp\.fc1_g\.weight", r"trunk.blocks.\1.mlp.fc1.weight"),
@@ -168,11 +192,14 @@ def _from_transformers(w: dict) -> dict:
     out, unmapped = {}, []
     qkv: dict[str, dict] = {}
     for key, v in w.items():
-        for src, dst, tables in (("vision_model.", "image_encoder.", _VISION_HF), ("text_model.", "text_encoder.", _TEXT_HF),
-                                 ("", "", _VISION_HF)):
+        for src, dst, tables in (
+            ("vision_model.", "image_encoder.", _VISION_HF),
+            ("text_model.", "text_encoder.", _TEXT_HF),
+            ("", "", _VISION_HF),
+        ):
             if not key.startswith(src):
                 continue
-            rest = key[len(src):]
+            rest = key[len(src) :]
             m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.*)", rest)
             if m:
                 i, tail = m.groups()
@@ -233,16 +260,20 @@ def _depth(weights: dict, prefix: str) -> int:
     return max(idx) + 1 if idx else 0
 
 
-def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None,
-                 where: str = "config.json") -> ModelConfig:
+def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None, where: str = "config.json") -> ModelConfig:
     """The architecture from tensor shapes (our layout); `hints` (a config.json) gives head counts etc.
     and must agree with the shapes."""
     hints = hints or {}
-    odd = sorted(k for k, v in weights.items() if not mx.issubdtype(v.dtype, mx.floating)
-                 and not is_quantized_weight(k, weights) and not k.endswith(".scales"))
+    odd = sorted(
+        k
+        for k, v in weights.items()
+        if not mx.issubdtype(v.dtype, mx.floating) and not is_quantized_weight(k, weights) and not k.endswith(".scales")
+    )
     if odd:
-        raise UserError(f"{where.rsplit('/', 1)[0]}: tensor {odd[0]} is {str(weights[odd[0]].dtype).split('.')[-1]}; AIMv2 weights are "
-                        f"floating point - the file is damaged or not a model")
+        raise UserError(
+            f"{where.rsplit('/', 1)[0]}: tensor {odd[0]} is {str(weights[odd[0]].dtype).split('.')[-1]}; AIMv2 weights are "
+            f"floating point - the file is damaged or not a model"
+        )
     lit = any(k.startswith("image_encoder.") for k in weights)
     vp = "image_encoder." if lit else ""
     try:
@@ -257,28 +288,47 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None,
     if pos is not None:
         side = int(round(pos.shape[1] ** 0.5)) if pos.ndim == 3 else 0
         if pos.ndim != 3 or pos.shape[0] != 1 or pos.shape[2] != d or side * side != pos.shape[1]:
-            raise UserError(f"{where.rsplit('/', 1)[0]}: the position table has shape {tuple(pos.shape)}; it must be "
-                            f"(1, n*n, {d}) - the checkpoint is damaged")
+            raise UserError(
+                f"{where.rsplit('/', 1)[0]}: the position table has shape {tuple(pos.shape)}; it must be "
+                f"(1, n*n, {d}) - the checkpoint is damaged"
+            )
         image_size = side * patch
-    vision = VisionConfig(hidden_size=d, depth=_depth(weights, vp), num_heads=vh.get("heads", max(d // 128, 1)),
-                          mlp_hidden=mlp, patch_size=patch, image_size=image_size, num_channels=conv.shape[-1],
-                          eps=vh.get("eps", 1e-5), use_head=f"{vp}head.cls_token" in weights,
-                          head_bias=f"{vp}head.linear.bias" in weights)
+    vision = VisionConfig(
+        hidden_size=d,
+        depth=_depth(weights, vp),
+        num_heads=vh.get("heads", max(d // 128, 1)),
+        mlp_hidden=mlp,
+        patch_size=patch,
+        image_size=image_size,
+        num_channels=conv.shape[-1],
+        eps=vh.get("eps", 1e-5),
+        use_head=f"{vp}head.cls_token" in weights,
+        head_bias=f"{vp}head.linear.bias" in weights,
+    )
     _check_against(vision, vh, where)
     if not lit:
         return ModelConfig(kind="vision", vision=vision)
     tp = "text_encoder."
     emb = weights[f"{tp}preprocessor.text_embedding.weight"]
     th = _hints(hints, "text", "text_config", where)
-    text = TextConfig(vocab_size=emb.shape[0], hidden_size=emb.shape[1], depth=_depth(weights, tp),
-                      num_heads=th.get("heads", max(emb.shape[1] // 128, 1)),
-                      mlp_hidden=weights[f"{tp}trunk.blocks.0.mlp.fc1.weight"].shape[0],
-                      context_length=weights[f"{tp}preprocessor.positional_embedding"].shape[0],
-                      eos_token_id=th.get("eos", 49407), eps=th.get("eps", 1e-5))
+    text = TextConfig(
+        vocab_size=emb.shape[0],
+        hidden_size=emb.shape[1],
+        depth=_depth(weights, tp),
+        num_heads=th.get("heads", max(emb.shape[1] // 128, 1)),
+        mlp_hidden=weights[f"{tp}trunk.blocks.0.mlp.fc1.weight"].shape[0],
+        context_length=weights[f"{tp}preprocessor.positional_embedding"].shape[0],
+        eos_token_id=th.get("eos", 49407),
+        eps=th.get("eps", 1e-5),
+    )
     _check_against(text, th, where)
-    return ModelConfig(kind="lit", vision=vision, text=text,
-                       projection_dim=weights["image_projector.weight"].shape[0],
-                       max_logit_scale=float(hints.get("max_logit_scale", 100.0)))
+    return ModelConfig(
+        kind="lit",
+        vision=vision,
+        text=text,
+        projection_dim=weights["image_projector.weight"].shape[0],
+        max_logit_scale=float(hints.get("max_logit_scale", 100.0)),
+    )
 
 
 def _field(d: dict, key: str, kind, where: str, low=None):
@@ -295,10 +345,18 @@ def _field(d: dict, key: str, kind, where: str, low=None):
 
 
 # config.json keys that the tensors also tell: (ours, transformers') -> VisionConfig / TextConfig field
-_VISION_KEYS = [("hidden_size", "hidden_size", "hidden_size"), ("depth", "num_hidden_layers", "depth"),
-                ("mlp_hidden", "intermediate_size", "mlp_hidden"), ("patch_size", "patch_size", "patch_size")]
-_TEXT_KEYS = [("vocab_size", "vocab_size", "vocab_size"), ("hidden_size", "hidden_size", "hidden_size"),
-              ("depth", "num_hidden_layers", "depth"), ("mlp_hidden", "intermediate_size", "mlp_hidden")]
+_VISION_KEYS = [
+    ("hidden_size", "hidden_size", "hidden_size"),
+    ("depth", "num_hidden_layers", "depth"),
+    ("mlp_hidden", "intermediate_size", "mlp_hidden"),
+    ("patch_size", "patch_size", "patch_size"),
+]
+_TEXT_KEYS = [
+    ("vocab_size", "vocab_size", "vocab_size"),
+    ("hidden_size", "hidden_size", "hidden_size"),
+    ("depth", "num_hidden_layers", "depth"),
+    ("mlp_hidden", "intermediate_size", "mlp_hidden"),
+]
 
 
 def _section(h: dict, ours: str, theirs: str, where: str) -> tuple[dict, bool]:
@@ -324,8 +382,12 @@ def _hints(h: dict, ours: str, theirs: str, where: str) -> dict:
     if ours == "text" and sec.get("eos_token_id") is not None:
         out["eos"] = _field(sec, "eos_token_id", int, where, 0)
     keys = _VISION_KEYS if ours == "vision" else _TEXT_KEYS
-    out["shape"] = {field: (key, _field(sec, key, int, where, 1)) for mine_key, their_key, field in keys
-                    for key in [mine_key if mine else their_key] if key in sec}
+    out["shape"] = {
+        field: (key, _field(sec, key, int, where, 1))
+        for mine_key, their_key, field in keys
+        for key in [mine_key if mine else their_key]
+        if key in sec
+    }
     return out
 
 
@@ -333,8 +395,10 @@ def _check_against(cfg, hints: dict, where: str) -> None:
     """What config.json says about the architecture must be what the tensors hold."""
     for field, (key, said) in hints["shape"].items():
         if getattr(cfg, field) != said:
-            raise UserError(f"{where}: '{key}' says {said} but the weights hold {getattr(cfg, field)}; "
-                            f"the checkpoint is incomplete or the config belongs to another model")
+            raise UserError(
+                f"{where}: '{key}' says {said} but the weights hold {getattr(cfg, field)}; "
+                f"the checkpoint is incomplete or the config belongs to another model"
+            )
     if cfg.num_heads < 1 or cfg.hidden_size % cfg.num_heads:
         raise UserError(f"{where}: {cfg.num_heads} heads do not divide the width {cfg.hidden_size}")
 
@@ -346,6 +410,7 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     """(module, config, folder) for any supported checkpoint, converted in memory."""
     from . import hub
     from .models import build
+
     path = hub.resolve(str(name_or_path), revision)
     file = find_weights(path)
     folder = file.parent
@@ -356,8 +421,10 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     if hints.get("format") == "mlx_aimv2" and "quantization" in hints:
         config.quantization = read_spec(hints["quantization"], str(folder / "config.json"))
     elif packed:
-        raise UserError(f"{file}: holds quantized weights but {folder / 'config.json'} does not say how they were "
-                        f"quantized; keep the config.json that convert -q wrote beside it")
+        raise UserError(
+            f"{file}: holds quantized weights but {folder / 'config.json'} does not say how they were "
+            f"quantized; keep the config.json that convert -q wrote beside it"
+        )
     given = hints.get("name") if hints.get("format") == "mlx_aimv2" and isinstance(hints.get("name"), str) else None
     config.name = given or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else architecture_name(config))
     module = build(config)
@@ -383,8 +450,15 @@ def load_into(model, weights: dict[str, mx.array], source: str, dtype=None):
     return model
 
 
-def save(model, config: ModelConfig, out_dir: Path, preprocessor: Optional[dict] = None,
-         extra_files: tuple = (), metadata: Optional[dict] = None, overwrite: bool = False) -> Path:
+def save(
+    model,
+    config: ModelConfig,
+    out_dir: Path,
+    preprocessor: Optional[dict] = None,
+    extra_files: tuple = (),
+    metadata: Optional[dict] = None,
+    overwrite: bool = False,
+) -> Path:
     """Write model.safetensors + config.json + preprocessor_config.json atomically (atomic.write_folder)."""
     weights = dict(tree_flatten(model.parameters()))
 
@@ -394,6 +468,7 @@ def save(model, config: ModelConfig, out_dir: Path, preprocessor: Optional[dict]
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
         copy_files(extra_files, tmp)
+
     return write_folder(out_dir, write, overwrite)
 
 
@@ -413,7 +488,17 @@ def default_preprocessor(config: ModelConfig) -> dict:
     v = config.vision
     native = v.native
     size = v.image_size or 224
-    return {"image_processor_type": "CLIPImageProcessor", "do_resize": not native,
-            "size": {"shortest_edge": size}, "resample": 3, "do_center_crop": not native,
-            "crop_size": {"height": size, "width": size}, "do_rescale": True, "rescale_factor": 1 / 255,
-            "do_normalize": True, "image_mean": list(CLIP_MEAN), "image_std": list(CLIP_STD), "do_convert_rgb": True}
+    return {
+        "image_processor_type": "CLIPImageProcessor",
+        "do_resize": not native,
+        "size": {"shortest_edge": size},
+        "resample": 3,
+        "do_center_crop": not native,
+        "crop_size": {"height": size, "width": size},
+        "do_rescale": True,
+        "rescale_factor": 1 / 255,
+        "do_normalize": True,
+        "image_mean": list(CLIP_MEAN),
+        "image_std": list(CLIP_STD),
+        "do_convert_rgb": True,
+    }

@@ -1,4 +1,5 @@
 """The `mlx-aimv2` command: parses, calls the library, prints. Knows nothing of tensors."""
+
 from __future__ import annotations
 
 import functools
@@ -8,20 +9,24 @@ from typing import List, Optional
 
 import typer
 
+from .config import ENCODERS as _ENCODERS  # noqa: E402  (help texts: the preset names and training defaults)
 from .errors import UserError
 from .paths import expand_paths
-
-from .config import ENCODERS as _ENCODERS  # noqa: E402  (help texts: the preset names and training defaults)
 from .train.config import TrainConfig as _TrainConfig  # noqa: E402
 
 _TRAIN = _TrainConfig()
 
-app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
-                  help="AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train.")
+app = typer.Typer(
+    add_completion=False,
+    no_args_is_help=True,
+    pretty_exceptions_enable=False,
+    help="AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train.",
+)
 
 
 def user_errors(fn):
     """A UserError ends the command with one line on stderr and exit status 1, no traceback."""
+
     @functools.wraps(fn)
     def wrapper(*a, **kw):
         try:
@@ -32,19 +37,24 @@ def user_errors(fn):
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
             raise typer.Exit(130) from None
+
     return wrapper
 
 
 def _version(value: bool):
     if value:
         from . import __version__
+
         typer.echo(f"mlx-aimv2 {__version__}")
         raise typer.Exit()
 
 
 @app.callback()
-def _main(version: bool = typer.Option(False, "--version", callback=_version, is_eager=True,
-                                       help="print the version and exit")):
+def _main(
+    version: bool = typer.Option(
+        False, "--version", callback=_version, is_eager=True, help="print the version and exit"
+    ),
+):
     """AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train."""
 
 
@@ -53,6 +63,7 @@ def _main(version: bool = typer.Option(False, "--version", callback=_version, is
 def doctor():
     """Report the MLX version, backend, device, memory and (on Linux) the BLAS in use."""
     from .environment import report
+
     for k, v in report():
         typer.echo(f"{k:>20}: {v}")
 
@@ -61,32 +72,39 @@ def doctor():
 def models():
     """List the published checkpoints this package knows: parameters and size in fp32, bf16, 8 and 4 bits."""
     from .config import PRESETS, checkpoint_bytes, count_params
+
     typer.echo(f"{'':<44} {'params':>9} {'fp32':>9} {'bf16':>9} {'8-bit':>9} {'4-bit':>9}")
     typer.echo(f"{'demo':<44} the small checkpoint bundled in weights/demo")
     typer.echo(f"{'demo-lit':<44} its LiT text side (weights/demo-lit): text search offline")
     gb = lambda n: f"{n / 1e9:8.2f}G"  # noqa: E731
     for name, cfg in PRESETS.items():
         # quantized sizes as `convert -q` writes them from the published fp32 files (group 64)
-        typer.echo(f"{'apple/' + name:<44} {count_params(cfg) / 1e6:8.1f}M {gb(checkpoint_bytes(cfg))} "
-                   f"{gb(checkpoint_bytes(cfg, 2))} {gb(checkpoint_bytes(cfg, 4, 8))} {gb(checkpoint_bytes(cfg, 4, 4))}")
+        typer.echo(
+            f"{'apple/' + name:<44} {count_params(cfg) / 1e6:8.1f}M {gb(checkpoint_bytes(cfg))} "
+            f"{gb(checkpoint_bytes(cfg, 2))} {gb(checkpoint_bytes(cfg, 4, 8))} {gb(checkpoint_bytes(cfg, 4, 4))}"
+        )
 
 
 @app.command()
 @user_errors
-def convert(src: str = typer.Argument(..., help="hub id, model name, local folder or weight file"),
-            dst: Path = typer.Argument(..., help="output folder"),
-            dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [default: the source's]"),
-            revision: Optional[str] = typer.Option(None, help="hub revision (default: the pinned one)"),
-            overwrite: bool = typer.Option(False, "--overwrite",
-                                           help="write into a non-empty folder (only our files are replaced)"),
-            quantize: bool = typer.Option(False, "--quantize", "-q", help="quantize the transformer blocks"),
-            q_bits: int = typer.Option(8, "--q-bits", help="bits per weight: 4, 6 or 8 (affine also 2, 3, 5)"),
-            q_group_size: int = typer.Option(64, "--q-group-size", help="weights per scale: 32, 64 or 128"),
-            q_mode: str = typer.Option("affine", "--q-mode", help="affine | mxfp4 | mxfp8 | nvfp4")):
+def convert(
+    src: str = typer.Argument(..., help="hub id, model name, local folder or weight file"),
+    dst: Path = typer.Argument(..., help="output folder"),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [default: the source's]"),
+    revision: Optional[str] = typer.Option(None, help="hub revision (default: the pinned one)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="write into a non-empty folder (only our files are replaced)"
+    ),
+    quantize: bool = typer.Option(False, "--quantize", "-q", help="quantize the transformer blocks"),
+    q_bits: int = typer.Option(8, "--q-bits", help="bits per weight: 4, 6 or 8 (affine also 2, 3, 5)"),
+    q_group_size: int = typer.Option(64, "--q-group-size", help="weights per scale: 32, 64 or 128"),
+    q_mode: str = typer.Option("affine", "--q-mode", help="affine | mxfp4 | mxfp8 | nvfp4"),
+):
     """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX, optionally
     quantized (docs/quantization.md: what it costs in fidelity, size and speed)."""
     from .api import convert as run
     from .quantize import spec
+
     q = spec(q_bits, q_group_size, q_mode) if quantize else None
     out = run(src, dst, dtype, revision, overwrite, q)
     typer.echo(f"wrote {out}/model.safetensors, config.json, preprocessor_config.json")
@@ -94,26 +112,44 @@ def convert(src: str = typer.Argument(..., help="hub id, model name, local folde
 
 @app.command()
 @user_errors
-def embed(paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
-          model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False,
-                                              help="hub id, local checkpoint or 'demo'  \\[default: "
-                                                   "apple/aimv2-large-patch14-224, else the demo]"),
-          pool: str = typer.Option("mean", help="mean | none | attn (LiT head)"),
-          layers: Optional[str] = typer.Option(None, help="comma-separated block indices, e.g. '-1,12': block k's "
-                                                          "output before the final norm (transformers' hidden_states[k+1])"),
-          batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
-          output: Optional[Path] = typer.Option(None, "--output", "-o",
-                                                help=".npy (one array; the file order goes to .files.txt), "
-                                                     ".safetensors or .jsonl (file names kept)"),
-          pca: Optional[Path] = typer.Option(None, help="save a PCA picture of the patch features here (.png)"),
-          fast_decode: bool = typer.Option(False, "--fast-decode",
-                                           help="decode large JPEGs at reduced size first (several times faster; "
-                                                "pixels differ slightly from CLIPImageProcessor: docs/performance.md)"),
-          revision: Optional[str] = typer.Option(None, help="hub revision (a branch, tag or commit) of --model; "
-                                                              "default: the revision this package was tested with")):
+def embed(
+    paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        show_default=False,
+        help="hub id, local checkpoint or 'demo'  \\[default: apple/aimv2-large-patch14-224, else the demo]",
+    ),
+    pool: str = typer.Option("mean", help="mean | none | attn (LiT head)"),
+    layers: Optional[str] = typer.Option(
+        None,
+        help="comma-separated block indices, e.g. '-1,12': block k's "
+        "output before the final norm (transformers' hidden_states[k+1])",
+    ),
+    batch_size: int = typer.Option(8, "--batch-size", "-b", min=1),
+    output: Optional[Path] = typer.Option(
+        None,
+        "--output",
+        "-o",
+        help=".npy (one array; the file order goes to .files.txt), .safetensors or .jsonl (file names kept)",
+    ),
+    pca: Optional[Path] = typer.Option(None, help="save a PCA picture of the patch features here (.png)"),
+    fast_decode: bool = typer.Option(
+        False,
+        "--fast-decode",
+        help="decode large JPEGs at reduced size first (several times faster; "
+        "pixels differ slightly from CLIPImageProcessor: docs/performance.md)",
+    ),
+    revision: Optional[str] = typer.Option(
+        None,
+        help="hub revision (a branch, tag or commit) of --model; default: the revision this package was tested with",
+    ),
+):
     """Embed images: pooled embeddings or patch tokens, optionally intermediate layers."""
     from . import writers
     from .api import load
+
     writer = writers.Writer(output) if output is not None else None  # a bad destination fails before any work
     try:
         files, errors = expand_paths(paths)
@@ -124,11 +160,19 @@ def embed(paths: List[str] = typer.Argument(..., help="image files, folders (rec
         layer_ids = m.check_layers(_parse_layers(layers))
         if output is not None and output.suffix == ".npy" and layer_ids:
             raise UserError(f"{output}: .npy holds one array, and --layers adds more; use .safetensors or .jsonl")
-        if (output is not None and output.suffix == ".npy" and pool == "none" and m.config.vision.native
-                and len(files) > 1):
-            raise UserError(f"{output}: the native model's tokens differ in size per image and .npy holds one "
-                            f"array; use {' or '.join(writers.RAGGED_FORMATS)}")
+        if (
+            output is not None
+            and output.suffix == ".npy"
+            and pool == "none"
+            and m.config.vision.native
+            and len(files) > 1
+        ):
+            raise UserError(
+                f"{output}: the native model's tokens differ in size per image and .npy holds one "
+                f"array; use {' or '.join(writers.RAGGED_FORMATS)}"
+            )
         from tqdm import tqdm
+
         it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors)
         names = []
         for item, feats in tqdm(it, total=len(files), disable=len(files) <= batch_size, unit="img", desc="embed"):
@@ -162,6 +206,7 @@ def _load_default(revision):
     """Apple's L/14-224 when the hub or its cache has it, else the bundled demo checkpoint."""
     from .api import load
     from .hub import BUNDLED, DEFAULT_MODEL
+
     try:
         return load(DEFAULT_MODEL, revision)
     except UserError as e:
@@ -182,6 +227,7 @@ def _parse_layers(layers: Optional[str]):
 def _save_pca(m, names, out: Path):
     from .preprocess import load_image
     from .viz import save_pca
+
     imgs, toks, grids = [], [], []
     p = m.config.vision.patch_size
     for name in names:
@@ -195,12 +241,15 @@ def _save_pca(m, names, out: Path):
 
 @app.command()
 @user_errors
-def classify(image: Path = typer.Argument(...),
-             labels: str = typer.Option(..., help="comma-separated labels, e.g. 'a cat,a dog'"),
-             model: str = typer.Option("apple/aimv2-large-patch14-224-lit", "--model", "-m"),
-             template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label")):
+def classify(
+    image: Path = typer.Argument(...),
+    labels: str = typer.Option(..., help="comma-separated labels, e.g. 'a cat,a dog'"),
+    model: str = typer.Option("apple/aimv2-large-patch14-224-lit", "--model", "-m"),
+    template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label"),
+):
     """Zero-shot classification with the LiT image-text model."""
     from .api import load
+
     names = [l.strip() for l in labels.split(",") if l.strip()]
     if not names:
         raise UserError("--labels is empty; give comma-separated labels")
@@ -218,26 +267,33 @@ app.add_typer(tokenizer_app, name="tokenizer")
 
 @data_app.command("synth")
 @user_errors
-def data_synth(out: Path = typer.Argument(..., help="output folder"),
-               n: int = typer.Option(1000, "--n", min=1, help="number of scenes"),
-               size: int = typer.Option(128, help="image side in pixels"),
-               max_objects: int = typer.Option(3, "--max-objects", min=1, max=3,
-                                               help="1 makes a probe set where every attribute is defined"),
-               seed: int = typer.Option(0)):
+def data_synth(
+    out: Path = typer.Argument(..., help="output folder"),
+    n: int = typer.Option(1000, "--n", min=1, help="number of scenes"),
+    size: int = typer.Option(128, help="image side in pixels"),
+    max_objects: int = typer.Option(
+        3, "--max-objects", min=1, max=3, help="1 makes a probe set where every attribute is defined"
+    ),
+    seed: int = typer.Option(0),
+):
     """Write a synthetic captioned set: coloured shapes, captions saying what is where."""
     from .data.synth import write_synthetic
+
     write_synthetic(out, n, size, seed, progress=n > 200, max_objects=max_objects)
     typer.echo(f"wrote {n} images and {out}/captions.jsonl")
 
 
 @tokenizer_app.command("train")
 @user_errors
-def tokenizer_train(captions: Path = typer.Argument(..., help="captions file (.jsonl/.csv/.tsv), folder or shards"),
-                    vocab_size: int = typer.Option(1024, "--vocab-size", min=260),
-                    out: Path = typer.Option(Path("tokenizer.json"), "--out", "-o")):
+def tokenizer_train(
+    captions: Path = typer.Argument(..., help="captions file (.jsonl/.csv/.tsv), folder or shards"),
+    vocab_size: int = typer.Option(1024, "--vocab-size", min=260),
+    out: Path = typer.Option(Path("tokenizer.json"), "--out", "-o"),
+):
     """Train a byte-level BPE on the captions of a dataset."""
     from .data import open_dataset
     from .tokenizer import train_bpe
+
     ds = open_dataset(str(captions))
     tok = train_bpe((s.caption for s in ds.samples), vocab_size, out)
     typer.echo(f"trained a {tok.vocab_size}-token BPE on {len(ds)} captions -> {out}")
@@ -245,29 +301,46 @@ def tokenizer_train(captions: Path = typer.Argument(..., help="captions file (.j
 
 @app.command()
 @user_errors
-def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML config file"),
-          data: Optional[str] = typer.Option(None, help="captions file (.jsonl/.csv/.tsv), folder or tar shards"),
-          out: Optional[str] = typer.Option(None, help=f"run folder (checkpoints, metrics, plots) \\[default: {_TRAIN.out}]"),
-          encoder: Optional[str] = typer.Option(None, help=f"{' | '.join(_ENCODERS)} \\[default: {_TRAIN.encoder}]"),
-          init: Optional[str] = typer.Option(None, help="start the encoder from this checkpoint (hub id, folder, file)"),
-          image_size: Optional[int] = typer.Option(None, "--image-size",
-                                                   help=f"training resolution in px \\[default: {_TRAIN.image_size}]"),
-          batch_size: Optional[int] = typer.Option(None, "--batch-size", "-b",
-                                                   help=f"global batch \\[default: {_TRAIN.batch_size}]"),
-          steps: Optional[int] = typer.Option(None, help=f"optimizer steps \\[default: {_TRAIN.steps}]"),
-          lr: Optional[float] = typer.Option(None, help=f"peak learning rate \\[default: {_TRAIN.lr}]"),
-          objective: Optional[str] = typer.Option(None, help=f"aimv2 | image | text | lit (LiT tuning of the frozen "
-                                                             f"--init encoder) \\[default: {_TRAIN.objective}]"),
-          dtype: Optional[str] = typer.Option(None, help=f"float32 | bfloat16 compute \\[default: {_TRAIN.dtype}]"),
-          set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200 (README: Config)"),
-          resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
-          progress: bool = typer.Option(True, "--progress/--no-progress")):
+def train(
+    config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML config file"),
+    data: Optional[str] = typer.Option(None, help="captions file (.jsonl/.csv/.tsv), folder or tar shards"),
+    out: Optional[str] = typer.Option(None, help=f"run folder (checkpoints, metrics, plots) \\[default: {_TRAIN.out}]"),
+    encoder: Optional[str] = typer.Option(None, help=f"{' | '.join(_ENCODERS)} \\[default: {_TRAIN.encoder}]"),
+    init: Optional[str] = typer.Option(None, help="start the encoder from this checkpoint (hub id, folder, file)"),
+    image_size: Optional[int] = typer.Option(
+        None, "--image-size", help=f"training resolution in px \\[default: {_TRAIN.image_size}]"
+    ),
+    batch_size: Optional[int] = typer.Option(
+        None, "--batch-size", "-b", help=f"global batch \\[default: {_TRAIN.batch_size}]"
+    ),
+    steps: Optional[int] = typer.Option(None, help=f"optimizer steps \\[default: {_TRAIN.steps}]"),
+    lr: Optional[float] = typer.Option(None, help=f"peak learning rate \\[default: {_TRAIN.lr}]"),
+    objective: Optional[str] = typer.Option(
+        None,
+        help=f"aimv2 | image | text | lit (LiT tuning of the frozen --init encoder) \\[default: {_TRAIN.objective}]",
+    ),
+    dtype: Optional[str] = typer.Option(None, help=f"float32 | bfloat16 compute \\[default: {_TRAIN.dtype}]"),
+    set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200 (README: Config)"),
+    resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
     """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init), or LiT-tune a
     text side onto a frozen --init encoder (--objective lit)."""
     from .train import Trainer, build_config, read_config
     from .train.checkpoint import saved_config
-    flags = dict(data=data, out=out, encoder=encoder, init=init, image_size=image_size, batch_size=batch_size,
-                 steps=steps, lr=lr, objective=objective, dtype=dtype)
+
+    flags = dict(
+        data=data,
+        out=out,
+        encoder=encoder,
+        init=init,
+        image_size=image_size,
+        batch_size=batch_size,
+        steps=steps,
+        lr=lr,
+        objective=objective,
+        dtype=dtype,
+    )
     given = read_config(config, flags, set_)
     # a resumed run continues with the config saved in its checkpoint; flags change only what may change
     cfg = build_config(given, saved_config(Path(given.get("out", "runs/aimv2"))) if resume else None)
@@ -275,7 +348,9 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
     result = trainer.run(progress=progress)
     last = result["last"]
     if trainer.rank == 0:  # the rank that writes checkpoints and the export
-        typer.echo(f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}; checkpoint {result['checkpoint']}")
+        typer.echo(
+            f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}; checkpoint {result['checkpoint']}"
+        )
     if result["interrupted"]:
         raise typer.Exit(130)
     if trainer.rank == 0:
@@ -286,21 +361,27 @@ def train(config: Optional[Path] = typer.Option(None, "--config", "-c", help="TO
 
 @app.command()
 @user_errors
-def export(src: str = typer.Argument(..., help="a training run folder or checkpoint, or any checkpoint we load"),
-           out: Path = typer.Argument(..., help="output folder"),
-           format: str = typer.Option("mlx", "--format", help="mlx (for embed) | transformers (for PyTorch)"),
-           overwrite: bool = typer.Option(False, "--overwrite",
-                                          help="write into a non-empty folder (only our files are replaced)")):
+def export(
+    src: str = typer.Argument(..., help="a training run folder or checkpoint, or any checkpoint we load"),
+    out: Path = typer.Argument(..., help="output folder"),
+    format: str = typer.Option("mlx", "--format", help="mlx (for embed) | transformers (for PyTorch)"),
+    overwrite: bool = typer.Option(
+        False, "--overwrite", help="write into a non-empty folder (only our files are replaced)"
+    ),
+):
     """Export a model: a run's encoder for `embed`, or any model for transformers' from_pretrained."""
     if format == "transformers":
         from .export import export_transformers
+
         typer.echo(f"wrote {export_transformers(src, out, overwrite)} (transformers: from_pretrained)")
         return
     if format != "mlx":
         raise UserError(f"--format {format}: use mlx or transformers")
     from .train import checkpoint, export_run
+
     if checkpoint.latest(Path(src)) is None:
         from .api import convert as run
+
         typer.echo(f"wrote {run(src, out, overwrite=overwrite)}")
         return
     typer.echo(f"wrote {export_run(Path(src), out, overwrite)}")
@@ -308,22 +389,32 @@ def export(src: str = typer.Argument(..., help="a training run folder or checkpo
 
 @app.command()
 @user_errors
-def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to probe (hub id, folder, 'demo')"),
-          data: Path = typer.Option(..., help="a synthetic set (captions.jsonl with labels) or an image folder"),
-          attributes: str = typer.Option("colour,shape,position,size,count",
-                                         help="synthetic set: which scene attributes to classify"),
-          methods: str = typer.Option("attentive,linear,knn", help="attentive | linear | knn"),
-          epochs: int = typer.Option(30, min=1, help="training epochs of the linear and attentive probes; raised "
-                                                     "so that each fits for at least 500 steps on small sets"),
-          random_init: bool = typer.Option(False, "--random-init", help="re-initialise the weights: the floor"),
-          output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
-          cache: Optional[Path] = typer.Option(None, help="where computed features are kept "
-                                                          "[default: the user cache, ~/.cache/mlx-aimv2]"),
-          seed: int = typer.Option(0)):
+def probe(
+    model: str = typer.Option(..., "--model", "-m", help="checkpoint to probe (hub id, folder, 'demo')"),
+    data: Path = typer.Option(..., help="a synthetic set (captions.jsonl with labels) or an image folder"),
+    attributes: str = typer.Option(
+        "colour,shape,position,size,count", help="synthetic set: which scene attributes to classify"
+    ),
+    methods: str = typer.Option("attentive,linear,knn", help="attentive | linear | knn"),
+    epochs: int = typer.Option(
+        30,
+        min=1,
+        help="training epochs of the linear and attentive probes; raised "
+        "so that each fits for at least 500 steps on small sets",
+    ),
+    random_init: bool = typer.Option(False, "--random-init", help="re-initialise the weights: the floor"),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
+    cache: Optional[Path] = typer.Option(
+        None, help="where computed features are kept [default: the user cache, ~/.cache/mlx-aimv2]"
+    ),
+    seed: int = typer.Option(0),
+):
     """Frozen-trunk probes (attentive, linear, k-NN): top-1 accuracy on held-out images."""
     import json
+
     from .api import load
     from .eval import probe as P
+
     m = load(model)
     if random_init:
         P.reinitialize(m, seed)
@@ -333,8 +424,14 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
     cache = cache or Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mlx-aimv2" / "probe"
     top1 = P.probe_all(m, sets, cache if m.folder else None, [x.strip() for x in methods.split(",")], epochs, seed)
     n_train = {t: int(ds.split.sum()) for t, ds in sets.items()}
-    results = {"model": model, "random_init": random_init, "data": str(data), "epochs_asked": epochs,
-               "epochs": {t: P.effective_epochs(epochs, n) for t, n in n_train.items()}, "top1": top1}
+    results = {
+        "model": model,
+        "random_init": random_init,
+        "data": str(data),
+        "epochs_asked": epochs,
+        "epochs": {t: P.effective_epochs(epochs, n) for t, n in n_train.items()},
+        "top1": top1,
+    }
     for t, r in top1.items():
         typer.echo(f"{t:>10}: " + "  ".join(f"{k} {v:5.1f}%" for k, v in r.items()))
     if output:
@@ -345,29 +442,43 @@ def probe(model: str = typer.Option(..., "--model", "-m", help="checkpoint to pr
 
 @app.command()
 @user_errors
-def index(paths: List[str] = typer.Argument(..., help="folders (recursive), image files or globs"),
-          db: Path = typer.Option(..., "--db", help="the index file (SQLite), made if missing, e.g. lib.aimv2"),
-          model: Optional[str] = typer.Option(None, "--model", "-m", show_default=False,
-                                              help="for a new index: a LiT model (text and image search) or any "
-                                                   "encoder (image search)  \\[default: apple/aimv2-large-patch14-224-lit, "
-                                                   "else demo-lit]"),
-          batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per batch and per commit"),
-          fast_decode: bool = typer.Option(False, "--fast-decode",
-                                           help="decode large JPEGs at reduced size first (several times faster)"),
-          progress: bool = typer.Option(True, "--progress/--no-progress")):
+def index(
+    paths: List[str] = typer.Argument(..., help="folders (recursive), image files or globs"),
+    db: Path = typer.Option(..., "--db", help="the index file (SQLite), made if missing, e.g. lib.aimv2"),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        show_default=False,
+        help="for a new index: a LiT model (text and image search) or any "
+        "encoder (image search)  \\[default: apple/aimv2-large-patch14-224-lit, "
+        "else demo-lit]",
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per batch and per commit"),
+    fast_decode: bool = typer.Option(
+        False, "--fast-decode", help="decode large JPEGs at reduced size first (several times faster)"
+    ),
+    progress: bool = typer.Option(True, "--progress/--no-progress"),
+):
     """Index a photo library for search: embeds new and changed images, drops deleted ones."""
     import time
+
     from .index import Index
+
     t0 = time.perf_counter()
     with Index(db, model) as lib:
         try:
             s = lib.add(paths, batch_size, progress, fast_decode=fast_decode)
         except KeyboardInterrupt:
-            typer.echo(f"interrupted: the {len(lib)} images committed to {db} are kept; run the same command "
-                       f"again to continue", err=True)
+            typer.echo(
+                f"interrupted: the {len(lib)} images committed to {db} are kept; run the same command "
+                f"again to continue",
+                err=True,
+            )
             raise typer.Exit(130) from None
-        typer.echo(f"{db}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; "
-                   f"{time.perf_counter() - t0:.1f} s)")
+        typer.echo(
+            f"{db}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; {time.perf_counter() - t0:.1f} s)"
+        )
         for p, why in s.missing:
             typer.echo(f"  {p}: {why}", err=True)
         if s.bad:
@@ -382,15 +493,19 @@ def index(paths: List[str] = typer.Argument(..., help="folders (recursive), imag
 
 @app.command()
 @user_errors
-def search(db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 index`"),
-           query: Optional[str] = typer.Argument(None, help="what to look for, in words (needs a LiT index)"),
-           image: Optional[str] = typer.Option(None, "--image", help="find images like this one instead"),
-           k: int = typer.Option(10, "-k", min=1, help="how many results"),
-           grid: Optional[Path] = typer.Option(None, "--grid", help="save a contact sheet of the hits (.png/.jpg)"),
-           as_json: bool = typer.Option(False, "--json", help="print the hits as JSON, for scripts")):
+def search(
+    db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 index`"),
+    query: Optional[str] = typer.Argument(None, help="what to look for, in words (needs a LiT index)"),
+    image: Optional[str] = typer.Option(None, "--image", help="find images like this one instead"),
+    k: int = typer.Option(10, "-k", min=1, help="how many results"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="save a contact sheet of the hits (.png/.jpg)"),
+    as_json: bool = typer.Option(False, "--json", help="print the hits as JSON, for scripts"),
+):
     """Search an index by text or by example image: paths and cosine scores, best first."""
     import json
+
     from .index import Index
+
     if query is None and image is None:
         raise UserError("give a text query, or --image PATH")
     if query is not None and image is not None:
@@ -406,31 +521,40 @@ def search(db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 inde
             typer.echo(f"{i:>3}  {h.score:.4f}  {h.path}")
     if grid is not None:
         from .viz import contact_sheet
-        contact_sheet([h.path for h in hits], [f"{i}. {h.score:.3f}\n{Path(h.path).name}" for i, h in enumerate(hits, 1)],
-                      grid)
+
+        contact_sheet(
+            [h.path for h in hits], [f"{i}. {h.score:.3f}\n{Path(h.path).name}" for i, h in enumerate(hits, 1)], grid
+        )
         typer.echo(f"saved {grid}", err=as_json)
 
 
 @app.command()
 @user_errors
-def retrieval(model: str = typer.Option(..., "--model", "-m", help="a LiT model (folder, hub id, 'demo-lit')"),
-              data: str = typer.Option(..., help="captioned images: a captions file or folder, as train reads"),
-              limit: Optional[int] = typer.Option(None, min=2, help="use the first N pairs"),
-              random_init: bool = typer.Option(False, "--random-init",
-                                               help="re-initialise the head, projections and text tower: the floor"),
-              output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
-              seed: int = typer.Option(0)):
+def retrieval(
+    model: str = typer.Option(..., "--model", "-m", help="a LiT model (folder, hub id, 'demo-lit')"),
+    data: str = typer.Option(..., help="captioned images: a captions file or folder, as train reads"),
+    limit: Optional[int] = typer.Option(None, min=2, help="use the first N pairs"),
+    random_init: bool = typer.Option(
+        False, "--random-init", help="re-initialise the head, projections and text tower: the floor"
+    ),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="save results as JSON"),
+    seed: int = typer.Option(0),
+):
     """Text->image and image->text recall@1 and @5 of a LiT model on held-out captioned images."""
     import json
+
     from .api import load
     from .eval import retrieval as R
+
     m = load(model)
     m._need_lit()
     if random_init:
         R.randomize_text_side(m, seed)
     r = {"model": model, "random_init": random_init, "data": data, **R.evaluate(m, data, limit)}
-    typer.echo(f"{r['n']} pairs ({r['distinct_captions']} distinct captions): " + "  ".join(
-        f"{k} {r[k]:.1f}%" for k in r if "@" in k))
+    typer.echo(
+        f"{r['n']} pairs ({r['distinct_captions']} distinct captions): "
+        + "  ".join(f"{k} {r[k]:.1f}%" for k in r if "@" in k)
+    )
     if output:
         output.parent.mkdir(parents=True, exist_ok=True)
         output.write_text(json.dumps(r, indent=2) + "\n")
@@ -440,6 +564,7 @@ def retrieval(model: str = typer.Option(..., "--model", "-m", help="a LiT model 
 def main():
     """The CLI, for programs that call it: runs in this process as it is."""
     import warnings
+
     # a warning (the slow BLAS) is one line on stderr, as errors are
     warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)
     try:
@@ -454,6 +579,7 @@ def console():
     itself with Debian's OpenBLAS when that is installed but not loaded (cpu.restart_with_openblas)."""
     try:
         from .cpu import restart_with_openblas
+
         restart_with_openblas()
     except KeyboardInterrupt:
         raise SystemExit(130) from None

@@ -3,6 +3,7 @@
 Configs are plain dataclasses; `to_dict` / `from_dict` round-trip through the
 `config.json` that sits next to a converted checkpoint.
 """
+
 from __future__ import annotations
 
 import dataclasses
@@ -22,8 +23,9 @@ def _from_dict(cls, d: dict, what: str):
     names = {f.name for f in dataclasses.fields(cls)}
     unknown = set(d) - names
     if unknown:
-        raise UserError(f"unknown {what} config key(s): {', '.join(sorted(unknown))}; "
-                        f"valid keys are {', '.join(sorted(names))}")
+        raise UserError(
+            f"unknown {what} config key(s): {', '.join(sorted(unknown))}; valid keys are {', '.join(sorted(names))}"
+        )
     return cls(**d)
 
 
@@ -34,10 +36,10 @@ class VisionConfig:
     num_heads: int = 8
     mlp_hidden: int = 2816
     patch_size: int = 14
-    image_size: Optional[int] = 224   # None: native resolution (2D sin-cos positions)
+    image_size: Optional[int] = 224  # None: native resolution (2D sin-cos positions)
     num_channels: int = 3
     eps: float = 1e-5
-    use_head: bool = False            # LiT attention-pool head
+    use_head: bool = False  # LiT attention-pool head
     head_bias: bool = True
 
     @property
@@ -80,7 +82,8 @@ class TextConfig:
 @dataclass
 class ModelConfig:
     """What a checkpoint folder's config.json describes: a vision encoder, or the LiT pair."""
-    kind: str = "vision"              # "vision" | "lit"
+
+    kind: str = "vision"  # "vision" | "lit"
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: Optional[TextConfig] = None
     projection_dim: int = 768
@@ -90,13 +93,16 @@ class ModelConfig:
     quantization: Optional[dict] = None  # {"bits", "group_size", "mode"} when the blocks are quantized
 
     def to_dict(self) -> dict:
-        d = {"format": "mlx_aimv2", "kind": self.kind, "name": self.name,
-             "vision": self.vision.to_dict()}
+        d = {"format": "mlx_aimv2", "kind": self.kind, "name": self.name, "vision": self.vision.to_dict()}
         if self.quantization:
             d["quantization"] = dict(self.quantization)
         if self.kind == "lit":
-            d.update(text=self.text.to_dict(), projection_dim=self.projection_dim,
-                     init_temperature=self.init_temperature, max_logit_scale=self.max_logit_scale)
+            d.update(
+                text=self.text.to_dict(),
+                projection_dim=self.projection_dim,
+                init_temperature=self.init_temperature,
+                max_logit_scale=self.max_logit_scale,
+            )
         return d
 
 
@@ -110,10 +116,10 @@ class DecoderConfig:
     width: int = 1024
     depth: int = 12
     num_heads: int = 8
-    mlp_hidden: Optional[int] = None   # default: the SwiGLU rule for `width`
+    mlp_hidden: Optional[int] = None  # default: the SwiGLU rule for `width`
     vocab_size: int = 32000
     context_length: int = 77
-    ratio: Optional[float] = None       # size the decoder as this fraction of the encoder's parameters
+    ratio: Optional[float] = None  # size the decoder as this fraction of the encoder's parameters
 
     def resolved(self, enc: VisionConfig) -> "DecoderConfig":
         """Fill in width / mlp from `ratio` (depth and head size kept) and the SwiGLU rule."""
@@ -139,7 +145,9 @@ ENCODERS = {  # name: ((hidden, depth, heads), the decoder it gets by default in
     "demo": ((192, 6, 3), dict(width=192, depth=3, num_heads=3, ratio=0.5)),
     "vit-s": ((384, 12, 6), dict(width=384, depth=6, num_heads=6, ratio=0.5)),
     "vit-b": ((768, 12, 6), dict(width=768, depth=6, num_heads=6, ratio=0.5)),
-    "large": ((1024, 24, 8), {}), "huge": ((1536, 24, 12), {}), "1B": ((2048, 24, 16), {}),
+    "large": ((1024, 24, 8), {}),
+    "huge": ((1536, 24, 12), {}),
+    "1B": ((2048, 24, 16), {}),
     "3B": ((3072, 24, 24), {}),
 }
 PUBLISHED_SIZES = ("large", "huge", "1B", "3B")
@@ -147,11 +155,18 @@ PUBLISHED_SIZES = ("large", "huge", "1B", "3B")
 
 def vision_preset(size: str, image_size: Optional[int] = 224, patch_size: int = 14) -> VisionConfig:
     (d, depth, h), _ = ENCODERS[size]
-    return VisionConfig(hidden_size=d, depth=depth, num_heads=h, mlp_hidden=swiglu_hidden(d),
-                        patch_size=patch_size, image_size=image_size)
+    return VisionConfig(
+        hidden_size=d,
+        depth=depth,
+        num_heads=h,
+        mlp_hidden=swiglu_hidden(d),
+        patch_size=patch_size,
+        image_size=image_size,
+    )
 
 
 # --- the published checkpoints -------------------------------------------------------------
+
 
 def _published() -> dict[str, ModelConfig]:
     out = {}
@@ -162,11 +177,13 @@ def _published() -> dict[str, ModelConfig]:
     for res in (224, 336):
         name = f"aimv2-large-patch14-{res}-distilled"
         out[name] = ModelConfig(vision=vision_preset("large", res), name=name)
-    out["aimv2-large-patch14-native"] = ModelConfig(vision=vision_preset("large", None),
-                                                    name="aimv2-large-patch14-native")
+    out["aimv2-large-patch14-native"] = ModelConfig(
+        vision=vision_preset("large", None), name="aimv2-large-patch14-native"
+    )
     lit_vision = dataclasses.replace(vision_preset("large", 224), use_head=True)
-    out["aimv2-large-patch14-224-lit"] = ModelConfig(kind="lit", vision=lit_vision, text=TextConfig(),
-                                                     name="aimv2-large-patch14-224-lit")
+    out["aimv2-large-patch14-224-lit"] = ModelConfig(
+        kind="lit", vision=lit_vision, text=TextConfig(), name="aimv2-large-patch14-224-lit"
+    )
     return out
 
 
@@ -186,12 +203,12 @@ def architecture_name(c: ModelConfig) -> str:
 def preset(name: str) -> ModelConfig:
     key = name.removeprefix("apple/")
     if key not in PRESETS:
-        raise UserError(f"unknown model name '{name}'; known: {', '.join(PRESETS)} "
-                        f"(or give a local folder / file)")
+        raise UserError(f"unknown model name '{name}'; known: {', '.join(PRESETS)} (or give a local folder / file)")
     return PRESETS[key]
 
 
 # --- parameter counts without building anything --------------------------------------------
+
 
 def _block_params(d: int, hidden: int) -> int:
     return 2 * d + 3 * d * d + d * d + 3 * d * hidden  # 2 norms, qkv, proj, fc1/fc2/fc3
@@ -200,10 +217,10 @@ def _block_params(d: int, hidden: int) -> int:
 def count_vision_params(c: VisionConfig, num_patches: Optional[int] = None) -> int:
     d = c.hidden_size
     n = 0
-    n += d * c.num_channels * c.patch_size ** 2 + d + d  # conv weight, bias, patch norm
+    n += d * c.num_channels * c.patch_size**2 + d + d  # conv weight, bias, patch norm
     if not c.native:
         n += (num_patches or c.num_patches) * d
-    n += c.depth * _block_params(d, c.mlp_hidden) + d    # blocks + post-trunk norm
+    n += c.depth * _block_params(d, c.mlp_hidden) + d  # blocks + post-trunk norm
     if c.use_head:
         n += d + 2 * d * d + d * d + (d if c.head_bias else 0)
     return n
@@ -221,10 +238,10 @@ def count_params(c: ModelConfig) -> int:
 
 def block_linear_params(c: ModelConfig) -> int:
     """Weights in the transformer blocks' linear layers: what quantization packs."""
-    n = c.vision.depth * (4 * c.vision.hidden_size ** 2 + 3 * c.vision.hidden_size * c.vision.mlp_hidden)
+    n = c.vision.depth * (4 * c.vision.hidden_size**2 + 3 * c.vision.hidden_size * c.vision.mlp_hidden)
     if c.kind == "lit":
         t = c.text
-        n += t.depth * (4 * t.hidden_size ** 2 + 3 * t.hidden_size * t.mlp_hidden)
+        n += t.depth * (4 * t.hidden_size**2 + 3 * t.hidden_size * t.mlp_hidden)
     return n
 
 

@@ -12,6 +12,7 @@ fixes each at one seam (docs/performance.md has the measurements):
 3. The Linux `mlx[cpu]` wheel links the reference BLAS (~5 GFLOP/s): `loaded_blas` / `slow_blas`
    detect it, `warn_if_slow_blas` says so, `restart_with_openblas` (the CLI only) fixes it.
 """
+
 from __future__ import annotations
 
 import os
@@ -51,12 +52,12 @@ def exp(x: mx.array) -> mx.array:
     polynomial, 2**k written straight into the exponent bits. The polynomial is doubled and the
     power halved (2**(k-1)), so 2**k never needs the exponent 255 (inf) before the product is taken:
     float32 overflows exactly where it should."""
-    x = mx.clip(x, -88.0, 89.0)                   # keeps k in [-127, 128]; NaN passes through clip
-    t = x * 1.4426950408889634 + _ROUND           # k = round(x / ln 2), held in t's mantissa
+    x = mx.clip(x, -88.0, 89.0)  # keeps k in [-127, 128]; NaN passes through clip
+    t = x * 1.4426950408889634 + _ROUND  # k = round(x / ln 2), held in t's mantissa
     k = t - _ROUND
-    r = (x - k * 0.693359375) + k * 2.12194440e-4   # ln 2 in two parts (Cody-Waite): k * 0.693359375 is exact
+    r = (x - k * 0.693359375) + k * 2.12194440e-4  # ln 2 in two parts (Cody-Waite): k * 0.693359375 is exact
     p2 = 2.0 + r * (2.0 + r * (1.0 + r * (0.33333334 + r * (0.083333336 + r * (0.016666668 + r * 0.0027777778)))))
-    biased = mx.maximum(t.view(mx.int32) - (0x4B400000 - 126), 0)   # k - 1 + 127, floored at 0 (= +0.0)
+    biased = mx.maximum(t.view(mx.int32) - (0x4B400000 - 126), 0)  # k - 1 + 127, floored at 0 (= +0.0)
     return p2 * (biased << 23).view(mx.float32)
 
 
@@ -103,6 +104,7 @@ def attention(q, k, v, scale: float, mask=None):
     s = (q * scale) @ k.swapaxes(-1, -2)
     if isinstance(mask, str):
         from .models.layers import causal_mask
+
         mask = causal_mask(q.shape[-2])
     if mask is not None:
         s = mx.where(mask, s, -mx.inf) if mask.dtype == mx.bool_ else s + mask
@@ -135,6 +137,7 @@ def float_layers(model: nn.Module, keep_quantized: bool | None = None) -> nn.Mod
     keep = not active() if keep_quantized is None else keep_quantized
     if not keep:
         from .quantize import dequantize
+
         dequantize(model)
     return model
 
@@ -160,11 +163,11 @@ def split_batch(fn, x: mx.array, *args) -> dict:
     k = min(streams(), n)
     if k <= 1:
         return fn(x, *args)
-    with blas_threads(1):   # the streams are the parallelism now; threaded matmuls would oversubscribe
+    with blas_threads(1):  # the streams are the parallelism now; threaded matmuls would oversubscribe
         outs = []
         for i, stream in enumerate(_STREAMS[:k]):
             with mx.stream(stream):
-                outs.append(fn(x[i * n // k:(i + 1) * n // k], *args))
+                outs.append(fn(x[i * n // k : (i + 1) * n // k], *args))
         mx.eval(outs)
     return {key: mx.concatenate([o[key] for o in outs]) for key in outs[0]}
 
@@ -199,8 +202,11 @@ def warn_if_slow_blas() -> None:
     """A SlowBLASWarning (once per process) when matmuls run on the reference BLAS."""
     if not _warned and slow_blas():
         _warned.append(True)
-        warnings.warn(f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
-                      SlowBLASWarning, stacklevel=3)
+        warnings.warn(
+            f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
+            SlowBLASWarning,
+            stacklevel=3,
+        )
 
 
 class blas_threads:
@@ -211,6 +217,7 @@ class blas_threads:
         blas = loaded_blas()
         if sys.platform == "linux" and "(preloaded)" in blas:
             import ctypes
+
             try:
                 lib = ctypes.CDLL(blas.split()[0])
                 self.lib = lib if hasattr(lib, "openblas_set_num_threads") else None
@@ -233,11 +240,17 @@ def restart_with_openblas() -> None:
     but not loaded, replace this process with the same command, the same interpreter flags and the
     same mlx_aimv2 package, with OpenBLAS preloaded (LD_PRELOAD only acts at process start). At most
     once; never on Metal or CUDA; MLX_AIMV2_NO_RESTART=1 turns it off."""
-    if (sys.platform != "linux" or os.environ.get("MLX_AIMV2_NO_RESTART") or not os.path.exists(OPENBLAS)
-            or "openblas" in os.environ.get("LD_PRELOAD", "") or backend() != "cpu"):
+    if (
+        sys.platform != "linux"
+        or os.environ.get("MLX_AIMV2_NO_RESTART")
+        or not os.path.exists(OPENBLAS)
+        or "openblas" in os.environ.get("LD_PRELOAD", "")
+        or backend() != "cpu"
+    ):
         return
     import subprocess
     from pathlib import Path
+
     env = dict(os.environ, MLX_AIMV2_NO_RESTART="1")
     env["LD_PRELOAD"] = ":".join(p for p in (OPENBLAS, os.environ.get("LD_PRELOAD", "")) if p)
     # `-c` with sys.path[0] set to where *this* package was imported from: neither the working

@@ -1,5 +1,6 @@
 """What MLX runs on here: the backend, its memory, its GEMM rate; `mlx-aimv2 doctor` prints it.
 Everything about running fast on a CPU (the BLAS included) lives in cpu.py."""
+
 from __future__ import annotations
 
 import os
@@ -26,7 +27,7 @@ def gemm_gflops(n: int = 512, reps: int = 3) -> float:
     t0 = time.perf_counter()
     for _ in range(reps):
         mx.eval(a @ b)
-    return 2 * n ** 3 * reps / (time.perf_counter() - t0) / 1e9
+    return 2 * n**3 * reps / (time.perf_counter() - t0) / 1e9
 
 
 # Above this many bytes of weights, load() wires them on Metal (as mlx-lm does) so macOS does not
@@ -48,8 +49,14 @@ def wire_memory_for(nbytes: int) -> bool:
 
 def report() -> list[tuple[str, str]]:
     from .cpu import BLAS_FIX, loaded_blas
-    rows = [("python", platform.python_version()), ("platform", f"{platform.system()} {platform.machine()}"),
-            ("mlx", mx.__version__), ("backend", backend()), ("default device", str(mx.default_device()))]
+
+    rows = [
+        ("python", platform.python_version()),
+        ("platform", f"{platform.system()} {platform.machine()}"),
+        ("mlx", mx.__version__),
+        ("backend", backend()),
+        ("default device", str(mx.default_device())),
+    ]
     info = mx.device_info() if hasattr(mx, "device_info") else {}
     for k in ("device_name", "architecture", "memory_size", "max_recommended_working_set_size"):
         if k in info:
@@ -63,6 +70,7 @@ def report() -> list[tuple[str, str]]:
     rows.append(("fp32 GEMM (1024^3)", f"{gemm_gflops(1024):.0f} GFLOP/s"))
     if sys.platform == "linux" and backend() == "cpu":
         blas = loaded_blas()
-        rows.append(("BLAS", f"SLOW reference BLAS of the mlx[cpu] wheel - fix: {BLAS_FIX}" if blas == "reference"
-                     else blas))
+        rows.append(
+            ("BLAS", f"SLOW reference BLAS of the mlx[cpu] wheel - fix: {BLAS_FIX}" if blas == "reference" else blas)
+        )
     return rows

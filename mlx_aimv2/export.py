@@ -4,6 +4,7 @@ missing or unexpected keys. Safetensors only; quantized layers are dequantized o
 
 The key mapping is checkpoints.py's transformers table read backwards.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,21 +20,36 @@ from .config import ModelConfig
 from .errors import UserError
 from .quantize import dequantize
 
-_BLOCK = {"norm_1.weight": "rms_norm1.weight", "norm_2.weight": "rms_norm2.weight",
-          "attn.proj.weight": "attention.out_proj.weight", "mlp.fc1.weight": "ffn.gate_proj.weight",
-          "mlp.fc3.weight": "ffn.up_proj.weight", "mlp.fc2.weight": "ffn.down_proj.weight"}
-_VISION = {"preprocessor.patchifier.proj.weight": "embeddings.patch_embed.weight",
-           "preprocessor.patchifier.proj.bias": "embeddings.patch_embed.bias",
-           "preprocessor.patchifier.norm.weight": "embeddings.rms_norm.weight",
-           "preprocessor.pos_embed": "embeddings.position_embedding.weight",
-           "trunk.post_trunk_norm.weight": "rms_norm.weight", "head.cls_token": "head.cls_token",
-           "head.k.weight": "head.k_proj.weight", "head.v.weight": "head.v_proj.weight",
-           "head.linear.weight": "head.output_proj.weight", "head.linear.bias": "head.output_proj.bias"}
-_TEXT = {"preprocessor.text_embedding.weight": "embeddings.token_embedding.weight",
-         "preprocessor.positional_embedding": "embeddings.position_embedding.weight",
-         "trunk.post_trunk_norm.weight": "rms_norm.weight"}
-_TOP = {"image_projector.weight": "visual_projection.weight", "text_projector.weight": "text_projection.weight",
-        "log_logit_scale": "logit_scale"}
+_BLOCK = {
+    "norm_1.weight": "rms_norm1.weight",
+    "norm_2.weight": "rms_norm2.weight",
+    "attn.proj.weight": "attention.out_proj.weight",
+    "mlp.fc1.weight": "ffn.gate_proj.weight",
+    "mlp.fc3.weight": "ffn.up_proj.weight",
+    "mlp.fc2.weight": "ffn.down_proj.weight",
+}
+_VISION = {
+    "preprocessor.patchifier.proj.weight": "embeddings.patch_embed.weight",
+    "preprocessor.patchifier.proj.bias": "embeddings.patch_embed.bias",
+    "preprocessor.patchifier.norm.weight": "embeddings.rms_norm.weight",
+    "preprocessor.pos_embed": "embeddings.position_embedding.weight",
+    "trunk.post_trunk_norm.weight": "rms_norm.weight",
+    "head.cls_token": "head.cls_token",
+    "head.k.weight": "head.k_proj.weight",
+    "head.v.weight": "head.v_proj.weight",
+    "head.linear.weight": "head.output_proj.weight",
+    "head.linear.bias": "head.output_proj.bias",
+}
+_TEXT = {
+    "preprocessor.text_embedding.weight": "embeddings.token_embedding.weight",
+    "preprocessor.positional_embedding": "embeddings.position_embedding.weight",
+    "trunk.post_trunk_norm.weight": "rms_norm.weight",
+}
+_TOP = {
+    "image_projector.weight": "visual_projection.weight",
+    "text_projector.weight": "text_projection.weight",
+    "log_logit_scale": "logit_scale",
+}
 
 
 def _tower(weights: dict, table: dict, out_prefix: str) -> dict:
@@ -60,20 +76,39 @@ def transformers_weights(module, config: ModelConfig) -> dict:
     w = dict(tree_flatten(module.parameters()))
     if config.kind != "lit":
         return _tower(w, _VISION, "")
-    out = _tower({k[len("image_encoder."):]: v for k, v in w.items() if k.startswith("image_encoder.")},
-                 _VISION, "vision_model.")
-    out.update(_tower({k[len("text_encoder."):]: v for k, v in w.items() if k.startswith("text_encoder.")},
-                      _TEXT, "text_model."))
+    out = _tower(
+        {k[len("image_encoder.") :]: v for k, v in w.items() if k.startswith("image_encoder.")},
+        _VISION,
+        "vision_model.",
+    )
+    out.update(
+        _tower(
+            {k[len("text_encoder.") :]: v for k, v in w.items() if k.startswith("text_encoder.")}, _TEXT, "text_model."
+        )
+    )
     out.update({_TOP[k]: v for k, v in w.items() if k in _TOP})
     return out
 
 
 def _vision_config(c, dtype: str) -> dict:
-    return {"architectures": ["Aimv2VisionModel"], "model_type": "aimv2_vision_model", "dtype": dtype,
-            "hidden_size": c.hidden_size, "intermediate_size": c.mlp_hidden, "num_hidden_layers": c.depth,
-            "num_attention_heads": c.num_heads, "num_channels": c.num_channels, "patch_size": c.patch_size,
-            "image_size": c.image_size or 224, "is_native": c.native, "use_head": c.use_head,
-            "rms_norm_eps": c.eps, "qkv_bias": False, "mlp_bias": False, "hidden_act": "silu"}
+    return {
+        "architectures": ["Aimv2VisionModel"],
+        "model_type": "aimv2_vision_model",
+        "dtype": dtype,
+        "hidden_size": c.hidden_size,
+        "intermediate_size": c.mlp_hidden,
+        "num_hidden_layers": c.depth,
+        "num_attention_heads": c.num_heads,
+        "num_channels": c.num_channels,
+        "patch_size": c.patch_size,
+        "image_size": c.image_size or 224,
+        "is_native": c.native,
+        "use_head": c.use_head,
+        "rms_norm_eps": c.eps,
+        "qkv_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+    }
 
 
 def transformers_config(config: ModelConfig, dtype: str) -> dict:
@@ -83,14 +118,30 @@ def transformers_config(config: ModelConfig, dtype: str) -> dict:
     if config.kind != "lit":
         return _vision_config(v, dtype)
     t = config.text
-    text = {"model_type": "aimv2_text_model", "vocab_size": t.vocab_size, "hidden_size": t.hidden_size,
-            "intermediate_size": t.mlp_hidden, "num_hidden_layers": t.depth, "num_attention_heads": t.num_heads,
-            "max_position_embeddings": t.context_length, "eos_token_id": t.eos_token_id, "rms_norm_eps": t.eps,
-            "qkv_bias": False, "mlp_bias": False, "hidden_act": "silu"}
+    text = {
+        "model_type": "aimv2_text_model",
+        "vocab_size": t.vocab_size,
+        "hidden_size": t.hidden_size,
+        "intermediate_size": t.mlp_hidden,
+        "num_hidden_layers": t.depth,
+        "num_attention_heads": t.num_heads,
+        "max_position_embeddings": t.context_length,
+        "eos_token_id": t.eos_token_id,
+        "rms_norm_eps": t.eps,
+        "qkv_bias": False,
+        "mlp_bias": False,
+        "hidden_act": "silu",
+    }
     vision = {k: val for k, val in _vision_config(v, dtype).items() if k not in ("architectures", "dtype")}
-    return {"architectures": ["Aimv2Model"], "model_type": "aimv2", "dtype": dtype,
-            "projection_dim": config.projection_dim, "max_logit_scale": config.max_logit_scale,
-            "vision_config": vision, "text_config": text}
+    return {
+        "architectures": ["Aimv2Model"],
+        "model_type": "aimv2",
+        "dtype": dtype,
+        "projection_dim": config.projection_dim,
+        "max_logit_scale": config.max_logit_scale,
+        "vision_config": vision,
+        "text_config": text,
+    }
 
 
 def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
@@ -100,7 +151,8 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
     dequantize(module)
     weights = transformers_weights(module, config)
     dtype = {mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}.get(
-        next(iter(weights.values())).dtype, "float32")
+        next(iter(weights.values())).dtype, "float32"
+    )
     cfg = transformers_config(config, dtype)
 
     def write(tmp: Path):
@@ -108,6 +160,7 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         copy_files(extra, tmp)
+
     return write_folder(dst, write, overwrite)
 
 
@@ -115,9 +168,11 @@ def _source(src: str):
     """(float or quantized module, config, preprocessor dict, extra files) of a run or a checkpoint."""
     from . import checkpoints
     from .train import checkpoint as run_checkpoints
+
     if run_checkpoints.latest(Path(src)) is not None:
         from .train import lit
         from .train.trainer import load_lit_run, load_run_encoder
+
         tuned = load_lit_run(Path(src))
         if tuned is not None:  # a LiT tuning run: the published LiT layout, built in memory
             frozen, tuner, name, files = tuned

@@ -3,6 +3,7 @@ revisions ml-aim pins (the ml-aim-key snapshots), served from the local cache wh
 
 Nothing here runs code from a hub repo: only weights and JSON/text files are fetched.
 """
+
 from __future__ import annotations
 
 import os
@@ -31,21 +32,34 @@ REVISIONS = {
     "aimv2-large-patch14-224-lit": "c2cd59a786c4c06f39d199c50d08cc2eab9f8605",
 }
 DEFAULT_MODEL = "apple/aimv2-large-patch14-224"
+
+
 # an installed wheel carries the demo inside the package; a clone (or editable install) in weights/
 def _bundled(name: str) -> Path:
     packaged = Path(__file__).resolve().parent / name.replace("-", "_")
-    return packaged if (packaged / "model.safetensors").is_file() else \
-        Path(__file__).resolve().parent.parent / "weights" / name
+    return (
+        packaged
+        if (packaged / "model.safetensors").is_file()
+        else Path(__file__).resolve().parent.parent / "weights" / name
+    )
 
 
 BUNDLED = {"demo": _bundled("demo"), "demo-lit": _bundled("demo-lit")}  # the checkpoints that ship with the package
-ALLOW = ["config.json", "preprocessor_config.json", "model.safetensors", "vocab.json", "merges.txt",
-         "tokenizer_config.json", "special_tokens_map.json"]
+ALLOW = [
+    "config.json",
+    "preprocessor_config.json",
+    "model.safetensors",
+    "vocab.json",
+    "merges.txt",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+]
 
 
 def is_hub_id(name: str) -> bool:
-    return name.removeprefix("apple/") in REVISIONS or (name.count("/") == 1 and not Path(name).exists()
-                                                       and not name.startswith((".", "/", "~")))
+    return name.removeprefix("apple/") in REVISIONS or (
+        name.count("/") == 1 and not Path(name).exists() and not name.startswith((".", "/", "~"))
+    )
 
 
 _REACHABLE: dict = {}
@@ -59,15 +73,22 @@ def _offline() -> bool:
     if "hub" not in _REACHABLE:
         import socket
         from urllib.parse import urlparse
+
         url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
         try:
-            socket.create_connection((url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3).close()
+            socket.create_connection(
+                (url.hostname, url.port or (443 if url.scheme == "https" else 80)), timeout=3
+            ).close()
             _REACHABLE["hub"] = True
         except OSError:
             _REACHABLE["hub"] = False
             import sys
-            print(f"note: {url.hostname} is unreachable; using the local Hugging Face cache only "
-                  f"(set HF_HUB_OFFLINE=1 to skip this check)", file=sys.stderr)
+
+            print(
+                f"note: {url.hostname} is unreachable; using the local Hugging Face cache only "
+                f"(set HF_HUB_OFFLINE=1 to skip this check)",
+                file=sys.stderr,
+            )
     return not _REACHABLE["hub"]
 
 
@@ -75,7 +96,9 @@ def resolve(name: str, revision: Optional[str] = None) -> Path:
     """A local folder or file holding the checkpoint `name` refers to."""
     if name in BUNDLED:
         if not (BUNDLED[name] / "model.safetensors").is_file():
-            raise UserError(f"the {name} checkpoint is missing from {BUNDLED[name]}; reinstall from a full clone of the repo")
+            raise UserError(
+                f"the {name} checkpoint is missing from {BUNDLED[name]}; reinstall from a full clone of the repo"
+            )
         return BUNDLED[name]
     p = Path(name).expanduser()
     if p.exists():
@@ -104,18 +127,22 @@ def download(name: str, revision: Optional[str] = None) -> Path:
         except Exception:  # no network, hub down, auth: fall back to what the cache holds
             return Path(snapshot_download(local_files_only=True, **kwargs))
     except Exception:
-        raise UserError(f"{repo}@{(revision or 'main')[:8]} is not in the local Hugging Face cache and the hub "
-                        f"cannot be reached; connect once to download it, or pass a local checkpoint folder") from None
+        raise UserError(
+            f"{repo}@{(revision or 'main')[:8]} is not in the local Hugging Face cache and the hub "
+            f"cannot be reached; connect once to download it, or pass a local checkpoint folder"
+        ) from None
 
 
 def fetch_file(repo: str, filename: str, revision: Optional[str] = None) -> Path:
     """One file of a hub repo: downloaded, or from the local cache when offline or unreachable."""
     from huggingface_hub import hf_hub_download
 
-    for local_only in ([True] if _offline() else [False, True]):
+    for local_only in [True] if _offline() else [False, True]:
         try:
             return Path(hf_hub_download(repo, filename, revision=revision, local_files_only=local_only))
         except Exception:
             continue
-    raise UserError(f"{repo}/{filename} is neither in the local Hugging Face cache nor reachable; "
-                    f"connect once, or give a local path")
+    raise UserError(
+        f"{repo}/{filename} is neither in the local Hugging Face cache nor reachable; "
+        f"connect once, or give a local path"
+    )

@@ -1,5 +1,6 @@
 """User paths -> image files: files, folders (recursive) and globs, with what matched nothing and why.
 Links to folders are not followed (no loops); pipes and devices are not image files."""
+
 from __future__ import annotations
 
 import glob
@@ -14,7 +15,9 @@ def images_under(folder: Path, missing: list) -> list[Path]:
     """Image files under a folder, recursively; unreadable sub-folders are reported, links to folders
     are not followed (no loops), pipes and devices are not files."""
     found = []
-    for root, _, names in os.walk(folder, onerror=lambda e: missing.append((e.filename, "folder not readable; skipped"))):
+    for root, _, names in os.walk(
+        folder, onerror=lambda e: missing.append((e.filename, "folder not readable; skipped"))
+    ):
         found += [Path(root) / n for n in names if n.lower().endswith(IMAGE_EXT) and (Path(root) / n).is_file()]
     if not found and not missing:
         missing.append((str(folder), f"folder holds no image files ({', '.join(IMAGE_EXT)})"))

@@ -4,6 +4,7 @@ bicubic resize of the shortest edge, centre crop, rescale, normalise. Output is 
 The native-resolution model keeps the aspect ratio instead and rounds each side to a multiple of
 the patch size within a patch budget.
 """
+
 from __future__ import annotations
 
 import json
@@ -18,33 +19,48 @@ from PIL import Image, ImageOps
 
 from .errors import UserError
 
-IMAGE_EXT = (".jpg", ".jpeg", ".png", ".webp", ".bmp", ".gif", ".tif", ".tiff")  # what PIL decodes, inference and training
-CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)   # the normalisation every AIMv2 checkpoint was trained with
+IMAGE_EXT = (
+    ".jpg",
+    ".jpeg",
+    ".png",
+    ".webp",
+    ".bmp",
+    ".gif",
+    ".tif",
+    ".tiff",
+)  # what PIL decodes, inference and training
+CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation every AIMv2 checkpoint was trained with
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
 MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning threshold)
-MAX_ASPECT = 50           # a 1 x 20000 strip would resize to 224 x 4.5 million pixels
+MAX_ASPECT = 50  # a 1 x 20000 strip would resize to 224 x 4.5 million pixels
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 
 @dataclass
 class Preprocessor:
-    size: int = 224                       # shortest edge after resize
-    crop: tuple = (224, 224)              # (height, width)
+    size: int = 224  # shortest edge after resize
+    crop: tuple = (224, 224)  # (height, width)
     do_resize: bool = True
     do_center_crop: bool = True
     rescale: float = 1 / 255
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
-    native_patch: Optional[int] = None    # set for the native model: sizing by patch budget
+    native_patch: Optional[int] = None  # set for the native model: sizing by patch budget
     min_patches: int = 112
     max_patches: int = 4096
-    fast_decode: bool = False             # JPEGs: PIL's reduced-size decode (draft) before the exact resize
+    fast_decode: bool = False  # JPEGs: PIL's reduced-size decode (draft) before the exact resize
 
     @classmethod
-    def from_config(cls, d: dict, native_patch: Optional[int] = None, where: str = "preprocessor_config.json",
-                    image_size: Optional[int] = None) -> "Preprocessor":
+    def from_config(
+        cls,
+        d: dict,
+        native_patch: Optional[int] = None,
+        where: str = "preprocessor_config.json",
+        image_size: Optional[int] = None,
+    ) -> "Preprocessor":
         """From a CLIPImageProcessor config, every value checked (one line naming the key otherwise).
         image_size: a fixed-size model's input side, which the crop must equal."""
+
         def bad(key, why):
             return UserError(f"{where}: '{key}' {why}; fix it or delete the file to use the defaults")
 
@@ -55,8 +71,11 @@ class Preprocessor:
 
         def triple(key, default, positive):
             v = d.get(key, default)
-            if (not isinstance(v, (list, tuple)) or len(v) != 3
-                    or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)):
+            if (
+                not isinstance(v, (list, tuple))
+                or len(v) != 3
+                or not all(isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) for x in v)
+            ):
                 raise bad(key, f"is {v!r}; it must be a list of 3 numbers (R, G, B)")
             if positive and min(v) <= 0:
                 raise bad(key, f"is {list(v)}; every value must be above 0")
@@ -76,10 +95,16 @@ class Preprocessor:
         rescale = d.get("rescale_factor", 1 / 255)
         if isinstance(rescale, bool) or not isinstance(rescale, (int, float)) or not 0 < rescale <= 1:
             raise bad("rescale_factor", f"is {rescale!r}; it must be a number in (0, 1]")
-        return cls(size=size, crop=crop, do_resize=bool(d.get("do_resize", True)),
-                   do_center_crop=bool(d.get("do_center_crop", True)), rescale=rescale,
-                   mean=triple("image_mean", cls.mean, False), std=triple("image_std", cls.std, True),
-                   native_patch=native_patch)
+        return cls(
+            size=size,
+            crop=crop,
+            do_resize=bool(d.get("do_resize", True)),
+            do_center_crop=bool(d.get("do_center_crop", True)),
+            rescale=rescale,
+            mean=triple("image_mean", cls.mean, False),
+            std=triple("image_std", cls.std, True),
+            native_patch=native_patch,
+        )
 
     @classmethod
     def from_folder(cls, folder: Path, native_patch: Optional[int] = None, image_size: int = 224) -> "Preprocessor":
@@ -141,10 +166,12 @@ def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
     h, w = x.shape[:2]
     if h < ch or w < cw:  # pad with zeros first, as transformers does
         ph, pw = max(ch - h, 0), max(cw - w, 0)
-        x = np.pad(x, ((math.ceil(ph / 2), ph - math.ceil(ph / 2)), (math.ceil(pw / 2), pw - math.ceil(pw / 2)), (0, 0)))
+        x = np.pad(
+            x, ((math.ceil(ph / 2), ph - math.ceil(ph / 2)), (math.ceil(pw / 2), pw - math.ceil(pw / 2)), (0, 0))
+        )
         h, w = x.shape[:2]
     top, left = (h - ch) // 2, (w - cw) // 2
-    return x[top: top + ch, left: left + cw]
+    return x[top : top + ch, left : left + cw]
 
 
 def to_rgb(img: Image.Image) -> Image.Image:
@@ -166,8 +193,9 @@ class ImageSizeError(ValueError):
 def check_image_size(w: int, h: int) -> None:
     """From the header, before decoding: refuse decompression bombs and extreme strips."""
     if w * h > MAX_PIXELS:
-        raise ImageSizeError(f"{w}x{h} is over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); "
-                         f"downscale it first")
+        raise ImageSizeError(
+            f"{w}x{h} is over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); downscale it first"
+        )
     if max(w, h) > MAX_ASPECT * max(min(w, h), 1):
         raise ImageSizeError(f"{w}x{h} is a strip over {MAX_ASPECT}:1, which no encoder input can hold; crop it first")
 
@@ -193,8 +221,9 @@ def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
             a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
         return Image.fromarray(a)
     if not isinstance(src, (str, os.PathLike)):
-        raise UserError(f"cannot read an image from a {type(src).__name__}; give a file path, a PIL image or an "
-                        f"HxWx3 array")
+        raise UserError(
+            f"cannot read an image from a {type(src).__name__}; give a file path, a PIL image or an HxWx3 array"
+        )
     path = Path(src)
     if not path.exists():
         raise UserError(f"{path}: no such image file")
@@ -214,8 +243,9 @@ def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
     except ImageSizeError as e:
         raise UserError(f"{path}: {e}") from None
     except Image.DecompressionBombError:  # PIL refuses it at open, before our own check can read the size
-        raise UserError(f"{path}: over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); "
-                        f"downscale it first") from None
+        raise UserError(
+            f"{path}: over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); downscale it first"
+        ) from None
     except PermissionError:
         raise UserError(f"{path}: permission denied; make it readable (chmod +r)") from None
     except Exception as e:

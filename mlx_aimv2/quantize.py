@@ -6,6 +6,7 @@ conv, 0.2 % of AIMv2-L), norms and positions (tiny, and every token passes throu
 attention-pool head, projections and text embedding (under 2 % of the LiT model, and they shape the
 embedding space directly). The blocks' qkv / proj / fc1 / fc2 / fc3 hold 99 % of the weights.
 """
+
 from __future__ import annotations
 
 import mlx.core as mx
@@ -14,8 +15,12 @@ import mlx.nn as nn
 from .errors import UserError
 
 # mode: (allowed bits, allowed group sizes); MLX's CPU, Metal and CUDA backends run all four
-MODES = {"affine": ((2, 3, 4, 5, 6, 8), (32, 64, 128)), "mxfp4": ((4,), (32,)), "mxfp8": ((8,), (32,)),
-         "nvfp4": ((4,), (16,))}
+MODES = {
+    "affine": ((2, 3, 4, 5, 6, 8), (32, 64, 128)),
+    "mxfp4": ((4,), (32,)),
+    "mxfp8": ((8,), (32,)),
+    "nvfp4": ((4,), (16,)),
+}
 
 
 def spec(bits: int = 8, group_size: int = 64, mode: str = "affine") -> dict:
@@ -51,8 +56,10 @@ def quantize(model: nn.Module, s: dict) -> nn.Module:
     bad = [w for w in widths if w % s["group_size"]]
     if bad:
         fits = [g for g in MODES[s["mode"]][1] if all(w % g == 0 for w in widths)]
-        raise UserError(f"--q-group-size {s['group_size']} does not divide this model's {bad[0]}-wide layers; "
-                        + (f"use {' or '.join(map(str, fits))}" if fits else f"no {s['mode']} group size fits"))
+        raise UserError(
+            f"--q-group-size {s['group_size']} does not divide this model's {bad[0]}-wide layers; "
+            + (f"use {' or '.join(map(str, fits))}" if fits else f"no {s['mode']} group size fits")
+        )
     nn.quantize(model, s["group_size"], s["bits"], mode=s["mode"], class_predicate=_in_blocks)
     return model
 
@@ -74,6 +81,7 @@ def dequantize(model: nn.Module) -> nn.Module:
             swaps.append((path, lin))
     if swaps:
         from mlx.utils import tree_unflatten
+
         model.update_modules(tree_unflatten(swaps))
     return model
 

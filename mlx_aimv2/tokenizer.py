@@ -1,6 +1,7 @@
 """Text tokenizers through the `tokenizers` package: the LiT model's CLIP BPE (from vocab.json and
 merges.txt), any tokenizer.json (e.g. SigLIP's, as in pre-training), and a BPE trained on your own
 captions. All produce fixed-length (77) id rows: truncated, then padded."""
+
 from __future__ import annotations
 
 import json
@@ -46,25 +47,31 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
         if not f.is_file():
             raise UserError(f"{f}: missing; the LiT checkpoint folder needs vocab.json and merges.txt for text")
     try:
-        bpe = models.BPE.from_file(str(vocab), str(merges), unk_token="<|endoftext|>",
-                                   end_of_word_suffix="</w>", continuing_subword_prefix="")
+        bpe = models.BPE.from_file(
+            str(vocab), str(merges), unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""
+        )
     except Exception as e:
         raise UserError(f"{vocab.parent}: cannot build the CLIP tokenizer ({e})") from None
     tok = Tokenizer(bpe)
-    tok.normalizer = normalizers.Sequence([normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "),
-                                           normalizers.Lowercase()])
-    tok.pre_tokenizer = pre_tokenizers.Sequence([
-        pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
-        pre_tokenizers.ByteLevel(add_prefix_space=False)])
+    tok.normalizer = normalizers.Sequence(
+        [normalizers.NFC(), normalizers.Replace(Regex(r"\s+"), " "), normalizers.Lowercase()]
+    )
+    tok.pre_tokenizer = pre_tokenizers.Sequence(
+        [
+            pre_tokenizers.Split(Regex(CLIP_PATTERN), behavior="removed", invert=True),
+            pre_tokenizers.ByteLevel(add_prefix_space=False),
+        ]
+    )
     tok.decoder = decoders.ByteLevel()
     v = json.loads(vocab.read_text())
     bos, eos = v["<|startoftext|>"], v["<|endoftext|>"]
     # literal "<|endoftext|>" in a text is the special token, as in transformers' CLIPTokenizer and open_clip
     from tokenizers import AddedToken
+
     tok.add_special_tokens([AddedToken(t, normalized=False) for t in ("<|startoftext|>", "<|endoftext|>")])
     tok.post_processor = processors.TemplateProcessing(
-        single="<|startoftext|> $A <|endoftext|>",
-        special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)])
+        single="<|startoftext|> $A <|endoftext|>", special_tokens=[("<|startoftext|>", bos), ("<|endoftext|>", eos)]
+    )
     return TextTokenizer(tok, pad_id=eos, eos_id=eos, length=length)
 
 
@@ -75,14 +82,16 @@ def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
 
     path = Path(path)
     from .hub import is_hub_id
+
     if not path.exists() and is_hub_id(str(path)):
         return _from_hub(str(path), length)
     if path.is_dir() and not (path / "tokenizer.json").is_file():
         return clip_tokenizer(path, length)
     f = path / "tokenizer.json" if path.is_dir() else path
     if not f.is_file():
-        raise UserError(f"{f}: no such tokenizer file; give a tokenizer.json or train one with "
-                        f"`mlx-aimv2 tokenizer train`")
+        raise UserError(
+            f"{f}: no such tokenizer file; give a tokenizer.json or train one with `mlx-aimv2 tokenizer train`"
+        )
     try:
         tok = Tokenizer.from_file(str(f))
     except Exception as e:
@@ -107,11 +116,13 @@ def _from_hub(repo: str, length: int) -> TextTokenizer:
         except UserError:
             raise first from None
     from tokenizers import SentencePieceUnigramTokenizer
+
     try:
         tok = SentencePieceUnigramTokenizer.from_spm(str(spm))
     except Exception as e:
-        raise UserError(f"{spm}: cannot convert the SentencePiece model ({e}); pip install protobuf, "
-                        f"or give a tokenizer.json") from None
+        raise UserError(
+            f"{spm}: cannot convert the SentencePiece model ({e}); pip install protobuf, or give a tokenizer.json"
+        ) from None
     vocab = tok.get_vocab()
     eos = vocab.get("</s>")
     return TextTokenizer(tok, pad_id=vocab.get("<pad>", eos if eos is not None else 0), eos_id=eos, length=length)
@@ -125,8 +136,12 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=True)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=vocab_size, special_tokens=["<pad>", "</s>"],
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False)
+    trainer = trainers.BpeTrainer(
+        vocab_size=vocab_size,
+        special_tokens=["<pad>", "</s>"],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
     tok.train_from_iterator((t[:MAX_CAPTION_CHARS] for t in texts), trainer)
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     out = Path(out)

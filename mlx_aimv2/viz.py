@@ -1,4 +1,5 @@
 """Pictures: patch-feature PCA beside the image, and loss curves."""
+
 from __future__ import annotations
 
 from pathlib import Path
@@ -44,6 +45,7 @@ def save_pca(images: Sequence[Image.Image], tokens: Sequence[np.ndarray], grids,
 def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "loss_text")) -> Path:
     """Loss curves from metrics records (dicts with "step" and the keys)."""
     import matplotlib
+
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
@@ -69,6 +71,7 @@ def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: 
     """The hits of a search as a grid of thumbnails, each with its label (rank, score, file name) below;
     an image that no longer opens gets a grey tile."""
     from PIL import ImageDraw, ImageOps
+
     rows = max(1, -(-len(paths) // columns))
     text_h = 28
     sheet = Image.new("RGB", (columns * (cell + 8) + 8, rows * (cell + text_h + 8) + 8), "white")
@@ -91,5 +94,6 @@ def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: 
         sheet.save(out)
     except OSError as e:
         from .errors import UserError
+
         raise UserError(f"{out}: cannot write the contact sheet ({e.strerror or e})") from None
     return out

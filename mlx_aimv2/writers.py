@@ -5,6 +5,7 @@ A writer is opened before any compute (so a bad destination fails at once), take
 come, and on `close()` renames its temporary file into place. If the run fails or is interrupted,
 `abort()` keeps what was done in `<name>.partial<ext>` and says where; no temporary file is left.
 """
+
 from __future__ import annotations
 
 import json
@@ -102,11 +103,14 @@ class Writer:
         ragged = any(len({r[k].shape for r in self.rows}) > 1 for k in keys)
         if self.path.suffix == ".npy":
             if len(keys) > 1:
-                raise UserError(f"{self.path}: .npy holds one array but there are {len(keys)} ({', '.join(keys)}); "
-                                f"use .safetensors or .jsonl for --layers")
+                raise UserError(
+                    f"{self.path}: .npy holds one array but there are {len(keys)} ({', '.join(keys)}); "
+                    f"use .safetensors or .jsonl for --layers"
+                )
             if ragged:
-                raise UserError(f"{self.path}: these outputs differ in size per image; use "
-                                f"{' or '.join(RAGGED_FORMATS)}")
+                raise UserError(
+                    f"{self.path}: these outputs differ in size per image; use {' or '.join(RAGGED_FORMATS)}"
+                )
             with open(self.tmp, "wb") as f:
                 np.save(f, np.stack([r[keys[0]] for r in self.rows]) if self.rows else np.zeros((0,), np.float32))
             order = self.tmp.with_name(self.tmp.name + ".txt")
@@ -114,6 +118,7 @@ class Writer:
             os.replace(order, dst.with_suffix(".files.txt"))  # .npy has no room for names: the order, a line each
         else:
             from safetensors.numpy import save_file
+
             if ragged:  # one tensor per image: "<name>/<index>", the index into the "files" list
                 arrays = {f"{k}/{i}": np.ascontiguousarray(r[k]) for k in keys for i, r in enumerate(self.rows)}
             else:

@@ -2,6 +2,7 @@
 its own weights so the test can compare ranks and runs. Optional: steps, collective_timeout and a
 frozen encoder to LiT-tune instead of pre-training;
 each rank writes its pid to <out>/pid.rank<r> so a test can signal one rank."""
+
 import os
 import sys
 from pathlib import Path
@@ -14,11 +15,35 @@ from mlx_aimv2.train import Trainer, load_config
 data, out, tokenizer = sys.argv[1:4]
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 6
 timeout = float(sys.argv[5]) if len(sys.argv) > 5 else 600.0
-lit = dict(objective="lit", init=sys.argv[6], text={"hidden_size": 32, "depth": 1, "num_heads": 2}, projection_dim=32,
-           context_length=32) if len(sys.argv) > 6 else {}
-cfg = load_config(overrides=dict(data=data, out=out, encoder="tiny", image_size=56, batch_size=8, steps=steps,
-                                 warmup=2, lr=2e-3, log_every=1, save_every=1000, tokenizer=tokenizer, threads=1,
-                                 collective_timeout=timeout, **lit))
+lit = (
+    dict(
+        objective="lit",
+        init=sys.argv[6],
+        text={"hidden_size": 32, "depth": 1, "num_heads": 2},
+        projection_dim=32,
+        context_length=32,
+    )
+    if len(sys.argv) > 6
+    else {}
+)
+cfg = load_config(
+    overrides=dict(
+        data=data,
+        out=out,
+        encoder="tiny",
+        image_size=56,
+        batch_size=8,
+        steps=steps,
+        warmup=2,
+        lr=2e-3,
+        log_every=1,
+        save_every=1000,
+        tokenizer=tokenizer,
+        threads=1,
+        collective_timeout=timeout,
+        **lit,
+    )
+)
 rank = mx.distributed.init().rank()
 t = Trainer(cfg, log=lambda *a: None)
 (Path(out) / f"pid.rank{rank}").write_text(str(os.getpid()))

@@ -2,19 +2,28 @@
 
 Nothing here is our code under test: the ml-aim and timm key names follow the published mappings
 (ml-aim's own keys; timm's `_convert_aimv2` string replaces)."""
+
 import json
 import re
 from pathlib import Path
 
 import numpy as np
 
-TINY_VISION = dict(hidden_size=256, intermediate_size=512, num_hidden_layers=2, num_attention_heads=2,
-                   image_size=56, patch_size=14, use_head=False)
+TINY_VISION = dict(
+    hidden_size=256,
+    intermediate_size=512,
+    num_hidden_layers=2,
+    num_attention_heads=2,
+    image_size=56,
+    patch_size=14,
+    use_head=False,
+)
 
 
 def randomize(model, seed=0):
     """Re-draw every weight so nothing is an identity (norm gains around 1, small linears)."""
     import torch
+
     g = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in model.named_parameters():
@@ -29,6 +38,7 @@ def randomize(model, seed=0):
 
 def hf_vision(tmp: Path, seed=0, **over):
     from transformers import Aimv2VisionConfig, Aimv2VisionModel
+
     cfg = Aimv2VisionConfig(**{**TINY_VISION, **over})
     model = randomize(Aimv2VisionModel(cfg), seed)
     folder = tmp / "hf"
@@ -38,9 +48,17 @@ def hf_vision(tmp: Path, seed=0, **over):
 
 def hf_lit(tmp: Path, seed=0, vocab_size=300, eos=299, context=16):
     from transformers import Aimv2Config, Aimv2Model
+
     vision = {**TINY_VISION, "use_head": True}
-    text = dict(vocab_size=vocab_size, hidden_size=128, intermediate_size=256, num_hidden_layers=2,
-                num_attention_heads=1, max_position_embeddings=context, eos_token_id=eos)
+    text = dict(
+        vocab_size=vocab_size,
+        hidden_size=128,
+        intermediate_size=256,
+        num_hidden_layers=2,
+        num_attention_heads=1,
+        max_position_embeddings=context,
+        eos_token_id=eos,
+    )
     model = randomize(Aimv2Model(Aimv2Config(vision_config=vision, text_config=text, projection_dim=64)), seed)
     folder = tmp / "hf_lit"
     model.save_pretrained(folder)
@@ -62,16 +80,25 @@ def to_mlaim_keys(sd: dict) -> dict:
             if t.startswith("attention.") and t[10] in "qkv" and t[11:] == "_proj.weight":
                 qkv.setdefault(i, {})[t[10]] = v
                 continue
-            t = {"attention.out_proj.weight": "attn.proj.weight", "ffn.gate_proj.weight": "mlp.fc1.weight",
-                 "ffn.up_proj.weight": "mlp.fc3.weight", "ffn.down_proj.weight": "mlp.fc2.weight",
-                 "rms_norm1.weight": "norm_1.weight", "rms_norm2.weight": "norm_2.weight"}[t]
+            t = {
+                "attention.out_proj.weight": "attn.proj.weight",
+                "ffn.gate_proj.weight": "mlp.fc1.weight",
+                "ffn.up_proj.weight": "mlp.fc3.weight",
+                "ffn.down_proj.weight": "mlp.fc2.weight",
+                "rms_norm1.weight": "norm_1.weight",
+                "rms_norm2.weight": "norm_2.weight",
+            }[t]
             out[f"trunk.blocks.{i}.{t}"] = v
         else:
-            out[{"embeddings.patch_embed.weight": "preprocessor.patchifier.proj.weight",
-                 "embeddings.patch_embed.bias": "preprocessor.patchifier.proj.bias",
-                 "embeddings.rms_norm.weight": "preprocessor.patchifier.norm.weight",
-                 "embeddings.position_embedding.weight": "preprocessor.pos_embed",
-                 "rms_norm.weight": "trunk.post_trunk_norm.weight"}[k]] = v
+            out[
+                {
+                    "embeddings.patch_embed.weight": "preprocessor.patchifier.proj.weight",
+                    "embeddings.patch_embed.bias": "preprocessor.patchifier.proj.bias",
+                    "embeddings.rms_norm.weight": "preprocessor.patchifier.norm.weight",
+                    "embeddings.position_embedding.weight": "preprocessor.pos_embed",
+                    "rms_norm.weight": "trunk.post_trunk_norm.weight",
+                }[k]
+            ] = v
     for i, d in qkv.items():
         out[f"trunk.blocks.{i}.attn.qkv.weight"] = np.concatenate([d["q"], d["k"], d["v"]], 0)
     if "preprocessor.pos_embed" in out:
@@ -83,9 +110,16 @@ def to_timm_keys(mlaim: dict) -> dict:
     """ml-aim -> timm: the string replaces of timm's _convert_aimv2, in its order."""
     out = {}
     for k, v in mlaim.items():
-        for a, b in [("norm_1", "norm1"), ("norm_2", "norm2"), ("preprocessor.patchifier.", "patch_embed."),
-                     ("preprocessor.pos_embed", "pos_embed"), ("trunk.", ""), ("post_trunk_norm.", "norm."),
-                     ("mlp.fc1", "mlp.fc1_g"), ("mlp.fc3", "mlp.fc1_x")]:
+        for a, b in [
+            ("norm_1", "norm1"),
+            ("norm_2", "norm2"),
+            ("preprocessor.patchifier.", "patch_embed."),
+            ("preprocessor.pos_embed", "pos_embed"),
+            ("trunk.", ""),
+            ("post_trunk_norm.", "norm."),
+            ("mlp.fc1", "mlp.fc1_g"),
+            ("mlp.fc3", "mlp.fc1_x"),
+        ]:
             k = k.replace(a, b)
         out[k] = v
     return out
@@ -93,6 +127,7 @@ def to_timm_keys(mlaim: dict) -> dict:
 
 def save_safetensors(sd: dict, file: Path):
     from safetensors.numpy import save_file
+
     file.parent.mkdir(parents=True, exist_ok=True)
     save_file({k: np.ascontiguousarray(v) for k, v in sd.items()}, str(file))
     return file
@@ -100,6 +135,7 @@ def save_safetensors(sd: dict, file: Path):
 
 def torch_pixels(x_nhwc: np.ndarray):
     import torch
+
     return torch.from_numpy(np.ascontiguousarray(x_nhwc.transpose(0, 3, 1, 2)))
 
 
@@ -120,8 +156,16 @@ def tiny_clip_vocab(folder: Path) -> dict:
     """A small CLIP-style vocab.json + merges.txt: every byte, byte</w>, a few merges, the two specials."""
     chars = list(bytes_to_unicode().values())
     tokens = chars + [c + "</w>" for c in chars]
-    merges = [("a", "t</w>"), ("c", "at</w>"), ("d", "o"), ("do", "g</w>"), ("p", "h"), ("ph", "o"),
-              ("t", "o</w>"), ("pho", "to</w>")]
+    merges = [
+        ("a", "t</w>"),
+        ("c", "at</w>"),
+        ("d", "o"),
+        ("do", "g</w>"),
+        ("p", "h"),
+        ("ph", "o"),
+        ("t", "o</w>"),
+        ("pho", "to</w>"),
+    ]
     tokens += [a + b for a, b in merges] + ["<|startoftext|>", "<|endoftext|>"]
     vocab = {t: i for i, t in enumerate(dict.fromkeys(tokens))}
     folder.mkdir(parents=True, exist_ok=True)

@@ -1,5 +1,6 @@
 """The CLI on tiny converted checkpoints: convert, embed (every format, folders, globs, bad input),
 classify, and the hub's offline behaviour."""
+
 import json
 import shutil
 from pathlib import Path
@@ -7,12 +8,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers import hf_lit, hf_vision, save_safetensors, state_dict_np, tiny_clip_vocab, to_mlaim_keys
 from PIL import Image
 from typer.testing import CliRunner
 
 import mlx_aimv2
 from mlx_aimv2.cli import app
-from helpers import hf_lit, hf_vision, save_safetensors, state_dict_np, tiny_clip_vocab, to_mlaim_keys
 
 PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 runner = CliRunner()
@@ -46,6 +47,7 @@ def test_convert_writes_the_three_files(tiny):
     r = run("convert", mlx, tmp / "bf16", "--dtype", "bfloat16")
     assert r.exit_code == 0
     import mlx.core as mx
+
     w = mx.load(str(tmp / "bf16" / "model.safetensors"))
     assert all(v.dtype == mx.bfloat16 for v in w.values())
 
@@ -56,8 +58,10 @@ def test_embed_matches_the_reference_model(tiny, tmp_path):
     r = run("embed", PHOTO, "--model", mlx, "-o", out)
     assert r.exit_code == 0, r.output
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     px = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})(
-        images=Image.open(PHOTO), return_tensors="pt")["pixel_values"]
+        images=Image.open(PHOTO), return_tensors="pt"
+    )["pixel_values"]
     with torch.no_grad():
         ref = model(px).last_hidden_state.mean(1).numpy()
     assert np.abs(np.load(out) - ref).max() <= 1e-4
@@ -72,8 +76,9 @@ def test_embed_every_output_format_folder_and_glob(tiny, tmp_path, fmt):
     if fmt == ".npy":
         assert np.load(out).shape == (4, 256)  # folder (3, recursive) + glob (1)
     elif fmt == ".safetensors":
-        from safetensors.numpy import load_file
         from safetensors import safe_open
+        from safetensors.numpy import load_file
+
         assert load_file(str(out))["embedding"].shape == (4, 256)
         with safe_open(str(out), "np") as f:
             files = json.loads(f.metadata()["files"])
@@ -86,10 +91,24 @@ def test_embed_every_output_format_folder_and_glob(tiny, tmp_path, fmt):
 def test_embed_tokens_layers_and_pca(tiny, tmp_path):
     _, _, mlx, imgs = tiny
     out = tmp_path / "t.safetensors"
-    r = run("embed", imgs / "a.jpg", imgs / "c.webp", "--model", mlx, "--pool", "none", "--layers", "0,-1",
-            "-o", out, "--pca", tmp_path / "pca.png")
+    r = run(
+        "embed",
+        imgs / "a.jpg",
+        imgs / "c.webp",
+        "--model",
+        mlx,
+        "--pool",
+        "none",
+        "--layers",
+        "0,-1",
+        "-o",
+        out,
+        "--pca",
+        tmp_path / "pca.png",
+    )
     assert r.exit_code == 0, r.output
     from safetensors.numpy import load_file
+
     d = load_file(str(out))
     assert d["tokens"].shape == (2, 16, 256) and d["layer_0"].shape == (2, 16, 256) and "layer_1" in d
     assert Image.open(tmp_path / "pca.png").size[0] > 100
@@ -146,12 +165,14 @@ def test_hub_offline_cache(tiny, tmp_path, monkeypatch):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "cache"))
     import huggingface_hub.constants as c
+
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)
     r = run("embed", imgs / "a.jpg", "--model", "apple/aimv2-large-patch14-336")
     _expect_error(r, "apple/aimv2-large-patch14-336@639423ae", "not in the local Hugging Face cache")
     # a cache laid out as huggingface_hub writes it, at the pinned revision
     from mlx_aimv2.hub import REVISIONS
+
     rev = REVISIONS["aimv2-large-patch14-336"]
     snap = tmp_path / "cache" / "models--apple--aimv2-large-patch14-336" / "snapshots" / rev
     snap.mkdir(parents=True)
@@ -166,8 +187,10 @@ def test_hub_offline_cache(tiny, tmp_path, monkeypatch):
 
 def test_default_model_falls_back_to_demo_offline(tiny, tmp_path, monkeypatch):
     from mlx_aimv2 import hub
+
     _, _, mlx, imgs = tiny
     import huggingface_hub.constants as c
+
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "empty"))
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setitem(hub.BUNDLED, "demo", mlx)
@@ -186,6 +209,7 @@ def test_classify_with_lit_and_clip_tokenizer(tmp_path):
     assert (tmp_path / "lit" / "vocab.json").is_file()
     # our tokenizer equals transformers' CLIPTokenizer on the same files
     from transformers import CLIPTokenizer
+
     ref_tok = CLIPTokenizer(str(tmp_path / "tok" / "vocab.json"), str(tmp_path / "tok" / "merges.txt"))
     m = mlx_aimv2.load(str(tmp_path / "lit"))
     texts = ["a photo of a cat.", "A  Photo of a DOG!", "dogs & cats 42"]
@@ -196,10 +220,13 @@ def test_classify_with_lit_and_clip_tokenizer(tmp_path):
     assert r.exit_code == 0, r.output
     probs = {line.split()[1]: float(line.split()[0].rstrip("%")) / 100 for line in r.output.strip().splitlines()}
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     px = CLIPImageProcessorPil(size={"shortest_edge": 56}, crop_size={"height": 56, "width": 56})(
-        images=Image.open(PHOTO), return_tensors="pt")["pixel_values"]
-    ids = ref_tok([f"a photo of {l}." for l in ("cat", "dog", "photo")], padding="max_length", max_length=77,
-                  return_tensors="pt")["input_ids"]
+        images=Image.open(PHOTO), return_tensors="pt"
+    )["pixel_values"]
+    ids = ref_tok(
+        [f"a photo of {l}." for l in ("cat", "dog", "photo")], padding="max_length", max_length=77, return_tensors="pt"
+    )["input_ids"]
     with torch.no_grad():
         ref = model(input_ids=ids, pixel_values=px, attention_mask=torch.ones_like(ids)).logits_per_image.softmax(-1)[0]
     for i, l in enumerate(("cat", "dog", "photo")):
@@ -222,8 +249,10 @@ def test_batched_embedding_equals_one_by_one(tiny):
 
 def test_tokenizer_from_a_hub_repo_via_the_local_cache(tmp_path, monkeypatch):
     import huggingface_hub.constants as c
+
     from mlx_aimv2.errors import UserError
     from mlx_aimv2.tokenizer import load_tokenizer, train_bpe
+
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(c, "HF_HUB_CACHE", str(tmp_path / "cache"))
     monkeypatch.setattr(c, "HF_HUB_OFFLINE", True)

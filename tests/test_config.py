@@ -1,4 +1,5 @@
 """Presets: published parameter counts, computed without allocating weights, and a tiny build check."""
+
 import pytest
 from mlx.utils import tree_flatten
 
@@ -22,10 +23,13 @@ def test_every_published_checkpoint_has_a_preset():
     assert [swiglu_hidden(d) for d in (1024, 1536, 2048, 3072)] == [2816, 4096, 5632, 8192]
 
 
-@pytest.mark.parametrize("cfg", [
-    ModelConfig(vision=VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=96, image_size=28)),
-    ModelConfig(vision=VisionConfig(hidden_size=64, depth=1, num_heads=2, mlp_hidden=96, image_size=None)),
-])
+@pytest.mark.parametrize(
+    "cfg",
+    [
+        ModelConfig(vision=VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=96, image_size=28)),
+        ModelConfig(vision=VisionConfig(hidden_size=64, depth=1, num_heads=2, mlp_hidden=96, image_size=None)),
+    ],
+)
 def test_count_matches_a_built_model(cfg):
     model = build(cfg)
     assert sum(v.size for _, v in tree_flatten(model.parameters())) == count_params(cfg)

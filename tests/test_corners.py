@@ -1,5 +1,6 @@
 """Corners: PyTorch pickles, a missing torch, a light `import mlx_aimv2`, bf16 compute and
 activation checkpointing in the training step."""
+
 import subprocess
 import sys
 
@@ -8,13 +9,13 @@ import mlx.nn as nn
 import numpy as np
 import pytest
 import torch
+from helpers import hf_vision, torch_pixels
 from mlx.utils import tree_flatten
 
 import mlx_aimv2
 from mlx_aimv2.config import VisionConfig
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.models.decoder import AIMv2PreTrainer, DecoderConfig
-from helpers import hf_vision, torch_pixels
 
 
 def test_pytorch_bin_checkpoint_converts_with_weights_only(tmp_path, monkeypatch):
@@ -75,11 +76,23 @@ def test_activation_checkpointing_gives_the_same_gradients():
 def test_bf16_training_step_runs_close_to_fp32(tmp_path):
     from mlx_aimv2.data import write_synthetic
     from mlx_aimv2.train import Trainer, load_config
+
     d = write_synthetic(tmp_path / "d", 16, size=64)
     losses = {}
     for dt in ("float32", "bfloat16"):
-        cfg = load_config(overrides=dict(data=str(d), out=str(tmp_path / dt), image_size=56, batch_size=4, steps=2,
-                                         warmup=1, vocab_size=300, dtype=dt, log_every=1))
+        cfg = load_config(
+            overrides=dict(
+                data=str(d),
+                out=str(tmp_path / dt),
+                image_size=56,
+                batch_size=4,
+                steps=2,
+                warmup=1,
+                vocab_size=300,
+                dtype=dt,
+                log_every=1,
+            )
+        )
         t = Trainer(cfg, log=lambda *a: None)
         r = t.run(progress=False)
         losses[dt] = r["last"]["loss"]
@@ -91,11 +104,23 @@ def test_gradient_accumulation_trains(tmp_path):
     """accum=2 runs two compiled micro-steps per update and lands close to the one-pass step."""
     from mlx_aimv2.data import write_synthetic
     from mlx_aimv2.train import Trainer, load_config
+
     d = write_synthetic(tmp_path / "d", 32, size=64)
     weights = {}
     for accum in (1, 2):
-        cfg = load_config(overrides=dict(data=str(d), out=str(tmp_path / f"a{accum}"), image_size=56, batch_size=8,
-                                         accum=accum, steps=3, warmup=1, vocab_size=300, log_every=1))
+        cfg = load_config(
+            overrides=dict(
+                data=str(d),
+                out=str(tmp_path / f"a{accum}"),
+                image_size=56,
+                batch_size=8,
+                accum=accum,
+                steps=3,
+                warmup=1,
+                vocab_size=300,
+                log_every=1,
+            )
+        )
         t = Trainer(cfg, log=lambda *a: None)
         r = t.run(progress=False)
         assert r["step"] == 3 and np.isfinite(r["last"]["loss"])

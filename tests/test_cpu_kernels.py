@@ -1,4 +1,5 @@
 """cpu.py's kernels against numpy and MLX's own ops over the whole float32 range, with gradients."""
+
 import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
@@ -13,9 +14,28 @@ def _sweep():
     rng = np.random.default_rng(0)
     dense = np.linspace(-110, 95, 2_000_001, dtype=np.float32)
     wide = np.concatenate([-np.logspace(-30, 38, 20000), np.logspace(-30, 38, 20000)]).astype(np.float32)
-    special = np.array([0.0, -0.0, np.inf, -np.inf, np.nan, -np.nan, np.finfo(np.float32).max,
-                        -np.finfo(np.float32).max, np.finfo(np.float32).tiny, 88.72, 88.7228, 88.73,
-                        -87.0, -87.4, -88.0, -103.0, -104.0], np.float32)
+    special = np.array(
+        [
+            0.0,
+            -0.0,
+            np.inf,
+            -np.inf,
+            np.nan,
+            -np.nan,
+            np.finfo(np.float32).max,
+            -np.finfo(np.float32).max,
+            np.finfo(np.float32).tiny,
+            88.72,
+            88.7228,
+            88.73,
+            -87.0,
+            -87.4,
+            -88.0,
+            -103.0,
+            -104.0,
+        ],
+        np.float32,
+    )
     bits = rng.integers(0, 2**32, 200_000, dtype=np.uint64).astype(np.uint32).view(np.float32)  # any float32
     return np.concatenate([dense, wide, special, bits])
 
@@ -32,10 +52,10 @@ def test_exp_over_the_whole_float32_range():
     # inf exactly where float32's exp overflows, as mx.exp and numpy do
     assert ((ours == np.inf) == (ref32 == np.inf))[~nan].all()
     assert (ours[x == -np.inf] == 0).all() and (ours[~nan] >= 0).all()
-    normal = ~nan & (exact >= 2.0 ** -125) & np.isfinite(ref32)
+    normal = ~nan & (exact >= 2.0**-125) & np.isfinite(ref32)
     assert (np.abs(ours[normal] - exact[normal]) / exact[normal]).max() < 1e-6
-    tiny = ~nan & (exact < 2.0 ** -125)  # the bottom of float32: 0 or a subnormal, never more
-    assert np.abs(ours[tiny] - exact[tiny]).max() < 2.0 ** -125
+    tiny = ~nan & (exact < 2.0**-125)  # the bottom of float32: 0 or a subnormal, never more
+    assert np.abs(ours[tiny] - exact[tiny]).max() < 2.0**-125
     # and MLX's own exp (itself within 4e-6 of the exact value) agrees wherever it is finite and normal
     theirs = np.array(mx.exp(mx.array(x)))
     both = normal & np.isfinite(theirs) & (theirs > 0)
@@ -73,6 +93,7 @@ def test_attention_matches_mlx_sdpa(mask):
         mask = mx.array(rng.standard_normal((17, 17)).astype(np.float32))
     elif mask == "prefix":
         from mlx_aimv2.models.encoder import prefix_mask
+
         mask = prefix_mask(mx.array([1, 9]), 17)
     ours = cpu.attention(q, k, v, scale=0.3, mask=mask)
     ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)

@@ -1,5 +1,6 @@
 """Data parallel over mx.distributed: two ranks on 127.0.0.1 (ring backend) end with identical
 weights, equal to a one-process run with the same global batch."""
+
 import json
 import os
 import shutil
@@ -31,17 +32,37 @@ def _setup(tmp_path):
     data = write_synthetic(tmp_path / "synth", 64, size=64, seed=3)
     tok = tmp_path / "tok.json"
     train_bpe((s.caption for s in open_dataset(str(data)).samples), 300, tok)
-    env = dict(os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent),
-                                                       os.environ.get("PYTHONPATH", "")]))
+    env = dict(
+        os.environ, PYTHONPATH=os.pathsep.join([str(Path(__file__).parent.parent), os.environ.get("PYTHONPATH", "")])
+    )
     return data, tok, env
 
 
 def _start_two_ranks(tmp_path, data, tok, env, *extra):
     port = 20000 + (os.getpid() * 7 + len(extra)) % 20000
     logs = [open(tmp_path / "stdout", "w"), open(tmp_path / "stderr", "w")]  # files: a full pipe would block the ranks
-    return subprocess.Popen([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--",
-                             sys.executable, str(WORKER), str(data), str(tmp_path / "two"), str(tok), *extra],
-                            env=env, stdout=logs[0], stderr=logs[1], text=True)
+    return subprocess.Popen(
+        [
+            _launcher(),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(port),
+            "--",
+            sys.executable,
+            str(WORKER),
+            str(data),
+            str(tmp_path / "two"),
+            str(tok),
+            *extra,
+        ],
+        env=env,
+        stdout=logs[0],
+        stderr=logs[1],
+        text=True,
+    )
 
 
 def _output(tmp_path):
@@ -109,26 +130,52 @@ def test_a_stopped_rank_is_named_and_does_not_hang_the_other(tmp_path):
 
 def test_two_ranks_match_each_other_and_one_process(tmp_path):
     data, tok, env = _setup(tmp_path)
-    one = subprocess.run([sys.executable, str(WORKER), str(data), str(tmp_path / "one"), str(tok)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(WORKER), str(data), str(tmp_path / "one"), str(tok)],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     port = 20000 + os.getpid() % 20000
-    two = subprocess.run([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--",
-                          sys.executable, str(WORKER), str(data), str(tmp_path / "two"), str(tok)],
-                         env=env, capture_output=True, text=True, timeout=300)
+    two = subprocess.run(
+        [
+            _launcher(),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(port),
+            "--",
+            sys.executable,
+            str(WORKER),
+            str(data),
+            str(tmp_path / "two"),
+            str(tok),
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
     r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
     r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
     ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
     assert r0.keys() == r1.keys() == ref.keys()
     for k in r0:
-        assert mx.array_equal(r0[k], r1[k]).item(), k                      # ranks agree exactly
+        assert mx.array_equal(r0[k], r1[k]).item(), k  # ranks agree exactly
         assert np.allclose(np.array(r0[k]), np.array(ref[k]), atol=2e-5), k  # and match one process
-    moved = max(float(mx.abs(ref[k] - v).max()) for k, v in
-                mx.load(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors")).items())
+    moved = max(
+        float(mx.abs(ref[k] - v).max())
+        for k, v in mx.load(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors")).items()
+    )
     assert moved == 0.0  # the saved checkpoint is the final state
     # only rank 0 writes checkpoints and metrics, and they record both ranks' data positions
     import json
+
     state = json.loads((tmp_path / "two" / "checkpoints" / "step_00000006" / "state.json").read_text())
     assert len(state["positions"]) == 2
     assert len((tmp_path / "two" / "metrics.jsonl").read_text().splitlines()) == 6
@@ -139,15 +186,37 @@ def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
     data, tok, env = _setup(tmp_path)
     demo = str(Path(__file__).parent.parent / "weights" / "demo")
     args = [str(data), None, str(tok), "6", "600", demo]
-    one = subprocess.run([sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
-                         env=env, capture_output=True, text=True, timeout=300)
+    one = subprocess.run(
+        [sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert one.returncode == 0, one.stderr[-2000:]
     port = 20000 + (os.getpid() * 3) % 20000
-    two = subprocess.run([_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--",
-                          sys.executable, str(WORKER), *[str(tmp_path / "two") if a is None else a for a in args]],
-                         env=env, capture_output=True, text=True, timeout=300)
-    assert two.returncode == 0 and (tmp_path / "two" / "weights.rank1.safetensors").is_file(), \
+    two = subprocess.run(
+        [
+            _launcher(),
+            "-n",
+            "2",
+            "--backend",
+            "ring",
+            "--starting-port",
+            str(port),
+            "--",
+            sys.executable,
+            str(WORKER),
+            *[str(tmp_path / "two") if a is None else a for a in args],
+        ],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0 and (tmp_path / "two" / "weights.rank1.safetensors").is_file(), (
         two.stdout[-2000:] + two.stderr[-2000:]
+    )
     r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
     r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
     ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))

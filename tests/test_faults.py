@@ -1,6 +1,7 @@
 """Fault injection: bad input and faults thrown at embed, the Python API, convert / load, and train.
 Every case must end in one clear line (exit 1, no traceback) or be handled as valid input; nothing
 silent, nothing lost, nothing left half-written."""
+
 import json
 import os
 import shutil
@@ -11,6 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import hf_vision
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -18,7 +20,6 @@ import mlx_aimv2
 from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.cli import app
 from mlx_aimv2.errors import UserError
-from helpers import hf_vision
 
 PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 runner = CliRunner()
@@ -61,21 +62,31 @@ def _png(path: Path, w: int, h: int) -> Path:
 
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", raw) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", raw)
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
 # ------------------------------------------------------------------------------------------ embed
 
 
-@pytest.mark.parametrize("dest, word", [("folder", "is a folder"), ("under_a_file", "is a file"),
-                                        ("x.csv", "unknown output format")])
+@pytest.mark.parametrize(
+    "dest, word", [("folder", "is a folder"), ("under_a_file", "is a file"), ("x.csv", "unknown output format")]
+)
 def test_embed_refuses_a_bad_destination_before_any_work(ckpt, tmp_path, dest, word, monkeypatch):
     _, _, model, imgs = ckpt
     (tmp_path / "folder.npy").mkdir()
     (tmp_path / "afile").write_text("x")
-    out = {"folder": tmp_path / "folder.npy", "under_a_file": tmp_path / "afile" / "e.npy", "x.csv": tmp_path / "x.csv"}[dest]
+    out = {
+        "folder": tmp_path / "folder.npy",
+        "under_a_file": tmp_path / "afile" / "e.npy",
+        "x.csv": tmp_path / "x.csv",
+    }[dest]
     monkeypatch.setattr(mlx_aimv2.api, "load", lambda *a, **k: pytest.fail("loaded a model for a doomed run"))
     one_clear_line(run("embed", imgs, "--model", model, "-o", out), word)
 
@@ -98,6 +109,7 @@ def test_ctrl_c_keeps_what_is_done(ckpt, tmp_path, monkeypatch, fmt):
         if len(calls) == 3:
             raise KeyboardInterrupt
         return real(self, *a, **k)
+
     monkeypatch.setattr(mlx_aimv2.api.AIMv2, "features", interrupted_at_the_third_batch)
     out = tmp_path / f"e{fmt}"
     r = run("embed", *files, "--model", model, "-o", out, "-b", 1)
@@ -117,6 +129,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(ckpt, tmp_path, monkeypatch)
 
     def full(*a, **k):
         raise OSError(28, "No space left on device")
+
     monkeypatch.setattr(np, "save", full)
     one_clear_line(run("embed", imgs, "--model", model, "-o", tmp_path / "e.npy"), "No space left on device")
     no_temporaries(tmp_path)
@@ -164,9 +177,16 @@ def test_nan_weights_give_no_silent_nan(ckpt, tmp_path):
 # ------------------------------------------------------------------------------------ Python API
 
 
-@pytest.mark.parametrize("bad, word", [(np.zeros((3, 64, 64), np.float32), "channels"),
-                                       (np.zeros((2, 64, 64, 3), np.float32), "is a batch"),
-                                       (42, "int"), (b"bytes", "bytes"), ("nowhere.jpg", "no such image file")])
+@pytest.mark.parametrize(
+    "bad, word",
+    [
+        (np.zeros((3, 64, 64), np.float32), "channels"),
+        (np.zeros((2, 64, 64, 3), np.float32), "is a batch"),
+        (42, "int"),
+        (b"bytes", "bytes"),
+        ("nowhere.jpg", "no such image file"),
+    ],
+)
 def test_api_bad_images_are_user_errors(ckpt, bad, word):
     m = mlx_aimv2.load(str(ckpt[2]))
     with pytest.raises(UserError, match=word):
@@ -280,6 +300,7 @@ def test_refused_pickle_says_why(tmp_path):
     class Evil:
         def __reduce__(self):
             return (os.system, ("echo pwned",))
+
     torch.save({"w": torch.zeros(2), "x": Evil()}, tmp_path / "model.bin")
     r = run("convert", tmp_path / "model.bin", tmp_path / "out")
     line = one_clear_line(r, "refused", "code")

@@ -1,5 +1,6 @@
 """Fault injection for training: bad configs, a busy run folder, damaged checkpoints, signals,
 non-finite weights and the leftovers of killed runs."""
+
 import json
 import signal
 
@@ -11,8 +12,7 @@ from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.cli import app
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
-from mlx_aimv2.train import Trainer, load_config
-from mlx_aimv2.train import checkpoint
+from mlx_aimv2.train import Trainer, checkpoint, load_config
 
 runner = CliRunner()
 logs: list = []
@@ -25,8 +25,19 @@ def synth(tmp_path_factory):
 
 
 def cfg(synth, out, **kw):
-    base = dict(data=str(synth), out=str(out), encoder="tiny", image_size=56, batch_size=8, steps=4, warmup=1,
-                log_every=1, save_every=2, vocab_size=300, threads=1)
+    base = dict(
+        data=str(synth),
+        out=str(out),
+        encoder="tiny",
+        image_size=56,
+        batch_size=8,
+        steps=4,
+        warmup=1,
+        log_every=1,
+        save_every=2,
+        vocab_size=300,
+        threads=1,
+    )
     return load_config(overrides={**base, **kw})
 
 
@@ -38,11 +49,20 @@ def err(*args):
 
 
 BAD_SETTINGS = {
-    "steps=3.5": "'steps' = 3.5", "patch_size=0": "'patch_size' = 0", "accum=0": "'accum' = 0",
-    "seed=-1": "'seed' = -1", "context_length=0": "'context_length' = 0", "betas=[2]": "'betas' = [2]",
-    "lr=fast": "'lr' = 'fast'", "threads=0": "'threads' = 0", "threads=-1": "'threads' = -1",
-    "crop_scale=[5]": "'crop_scale' = [5]", "image_size=0": "'image_size' = 0", "steps=true": "'steps' = True",
-    "decoder.depth=0": "'decoder.depth' = 0", "dtype=float64": "'dtype' = 'float64'",
+    "steps=3.5": "'steps' = 3.5",
+    "patch_size=0": "'patch_size' = 0",
+    "accum=0": "'accum' = 0",
+    "seed=-1": "'seed' = -1",
+    "context_length=0": "'context_length' = 0",
+    "betas=[2]": "'betas' = [2]",
+    "lr=fast": "'lr' = 'fast'",
+    "threads=0": "'threads' = 0",
+    "threads=-1": "'threads' = -1",
+    "crop_scale=[5]": "'crop_scale' = [5]",
+    "image_size=0": "'image_size' = 0",
+    "steps=true": "'steps' = True",
+    "decoder.depth=0": "'decoder.depth' = 0",
+    "dtype=float64": "'dtype' = 'float64'",
 }
 
 
@@ -81,7 +101,9 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(synth, tmp_path):
     del state["step"]
     (t.resume_from / "state.json").write_text(json.dumps(state))
     del t
-    with pytest.raises(UserError, match="none of the 2 checkpoint.* can be resumed; the newest: .*unreadable checkpoint files"):
+    with pytest.raises(
+        UserError, match="none of the 2 checkpoint.* can be resumed; the newest: .*unreadable checkpoint files"
+    ):
         Trainer(cfg(synth, out, steps=6), resume=True, **QUIET)
 
 
@@ -107,6 +129,7 @@ def test_sigterm_checkpoints_like_ctrl_c(synth, tmp_path, monkeypatch):
         if step == 2:
             signal.raise_signal(signal.SIGTERM)
         return real(step)
+
     monkeypatch.setattr(t, "_key", key)
     r = t.run(progress=False)
     assert r["interrupted"] and 2 <= r["step"] < 50
@@ -126,8 +149,27 @@ def test_orphans_of_killed_runs_are_cleaned_up(synth, tmp_path):
 def test_resume_from_the_saved_config(synth, tmp_path):
     """The README's form: only --out and --resume; the run's own config does the rest."""
     out = tmp_path / "r"
-    r = runner.invoke(app, ["train", "--data", str(synth), "--out", str(out), "--encoder", "tiny", "--image-size", "56",
-                            "-b", "8", "--steps", "2", "--set", "vocab_size=300", "--no-progress"])
+    r = runner.invoke(
+        app,
+        [
+            "train",
+            "--data",
+            str(synth),
+            "--out",
+            str(out),
+            "--encoder",
+            "tiny",
+            "--image-size",
+            "56",
+            "-b",
+            "8",
+            "--steps",
+            "2",
+            "--set",
+            "vocab_size=300",
+            "--no-progress",
+        ],
+    )
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"])
     assert r.exit_code == 0, r.output
@@ -137,6 +179,7 @@ def test_resume_from_the_saved_config(synth, tmp_path):
 
 def test_mirrored_captions_only_when_asked(synth, tmp_path):
     import numpy as np
+
     t = Trainer(cfg(synth, tmp_path / "a"), **QUIET)
     assert t.stream.mirrored_ids is t.stream.ids
     t2 = Trainer(cfg(synth, tmp_path / "b", mirror_captions=True), **QUIET)
@@ -146,6 +189,7 @@ def test_mirrored_captions_only_when_asked(synth, tmp_path):
 def test_huge_captions_do_not_stall_the_tokenizer(tmp_path):
     """2.6-million-character captions (uncapped, BPE training on them took minutes)."""
     from mlx_aimv2.tokenizer import MAX_CAPTION_CHARS, train_bpe
+
     huge = "a red circle " * 200_000
     tok = train_bpe([huge, "a blue square"] * 3, 300, tmp_path / "t.json")
     assert (tok([huge]) == tok([huge[:MAX_CAPTION_CHARS]])).all()

@@ -1,6 +1,7 @@
 """The photo index: search equals numpy brute force over the model's own embeddings; a second run is
 incremental; bad files are recorded and retried only when they change; a SIGKILLed run resumes
 without redoing committed work and leaves a sound database; the CLI's index and search."""
+
 import json
 import os
 import shutil
@@ -39,8 +40,10 @@ def photos(tmp_path_factory):
         dst.parent.mkdir(parents=True, exist_ok=True)
         shutil.copy(p, dst)
     shutil.copy(PHOTO, lib / "grace.jpg")
-    captions = {Path(json.loads(l)["image"]).name: json.loads(l)["caption"]
-                for l in (synth / "captions.jsonl").read_text().splitlines()}
+    captions = {
+        Path(json.loads(l)["image"]).name: json.loads(l)["caption"]
+        for l in (synth / "captions.jsonl").read_text().splitlines()
+    }
     return lib, captions
 
 
@@ -52,10 +55,16 @@ def fresh(photos, tmp_path):
 
 def _png_header(path: Path, w: int, h: int) -> Path:
     """A PNG that claims w x h pixels: enough for the size check, which reads only the header."""
+
     def chunk(kind, data):
         return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data))
-    path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
-                     + chunk(b"IDAT", zlib.compress(b"\x00" * 64)) + chunk(b"IEND", b""))
+
+    path.write_bytes(
+        b"\x89PNG\r\n\x1a\n"
+        + chunk(b"IHDR", struct.pack(">IIBBBBB", w, h, 8, 0, 0, 0, 0))
+        + chunk(b"IDAT", zlib.compress(b"\x00" * 64))
+        + chunk(b"IEND", b"")
+    )
     return path
 
 
@@ -66,7 +75,7 @@ def test_search_equals_numpy_brute_force(photos, tmp_path):
         assert (s.new, s.total, s.bad) == (41, 41, [])
         files = sorted(str(p) for p in lib.rglob("*.jpg"))
         model = mlx_aimv2.load("demo-lit")
-        emb = model.embed(files, pool="attn")           # the model's own embeddings, outside the index
+        emb = model.embed(files, pool="attn")  # the model's own embeddings, outside the index
         emb /= np.linalg.norm(emb, axis=1, keepdims=True)
         for query in ["one shape: a large red circle at the left", captions[Path(files[3]).name]]:
             q = model.encode_text([query])[0]
@@ -75,7 +84,7 @@ def test_search_equals_numpy_brute_force(photos, tmp_path):
             hits = index.search(text=query, k=7)
             assert [h.path for h in hits] == [files[i] for i in order]
             assert np.allclose([h.score for h in hits], scores[order], atol=2e-3)  # stored as float16
-        hits = index.search(image=files[5], k=3)   # by example: the image itself comes first
+        hits = index.search(image=files[5], k=3)  # by example: the image itself comes first
         assert hits[0].path == files[5] and hits[0].score > 0.999
 
 
@@ -99,9 +108,9 @@ def test_second_run_is_incremental(photos, tmp_path):
         s = index.add([lib])
         assert (s.new, s.changed, s.unchanged, s.removed) == (0, 0, 41, 0)
         victim = sorted((lib / "a").glob("*.jpg"))[0]
-        Image.open(PHOTO).resize((120, 90)).save(victim)          # changed content
-        (sorted((lib / "b").glob("*.jpg"))[0]).unlink()           # deleted
-        shutil.copy(PHOTO, lib / "b" / "new.jpg")                 # new
+        Image.open(PHOTO).resize((120, 90)).save(victim)  # changed content
+        (sorted((lib / "b").glob("*.jpg"))[0]).unlink()  # deleted
+        shutil.copy(PHOTO, lib / "b" / "new.jpg")  # new
         s = index.add([lib])
         assert (s.new, s.changed, s.unchanged, s.removed, s.total) == (1, 1, 39, 1, 41)
         assert index.search(image=str(PHOTO), k=3)[0].score > 0.999
@@ -120,8 +129,8 @@ def test_bad_files_are_recorded_and_retried_only_when_they_change(photos, tmp_pa
     (lib / "truncated.jpg").write_bytes(PHOTO.read_bytes()[:2000])
     (lib / "text.png").write_text("hello")
     _png_header(lib / "huge.png", 20000, 20000)
-    (lib / "loop").symlink_to(lib, target_is_directory=True)   # a symlink loop is not followed
-    os.mkfifo(lib / "pipe.jpg")                                # a FIFO is not read (it would block)
+    (lib / "loop").symlink_to(lib, target_is_directory=True)  # a symlink loop is not followed
+    os.mkfifo(lib / "pipe.jpg")  # a FIFO is not read (it would block)
     with mlx_aimv2.Index(tmp_path / "lib.aimv2", model="demo-lit") as index:
         s = index.add([lib])
         reasons = dict(s.bad)
@@ -151,8 +160,20 @@ def test_a_killed_run_resumes_without_redoing_committed_work(tmp_path):
     for i in range(300):
         shutil.copy(big, lib / f"{i:04d}.jpg")
     db = tmp_path / "lib.aimv2"
-    cmd = [sys.executable, "-m", "mlx_aimv2", "index", str(lib), "--db", str(db), "-m", "demo-lit",
-           "--batch-size", "4", "--no-progress"]
+    cmd = [
+        sys.executable,
+        "-m",
+        "mlx_aimv2",
+        "index",
+        str(lib),
+        "--db",
+        str(db),
+        "-m",
+        "demo-lit",
+        "--batch-size",
+        "4",
+        "--no-progress",
+    ]
     env = dict(os.environ, MLX_AIMV2_NO_RESTART="1")
     proc = subprocess.Popen(cmd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     t0 = time.time()
@@ -179,7 +200,16 @@ def test_cli_index_then_search_by_text_and_image(photos, tmp_path):
     db = tmp_path / "lib.aimv2"
     r = run("index", lib, "--db", db, "-m", "demo-lit", "--no-progress")
     assert r.exit_code == 0 and "41 new" in r.output, r.output
-    r = run("search", db, "one shape: a small blue square at the top right", "-k", "4", "--json", "--grid", tmp_path / "g.png")
+    r = run(
+        "search",
+        db,
+        "one shape: a small blue square at the top right",
+        "-k",
+        "4",
+        "--json",
+        "--grid",
+        tmp_path / "g.png",
+    )
     assert r.exit_code == 0, r.output
     hits = json.loads(r.stdout)
     assert len(hits) == 4 and hits[0]["score"] >= hits[-1]["score"]
@@ -188,14 +218,17 @@ def test_cli_index_then_search_by_text_and_image(photos, tmp_path):
     assert r.exit_code == 0 and "grace.jpg" in r.output and "1.0000" in r.output, r.output
 
 
-@pytest.mark.parametrize("args, words", [
-    (["search", "{tmp}/none.aimv2", "x"], "no such index"),
-    (["search", "{db}"], "give a text query"),
-    (["search", "{db}", "x", "--image", "{photo}"], "not both"),
-    (["search", "{img_db}", "a red circle"], "image-only model"),
-    (["search", "{photo}", "x"], "not an mlx-aimv2 index"),
-    (["index", "{tmp}/nowhere", "--db", "{tmp}/n.aimv2", "-m", "demo-lit"], "no such file or folder"),
-])
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["search", "{tmp}/none.aimv2", "x"], "no such index"),
+        (["search", "{db}"], "give a text query"),
+        (["search", "{db}", "x", "--image", "{photo}"], "not both"),
+        (["search", "{img_db}", "a red circle"], "image-only model"),
+        (["search", "{photo}", "x"], "not an mlx-aimv2 index"),
+        (["index", "{tmp}/nowhere", "--db", "{tmp}/n.aimv2", "-m", "demo-lit"], "no such file or folder"),
+    ],
+)
 def test_cli_errors_are_one_line(photos, tmp_path, args, words):
     lib = photos[0]
     db, img_db = tmp_path / "t.aimv2", tmp_path / "i.aimv2"
@@ -207,6 +240,7 @@ def test_cli_errors_are_one_line(photos, tmp_path, args, words):
 
 def test_ctrl_c_keeps_the_committed_batches(photos, tmp_path, monkeypatch):
     from mlx_aimv2 import api
+
     real = api.AIMv2.iter_embed
 
     def interrupted_after_ten(self, items, *a, **k):
@@ -214,6 +248,7 @@ def test_ctrl_c_keeps_the_committed_batches(photos, tmp_path, monkeypatch):
             if i == 10:
                 raise KeyboardInterrupt
             yield row
+
     monkeypatch.setattr(api.AIMv2, "iter_embed", interrupted_after_ten)
     db = tmp_path / "lib.aimv2"
     r = run("index", photos[0], "--db", db, "-m", "demo-lit", "-b", "4", "--no-progress")
@@ -230,15 +265,19 @@ def test_moved_files_keep_their_vectors_without_the_model(photos, tmp_path, monk
     with mlx_aimv2.Index(tmp_path / "lib.aimv2", model="demo-lit") as index:
         index.add([lib])
         before = {Path(h.path).name: h.score for h in index.search(text="a red circle", k=41)}
-        (lib / "b").rename(lib / "c")                      # a folder renamed: 20 files at new paths
-        shutil.copy(PHOTO, lib / "c" / "another.jpg")      # and one truly new file
+        (lib / "b").rename(lib / "c")  # a folder renamed: 20 files at new paths
+        shutil.copy(PHOTO, lib / "c" / "another.jpg")  # and one truly new file
         from mlx_aimv2 import api
+
         real, calls = api.AIMv2.iter_embed, []
-        monkeypatch.setattr(api.AIMv2, "iter_embed", lambda self, items, *a, **k: calls.append(list(items)) or
-                            real(self, calls[-1], *a, **k))
+        monkeypatch.setattr(
+            api.AIMv2,
+            "iter_embed",
+            lambda self, items, *a, **k: calls.append(list(items)) or real(self, calls[-1], *a, **k),
+        )
         s = index.add([lib])
         assert (s.new, s.moved, s.removed, s.total) == (1, 20, 0, 42), s
-        assert [Path(p).name for p in calls[0]] == ["another.jpg"]   # the model saw only the new file
+        assert [Path(p).name for p in calls[0]] == ["another.jpg"]  # the model saw only the new file
         after = {Path(h.path).name: h.score for h in index.search(text="a red circle", k=42)}
         assert all(abs(after[n] - v) < 1e-6 for n, v in before.items())
         paths = [h.path for h in index.search(text="a red circle", k=42)]

@@ -1,5 +1,6 @@
 """LiT tuning in the trainer: the contrastive loss falls, retrieval beats a random text side, resume is
 exact, the result loads like the published LiT layout, and the losses equal numpy's."""
+
 import json
 from pathlib import Path
 
@@ -27,9 +28,22 @@ def sets(tmp_path_factory):
 
 
 def cfg(data, out, **kw):
-    base = dict(objective="lit", init=DEMO, data=str(data), out=str(out), tokenizer=str(ROOT / "weights/demo/tokenizer.json"),
-                context_length=32, text={"hidden_size": 64, "depth": 1, "num_heads": 2}, projection_dim=64,
-                batch_size=32, steps=120, warmup=10, lr=2e-3, log_every=1, save_every=1000)
+    base = dict(
+        objective="lit",
+        init=DEMO,
+        data=str(data),
+        out=str(out),
+        tokenizer=str(ROOT / "weights/demo/tokenizer.json"),
+        context_length=32,
+        text={"hidden_size": 64, "depth": 1, "num_heads": 2},
+        projection_dim=64,
+        batch_size=32,
+        steps=120,
+        warmup=10,
+        lr=2e-3,
+        log_every=1,
+        save_every=1000,
+    )
     return load_config(overrides={**base, **kw})
 
 
@@ -100,8 +114,9 @@ def test_tuning_a_lit_model_starts_from_its_text_side(sets, tmp_path):
     train, held = sets
     Trainer(cfg(train, tmp_path / "first", steps=60), **QUIET).run(progress=False)
     first = str(tmp_path / "first" / "lit")
-    again = cfg(train, tmp_path / "again", init=first, tokenizer=None, steps=1, lr=1e-12, min_lr=0, warmup=0,
-                weight_decay=0)
+    again = cfg(
+        train, tmp_path / "again", init=first, tokenizer=None, steps=1, lr=1e-12, min_lr=0, warmup=0, weight_decay=0
+    )
     Trainer(again, **QUIET).run(progress=False)
     a, b = mlx_aimv2.load(first), mlx_aimv2.load(str(tmp_path / "again" / "lit"))
     caps = ["one shape: a large red circle at the left", "two shapes: a small blue square at the top"]
@@ -130,10 +145,23 @@ def test_recall_at_k_counts_identical_captions_and_chance():
 def test_lit_from_a_training_run_and_from_a_quantized_encoder(sets, tmp_path):
     """Any encoder we load can be frozen: a pre-training run's latest checkpoint, a quantized folder."""
     train, _ = sets
-    pre = load_config(overrides=dict(data=str(train), out=str(tmp_path / "pre"), encoder="tiny", image_size=56,
-                                     batch_size=16, steps=2, warmup=1, vocab_size=300, log_every=1))
+    pre = load_config(
+        overrides=dict(
+            data=str(train),
+            out=str(tmp_path / "pre"),
+            encoder="tiny",
+            image_size=56,
+            batch_size=16,
+            steps=2,
+            warmup=1,
+            vocab_size=300,
+            log_every=1,
+        )
+    )
     Trainer(pre, **QUIET).run(progress=False)
-    Trainer(cfg(train, tmp_path / "from_run", init=str(tmp_path / "pre"), steps=3, tokenizer=None), **QUIET).run(progress=False)
+    Trainer(cfg(train, tmp_path / "from_run", init=str(tmp_path / "pre"), steps=3, tokenizer=None), **QUIET).run(
+        progress=False
+    )
     m = mlx_aimv2.load(str(tmp_path / "from_run" / "lit"))
     assert m.config.vision.hidden_size == 64 and m.encode_text(["a red circle"]).shape == (1, 64)
     q8 = mlx_aimv2.convert(DEMO, tmp_path / "demo-q8", quantization=spec(8, 64, "affine"))

@@ -1,12 +1,13 @@
 """The prefix mask against a brute-force construction; both losses against plain numpy."""
+
 import mlx.core as mx
 import numpy as np
 import pytest
 
+from mlx_aimv2.config import VisionConfig
 from mlx_aimv2.models.decoder import AIMv2PreTrainer, DecoderConfig
 from mlx_aimv2.models.encoder import prefix_mask
 from mlx_aimv2.models.losses import image_loss, patchify, text_loss
-from mlx_aimv2.config import VisionConfig
 
 
 def test_prefix_mask_brute_force():
@@ -38,8 +39,8 @@ def test_image_loss_matches_numpy():
     t = (t - t.mean(-1, keepdims=True)) / np.sqrt(t.var(-1, ddof=1, keepdims=True) + 1e-6)
     num = den = 0.0
     for i in range(b):
-        for j in range(n - 1):          # output j predicts patch j+1
-            if j + 1 >= prefix[i]:      # only targets past the prefix count
+        for j in range(n - 1):  # output j predicts patch j+1
+            if j + 1 >= prefix[i]:  # only targets past the prefix count
                 num += ((pred[i, j] - t[i, j + 1]) ** 2).mean()
                 den += 1
     ours = image_loss(mx.array(pred), mx.array(img), mx.array(prefix), p).item()
@@ -55,7 +56,7 @@ def test_text_loss_matches_numpy_and_ignores_pads():
     ids[1, 2:] = pad
     num = den = 0.0
     for i in range(b):
-        for t in range(L):              # logits[t] (BOS at 0) predicts ids[t]
+        for t in range(L):  # logits[t] (BOS at 0) predicts ids[t]
             if ids[i, t] != pad:
                 z = logits[i, t] - logits[i, t].max()
                 num += -(z[ids[i, t]] - np.log(np.exp(z).sum()))
@@ -87,8 +88,12 @@ def test_decoder_is_causal_and_objectives():
 @pytest.mark.parametrize("ratio", [0.5, 0.25, 0.125])
 def test_decoder_sized_as_a_fraction_of_the_encoder(ratio):
     from mlx.utils import tree_flatten
+
     enc = VisionConfig(hidden_size=384, depth=12, num_heads=6, mlp_hidden=1024, image_size=224)
     model = AIMv2PreTrainer(enc, DecoderConfig(width=384, depth=6, num_heads=6, vocab_size=100, ratio=ratio))
-    count = lambda m: sum(v.size for k, v in tree_flatten(m.trunk.parameters()))
+
+    def count(m):
+        return sum(v.size for k, v in tree_flatten(m.trunk.parameters()))
+
     got = count(model.decoder) / count(model.encoder)
     assert abs(np.log(got / ratio)) < np.log(1.5)

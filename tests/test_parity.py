@@ -1,14 +1,15 @@
 """Our encoders against transformers' Aimv2VisionModel / Aimv2Model with random weights, fp32,
 for a checkpoint in every layout we read, on both numeric paths: MLX's own ops (what Metal and CUDA
 run) and cpu.py's kernels (what the CPU runs)."""
+
 import numpy as np
 import pytest
 import torch
+from helpers import hf_lit, hf_vision, save_safetensors, state_dict_np, to_mlaim_keys, to_timm_keys, torch_pixels
 
 import mlx_aimv2
 from mlx_aimv2 import cpu
 from mlx_aimv2.models.layers import Attention
-from helpers import hf_lit, hf_vision, save_safetensors, state_dict_np, to_mlaim_keys, to_timm_keys, torch_pixels
 
 TOL = 1e-4
 
@@ -38,12 +39,14 @@ def kernels(request):
         attn = next(mod for _, mod in m.module.named_modules() if isinstance(mod, Attention))
         assert (attn.sdpa is cpu.attention) == on
         return m
+
     return use
 
 
 def _ours(path, x, kernels):
     m = kernels(mlx_aimv2.load(str(path)))
     import mlx.core as mx
+
     return np.array(m.vision(mx.array(x))), m
 
 
@@ -70,6 +73,7 @@ def test_converting_a_converted_checkpoint_changes_nothing(vision_ref, tmp_path)
     a = mlx_aimv2.convert(str(folder), tmp_path / "a")
     b = mlx_aimv2.convert(str(a), tmp_path / "b")
     import mlx.core as mx
+
     wa, wb = mx.load(str(a / "model.safetensors")), mx.load(str(b / "model.safetensors"))
     assert wa.keys() == wb.keys()
     assert all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
@@ -82,6 +86,7 @@ def test_intermediate_layers_match_hidden_states(vision_ref, kernels):
         hs = model(torch_pixels(x), output_hidden_states=True).hidden_states
     m = kernels(mlx_aimv2.load(str(folder)))
     import mlx.core as mx
+
     _, feats = m.vision(mx.array(x), output_layers=(0, -1))
     # transformers' hidden_states[i + 1] is block i's output
     assert np.abs(np.array(feats[0]) - hs[1].numpy()).max() <= TOL
@@ -104,12 +109,16 @@ def test_lit_logits_and_embeddings(tmp_path, kernels):
     x = _pixels()
     ids = np.random.default_rng(2).integers(0, 298, (3, 16)).astype(np.int64)
     ids[0, 5], ids[1, 9], ids[2, 15] = 299, 299, 299  # end-of-text positions
-    ids[0, 6:] = 299                                 # padded with eos, as CLIP pads
+    ids[0, 6:] = 299  # padded with eos, as CLIP pads
     with torch.no_grad():
-        ref = model(input_ids=torch.from_numpy(ids), pixel_values=torch_pixels(x),
-                    attention_mask=torch.ones(ids.shape, dtype=torch.long))  # a mask makes the text tower causal
+        ref = model(
+            input_ids=torch.from_numpy(ids),
+            pixel_values=torch_pixels(x),
+            attention_mask=torch.ones(ids.shape, dtype=torch.long),
+        )  # a mask makes the text tower causal
     m = kernels(mlx_aimv2.load(str(folder)))
     import mlx.core as mx
+
     logits = np.array(m.module(mx.array(x), mx.array(ids.astype(np.int32))))
     assert m.config.kind == "lit"
     assert np.abs(logits - ref.logits_per_image.numpy()).max() <= TOL * 10  # logits are scaled by exp(2)

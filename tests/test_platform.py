@@ -1,6 +1,7 @@
 """How the package starts on each platform: the OpenBLAS restart runs only our own code and only
 from the command, never from an import or a program; the slow-BLAS notice is a filterable warning;
 Metal's wired-memory limit is set only for large models."""
+
 import os
 import subprocess
 import sys
@@ -12,8 +13,9 @@ import pytest
 from mlx_aimv2 import cpu, environment
 
 ROOT = Path(__file__).parent.parent
-needs_openblas = pytest.mark.skipif(sys.platform != "linux" or not os.path.exists(cpu.OPENBLAS),
-                                    reason="Debian's OpenBLAS is not installed")
+needs_openblas = pytest.mark.skipif(
+    sys.platform != "linux" or not os.path.exists(cpu.OPENBLAS), reason="Debian's OpenBLAS is not installed"
+)
 
 
 def _bare_env(**extra):
@@ -35,8 +37,9 @@ def test_restart_runs_our_package_not_the_working_directorys(tmp_path):
     hostile.mkdir()
     for f in ("__init__.py", "__main__.py"):
         (hostile / f).write_text("open(__file__ + '.ran', 'w').write('x'); raise SystemExit(99)\n")
-    r = subprocess.run([_console_script(), "doctor"], cwd=tmp_path, env=_bare_env(), capture_output=True,
-                       text=True, timeout=120)
+    r = subprocess.run(
+        [_console_script(), "doctor"], cwd=tmp_path, env=_bare_env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert not list(hostile.glob("*.ran"))
     assert "openblas" in r.stdout and "(preloaded)" in r.stdout  # the restart happened
@@ -53,10 +56,13 @@ def test_both_ways_of_starting_the_cli_restart_alike(tmp_path, how):
 
 @needs_openblas
 def test_a_program_calling_cli_main_is_not_replaced(tmp_path):
-    code = ("import sys; from mlx_aimv2 import cli; sys.argv = ['mlx-aimv2', 'models']\n"
-            "try:\n    cli.main()\nexcept SystemExit:\n    pass\nprint('still the same process')")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_bare_env(), capture_output=True,
-                       text=True, timeout=120)
+    code = (
+        "import sys; from mlx_aimv2 import cli; sys.argv = ['mlx-aimv2', 'models']\n"
+        "try:\n    cli.main()\nexcept SystemExit:\n    pass\nprint('still the same process')"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_bare_env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "still the same process" in r.stdout and "aimv2-large-patch14-224" in r.stdout
 
@@ -64,10 +70,13 @@ def test_a_program_calling_cli_main_is_not_replaced(tmp_path):
 @needs_openblas
 def test_pytest_main_from_a_program_returns(tmp_path):
     """Our conftest once replaced the calling process to preload OpenBLAS."""
-    code = (f"import pytest; rc = pytest.main(['-q', '-p', 'no:cacheprovider', {str(ROOT / 'tests' / 'test_config.py')!r}])\n"
-            "print('pytest.main returned', int(rc))")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_bare_env(), capture_output=True,
-                       text=True, timeout=300)
+    code = (
+        f"import pytest; rc = pytest.main(['-q', '-p', 'no:cacheprovider', {str(ROOT / 'tests' / 'test_config.py')!r}])\n"
+        "print('pytest.main returned', int(rc))"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_bare_env(), capture_output=True, text=True, timeout=300
+    )
     assert "pytest.main returned 0" in r.stdout, r.stdout[-1000:] + r.stderr[-1000:]
 
 
@@ -90,15 +99,18 @@ def test_no_restart_off_the_cpu_backend(monkeypatch):
 
 @needs_openblas
 def test_slow_blas_is_a_warning_an_app_can_filter(tmp_path):
-    code = ("import warnings, mlx_aimv2\n"
-            "with warnings.catch_warnings(record=True) as seen:\n"
-            "    warnings.simplefilter('always')\n"
-            "    mlx_aimv2.load('demo')\n"
-            "print([w.category.__name__ for w in seen])\n"
-            "warnings.simplefilter('ignore', mlx_aimv2.SlowBLASWarning)\n"
-            "mlx_aimv2.load('demo')\n")
-    r = subprocess.run([sys.executable, "-c", code], cwd=tmp_path, env=_bare_env(), capture_output=True,
-                       text=True, timeout=120)
+    code = (
+        "import warnings, mlx_aimv2\n"
+        "with warnings.catch_warnings(record=True) as seen:\n"
+        "    warnings.simplefilter('always')\n"
+        "    mlx_aimv2.load('demo')\n"
+        "print([w.category.__name__ for w in seen])\n"
+        "warnings.simplefilter('ignore', mlx_aimv2.SlowBLASWarning)\n"
+        "mlx_aimv2.load('demo')\n"
+    )
+    r = subprocess.run(
+        [sys.executable, "-c", code], cwd=tmp_path, env=_bare_env(), capture_output=True, text=True, timeout=120
+    )
     assert r.returncode == 0, r.stderr
     assert "['SlowBLASWarning']" in r.stdout
     assert r.stderr.strip() == ""  # the import says nothing, the filtered load says nothing

@@ -1,4 +1,5 @@
 """Our preprocessing against transformers' PIL-backend CLIPImageProcessor, on a real photo and odd modes."""
+
 from pathlib import Path
 
 import numpy as np
@@ -13,6 +14,7 @@ PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 
 def _reference(img, size=224):
     from transformers.models.clip.image_processing_pil_clip import CLIPImageProcessorPil
+
     proc = CLIPImageProcessorPil(size={"shortest_edge": size}, crop_size={"height": size, "width": size})
     return proc(images=img, return_tensors="np")["pixel_values"][0].transpose(1, 2, 0)
 
@@ -25,9 +27,18 @@ def _variants():
     a = np.array(rgba)
     a[..., 3] = np.linspace(0, 255, a.shape[1]).astype(np.uint8)[None]
     i16 = Image.fromarray(np.array(photo.convert("L")).astype(np.uint16) * 200)  # PIL mode I;16
-    return {"photo": photo, "wide": wide, "tall": photo.crop((50, 0, 250, 600)), "L": photo.convert("L"),
-            "LA": Image.fromarray(a).convert("LA"), "P": wide.convert("P"), "RGBA": Image.fromarray(a),
-            "CMYK": wide.convert("CMYK"), "I;16": i16, "small": photo.resize((100, 90))}
+    return {
+        "photo": photo,
+        "wide": wide,
+        "tall": photo.crop((50, 0, 250, 600)),
+        "L": photo.convert("L"),
+        "LA": Image.fromarray(a).convert("LA"),
+        "P": wide.convert("P"),
+        "RGBA": Image.fromarray(a),
+        "CMYK": wide.convert("CMYK"),
+        "I;16": i16,
+        "small": photo.resize((100, 90)),
+    }
 
 
 @pytest.mark.parametrize("name", list(_variants()))
@@ -48,12 +59,13 @@ def test_other_resolution_from_config():
 def test_exif_orientation_is_applied(tmp_path):
     photo = _variants()["wide"]  # 512 x 300
     exif = Image.Exif()
-    exif[0x0112] = 6             # rotate 90 degrees clockwise on display
+    exif[0x0112] = 6  # rotate 90 degrees clockwise on display
     f = tmp_path / "rot.jpg"
     photo.save(f, exif=exif)
     img = load_image(f)
     assert img.size == (300, 512)
     from PIL import ImageOps
+
     ref = _reference(ImageOps.exif_transpose(Image.open(f)))
     assert np.abs(Preprocessor()(f) - ref).max() <= 1e-5
 
@@ -66,7 +78,11 @@ def test_native_sizing_keeps_aspect_within_budget():
         assert 112 <= (nw // 14) * (nh // 14) <= 4096
         assert abs(np.log((nw / nh) / (w / h))) < 0.25  # aspect kept up to rounding
     assert p.native_size(224, 336) == (224, 336)
-    assert Preprocessor(native_patch=14)(Image.new("RGB", (640, 480))).shape == (476, 644, 3)  # round(480/14)=34, round(640/14)=46 patches
+    assert Preprocessor(native_patch=14)(Image.new("RGB", (640, 480))).shape == (
+        476,
+        644,
+        3,
+    )  # round(480/14)=34, round(640/14)=46 patches
 
 
 @pytest.mark.parametrize("content, what", [(b"", "empty"), (b"not an image at all", "cannot decode")])
@@ -84,6 +100,7 @@ def test_truncated_and_bomb_images(tmp_path, monkeypatch):
     with pytest.raises(UserError, match="trunc.jpg"):
         load_image(f)
     import mlx_aimv2.preprocess as pre
+
     monkeypatch.setattr(pre, "MAX_PIXELS", 1000)
     with pytest.raises(UserError, match="pixel limit"):
         load_image(PHOTO)

@@ -1,5 +1,6 @@
 """A short pre-training run's features beat a random-init encoder of the same architecture under
 the same probes; the probe command writes its JSON; an image-folder dataset works too."""
+
 import json
 import shutil
 from pathlib import Path
@@ -16,20 +17,50 @@ from mlx_aimv2.train import Trainer, load_config
 def test_trained_encoder_beats_random_init(tmp_path):
     train = write_synthetic(tmp_path / "train", 1000, size=64, seed=1)
     evalset = write_synthetic(tmp_path / "eval", 500, size=64, seed=2, max_objects=1)
-    cfg = load_config(overrides=dict(data=str(train), out=str(tmp_path / "run"), encoder="tiny", image_size=56,
-                                     batch_size=32, steps=300, warmup=20, lr=3e-3, vocab_size=300, log_every=50))
+    cfg = load_config(
+        overrides=dict(
+            data=str(train),
+            out=str(tmp_path / "run"),
+            encoder="tiny",
+            image_size=56,
+            batch_size=32,
+            steps=300,
+            warmup=20,
+            lr=3e-3,
+            vocab_size=300,
+            log_every=50,
+        )
+    )
     Trainer(cfg, log=lambda *a: None).run(progress=False)
     runner = CliRunner()
     scores = {}
     for name, extra in (("trained", []), ("random", ["--random-init"])):
         out = tmp_path / f"{name}.json"
-        r = runner.invoke(app, ["probe", "-m", str(tmp_path / "run" / "encoder"), "--data", str(evalset),
-                                "--attributes", "colour,size", "--methods", "linear,knn", "--epochs", "20",
-                                "--cache", str(tmp_path / "cache"), "-o", str(out), *extra])
+        r = runner.invoke(
+            app,
+            [
+                "probe",
+                "-m",
+                str(tmp_path / "run" / "encoder"),
+                "--data",
+                str(evalset),
+                "--attributes",
+                "colour,size",
+                "--methods",
+                "linear,knn",
+                "--epochs",
+                "20",
+                "--cache",
+                str(tmp_path / "cache"),
+                "-o",
+                str(out),
+                *extra,
+            ],
+        )
         assert r.exit_code == 0, r.output
         scores[name] = json.loads(out.read_text())["top1"]
     t, f = scores["trained"], scores["random"]
-    assert t["colour"]["linear"] >= f["colour"]["linear"] + 20, scores   # a clear margin
+    assert t["colour"]["linear"] >= f["colour"]["linear"] + 20, scores  # a clear margin
     assert t["colour"]["knn"] > f["colour"]["knn"], scores
     assert np.mean([t[a][m] for a in t for m in t[a]]) > np.mean([f[a][m] for a in f for m in f[a]]) + 10
     assert list((tmp_path / "cache").glob("features-*.npy"))  # trained features were cached

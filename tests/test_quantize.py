@@ -1,18 +1,19 @@
 """Quantized checkpoints: convert -q writes MLX quantized blocks and the spec; load / embed / classify /
 train --init read them; the quantized model equals transformers running the dequantized weights."""
+
 import json
 
 import mlx.core as mx
 import numpy as np
 import pytest
 import torch
+from helpers import hf_lit, hf_vision, torch_pixels
 from typer.testing import CliRunner
 
 import mlx_aimv2
 from mlx_aimv2.cli import app
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.quantize import is_quantized, spec
-from helpers import hf_lit, hf_vision, torch_pixels
 
 runner = CliRunner()
 
@@ -36,12 +37,26 @@ def _dequantized_state(folder):
     return out
 
 
-@pytest.mark.parametrize("bits, group, mode", [(8, 64, "affine"), (4, 64, "affine"), (6, 128, "affine"),
-                                               (4, 32, "mxfp4")])
+@pytest.mark.parametrize(
+    "bits, group, mode", [(8, 64, "affine"), (4, 64, "affine"), (6, 128, "affine"), (4, 32, "mxfp4")]
+)
 def test_quantized_encoder_equals_transformers_on_the_dequantized_weights(tmp_path, bits, group, mode):
     model, folder = hf_vision(tmp_path)
-    r = runner.invoke(app, ["convert", str(folder), str(tmp_path / "q"), "-q", "--q-bits", str(bits),
-                            "--q-group-size", str(group), "--q-mode", mode])
+    r = runner.invoke(
+        app,
+        [
+            "convert",
+            str(folder),
+            str(tmp_path / "q"),
+            "-q",
+            "--q-bits",
+            str(bits),
+            "--q-group-size",
+            str(group),
+            "--q-mode",
+            mode,
+        ],
+    )
     assert r.exit_code == 0, r.output
     cfg = json.loads((tmp_path / "q" / "config.json").read_text())
     assert cfg["quantization"] == {"bits": bits, "group_size": group, "mode": mode}
@@ -55,7 +70,7 @@ def test_quantized_encoder_equals_transformers_on_the_dequantized_weights(tmp_pa
             qkv = deq[f"trunk.blocks.{i}.attn.qkv.weight"]
             d = qkv.shape[1]
             for j, name in enumerate(("q_proj", "k_proj", "v_proj")):
-                getattr(layer.attention, name).weight.copy_(torch.from_numpy(qkv[j * d:(j + 1) * d]))
+                getattr(layer.attention, name).weight.copy_(torch.from_numpy(qkv[j * d : (j + 1) * d]))
             layer.attention.out_proj.weight.copy_(torch.from_numpy(deq[f"trunk.blocks.{i}.attn.proj.weight"]))
             layer.ffn.gate_proj.weight.copy_(torch.from_numpy(deq[f"trunk.blocks.{i}.mlp.fc1.weight"]))
             layer.ffn.up_proj.weight.copy_(torch.from_numpy(deq[f"trunk.blocks.{i}.mlp.fc3.weight"]))
@@ -77,7 +92,9 @@ def test_fidelity_and_size_against_float(tmp_path):
     x = _pixels(3)
     base = np.array(mlx_aimv2.load(str(f32)).vision(mx.array(x))).mean(axis=1)
     size = (f32 / "model.safetensors").stat().st_size
-    blocks = sum(v.nbytes for k, v in mx.load(str(f32 / "model.safetensors")).items() if ".blocks." in k and v.ndim == 2)
+    blocks = sum(
+        v.nbytes for k, v in mx.load(str(f32 / "model.safetensors")).items() if ".blocks." in k and v.ndim == 2
+    )
     rest = size - blocks  # what stays in float: embeddings, norms, positions (a large share of a tiny model)
     for bits, min_cos in ((8, 0.999), (4, 0.98)):
         q = mlx_aimv2.convert(str(f32), tmp_path / f"q{bits}", quantization=spec(bits, 64))
@@ -89,8 +106,10 @@ def test_fidelity_and_size_against_float(tmp_path):
 
 
 def test_quantized_folders_behave_like_any_other(tmp_path):
-    from helpers import tiny_clip_vocab
     import shutil
+
+    from helpers import tiny_clip_vocab
+
     vocab = tiny_clip_vocab(tmp_path / "tok")
     _, folder = hf_lit(tmp_path, vocab_size=len(vocab), eos=vocab["<|endoftext|>"], context=77)
     for f in ("vocab.json", "merges.txt"):
@@ -99,6 +118,7 @@ def test_quantized_folders_behave_like_any_other(tmp_path):
     m = mlx_aimv2.load(str(q), keep_quantized=True)
     assert is_quantized(m.module.text_encoder) and is_quantized(m.module.image_encoder)
     from pathlib import Path
+
     photo = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
     probs = m.classify([photo], ["cat", "dog"])
     assert probs.shape == (1, 2) and abs(probs.sum() - 1) < 1e-5
@@ -115,8 +135,12 @@ def test_quantized_folders_behave_like_any_other(tmp_path):
 
 def test_bad_quantization_options_are_one_line(tmp_path):
     _, folder = hf_vision(tmp_path)
-    for args, word in ((["--q-bits", "7"], "--q-bits 7"), (["--q-mode", "mxfp4", "--q-bits", "8"], "mxfp4 takes 4"),
-                       (["--q-group-size", "48"], "--q-group-size 48"), (["--q-mode", "int3"], "--q-mode int3")):
+    for args, word in (
+        (["--q-bits", "7"], "--q-bits 7"),
+        (["--q-mode", "mxfp4", "--q-bits", "8"], "mxfp4 takes 4"),
+        (["--q-group-size", "48"], "--q-group-size 48"),
+        (["--q-mode", "int3"], "--q-mode int3"),
+    ):
         r = runner.invoke(app, ["convert", str(folder), str(tmp_path / "q"), "-q", *args])
         assert r.exit_code == 1 and word in r.output.strip().splitlines()[-1], r.output
     assert not (tmp_path / "q").exists()
@@ -128,11 +152,25 @@ def test_bad_quantization_options_are_one_line(tmp_path):
 def test_training_from_a_quantized_checkpoint_starts_from_dequantized_weights(tmp_path):
     from mlx_aimv2.data import write_synthetic
     from mlx_aimv2.train import Trainer, load_config
+
     q = mlx_aimv2.convert("demo", tmp_path / "q", quantization=spec(8, 64))
     data = write_synthetic(tmp_path / "s", 16, size=112)
     logs = []
-    t = Trainer(load_config(overrides=dict(data=str(data), out=str(tmp_path / "r"), init=str(q), image_size=112,
-                                           batch_size=8, steps=1, warmup=1, vocab_size=300)), log=logs.append)
+    t = Trainer(
+        load_config(
+            overrides=dict(
+                data=str(data),
+                out=str(tmp_path / "r"),
+                init=str(q),
+                image_size=112,
+                batch_size=8,
+                steps=1,
+                warmup=1,
+                vocab_size=300,
+            )
+        ),
+        log=logs.append,
+    )
     assert any("dequantized" in line for line in logs)
     assert not is_quantized(t.model)
     assert t.run(progress=False)["step"] == 1

@@ -1,5 +1,6 @@
 """The README's first command (the main job) works on a machine with no network and no hub cache:
 it falls back to the bundled demo checkpoint. The command is read from the README itself."""
+
 import os
 import re
 import shlex
@@ -24,8 +25,14 @@ def test_main_job_command_runs_offline_with_the_demo(tmp_path):
     env = dict(os.environ, HF_HUB_OFFLINE="1", HF_HOME=str(tmp_path / "hf"), HF_HUB_CACHE=str(tmp_path / "hf"))
     # run in a temporary folder holding the repository's inputs, so outputs never touch the user's files
     (tmp_path / "examples").symlink_to(ROOT / "examples")
-    r = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args[1:]], cwd=tmp_path, env=env,
-                       capture_output=True, text=True, timeout=300)
+    r = subprocess.run(
+        [sys.executable, "-m", "mlx_aimv2", *args[1:]],
+        cwd=tmp_path,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert r.returncode == 0, r.stderr[-2000:]
     assert "demo" in r.stderr and "grace_hopper.jpg: embedding" in r.stdout
     pca = [a for a in args if a.endswith(".png")]
@@ -48,8 +55,14 @@ def test_offline_search_commands_run_on_what_ships(tmp_path):
     for part in line.split("&&"):
         args = shlex.split(part)
         assert args[0] == "mlx-aimv2"
-        r = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args[1:]], cwd=tmp_path, env=env,
-                           capture_output=True, text=True, timeout=300)
+        r = subprocess.run(
+            [sys.executable, "-m", "mlx_aimv2", *args[1:]],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert r.returncode == 0, r.stderr[-2000:]
         outputs.append(r)
     assert "25 new" in outputs[0].stdout and "demo-lit" in outputs[0].stderr

@@ -1,5 +1,6 @@
 """Pre-training on the synthetic set: the losses fall, resume is exact, bad data is skipped,
 training starts from a converted checkpoint and the exported encoder embeds."""
+
 import json
 from pathlib import Path
 
@@ -24,8 +25,20 @@ def synth(tmp_path_factory):
 
 
 def cfg(synth, out, **kw):
-    base = dict(data=str(synth), out=str(out), encoder="tiny", image_size=56, batch_size=16, steps=100,
-                warmup=10, lr=2e-3, log_every=1, save_every=1000, vocab_size=300, threads=2)
+    base = dict(
+        data=str(synth),
+        out=str(out),
+        encoder="tiny",
+        image_size=56,
+        batch_size=16,
+        steps=100,
+        warmup=10,
+        lr=2e-3,
+        log_every=1,
+        save_every=1000,
+        vocab_size=300,
+        threads=2,
+    )
     return load_config(overrides={**base, **kw})
 
 
@@ -63,10 +76,11 @@ def test_resume_continues_exactly(synth, tmp_path):
 
 def test_bad_rows_and_corrupt_images_are_skipped_and_reported(synth, tmp_path):
     import shutil
+
     d = tmp_path / "data"
     shutil.copytree(synth, d)
     rows = (d / "captions.jsonl").read_text().splitlines()
-    (d / "images" / "000003.jpg").write_bytes(b"\xff\xd8\xff garbage")      # corrupt image
+    (d / "images" / "000003.jpg").write_bytes(b"\xff\xd8\xff garbage")  # corrupt image
     (d / "images" / "000005.jpg").write_bytes((d / "images" / "000006.jpg").read_bytes()[:300])  # truncated
     rows[1] = "{not json"
     rows[2] = json.dumps({"image": "images/000002.jpg", "caption": ""})
@@ -85,6 +99,7 @@ def test_bad_rows_and_corrupt_images_are_skipped_and_reported(synth, tmp_path):
 
 def test_start_from_a_converted_checkpoint_then_embed_the_export(tmp_path):
     from helpers import hf_vision
+
     synth = write_synthetic(tmp_path / "synth", 48, size=64)
     runner = CliRunner()
     _, hf = hf_vision(tmp_path)
@@ -95,8 +110,9 @@ def test_start_from_a_converted_checkpoint_then_embed_the_export(tmp_path):
     assert src.keys() == ours.keys()
     assert all(mx.array_equal(src[k], ours[k]).item() for k in src)
     t.run(progress=False)
-    r = runner.invoke(app, ["embed", str(PHOTO), "--model", str(tmp_path / "run" / "encoder"),
-                            "-o", str(tmp_path / "e.npy")])
+    r = runner.invoke(
+        app, ["embed", str(PHOTO), "--model", str(tmp_path / "run" / "encoder"), "-o", str(tmp_path / "e.npy")]
+    )
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "e.npy").shape == (1, 256)
     r = runner.invoke(app, ["export", str(tmp_path / "run"), str(tmp_path / "exp")])
@@ -126,20 +142,34 @@ def test_user_errors(synth, tmp_path):
     assert "no usable rows" in err("train", "--data", empty)
     # resume from a checkpoint of another architecture
     Trainer(cfg(synth, tmp_path / "r", steps=2), **QUIET).run(progress=False)
-    line = err("train", "--data", synth, "--out", tmp_path / "r", "--encoder", "demo", "--image-size", 56,
-               "--set", "vocab_size=300", "--resume")
+    line = err(
+        "train",
+        "--data",
+        synth,
+        "--out",
+        tmp_path / "r",
+        "--encoder",
+        "demo",
+        "--image-size",
+        56,
+        "--set",
+        "vocab_size=300",
+        "--resume",
+    )
     assert "a resumed run keeps its encoder;" in line
     assert "--resume" in err("train", "--data", synth, "--out", tmp_path / "r", "--encoder", "tiny")
 
 
 def test_nan_loss_stops_with_a_clear_message(synth, tmp_path, monkeypatch):
     from mlx_aimv2.models import decoder
+
     orig = decoder.AIMv2PreTrainer.losses
 
     def poisoned(self, images, ids, prefix, total=lambda c: c):
         out = orig(self, images, ids, prefix, total)
         out["loss"] = out["loss"] * mx.array(float("nan"))
         return out
+
     monkeypatch.setattr(decoder.AIMv2PreTrainer, "losses", poisoned)
     with pytest.raises(UserError, match="loss became nan at step 1"):
         Trainer(cfg(synth, tmp_path / "n", steps=5), **QUIET).run(progress=False)
@@ -164,36 +194,41 @@ def test_a_dataset_of_only_unreadable_images_stops_clearly(tmp_path):
 def test_flipped_images_get_mirrored_captions(synth):
     from mlx_aimv2.data import TrainStream, open_dataset
     from mlx_aimv2.data.stream import mirror_caption
-    assert mirror_caption("a cat at the left, Right side, bright light") == "a cat at the right, Left side, bright light"
+
+    assert (
+        mirror_caption("a cat at the left, Right side, bright light") == "a cat at the right, Left side, bright light"
+    )
     ds = open_dataset(str(synth))
     ids = np.arange(1, len(ds) + 1, dtype=np.int32)[:, None]
-    s = TrainStream(ds, ids, 56, 16, mirrored_ids=-ids)        # mirrored rows are marked negative
+    s = TrainStream(ds, ids, 56, 16, mirrored_ids=-ids)  # mirrored rows are marked negative
     s_plain = TrainStream(ds, ids, 56, 16, augment=True)
     got, plain = next(iter(s)), next(iter(s_plain))
     flipped = got["ids"][:, 0] < 0
-    assert 0 < flipped.sum() < 16                               # the coin came up both ways
-    assert (np.abs(got["ids"]) == plain["ids"]).all()           # same samples, same order
-    assert (got["images"] == plain["images"]).all()             # the same (flipped) pixels
+    assert 0 < flipped.sum() < 16  # the coin came up both ways
+    assert (np.abs(got["ids"]) == plain["ids"]).all()  # same samples, same order
+    assert (got["images"] == plain["images"]).all()  # the same (flipped) pixels
 
 
 def test_tar_shards_and_csv_tsv_sources(synth, tmp_path):
     """webdataset-style shards (key.jpg + key.txt) and csv / tsv captions give the same samples."""
     import csv
     import tarfile
+
     from mlx_aimv2.data import open_dataset
+
     rows = [json.loads(l) for l in (synth / "captions.jsonl").read_text().splitlines()][:40]
     shards = tmp_path / "shards"
     shards.mkdir()
     for s in range(2):
         with tarfile.open(shards / f"shard-{s:03d}.tar", "w") as tf:
-            for i, r in enumerate(rows[s * 20:(s + 1) * 20]):
+            for i, r in enumerate(rows[s * 20 : (s + 1) * 20]):
                 key = f"{s:03d}{i:04d}"
                 tf.add(synth / r["image"], arcname=f"{key}.jpg")
                 txt = tmp_path / "cap.txt"
                 txt.write_text(r["caption"])
                 tf.add(txt, arcname=f"{key}.txt")
             txt.write_text("orphan caption")
-            tf.add(txt, arcname="orphan.txt")                  # no image: skipped and counted
+            tf.add(txt, arcname="orphan.txt")  # no image: skipped and counted
     ds = open_dataset(str(shards / "*.tar"))
     assert len(ds) == 40 and len(ds.bad) == 2
     assert sorted(s.caption for s in ds.samples) == sorted(r["caption"] for r in rows)

@@ -1,5 +1,6 @@
 """Where training samples come from: a captions file (jsonl / csv / tsv) beside a folder of images,
 or webdataset-style tar shards of image + txt pairs. Bad rows are skipped and counted, never fatal."""
+
 from __future__ import annotations
 
 import csv
@@ -18,8 +19,8 @@ from ..preprocess import IMAGE_EXT
 @dataclass
 class Sample:
     caption: str
-    path: Optional[str] = None           # an image file, or
-    tar: Optional[str] = None            # a tar shard with the image's bytes at [offset, offset + size)
+    path: Optional[str] = None  # an image file, or
+    tar: Optional[str] = None  # a tar shard with the image's bytes at [offset, offset + size)
     offset: int = 0
     size: int = 0
     labels: Optional[dict] = None
@@ -39,7 +40,7 @@ class Sample:
 @dataclass
 class Dataset:
     samples: list
-    bad: list = field(default_factory=list)   # (where, why)
+    bad: list = field(default_factory=list)  # (where, why)
     root: str = ""
 
     def __len__(self):
@@ -58,8 +59,10 @@ def open_dataset(path: str, images: Optional[str] = None) -> Dataset:
         tars = sorted(p.glob("*.tar"))
         if tars:
             return read_shards([str(t) for t in tars])
-        raise UserError(f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
-                        f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`")
+        raise UserError(
+            f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
+            f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`"
+        )
     if p.suffix == ".tar" or any(ch in path for ch in "*?["):
         tars = sorted(glob.glob(path)) if not p.is_file() else [path]
         if not tars:
@@ -92,8 +95,9 @@ def read_captions(file: Path, images: Optional[str] = None) -> Dataset:
             start = 2
         else:
             i, c, body, start = 0, 1, reader, 1
-        rows = [(n, {"image": r[i], "caption": r[c]} if len(r) > max(i, c) else None)
-                for n, r in enumerate(body, start)]
+        rows = [
+            (n, {"image": r[i], "caption": r[c]} if len(r) > max(i, c) else None) for n, r in enumerate(body, start)
+        ]
     for n, row in rows:
         where = f"{file}:{n}"
         if not isinstance(row, dict):

@@ -5,6 +5,7 @@ sample's crop and flip by (seed, epoch, index), and `position` = (epoch, offset)
 resume continues. Ranks take disjoint strided shares of each epoch. A sample that fails to decode
 is skipped and counted; the batch is filled from the next ones.
 """
+
 from __future__ import annotations
 
 import io
@@ -43,8 +44,9 @@ def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4
 
 def mirror_caption(text: str) -> str:
     """The caption of the horizontally flipped image: 'left' and 'right' swap."""
-    return _LR.sub(lambda m: _SWAP[m.group(0).lower()] if m.group(0).islower() else
-                   _SWAP[m.group(0).lower()].capitalize(), text)
+    return _LR.sub(
+        lambda m: _SWAP[m.group(0).lower()] if m.group(0).islower() else _SWAP[m.group(0).lower()].capitalize(), text
+    )
 
 
 _SWAP = {"left": "right", "right": "left"}
@@ -63,11 +65,23 @@ def sample_image(s: Sample) -> Image.Image:
 
 
 class TrainStream:
-    field = "images"   # what a batch calls its inputs
+    field = "images"  # what a batch calls its inputs
 
-    def __init__(self, data: Dataset, ids: np.ndarray, image_size: int, batch_size: int, seed: int = 0,
-                 rank: int = 0, world: int = 1, threads: int = 2, augment: bool = True,
-                 scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3), mirrored_ids: Optional[np.ndarray] = None):
+    def __init__(
+        self,
+        data: Dataset,
+        ids: np.ndarray,
+        image_size: int,
+        batch_size: int,
+        seed: int = 0,
+        rank: int = 0,
+        world: int = 1,
+        threads: int = 2,
+        augment: bool = True,
+        scale=(0.4, 1.0),
+        ratio=(3 / 4, 4 / 3),
+        mirrored_ids: Optional[np.ndarray] = None,
+    ):
         """ids: (len(data), L) int32 pre-tokenised captions; mirrored_ids: those of mirror_caption(),
         used for flipped images (default: the same ids)."""
         if len(data) < world * batch_size:
@@ -77,8 +91,8 @@ class TrainStream:
         self.size, self.batch_size, self.seed = image_size, batch_size, seed
         self.rank, self.world, self.threads = rank, world, threads
         self.augment, self.scale, self.ratio = augment, scale, ratio
-        self.epoch, self.offset = 0, 0          # offset: samples of this rank's share consumed
-        self.skipped: list = []                 # (sample name, why)
+        self.epoch, self.offset = 0, 0  # offset: samples of this rank's share consumed
+        self.skipped: list = []  # (sample name, why)
 
     @property
     def position(self) -> tuple[int, int]:
@@ -89,7 +103,7 @@ class TrainStream:
 
     def _share(self, epoch: int) -> np.ndarray:
         order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
-        return order[self.rank::self.world]
+        return order[self.rank :: self.world]
 
     def _load(self, sample: dict) -> dict:
         i, epoch = int(sample["idx"]), int(sample["epoch"])
@@ -105,12 +119,16 @@ class TrainStream:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
             else:
                 img = img.resize((self.size, self.size), Image.BICUBIC)
-            return {"idx": sample["idx"], "x": np.array(img, dtype=np.uint8), "flip": np.array(int(flip), dtype=np.uint8)}
+            return {
+                "idx": sample["idx"],
+                "x": np.array(img, dtype=np.uint8),
+                "flip": np.array(int(flip), dtype=np.uint8),
+            }
         except Exception as e:  # corrupt, truncated, unreadable: skip and count, never stop the run
             return {"idx": sample["idx"], "error": np.frombuffer(str(e)[:200].encode(), np.uint8).copy()}
 
     def _epoch_samples(self) -> Iterator[dict]:
-        share = self._share(self.epoch)[self.offset:]
+        share = self._share(self.epoch)[self.offset :]
         buf = dx.buffer_from_vector([{"idx": np.array(i), "epoch": np.array(self.epoch)} for i in share])
         yield from buf.sample_transform(self._load).ordered_prefetch(4 * self.batch_size, self.threads)
 
@@ -134,23 +152,24 @@ class TrainStream:
                     images, rows = [], []
             if good == 0 and pulled > 0:
                 name, why = self.skipped[-1]
-                raise UserError(f"no readable image in {pulled} samples (last: {name}: {why}); "
-                                f"check the dataset")
+                raise UserError(f"no readable image in {pulled} samples (last: {name}: {why}); check the dataset")
             self.epoch, self.offset = self.epoch + 1, 0
 
 
 class TokenStream(TrainStream):
     """LiT tuning's stream: the same order, shares and resume positions as TrainStream, over the frozen
     encoder's tokens in a TokenCache instead of decoded images (no augmentation: tokens are fixed)."""
+
     field = "tokens"
 
-    def __init__(self, cache, data: Dataset, ids: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0,
-                 world: int = 1):
+    def __init__(
+        self, cache, data: Dataset, ids: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1
+    ):
         super().__init__(data, ids, 0, batch_size, seed, rank, world, augment=False)
         self.cache = cache
 
     def _epoch_samples(self) -> Iterator[dict]:
-        for i in self._share(self.epoch)[self.offset:]:
+        for i in self._share(self.epoch)[self.offset :]:
             x = self.cache.get(int(i))
             if x is None:
                 yield {"idx": i, "error": np.frombuffer(self.cache.why(int(i)).encode(), np.uint8)}

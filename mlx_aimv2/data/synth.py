@@ -4,6 +4,7 @@ that say what is where, so training and probing can be tried with nothing to dow
 Each row of captions.jsonl also carries the scene's attributes for probes: the object count, and
 the colour, shape, position and size of the first object (well defined for one-object scenes,
 which is what probes of those attributes use)."""
+
 from __future__ import annotations
 
 import json
@@ -14,16 +15,37 @@ from PIL import Image, ImageDraw
 
 from ..atomic import write_file
 
-COLOURS = {"red": (220, 40, 40), "green": (40, 170, 60), "blue": (40, 80, 220), "yellow": (235, 200, 30),
-           "purple": (140, 60, 180), "orange": (245, 130, 30), "white": (245, 245, 245), "black": (20, 20, 20)}
+COLOURS = {
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (40, 80, 220),
+    "yellow": (235, 200, 30),
+    "purple": (140, 60, 180),
+    "orange": (245, 130, 30),
+    "white": (245, 245, 245),
+    "black": (20, 20, 20),
+}
 SHAPES = ("circle", "square", "triangle", "diamond")
-POSITIONS = {"top left": (0.25, 0.25), "top": (0.5, 0.22), "top right": (0.75, 0.25), "left": (0.22, 0.5),
-             "center": (0.5, 0.5), "right": (0.78, 0.5), "bottom left": (0.25, 0.75), "bottom": (0.5, 0.78),
-             "bottom right": (0.75, 0.75)}
+POSITIONS = {
+    "top left": (0.25, 0.25),
+    "top": (0.5, 0.22),
+    "top right": (0.75, 0.25),
+    "left": (0.22, 0.5),
+    "center": (0.5, 0.5),
+    "right": (0.78, 0.5),
+    "bottom left": (0.25, 0.75),
+    "bottom": (0.5, 0.78),
+    "bottom right": (0.75, 0.75),
+}
 SIZES = {"small": 0.12, "large": 0.22}
 COUNT_WORDS = {1: "one", 2: "two", 3: "three"}
-ATTRIBUTES = {"colour": list(COLOURS), "shape": list(SHAPES), "position": list(POSITIONS),
-              "size": list(SIZES), "count": [1, 2, 3]}
+ATTRIBUTES = {
+    "colour": list(COLOURS),
+    "shape": list(SHAPES),
+    "position": list(POSITIONS),
+    "size": list(SIZES),
+    "count": [1, 2, 3],
+}
 
 
 def _draw(d: ImageDraw.ImageDraw, shape: str, cx: float, cy: float, r: float, fill):
@@ -59,8 +81,9 @@ def scene(rng: np.random.Generator, size: int = 128, max_objects: int = 3):
     return img, caption, {"colour": c, "shape": s, "position": p, "size": sz, "count": count}
 
 
-def write_synthetic(out: Path, n: int, size: int = 128, seed: int = 0, progress: bool = False,
-                    max_objects: int = 3) -> Path:
+def write_synthetic(
+    out: Path, n: int, size: int = 128, seed: int = 0, progress: bool = False, max_objects: int = 3
+) -> Path:
     """Write n scenes to out/images/*.jpg and out/captions.jsonl. Deterministic in its arguments."""
     out = Path(out)
     (out / "images").mkdir(parents=True, exist_ok=True)
@@ -69,6 +92,7 @@ def write_synthetic(out: Path, n: int, size: int = 128, seed: int = 0, progress:
     it = range(n)
     if progress:
         from tqdm import tqdm
+
         it = tqdm(it, desc="synth", unit="img")
     for i in it:
         img, caption, attrs = scene(rng, size, max_objects)

@@ -1,6 +1,7 @@
 """Frozen-trunk probes, as the paper measures an encoder: an attentive probe (a learned query
 attending over the last layer's tokens, then a linear classifier; AdamW, warmup + cosine), a linear
 probe on mean-pooled features, and k-nearest-neighbours. Features are computed once and cached."""
+
 from __future__ import annotations
 
 import hashlib
@@ -23,17 +24,19 @@ METHODS = ("attentive", "linear", "knn")
 
 # ------------------------------------------------------------------------------------ labels
 
+
 @dataclass
 class LabelledSet:
-    files: list          # image paths
-    labels: np.ndarray   # int class ids
-    classes: list        # class names
-    split: np.ndarray    # bool: True = train
+    files: list  # image paths
+    labels: np.ndarray  # int class ids
+    classes: list  # class names
+    split: np.ndarray  # bool: True = train
 
 
 def image_folder(root: Path, seed: int = 0) -> LabelledSet:
     """One subfolder per class; `train/` and `val/` subfolders give the split, else a seeded 80/20 split."""
     from ..preprocess import IMAGE_EXT
+
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
         parts = [(root / "train", True), (root / "val", False)]
@@ -60,6 +63,7 @@ def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> Labelled
     """The synthetic set's scene attributes as labels: count over all scenes; colour, shape, position
     and size over the one-object scenes."""
     from ..data.synth import ATTRIBUTES
+
     if attribute not in ATTRIBUTES:
         raise UserError(f"unknown attribute '{attribute}'; use one of {', '.join(ATTRIBUTES)}")
     f = Path(folder) / "captions.jsonl"
@@ -79,9 +83,11 @@ def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> Labelled
 
 # ------------------------------------------------------------------------------------ features
 
+
 def reinitialize(model, seed: int = 0):
     """The same architecture with fresh (pre-training) initial weights: the floor a probe must beat."""
     from ..models.decoder import init_weights
+
     mx.random.seed(seed)
     init_weights(model.vision)
     mx.eval(model.vision.parameters())
@@ -89,8 +95,9 @@ def reinitialize(model, seed: int = 0):
     return model
 
 
-def features(model, files: list, cache_dir: Optional[Path] = None, batch_size: int = 32,
-             progress: bool = True) -> np.ndarray:
+def features(
+    model, files: list, cache_dir: Optional[Path] = None, batch_size: int = 32, progress: bool = True
+) -> np.ndarray:
     """(n, N, D) float16 last-layer tokens for every file, cached by model weights and file list."""
     key = hashlib.sha1()
     wfile = Path(model.folder or ".") / "model.safetensors"
@@ -101,10 +108,16 @@ def features(model, files: list, cache_dir: Optional[Path] = None, batch_size: i
     if path is not None and path.is_file():
         return np.load(path)
     from tqdm import tqdm
+
     out = [None] * len(files)
     index = {f: i for i, f in enumerate(files)}
-    for f, feats in tqdm(model.iter_embed(files, pool="none", batch_size=batch_size), total=len(files),
-                         desc="features", unit="img", disable=not progress):
+    for f, feats in tqdm(
+        model.iter_embed(files, pool="none", batch_size=batch_size),
+        total=len(files),
+        desc="features",
+        unit="img",
+        disable=not progress,
+    ):
         out[index[f]] = feats["tokens"].astype(np.float16)
     tokens = np.stack(out)
     if path is not None:
@@ -114,6 +127,7 @@ def features(model, files: list, cache_dir: Optional[Path] = None, batch_size: i
 
 
 # ------------------------------------------------------------------------------------ probes
+
 
 class AttentiveProbe(nn.Module):
     """A learned query attends over the tokens (with key/value projections), then a linear classifier."""
@@ -134,7 +148,7 @@ class AttentiveProbe(nn.Module):
         q = mx.broadcast_to(self.query, (b, 1, d)).reshape(b, 1, h, hd).transpose(0, 2, 1, 3)
         k = self.k(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
         v = self.v(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=hd ** -0.5)
+        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)
         return self.head(o.transpose(0, 2, 1, 3).reshape(b, d))
 
 
@@ -155,15 +169,26 @@ def effective_epochs(epochs: int, n: int, batch: int = 64) -> int:
     return max(epochs, -(-MIN_STEPS // max(1, n // batch)))
 
 
-def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int, seed: int, desc: str = "fit",
-         progress: bool = True):
+def _fit(
+    model,
+    x_train,
+    y_train,
+    epochs: int,
+    lr: float,
+    wd: float,
+    batch: int,
+    seed: int,
+    desc: str = "fit",
+    progress: bool = True,
+):
     mx.random.seed(seed)
     n = len(x_train)
     epochs = effective_epochs(epochs, n, batch)
     steps = epochs * max(1, n // batch)
     warm = max(1, steps // 10)
-    sched = optim.join_schedules([optim.linear_schedule(0.0, lr, warm), optim.cosine_decay(lr, steps - warm, 1e-5)],
-                                 [warm])
+    sched = optim.join_schedules(
+        [optim.linear_schedule(0.0, lr, warm), optim.cosine_decay(lr, steps - warm, 1e-5)], [warm]
+    )
     opt = optim.AdamW(learning_rate=sched, weight_decay=wd)
     loss_grad = nn.value_and_grad(model, lambda m, x, y: nn.losses.cross_entropy(m(x), y, reduction="mean"))
     state = [model.state, opt.state]
@@ -176,17 +201,22 @@ def _fit(model, x_train, y_train, epochs: int, lr: float, wd: float, batch: int,
 
     rng = np.random.default_rng(seed)
     from tqdm import tqdm
+
     for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
         order = rng.permutation(n)
         for i in range(0, n - batch + 1 if n >= batch else 1, batch):
-            idx = order[i:i + batch]
+            idx = order[i : i + batch]
             mx.eval(step(mx.array(x_train[idx].astype(np.float32)), mx.array(y_train[idx])), state)
     return model
 
 
 def _predict(model, x, batch=256):
-    return np.concatenate([np.array(mx.argmax(model(mx.array(x[i:i + batch].astype(np.float32))), axis=-1))
-                           for i in range(0, len(x), batch)])
+    return np.concatenate(
+        [
+            np.array(mx.argmax(model(mx.array(x[i : i + batch].astype(np.float32))), axis=-1))
+            for i in range(0, len(x), batch)
+        ]
+    )
 
 
 def knn(train_x, train_y, test_x, k: int = 20, classes: int = 0) -> np.ndarray:
@@ -201,8 +231,15 @@ def knn(train_x, train_y, test_x, k: int = 20, classes: int = 0) -> np.ndarray:
     return votes.argmax(axis=1)
 
 
-def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int = 30, seed: int = 0,
-               progress: bool = True, name: str = "") -> dict:
+def run_probes(
+    tokens: np.ndarray,
+    ds: LabelledSet,
+    methods=METHODS,
+    epochs: int = 30,
+    seed: int = 0,
+    progress: bool = True,
+    name: str = "",
+) -> dict:
     """Top-1 accuracy (%) on the held-out split for each method."""
     tr, te = ds.split, ~ds.split
     if tr.sum() == 0 or te.sum() == 0:
@@ -215,12 +252,32 @@ def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int
             pooled = tokens.astype(np.float32).mean(axis=1)
             pred = knn(pooled[tr], y[tr], pooled[te], classes=c)
         elif m == "linear":
-            model = _fit(LinearProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-2, 1e-4, 64, seed,
-                         f"{name} linear".strip(), progress)
+            model = _fit(
+                LinearProbe(tokens.shape[-1], c),
+                tokens[tr],
+                y[tr],
+                epochs,
+                1e-2,
+                1e-4,
+                64,
+                seed,
+                f"{name} linear".strip(),
+                progress,
+            )
             pred = _predict(model, tokens[te])
         elif m == "attentive":
-            model = _fit(AttentiveProbe(tokens.shape[-1], c), tokens[tr], y[tr], epochs, 1e-3, 0.05, 64, seed,
-                         f"{name} attentive".strip(), progress)
+            model = _fit(
+                AttentiveProbe(tokens.shape[-1], c),
+                tokens[tr],
+                y[tr],
+                epochs,
+                1e-3,
+                0.05,
+                64,
+                seed,
+                f"{name} attentive".strip(),
+                progress,
+            )
             pred = _predict(model, tokens[te])
         else:
             raise UserError(f"unknown probe '{m}'; use {', '.join(METHODS)}")
@@ -228,11 +285,20 @@ def run_probes(tokens: np.ndarray, ds: LabelledSet, methods=METHODS, epochs: int
     return out
 
 
-def probe_all(model, sets: dict, cache_dir: Optional[Path] = None, methods=METHODS, epochs: int = 30,
-              seed: int = 0, progress: bool = True) -> dict:
+def probe_all(
+    model,
+    sets: dict,
+    cache_dir: Optional[Path] = None,
+    methods=METHODS,
+    epochs: int = 30,
+    seed: int = 0,
+    progress: bool = True,
+) -> dict:
     """{task: {method: top-1 %}}; features computed once for the union of the tasks' images."""
     files = list(dict.fromkeys(f for ds in sets.values() for f in ds.files))
     tokens = features(model, files, cache_dir, progress=progress)
     index = {f: i for i, f in enumerate(files)}
-    return {t: run_probes(tokens[[index[f] for f in ds.files]], ds, methods, epochs, seed, progress, t)
-            for t, ds in sets.items()}
+    return {
+        t: run_probes(tokens[[index[f] for f in ds.files]], ds, methods, epochs, seed, progress, t)
+        for t, ds in sets.items()
+    }

@@ -9,6 +9,7 @@ search them by text (a LiT model) or by an example image (any model).
 The flow: paths -> the embed flow (decode in worker threads, batches, the model) -> the store, a
 batch per transaction; query -> the same model -> cosine similarity over the stored matrix.
 """
+
 from __future__ import annotations
 
 import hashlib
@@ -36,19 +37,22 @@ class Hit:
 @dataclass
 class Summary:
     """What one add() did."""
+
     new: int = 0
-    moved: int = 0          # new paths whose bytes a vanished file had: its vector is reused, no model run
+    moved: int = 0  # new paths whose bytes a vanished file had: its vector is reused, no model run
     changed: int = 0
     unchanged: int = 0
     removed: int = 0
-    bad: list = field(default_factory=list)     # (path, why) found bad in this run
+    bad: list = field(default_factory=list)  # (path, why) found bad in this run
     missing: list = field(default_factory=list)  # (given path, why) that named no image
-    total: int = 0                               # embedded images in the index afterwards
+    total: int = 0  # embedded images in the index afterwards
 
     def __str__(self) -> str:
         moved = f"{self.moved} moved, " if self.moved else ""
-        s = (f"{self.new} new, {moved}{self.changed} changed, {self.unchanged} unchanged, {self.removed} removed; "
-             f"{self.total} images in the index")
+        s = (
+            f"{self.new} new, {moved}{self.changed} changed, {self.unchanged} unchanged, {self.removed} removed; "
+            f"{self.total} images in the index"
+        )
         return s + (f"; {len(self.bad)} bad file(s) recorded" if self.bad else "")
 
 
@@ -56,6 +60,7 @@ def model_fingerprint(model) -> str:
     """Identifies the weights an index was built with: config plus the patch embedding's bytes (and,
     for LiT, the image projection), enough to tell any two checkpoints apart."""
     import mlx.core as mx
+
     h = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True).encode())
     tensors = [model.vision.preprocessor.patchifier.proj.weight]
     if model.config.kind == "lit":
@@ -80,15 +85,18 @@ class Index:
         self.store = Store(self.path, create=create)
         self._asked = model
         self._model = None
-        self._cache = None   # (store version, paths, float32 matrix)
+        self._cache = None  # (store version, paths, float32 matrix)
         stored = self.store.get_meta("model")
         if stored is not None and model is not None and _model_ref(model) != stored["ref"]:
             from ..api import load
+
             other = load(model)  # the same weights under another name (a path for "demo-lit") are fine
             if model_fingerprint(other) != stored["fingerprint"]:
                 self.store.close()
-                raise UserError(f"{self.path} was built with {stored['ref']}, not {model}; leave out --model to "
-                                f"use the index's own, or index into another --db")
+                raise UserError(
+                    f"{self.path} was built with {stored['ref']}, not {model}; leave out --model to "
+                    f"use the index's own, or index into another --db"
+                )
             self._model = other
 
     def close(self) -> None:
@@ -109,17 +117,28 @@ class Index:
         """The index's model, loaded on first use and checked against the weights it was built with."""
         if self._model is None:
             from ..api import load
+
             stored = self.store.get_meta("model")
             if stored is None:
                 self._model, ref = _load_new(self._asked)
-                self.store.set_meta("model", {"ref": ref, "name": self._model.config.name, "kind": self._model.config.kind,
-                                              "fingerprint": model_fingerprint(self._model), "dim": self._dim(self._model)})
+                self.store.set_meta(
+                    "model",
+                    {
+                        "ref": ref,
+                        "name": self._model.config.name,
+                        "kind": self._model.config.kind,
+                        "fingerprint": model_fingerprint(self._model),
+                        "dim": self._dim(self._model),
+                    },
+                )
                 self.store.commit()
             else:
                 self._model = load(stored["ref"])
                 if model_fingerprint(self._model) != stored["fingerprint"]:
-                    raise UserError(f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
-                                    f"its vectors no longer compare with new ones - re-index into a new --db")
+                    raise UserError(
+                        f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
+                        f"its vectors no longer compare with new ones - re-index into a new --db"
+                    )
         return self._model
 
     @staticmethod
@@ -146,6 +165,7 @@ class Index:
         so an interrupted run keeps what it did and the next run continues from there.
         fast_decode: JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
         from ..paths import expand_paths
+
         paths = [os.path.expanduser(str(p)) for p in paths]  # "~/Pictures" from Python, as a shell would
         files, missing = expand_paths(paths)
         if not files and not any(Path(p).is_dir() for p in paths):  # an emptied folder still drops its rows
@@ -215,6 +235,7 @@ class Index:
 
     def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool) -> None:
         from ..preprocess import load_image
+
         meta = {key: (size, mtime, old) for key, size, mtime, old in todo}
         found: dict = {}  # path -> (sha1, width, height), filled by the decode workers
 
@@ -229,6 +250,7 @@ class Index:
             size = img.size
             if draft:  # a reduced decode: the file's own size comes from its header
                 from PIL import Image
+
                 with Image.open(key) as header:
                     size = header.size
             found[key] = (digest, *size)
@@ -252,6 +274,7 @@ class Index:
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=len(todo), unit="img", desc="index", dynamic_ncols=True)
         try:
             for key, vec in self._embed_rows([k for k, *_ in todo], errors, read, batch_size):
@@ -286,8 +309,10 @@ class Index:
         m = self.model
         if text is not None:
             if m.config.kind != "lit":
-                raise UserError(f"{self.path} was built with {m.config.name}, an image-only model: search it "
-                                f"with --image, or index with a LiT model (e.g. demo-lit) for text search")
+                raise UserError(
+                    f"{self.path} was built with {m.config.name}, an image-only model: search it "
+                    f"with --image, or index with a LiT model (e.g. demo-lit) for text search"
+                )
             return m.encode_text([text])[0]
         errors: list = []
         rows = list(self._embed_rows([image], errors, None, 1))
@@ -315,12 +340,17 @@ def _sha1(path: str) -> str:
 def _load_new(name: Optional[str]):
     """The model for a new index: the one asked for, else Apple's LiT, else the bundled demo-lit."""
     from ..api import load
+
     if name is not None:
         return load(name), _model_ref(name)
     try:
         return load(DEFAULT_MODEL), DEFAULT_MODEL
     except UserError as e:
         import sys
-        print(f"note: {DEFAULT_MODEL} is not available ({e}); using the bundled demo-lit, which knows only "
-              f"the synthetic shapes", file=sys.stderr)
+
+        print(
+            f"note: {DEFAULT_MODEL} is not available ({e}); using the bundled demo-lit, which knows only "
+            f"the synthetic shapes",
+            file=sys.stderr,
+        )
         return load("demo-lit"), "demo-lit"

@@ -4,6 +4,7 @@ Brute force is the default on purpose: 100,000 vectors of 768 floats answer in a
 CPU cores (benchmarks/search.py), exact, with nothing to build or keep in sync; the time grows
 linearly, so an approximate index pays off only past about a million images (docs/search.md).
 """
+
 from __future__ import annotations
 
 import numpy as np

@@ -6,6 +6,7 @@ process killed at any moment leaves a database that opens, holds every committed
 half-written. Vectors as blobs cost a read of all of them when a search process starts
 (benchmarks/search.py measures it); the search itself runs on the matrix in memory.
 """
+
 from __future__ import annotations
 
 import json
@@ -68,8 +69,9 @@ class Store:
             self.set_meta("schema", SCHEMA_VERSION)
             self.db.commit()
         elif version != SCHEMA_VERSION:
-            raise UserError(f"{self.path}: index format {version}, this mlx-aimv2 reads {SCHEMA_VERSION}; re-index "
-                            f"into a new --db")
+            raise UserError(
+                f"{self.path}: index format {version}, this mlx-aimv2 reads {SCHEMA_VERSION}; re-index into a new --db"
+            )
 
     def close(self) -> None:
         self.db.close()
@@ -85,13 +87,16 @@ class Store:
     # -- rows -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, tuple]:
         """path -> (size, mtime_ns, sha1, is_bad) for every row."""
-        return {p: (s, m, h, e is not None)
-                for p, s, m, h, e in self.db.execute("SELECT path, size, mtime_ns, sha1, error FROM images")}
+        return {
+            p: (s, m, h, e is not None)
+            for p, s, m, h, e in self.db.execute("SELECT path, size, mtime_ns, sha1, error FROM images")
+        }
 
     def row_of_hash(self, sha1: str) -> Optional[tuple]:
         """(vector, width, height) of an embedded file with these exact bytes: a moved file needs no model."""
-        row = self.db.execute("SELECT vector, width, height FROM images WHERE sha1 = ? AND vector IS NOT NULL "
-                              "LIMIT 1", (sha1,)).fetchone()
+        row = self.db.execute(
+            "SELECT vector, width, height FROM images WHERE sha1 = ? AND vector IS NOT NULL LIMIT 1", (sha1,)
+        ).fetchone()
         return None if row is None else (np.frombuffer(row[0], np.float16), row[1], row[2])
 
     def put(self, rows: Iterable[Row]) -> None:
@@ -100,8 +105,21 @@ class Store:
         self.db.executemany(
             "INSERT OR REPLACE INTO images (path, size, mtime_ns, sha1, width, height, vector, error, indexed_at) "
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
-            [(r.path, r.size, r.mtime_ns, r.sha1, r.width, r.height,
-              None if r.vector is None else np.asarray(r.vector, np.float16).tobytes(), r.error, now) for r in rows])
+            [
+                (
+                    r.path,
+                    r.size,
+                    r.mtime_ns,
+                    r.sha1,
+                    r.width,
+                    r.height,
+                    None if r.vector is None else np.asarray(r.vector, np.float16).tobytes(),
+                    r.error,
+                    now,
+                )
+                for r in rows
+            ],
+        )
 
     def touch(self, path: str, size: int, mtime_ns: int) -> None:
         self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
@@ -118,8 +136,9 @@ class Store:
         return ok, bad
 
     def bad_files(self, limit: int = 10) -> list[tuple[str, str]]:
-        return self.db.execute("SELECT path, error FROM images WHERE error IS NOT NULL ORDER BY path LIMIT ?",
-                               (limit,)).fetchall()
+        return self.db.execute(
+            "SELECT path, error FROM images WHERE error IS NOT NULL ORDER BY path LIMIT ?", (limit,)
+        ).fetchall()
 
     def matrix(self, dim: int) -> tuple[list[str], np.ndarray]:
         """Every embedded image: paths and their vectors as one (n, dim) float16 matrix."""
@@ -127,7 +146,11 @@ class Store:
         for p, v in self.db.execute("SELECT path, vector FROM images WHERE vector IS NOT NULL ORDER BY rowid"):
             paths.append(p)
             rows.append(v)
-        m = np.frombuffer(b"".join(rows), np.float16).reshape(len(rows), dim) if rows else np.zeros((0, dim), np.float16)
+        m = (
+            np.frombuffer(b"".join(rows), np.float16).reshape(len(rows), dim)
+            if rows
+            else np.zeros((0, dim), np.float16)
+        )
         return paths, m
 
     def version(self) -> int:

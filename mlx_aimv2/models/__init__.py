@@ -1,4 +1,5 @@
 """nn.Modules only: they know nothing of files, the hub or the CLI."""
+
 from ..config import ModelConfig
 from .encoder import AIMv2VisionEncoder, prefix_mask, sincos_2d
 from .lit import AIMv2LiT

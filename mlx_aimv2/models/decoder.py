@@ -1,6 +1,7 @@
 """The pre-training side: a causal multimodal decoder over [image tokens; BOS; text] and the
 wrapper that runs encoder -> decoder -> losses. Apple never released decoder weights; this follows
 the l3m recipe (width 1024, 12 blocks, 8 heads by default)."""
+
 from __future__ import annotations
 
 from typing import Optional
@@ -13,12 +14,13 @@ from .encoder import AIMv2VisionEncoder
 from .layers import Transformer
 from .losses import image_loss, text_loss
 
+
 class MultimodalDecoder(nn.Module):
     def __init__(self, c: DecoderConfig, enc_dim: int, patch: int, channels: int = 3):
         super().__init__()
         self.vision_proj = nn.Linear(enc_dim, c.width, bias=True)
         self.text_embedding = nn.Embedding(c.vocab_size, c.width)
-        self.cls_token = mx.random.normal((1, 1, c.width)) * 0.02          # acts as BOS
+        self.cls_token = mx.random.normal((1, 1, c.width)) * 0.02  # acts as BOS
         self.pos_embed = mx.random.normal((1, c.context_length + 1, c.width)) * 0.01
         self.trunk = Transformer(c.width, c.depth, c.num_heads, c.mlp_hidden)
         self.pixel_head = nn.Linear(c.width, patch * patch * channels, bias=False)
@@ -31,8 +33,9 @@ class MultimodalDecoder(nn.Module):
             parts.append(self.vision_proj(enc_tokens))
         if ids is not None:
             b = ids.shape[0]
-            t = mx.concatenate([mx.broadcast_to(self.cls_token, (b, 1, self.cls_token.shape[-1])),
-                                self.text_embedding(ids)], axis=1)
+            t = mx.concatenate(
+                [mx.broadcast_to(self.cls_token, (b, 1, self.cls_token.shape[-1])), self.text_embedding(ids)], axis=1
+            )
             parts.append(t + self.pos_embed[:, : t.shape[1]])
         x = mx.concatenate(parts, axis=1) if len(parts) > 1 else parts[0]
         x = self.trunk(x, mask="causal")
@@ -45,8 +48,15 @@ class MultimodalDecoder(nn.Module):
 class AIMv2PreTrainer(nn.Module):
     """Encoder (prefix attention) + decoder + the two losses. `objective`: aimv2 | image | text."""
 
-    def __init__(self, enc: VisionConfig, dec: DecoderConfig, pad_id: int = 0, alpha: float = 0.4,
-                 objective: str = "aimv2", prefix_attention: bool = True):
+    def __init__(
+        self,
+        enc: VisionConfig,
+        dec: DecoderConfig,
+        pad_id: int = 0,
+        alpha: float = 0.4,
+        objective: str = "aimv2",
+        prefix_attention: bool = True,
+    ):
         super().__init__()
         if objective not in OBJECTIVES:
             raise ValueError(f"objective must be one of {OBJECTIVES}")

@@ -3,6 +3,7 @@
 Input is NHWC (MLX's conv layout). With `prefix_len` the trunk uses the pre-training prefix
 mask; without it attention is bidirectional, as at inference.
 """
+
 from typing import Optional, Sequence
 
 import mlx.core as mx
@@ -36,7 +37,7 @@ class PatchEmbed(nn.Module):
         self.norm = nn.RMSNorm(c.hidden_size, eps=c.eps)
 
     def __call__(self, x: mx.array) -> mx.array:
-        x = self.proj(x)                       # (B, h, w, D)
+        x = self.proj(x)  # (B, h, w, D)
         b, h, w, d = x.shape
         return self.norm(x.reshape(b, h * w, d))
 
@@ -54,8 +55,10 @@ class ViTPreprocessor(nn.Module):
         if "pos_embed" in self:
             n = self.pos_embed.shape[1]
             if h * w != n:
-                raise ValueError(f"this checkpoint has {n} learned positions; the image gives {h}x{w} "
-                                 f"patches. Resize to {int(n ** 0.5) * self.patch_size} px.")
+                raise ValueError(
+                    f"this checkpoint has {n} learned positions; the image gives {h}x{w} "
+                    f"patches. Resize to {int(n**0.5) * self.patch_size} px."
+                )
             return self.pos_embed
         if (h, w) not in self._sincos_cache:
             self._sincos_cache[(h, w)] = sincos_2d(h, w, dim)[None]
@@ -72,6 +75,7 @@ class ViTPreprocessor(nn.Module):
 
 class AttentionPoolingClassifier(nn.Module):
     """LiT's pooling head: a learned query attends over the tokens (no query projection), then a linear."""
+
     sdpa = staticmethod(mx.fast.scaled_dot_product_attention)
 
     def __init__(self, dim: int, num_heads: int, bias: bool = True):
@@ -88,7 +92,7 @@ class AttentionPoolingClassifier(nn.Module):
         q = mx.broadcast_to(self.cls_token, (b, 1, d)).reshape(b, 1, h, hd).transpose(0, 2, 1, 3)
         k = self.k(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
         v = self.v(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        o = self.sdpa(q, k, v, scale=hd ** -0.5)
+        o = self.sdpa(q, k, v, scale=hd**-0.5)
         return self.linear(o.transpose(0, 2, 1, 3).reshape(b, 1, d).mean(axis=1))
 
 
@@ -102,8 +106,9 @@ class AIMv2VisionEncoder(nn.Module):
         if c.use_head:
             self.head = AttentionPoolingClassifier(c.hidden_size, c.num_heads, c.head_bias)
 
-    def __call__(self, x: mx.array, prefix_len: Optional[mx.array] = None,
-                 output_layers: Optional[Sequence[int]] = None):
+    def __call__(
+        self, x: mx.array, prefix_len: Optional[mx.array] = None, output_layers: Optional[Sequence[int]] = None
+    ):
         """x: (B, H, W, C) normalised pixels. Returns (B, N, D) tokens after the final norm,
         plus {block index: (B, N, D)} when `output_layers` is given (negative indices count back)."""
         x = self.preprocessor(x)

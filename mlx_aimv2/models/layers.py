@@ -5,11 +5,11 @@ mlp.fc1/fc2/fc3, post_trunk_norm) so Apple's mlx_model.safetensors loads with st
 The layers call MLX's own ops through two class attributes, `sdpa` and `act`: the one seam where
 cpu.use_kernels puts faster CPU kernels in their place.
 """
+
 from typing import Optional
 
 import mlx.core as mx
 import mlx.nn as nn
-
 
 
 def causal_mask(n: int) -> mx.array:
@@ -38,6 +38,7 @@ class Attention(nn.Module):
 
 class SwiGLUFFN(nn.Module):
     """fc2(silu(fc1(x)) * fc3(x)): fc1 is the gate, fc3 the up projection."""
+
     act = staticmethod(nn.silu)
 
     def __init__(self, dim: int, hidden: int):

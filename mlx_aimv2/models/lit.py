@@ -1,4 +1,5 @@
 """AIMv2-LiT: the image encoder with its attention-pool head, a causal text tower, projections."""
+
 import math
 
 import mlx.core as mx
@@ -102,18 +103,27 @@ class LiTTuner(nn.Module):
     def load_from_lit(self, lit: "AIMv2LiT") -> None:
         """Start from a LiT model's own head, projections, text tower and logit scale."""
         from mlx.utils import tree_flatten
+
         mine = {k for k, _ in tree_flatten(self.parameters())}
-        theirs = {k.removeprefix("image_encoder."): v for k, v in tree_flatten(lit.parameters())
-                  if not k.startswith("image_encoder.") or k.startswith("image_encoder.head.")}
+        theirs = {
+            k.removeprefix("image_encoder."): v
+            for k, v in tree_flatten(lit.parameters())
+            if not k.startswith("image_encoder.") or k.startswith("image_encoder.head.")
+        }
         self.load_weights([(k, v) for k, v in theirs.items() if k in mine], strict=False)
 
     @classmethod
     def from_run(cls, ckpt, state: dict, vision) -> "LiTTuner":
         """The tuner of a LiT run's checkpoint (its config is in the checkpoint's state)."""
         d = state["lit"]
-        config = ModelConfig(kind="lit", vision=vision, text=TextConfig.from_dict(d["text"]),
-                             projection_dim=d["projection_dim"], init_temperature=d["init_temperature"],
-                             max_logit_scale=d["max_logit_scale"])
+        config = ModelConfig(
+            kind="lit",
+            vision=vision,
+            text=TextConfig.from_dict(d["text"]),
+            projection_dim=d["projection_dim"],
+            init_temperature=d["init_temperature"],
+            max_logit_scale=d["max_logit_scale"],
+        )
         tuner = cls(vision.hidden_size, vision.num_heads, config, state["config"].get("lit_loss", "softmax"))
         tuner.load_weights(str(ckpt / "model.safetensors"), strict=True)
         return tuner
@@ -121,6 +131,7 @@ class LiTTuner(nn.Module):
     def lit_weights(self) -> dict:
         """This tuner's weights under AIMv2LiT's names (the frozen encoder's come separately)."""
         from mlx.utils import tree_flatten
+
         out = {}
         for k, v in tree_flatten(self.parameters()):
             if k == "logit_bias":

@@ -1,4 +1,5 @@
 """AIMv2's two pre-training losses (l3m's RasterPixelLoss and LLMCrossEntropyLoss)."""
+
 import mlx.core as mx
 import mlx.nn as nn
 
@@ -25,7 +26,7 @@ def image_loss(pred: mx.array, images: mx.array, prefix_len: mx.array, patch: in
     """Next-patch MSE: the output at patch j predicts patch j+1, counted only for targets past the prefix.
     `total` maps this batch's count of counted patches to the divisor (data parallel: the global count)."""
     target = normalize_patches(patchify(images, patch))[:, 1:]
-    mse = ((pred[:, :-1].astype(mx.float32) - target) ** 2).mean(axis=-1)      # (B, N-1)
+    mse = ((pred[:, :-1].astype(mx.float32) - target) ** 2).mean(axis=-1)  # (B, N-1)
     j = mx.arange(1, target.shape[1] + 1)
     m = (j[None] >= prefix_len[:, None]).astype(mx.float32)
     return (mse * m).sum() / mx.maximum(total(mx.stop_gradient(m.sum())), 1.0)

@@ -1,5 +1,6 @@
 """Training checkpoints: model, optimizer, step, data positions and config, written atomically
 (a temp folder renamed into place), with a `latest` pointer and the last K kept."""
+
 from __future__ import annotations
 
 import json
@@ -26,6 +27,7 @@ def save(run: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> 
         mx.save_safetensors(str(tmp / "model.safetensors"), dict(tree_flatten(model.parameters())))
         mx.save_safetensors(str(tmp / "optimizer.safetensors"), dict(tree_flatten(optimizer.state)))
         (tmp / "state.json").write_text(json.dumps({**state, "step": step}, indent=1))
+
     write_folder(final, write)
     write_file(ckpts / "latest", lambda tmp: tmp.write_text(final.name))
     for old in sorted(p for p in ckpts.glob("step_*") if p.is_dir())[:-keep]:
@@ -47,8 +49,9 @@ def lock_run(run: Path):
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
     except OSError:
         f.close()
-        raise UserError(f"{run}: another training process is using this run folder; wait for it to end "
-                        f"or choose another --out") from None
+        raise UserError(
+            f"{run}: another training process is using this run folder; wait for it to end or choose another --out"
+        ) from None
     f.seek(0)
     f.truncate()
     f.write(f"{os.getpid()}\n")
@@ -85,7 +88,11 @@ def read_state(ckpt: Path) -> dict:
         state = json.loads(f.read_text())
     except (OSError, json.JSONDecodeError) as e:
         raise UserError(f"{f}: unreadable checkpoint state ({e})") from None
-    if not isinstance(state, dict) or not isinstance(state.get("step"), int) or not isinstance(state.get("config"), dict):
+    if (
+        not isinstance(state, dict)
+        or not isinstance(state.get("step"), int)
+        or not isinstance(state.get("config"), dict)
+    ):
         raise UserError(f"{f}: not a checkpoint state of ours (needs an integer 'step' and a 'config')")
     return state
 
@@ -114,8 +121,10 @@ def restore(ckpt: Path, model, optimizer) -> None:
     try:
         model.load_weights(list(weights.items()), strict=True)
     except ValueError as e:
-        raise UserError(f"{ckpt}: this checkpoint is of another architecture ({' '.join(str(e).split())[:200]}); "
-                        f"resume with the config it was trained with") from None
+        raise UserError(
+            f"{ckpt}: this checkpoint is of another architecture ({' '.join(str(e).split())[:200]}); "
+            f"resume with the config it was trained with"
+        ) from None
     optimizer.state.update(tree_unflatten(list(saved.items())))
 
 

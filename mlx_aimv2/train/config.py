@@ -1,5 +1,6 @@
 """Training configuration: one dataclass, read from TOML / YAML and `--set key=value` flags, plus
 the encoder presets from a tiny test model to AIMv2-L and beyond."""
+
 from __future__ import annotations
 
 import dataclasses
@@ -12,23 +13,24 @@ from ..config import ENCODERS, OBJECTIVES, DecoderConfig, VisionConfig, vision_p
 from ..errors import UserError
 from ..preprocess import CLIP_MEAN, CLIP_STD
 
+
 @dataclass
 class TrainConfig:
-    data: str = ""                      # captions file / folder / tar shards
-    images: Optional[str] = None        # root for relative image paths (default: the captions file's folder)
+    data: str = ""  # captions file / folder / tar shards
+    images: Optional[str] = None  # root for relative image paths (default: the captions file's folder)
     out: str = "runs/aimv2"
-    encoder: str = "tiny"               # a preset in ENCODERS, ignored when `init` is given
-    init: Optional[str] = None          # start the encoder from this checkpoint (hub id, folder, file)
+    encoder: str = "tiny"  # a preset in ENCODERS, ignored when `init` is given
+    init: Optional[str] = None  # start the encoder from this checkpoint (hub id, folder, file)
     image_size: int = 224
     patch_size: int = 14
-    decoder: dict = field(default_factory=dict)   # DecoderConfig fields overriding the preset's
-    tokenizer: Optional[str] = None     # a tokenizer.json; default: train a BPE on the captions
-    vocab_size: int = 1024              # for that BPE
+    decoder: dict = field(default_factory=dict)  # DecoderConfig fields overriding the preset's
+    tokenizer: Optional[str] = None  # a tokenizer.json; default: train a BPE on the captions
+    vocab_size: int = 1024  # for that BPE
     context_length: int = 77
-    objective: str = "aimv2"            # aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`)
+    objective: str = "aimv2"  # aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`)
     alpha: float = 0.4
     prefix_attention: bool = True
-    batch_size: int = 32                # global batch (all ranks, all accumulation steps)
+    batch_size: int = 32  # global batch (all ranks, all accumulation steps)
     accum: int = 1
     steps: int = 1000
     lr: float = 1e-3
@@ -38,19 +40,21 @@ class TrainConfig:
     betas: tuple = (0.9, 0.95)
     eps: float = 1e-8
     clip: float = 1.0
-    dtype: str = "float32"              # float32 | bfloat16 (compute; master weights stay fp32)
-    checkpointing: bool = False         # recompute blocks in the backward pass to save memory
+    dtype: str = "float32"  # float32 | bfloat16 (compute; master weights stay fp32)
+    checkpointing: bool = False  # recompute blocks in the backward pass to save memory
     save_every: int = 500
     keep: int = 2
     log_every: int = 10
     seed: int = 0
     threads: int = 2
-    crop_scale: tuple = (0.4, 1.0)      # random resized crop: fraction of the image area kept
-    collective_timeout: float = 600.0   # data parallel: seconds without a finished step before a rank gives up
-    mirror_captions: bool = False       # flipped images get left/right swapped in their caption (synthetic sets)
-    lit_loss: str = "softmax"           # LiT tuning: softmax (CLIP, as the published LiT) | sigmoid (SigLIP)
-    text: dict = field(default_factory=dict)   # LiT tuning: the new text tower's hidden_size, depth, num_heads, mlp_hidden
-    projection_dim: int = 256           # LiT tuning: the shared embedding's width (a LiT init keeps its own)
+    crop_scale: tuple = (0.4, 1.0)  # random resized crop: fraction of the image area kept
+    collective_timeout: float = 600.0  # data parallel: seconds without a finished step before a rank gives up
+    mirror_captions: bool = False  # flipped images get left/right swapped in their caption (synthetic sets)
+    lit_loss: str = "softmax"  # LiT tuning: softmax (CLIP, as the published LiT) | sigmoid (SigLIP)
+    text: dict = field(
+        default_factory=dict
+    )  # LiT tuning: the new text tower's hidden_size, depth, num_heads, mlp_hidden
+    projection_dim: int = 256  # LiT tuning: the shared embedding's width (a LiT init keeps its own)
     mean: tuple = CLIP_MEAN
     std: tuple = CLIP_STD
 
@@ -77,13 +81,16 @@ class TrainConfig:
             _check(f"decoder.{k}", v)
         bad = set(self.text) - {"hidden_size", "depth", "num_heads", "mlp_hidden"}
         if bad:
-            raise UserError(f"unknown text config key(s): {', '.join(sorted(bad))}; use hidden_size, depth, "
-                            f"num_heads, mlp_hidden")
+            raise UserError(
+                f"unknown text config key(s): {', '.join(sorted(bad))}; use hidden_size, depth, num_heads, mlp_hidden"
+            )
         for k, v in self.text.items():
             _check(f"text.{k}", v)
         if self.objective == "lit" and not self.init:
-            raise UserError("objective 'lit' tunes a text side onto a frozen encoder: set init to one "
-                            "(a checkpoint folder, a hub id, demo, or a training run)")
+            raise UserError(
+                "objective 'lit' tunes a text side onto a frozen encoder: set init to one "
+                "(a checkpoint folder, a hub id, demo, or a training run)"
+            )
         return self
 
     def vision(self) -> VisionConfig:
@@ -100,23 +107,55 @@ class TrainConfig:
 
 # key: (type, low, high) - inclusive bounds, None for none. Floats accept ints; ints refuse 3.5 and true.
 _SCHEMA = {
-    "data": (str, None, None), "images": ((str, type(None)), None, None), "out": (str, None, None),
-    "encoder": (str, None, None), "init": ((str, type(None)), None, None), "tokenizer": ((str, type(None)), None, None),
-    "image_size": (int, 2, 4096), "patch_size": (int, 1, 64), "vocab_size": (int, 260, 1_000_000),
-    "context_length": (int, 2, 4096), "objective": (OBJECTIVES + ("lit",), None, None), "alpha": (float, 0.0, None),
-    "prefix_attention": (bool, None, None), "batch_size": (int, 1, None), "accum": (int, 1, None),
-    "steps": (int, 1, None), "lr": (float, 1e-12, 10.0), "min_lr": (float, 0.0, 10.0), "warmup": (int, 0, None),
-    "weight_decay": (float, 0.0, None), "eps": (float, 1e-30, 1.0), "clip": (float, 0.0, None),
-    "dtype": (("float32", "bfloat16"), None, None), "checkpointing": (bool, None, None),
-    "save_every": (int, 1, None), "keep": (int, 1, None), "log_every": (int, 1, None), "seed": (int, 0, 2**31 - 1),
-    "threads": (int, 1, 256), "collective_timeout": (float, 1.0, None), "mirror_captions": (bool, None, None), "decoder": (dict, None, None),
-    "betas": ((float, 2), 0.0, 0.9999999), "crop_scale": ((float, 2), 1e-6, 1.0),
-    "mean": ((float, 3), 0.0, 1.0), "std": ((float, 3), 1e-6, 10.0),
-    "decoder.width": (int, 8, 65536), "decoder.depth": (int, 1, 256), "decoder.num_heads": (int, 1, 512),
-    "decoder.mlp_hidden": ((int, type(None)), 1, None), "decoder.ratio": ((float, type(None)), 1e-3, 100.0),
-    "decoder.vocab_size": (int, 2, None), "decoder.context_length": (int, 2, None),
-    "lit_loss": (("softmax", "sigmoid"), None, None), "text": (dict, None, None), "projection_dim": (int, 1, 65536),
-    "text.hidden_size": (int, 8, 65536), "text.depth": (int, 1, 256), "text.num_heads": (int, 1, 512),
+    "data": (str, None, None),
+    "images": ((str, type(None)), None, None),
+    "out": (str, None, None),
+    "encoder": (str, None, None),
+    "init": ((str, type(None)), None, None),
+    "tokenizer": ((str, type(None)), None, None),
+    "image_size": (int, 2, 4096),
+    "patch_size": (int, 1, 64),
+    "vocab_size": (int, 260, 1_000_000),
+    "context_length": (int, 2, 4096),
+    "objective": (OBJECTIVES + ("lit",), None, None),
+    "alpha": (float, 0.0, None),
+    "prefix_attention": (bool, None, None),
+    "batch_size": (int, 1, None),
+    "accum": (int, 1, None),
+    "steps": (int, 1, None),
+    "lr": (float, 1e-12, 10.0),
+    "min_lr": (float, 0.0, 10.0),
+    "warmup": (int, 0, None),
+    "weight_decay": (float, 0.0, None),
+    "eps": (float, 1e-30, 1.0),
+    "clip": (float, 0.0, None),
+    "dtype": (("float32", "bfloat16"), None, None),
+    "checkpointing": (bool, None, None),
+    "save_every": (int, 1, None),
+    "keep": (int, 1, None),
+    "log_every": (int, 1, None),
+    "seed": (int, 0, 2**31 - 1),
+    "threads": (int, 1, 256),
+    "collective_timeout": (float, 1.0, None),
+    "mirror_captions": (bool, None, None),
+    "decoder": (dict, None, None),
+    "betas": ((float, 2), 0.0, 0.9999999),
+    "crop_scale": ((float, 2), 1e-6, 1.0),
+    "mean": ((float, 3), 0.0, 1.0),
+    "std": ((float, 3), 1e-6, 10.0),
+    "decoder.width": (int, 8, 65536),
+    "decoder.depth": (int, 1, 256),
+    "decoder.num_heads": (int, 1, 512),
+    "decoder.mlp_hidden": ((int, type(None)), 1, None),
+    "decoder.ratio": ((float, type(None)), 1e-3, 100.0),
+    "decoder.vocab_size": (int, 2, None),
+    "decoder.context_length": (int, 2, None),
+    "lit_loss": (("softmax", "sigmoid"), None, None),
+    "text": (dict, None, None),
+    "projection_dim": (int, 1, 65536),
+    "text.hidden_size": (int, 8, 65536),
+    "text.depth": (int, 1, 256),
+    "text.num_heads": (int, 1, 512),
     "text.mlp_hidden": ((int, type(None)), 1, None),
 }
 
@@ -155,8 +194,20 @@ def _check(key: str, v) -> None:
 
 
 # What a resumed run may change; everything else is fixed by the checkpoint it continues.
-RESUMABLE = {"data", "images", "out", "steps", "lr", "min_lr", "warmup", "save_every", "keep", "log_every", "threads",
-             "collective_timeout"}
+RESUMABLE = {
+    "data",
+    "images",
+    "out",
+    "steps",
+    "lr",
+    "min_lr",
+    "warmup",
+    "save_every",
+    "keep",
+    "log_every",
+    "threads",
+    "collective_timeout",
+}
 
 
 def _parse_value(text: str):
@@ -166,8 +217,9 @@ def _parse_value(text: str):
         return text
 
 
-def load_config(file: Optional[Path] = None, overrides: dict | None = None, sets: list[str] = (),
-                saved: Optional[dict] = None) -> TrainConfig:
+def load_config(
+    file: Optional[Path] = None, overrides: dict | None = None, sets: list[str] = (), saved: Optional[dict] = None
+) -> TrainConfig:
     """File (TOML / YAML / JSON), then `--set k=v` strings, then explicit flags; unknown keys are errors.
     `saved`: the config of the run being resumed, the base that those may change only in RESUMABLE keys."""
     return build_config(read_config(file, overrides, sets), saved)
@@ -189,6 +241,7 @@ def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets
                 d = tomllib.loads(file.read_text())
             elif file.suffix in (".yaml", ".yml"):
                 import yaml
+
                 d = yaml.safe_load(file.read_text()) or {}
             else:
                 d = json.loads(file.read_text())
@@ -214,7 +267,9 @@ def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets
     unknown = set(d) - names
     if unknown:
         src = f"{file}: " if file else ""
-        raise UserError(f"{src}unknown config key(s): {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(names))}")
+        raise UserError(
+            f"{src}unknown config key(s): {', '.join(sorted(unknown))}; valid keys: {', '.join(sorted(names))}"
+        )
     return d
 
 
@@ -223,8 +278,10 @@ def build_config(d: dict, saved: Optional[dict] = None) -> TrainConfig:
     if saved is not None:
         changed = sorted(k for k, v in d.items() if k not in RESUMABLE and json.loads(json.dumps(v)) != saved.get(k))
         if changed:
-            raise UserError(f"a resumed run keeps its {', '.join(changed)}; only {', '.join(sorted(RESUMABLE))} "
-                            f"may change (or start a new run in another --out)")
+            raise UserError(
+                f"a resumed run keeps its {', '.join(changed)}; only {', '.join(sorted(RESUMABLE))} "
+                f"may change (or start a new run in another --out)"
+            )
         d = {**{k: v for k, v in saved.items() if k in names}, **d}
     for k in ("betas", "mean", "std", "crop_scale"):
         if isinstance(d.get(k), list):

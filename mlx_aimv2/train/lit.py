@@ -5,6 +5,7 @@ The image encoder never changes in LiT tuning, so each training image goes throu
 output tokens (after the final norm, before the attention-pool head) are stored as float16 and
 every epoch reads them back. A step then costs the head, the projections and the text tower only.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,8 +20,8 @@ from ..atomic import remove_orphans, write_file
 from ..config import ModelConfig, TextConfig
 from ..errors import UserError
 
-
 # ------------------------------------------------------------------------------ the encoder
+
 
 def frozen_encoder(init: str):
     """An api.AIMv2 for `init`: any checkpoint `load` reads (hub id, folder, file, demo, a quantized
@@ -32,15 +33,22 @@ def frozen_encoder(init: str):
     if (run / "checkpoints").is_dir() and not any((run / f).is_file() for f in ("model.safetensors", "config.json")):
         from .. import cpu
         from .trainer import load_run_encoder
+
         enc, vision, pp, name = load_run_encoder(run)
         cpu.use_kernels(enc)
-        model = AIMv2(enc, ModelConfig(vision=vision, name=name),
-                      Preprocessor.from_config(pp, None, f"{run} (its training config)", vision.image_size), run)
+        model = AIMv2(
+            enc,
+            ModelConfig(vision=vision, name=name),
+            Preprocessor.from_config(pp, None, f"{run} (its training config)", vision.image_size),
+            run,
+        )
     else:
         model = load(init, dtype=mx.float32, keep_quantized=False)
     if model.config.vision.native:
-        raise UserError(f"{init}: a native-resolution encoder gives each image its own token count; LiT tuning "
-                        f"caches fixed-size tokens, so start from a fixed-resolution encoder")
+        raise UserError(
+            f"{init}: a native-resolution encoder gives each image its own token count; LiT tuning "
+            f"caches fixed-size tokens, so start from a fixed-resolution encoder"
+        )
     return model
 
 
@@ -48,17 +56,27 @@ def text_config(cfg, tokenizer) -> TextConfig:
     """A text tower from scratch: cfg.text's sizes over the run's tokenizer."""
     t = {"hidden_size": 256, "depth": 4, "num_heads": 4, **cfg.text}
     from ..config import swiglu_hidden
+
     if t["hidden_size"] % t["num_heads"]:
         raise UserError(f"text.hidden_size {t['hidden_size']} is not divisible by text.num_heads {t['num_heads']}")
     if tokenizer.eos_id is None:
-        raise UserError("the tokenizer has no end-of-text token, which the text tower reads its embedding from; "
-                        "use a tokenizer with one (the BPE trained on the captions has </s>)")
-    return TextConfig(vocab_size=tokenizer.vocab_size, hidden_size=t["hidden_size"], depth=t["depth"],
-                      num_heads=t["num_heads"], mlp_hidden=t.get("mlp_hidden") or swiglu_hidden(t["hidden_size"]),
-                      context_length=cfg.context_length, eos_token_id=tokenizer.eos_id)
+        raise UserError(
+            "the tokenizer has no end-of-text token, which the text tower reads its embedding from; "
+            "use a tokenizer with one (the BPE trained on the captions has </s>)"
+        )
+    return TextConfig(
+        vocab_size=tokenizer.vocab_size,
+        hidden_size=t["hidden_size"],
+        depth=t["depth"],
+        num_heads=t["num_heads"],
+        mlp_hidden=t.get("mlp_hidden") or swiglu_hidden(t["hidden_size"]),
+        context_length=cfg.context_length,
+        eos_token_id=tokenizer.eos_id,
+    )
 
 
 # ------------------------------------------------------------------------------ the cache
+
 
 class TokenCache:
     """Frozen-encoder tokens of every sample, float16, memory-mapped from `folder`: part r holds the
@@ -80,13 +98,28 @@ class TokenCache:
         return self.errors[i % self.ranks].get(i // self.ranks, "not cached")
 
     @classmethod
-    def open_or_build(cls, folder: Path, key: dict, model, samples: list, rank: int, ranks: int,
-                      barrier=lambda: None, log=print, batch_size: int = 16, progress: bool = True) -> "TokenCache":
+    def open_or_build(
+        cls,
+        folder: Path,
+        key: dict,
+        model,
+        samples: list,
+        rank: int,
+        ranks: int,
+        barrier=lambda: None,
+        log=print,
+        batch_size: int = 16,
+        progress: bool = True,
+    ) -> "TokenCache":
         """The cache for `key` (what made it: encoder, data, ranks); rebuilt when any of that differs.
         Each rank computes its own part; `barrier` waits for all of them."""
         folder = Path(folder)
         meta = folder / "meta.json"
-        if meta.is_file() and _read_json(meta) == key and all((folder / f"part{r}.npy").is_file() for r in range(ranks)):
+        if (
+            meta.is_file()
+            and _read_json(meta) == key
+            and all((folder / f"part{r}.npy").is_file() for r in range(ranks))
+        ):
             if rank == 0:
                 log(f"using the encoder tokens cached in {folder}")
             return cls(folder, ranks)
@@ -112,16 +145,19 @@ def _read_json(f: Path):
         return None
 
 
-def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape, log, batch_size: int,
-                progress: bool) -> None:
+def _build_part(
+    folder: Path, rank: int, ranks: int, model, samples: list, shape, log, batch_size: int, progress: bool
+) -> None:
     from ..data.stream import sample_image
 
     mine = samples[rank::ranks]
     n, d = shape
     if rank == 0:
-        gib = len(samples) * n * d * 2 / 2 ** 30
-        log(f"caching the frozen encoder's tokens of {len(samples)} images ({n} x {d} each, {gib:.2f} GiB) "
-            f"in {folder}; later epochs and resumed runs read them back")
+        gib = len(samples) * n * d * 2 / 2**30
+        log(
+            f"caching the frozen encoder's tokens of {len(samples)} images ({n} x {d} each, {gib:.2f} GiB) "
+            f"in {folder}; later epochs and resumed runs read them back"
+        )
     ok = np.zeros(len(mine), dtype=bool)
     errors: list = []
 
@@ -130,9 +166,11 @@ def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape
         bar = None
         if progress:
             from tqdm import tqdm
+
             bar = tqdm(total=len(mine), unit="img", desc="encode", dynamic_ncols=True)
-        for j, row in model.iter_embed(range(len(mine)), pool="none", errors=errors, batch_size=batch_size,
-                                       read=lambda j: sample_image(mine[j])):
+        for j, row in model.iter_embed(
+            range(len(mine)), pool="none", errors=errors, batch_size=batch_size, read=lambda j: sample_image(mine[j])
+        ):
             out[j] = row["tokens"].astype(np.float16)
             ok[j] = True
             if bar is not None:
@@ -150,17 +188,28 @@ def _build_part(folder: Path, rank: int, ranks: int, model, samples: list, shape
 
 # ------------------------------------------------------------------------------ the result
 
+
 def lit_module(frozen, tuner, name: str):
     """The published LiT layout (AIMv2LiT) from the frozen encoder and a tuner's weights."""
     import dataclasses
+
     from ..models import AIMv2LiT
 
     vision = dataclasses.replace(frozen.config.vision, use_head=True, head_bias=True)
     c = tuner.config
-    config = ModelConfig(kind="lit", vision=vision, text=c.text, projection_dim=c.projection_dim,
-                         init_temperature=c.init_temperature, max_logit_scale=c.max_logit_scale, name=name)
+    config = ModelConfig(
+        kind="lit",
+        vision=vision,
+        text=c.text,
+        projection_dim=c.projection_dim,
+        init_temperature=c.init_temperature,
+        max_logit_scale=c.max_logit_scale,
+        name=name,
+    )
     lit = AIMv2LiT(config)
-    weights = {f"image_encoder.{k}": v for k, v in tree_flatten(frozen.vision.parameters()) if not k.startswith("head.")}
+    weights = {
+        f"image_encoder.{k}": v for k, v in tree_flatten(frozen.vision.parameters()) if not k.startswith("head.")
+    }
     weights.update(tuner.lit_weights())
     lit.load_weights(list(weights.items()), strict=True)
     return lit, config
@@ -169,6 +218,7 @@ def lit_module(frozen, tuner, name: str):
 def save_lit(frozen, tuner, name: str, tokenizer_files: tuple, dst: Path, overwrite: bool = False) -> Path:
     """A LiT folder that load / encode_text / classify / export read like the published one."""
     from ..checkpoints import save
+
     lit, config = lit_module(frozen, tuner, name)
     return save(lit, config, Path(dst), preprocessor_config(frozen), tokenizer_files, overwrite=overwrite)
 
@@ -181,8 +231,13 @@ def preprocessor_config(frozen) -> dict:
 
 def _preprocessor_dict(frozen) -> dict:
     from ..checkpoints import default_preprocessor
+
     p = frozen.preprocessor
     d = default_preprocessor(frozen.config)
-    d.update(size={"shortest_edge": p.size}, crop_size={"height": p.crop[0], "width": p.crop[1]},
-             image_mean=list(p.mean), image_std=list(p.std))
+    d.update(
+        size={"shortest_edge": p.size},
+        crop_size={"height": p.crop[0], "width": p.crop[1]},
+        image_mean=list(p.mean),
+        image_std=list(p.std),
+    )
     return d

@@ -1,4 +1,5 @@
 """The paper's optimiser: fully decoupled AdamW (l3m's AdamLH) and warmup + cosine to a floor."""
+
 from __future__ import annotations
 
 import mlx.optimizers as optim
@@ -29,10 +30,14 @@ class DecoupledAdamW(optim.Adam):
 
     def apply_gradients(self, gradients: dict, parameters: dict):
         if self.weight_decay:
-            lr = self._schedulers["learning_rate"](self.step) if "learning_rate" in self._schedulers \
+            lr = (
+                self._schedulers["learning_rate"](self.step)
+                if "learning_rate" in self._schedulers
                 else self.learning_rate
+            )
             factor = 1.0 - self.weight_decay * lr / self.peak_lr
             # walk the gradients' tree: `parameters` may be a whole module with non-array members
-            parameters = tree_map_with_path(lambda path, g, p: p * factor.astype(p.dtype) if decays(path) else p,
-                                            gradients, parameters)
+            parameters = tree_map_with_path(
+                lambda path, g, p: p * factor.astype(p.dtype) if decays(path) else p, gradients, parameters
+            )
         return super().apply_gradients(gradients, parameters)

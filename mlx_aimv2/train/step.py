@@ -11,6 +11,7 @@ with their gradient, and computes the whole batch's loss; its gradient is then e
 rows, so summing over ranks (the `* size` below, then the average) gives the full gradient. The
 logit scale and bias are seen whole by every rank, so their sum is divided back by the rank count.
 """
+
 from __future__ import annotations
 
 from functools import partial
@@ -40,7 +41,7 @@ def make_step(model, optimizer, cfg, world, num_patches: int):
             return x
         every = mx.stop_gradient(mx.distributed.all_gather(x, group=world))
         n = x.shape[0]
-        return mx.concatenate([every[: rank * n], x, every[(rank + 1) * n:]])
+        return mx.concatenate([every[: rank * n], x, every[(rank + 1) * n :]])
 
     def loss_fn(params, x, ids, prefix):
         if compute != mx.float32:
@@ -101,7 +102,7 @@ def make_step(model, optimizer, cfg, world, num_patches: int):
         keys = mx.random.split(key, cfg.accum)
         acc, logs = None, []
         for i in range(cfg.accum):
-            parts, grads = grad_step(inputs[i * n:(i + 1) * n], ids[i * n:(i + 1) * n], keys[i])
+            parts, grads = grad_step(inputs[i * n : (i + 1) * n], ids[i * n : (i + 1) * n], keys[i])
             acc = grads if acc is None else tree_map(mx.add, acc, grads)
             mx.eval(acc, parts)
             logs.append(parts)

@@ -6,6 +6,7 @@
 objective = "lit" is LiT tuning in the same loop: the encoder is frozen, its tokens come from a
 cache on disk (train/lit.py) instead of images, and the tuner learns the contrastive loss.
 """
+
 from __future__ import annotations
 
 import json
@@ -19,7 +20,8 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from .. import checkpoints as ckpt_io, cpu
+from .. import checkpoints as ckpt_io
+from .. import cpu
 from ..atomic import check_destination, remove_orphans, write_file
 from ..config import ModelConfig
 from ..data import TrainStream, mirror_caption, open_dataset
@@ -58,8 +60,10 @@ class Trainer:
                 for p in remove_orphans(folder):
                     self.log(f"removed {p.name}, left by a run that was killed while writing")
         if cfg.objective == "lit" and cfg.accum > 1 and self.rank == 0:
-            self.log(f"note: with accum {cfg.accum}, each micro-batch of {cfg.batch_size // cfg.accum} is its own "
-                     f"contrastive batch: its images are compared with its own captions only")
+            self.log(
+                f"note: with accum {cfg.accum}, each micro-batch of {cfg.batch_size // cfg.accum} is its own "
+                f"contrastive batch: its images are compared with its own captions only"
+            )
         if cfg.warmup >= cfg.steps and self.rank == 0:
             self.log(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
         # LiT tuning: the frozen encoder comes first (its tokenizer, if it is a LiT model; its tokens)
@@ -80,14 +84,18 @@ class Trainer:
                 if self.rank == 0:
                     self.log(f"cannot resume from {ckpt.name}: {e}; trying the one before")
         if resume and self.resume_from is None:
-            raise UserError(f"none of the {len(found)} checkpoint(s) in {self.out} can be resumed; the newest: {errors[0]}")
+            raise UserError(
+                f"none of the {len(found)} checkpoint(s) in {self.out} can be resumed; the newest: {errors[0]}"
+            )
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup_data(self):
         cfg = self.cfg
         if not cfg.data:
-            raise UserError("no training data; pass --data (a captions file, folder or tar shards), "
-                            "e.g. from `mlx-aimv2 data synth data/synth --n 2000`")
+            raise UserError(
+                "no training data; pass --data (a captions file, folder or tar shards), "
+                "e.g. from `mlx-aimv2 data synth data/synth --n 2000`"
+            )
         self.data = open_dataset(cfg.data, cfg.images)
         if self.data.bad and self.rank == 0:
             where, why = self.data.bad[0]
@@ -95,30 +103,69 @@ class Trainer:
         self._note_image_size()
         self.tokenizer = self._tokenizer()
         self.ids = self.tokenizer([s.caption for s in self.data.samples])
-        mirrored = (self.tokenizer([mirror_caption(s.caption) for s in self.data.samples])  # for flipped images
-                    if cfg.mirror_captions else None)
+        mirrored = (
+            self.tokenizer([mirror_caption(s.caption) for s in self.data.samples])  # for flipped images
+            if cfg.mirror_captions
+            else None
+        )
         per_rank = cfg.batch_size // self.size
         if len(self.data) < cfg.batch_size:
-            raise UserError(f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
-                            f"lower --batch-size or add data")
+            raise UserError(
+                f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
+                f"lower --batch-size or add data"
+            )
         if self.frozen is not None:
-            self.stream = TokenStream(self._token_cache(), self.data, self.ids, per_rank, cfg.seed, self.rank, self.size)
+            self.stream = TokenStream(
+                self._token_cache(), self.data, self.ids, per_rank, cfg.seed, self.rank, self.size
+            )
         else:
-            self.stream = TrainStream(self.data, self.ids, cfg.image_size, per_rank, cfg.seed, self.rank, self.size,
-                                      cfg.threads, scale=cfg.crop_scale, mirrored_ids=mirrored)
+            self.stream = TrainStream(
+                self.data,
+                self.ids,
+                cfg.image_size,
+                per_rank,
+                cfg.seed,
+                self.rank,
+                self.size,
+                cfg.threads,
+                scale=cfg.crop_scale,
+                mirrored_ids=mirrored,
+            )
 
     def _token_cache(self) -> "lit.TokenCache":
         cfg, v = self.cfg, self.frozen.config.vision
-        key = {"init": cfg.init, "encoder": self.frozen.config.name, "data": cfg.data, "images": cfg.images,
-               "samples": len(self.data), "ranks": self.size, "tokens": [v.num_patches, v.hidden_size]}
-        barrier = (lambda: mx.distributed.all_sum(mx.array([0]), group=self.world).item()) if self.size > 1 else (lambda: None)
-        return lit.TokenCache.open_or_build(self.out / "token_cache", key, self.frozen, self.data.samples,
-                                            self.rank, self.size, barrier, self.log, progress=self.progress)
+        key = {
+            "init": cfg.init,
+            "encoder": self.frozen.config.name,
+            "data": cfg.data,
+            "images": cfg.images,
+            "samples": len(self.data),
+            "ranks": self.size,
+            "tokens": [v.num_patches, v.hidden_size],
+        }
+        barrier = (
+            (lambda: mx.distributed.all_sum(mx.array([0]), group=self.world).item())
+            if self.size > 1
+            else (lambda: None)
+        )
+        return lit.TokenCache.open_or_build(
+            self.out / "token_cache",
+            key,
+            self.frozen,
+            self.data.samples,
+            self.rank,
+            self.size,
+            barrier,
+            self.log,
+            progress=self.progress,
+        )
 
     def _note_image_size(self):
         """Say so when the data's images are smaller than the training resolution (read from one header)."""
         import io
+
         from PIL import Image
+
         try:
             with Image.open(io.BytesIO(self.data.samples[0].read_bytes())) as im:
                 w, h = im.size
@@ -126,8 +173,10 @@ class Trainer:
             return  # an unreadable first image is counted later, like any other
         size = self.frozen.preprocessor.crop[0] if self.frozen is not None else self.cfg.image_size
         if min(w, h) < size and self.rank == 0:
-            self.log(f"note: the images are about {w}x{h} px and training runs at {size} px, so they "
-                     f"are upsampled" + ("" if self.frozen is not None else "; set --image-size to train nearer their size"))
+            self.log(
+                f"note: the images are about {w}x{h} px and training runs at {size} px, so they "
+                f"are upsampled" + ("" if self.frozen is not None else "; set --image-size to train nearer their size")
+            )
 
     def _tokenizer(self):
         cfg = self.cfg
@@ -140,11 +189,18 @@ class Trainer:
         own = self.out / "tokenizer.json"
         if own.is_file():
             return load_tokenizer(own, cfg.context_length)
-        tok = train_bpe((s.caption for s in self.data.samples), cfg.vocab_size, own if self.rank == 0 else
-                        self.out / f".tokenizer.rank{self.rank}.json", cfg.context_length)
+        tok = train_bpe(
+            (s.caption for s in self.data.samples),
+            cfg.vocab_size,
+            own if self.rank == 0 else self.out / f".tokenizer.rank{self.rank}.json",
+            cfg.context_length,
+        )
         if self.rank == 0:
-            why = (f" (asked for {cfg.vocab_size}: the captions hold no more distinct merges)"
-                   if tok.vocab_size < cfg.vocab_size else "")
+            why = (
+                f" (asked for {cfg.vocab_size}: the captions hold no more distinct merges)"
+                if tok.vocab_size < cfg.vocab_size
+                else ""
+            )
             self.log(f"trained a {tok.vocab_size}-token BPE on the captions{why} -> {own}")
         return tok
 
@@ -156,6 +212,7 @@ class Trainer:
         module, mcfg, _ = ckpt_io.load_checkpoint(cfg.init, dtype=mx.float32)
         if mcfg.quantization:  # training needs float weights: continue from the dequantized ones
             from ..quantize import dequantize
+
             dequantize(module)
             mcfg.quantization = None
             self.log(f"note: {cfg.init} is quantized; training starts from its dequantized weights")
@@ -163,8 +220,9 @@ class Trainer:
         vision = mcfg.vision
         vision.use_head = False
         if not vision.native and vision.image_size != cfg.image_size:
-            raise UserError(f"{cfg.init}: this encoder was trained at {vision.image_size} px; "
-                            f"set image_size = {vision.image_size}")
+            raise UserError(
+                f"{cfg.init}: this encoder was trained at {vision.image_size} px; set image_size = {vision.image_size}"
+            )
         if vision.patch_size != cfg.patch_size:
             raise UserError(f"{cfg.init}: patch size {vision.patch_size}; set patch_size = {vision.patch_size}")
         weights = {k: v for k, v in tree_flatten(enc.parameters()) if not k.startswith("head.")}
@@ -191,8 +249,12 @@ class Trainer:
             tuner.load_from_lit(frozen.module)
             self.log(f"tuning {cfg.init}'s head, projections and text tower; its image encoder stays frozen")
         else:
-            mcfg = ModelConfig(kind="lit", vision=self.vision, text=lit.text_config(cfg, self.tokenizer),
-                               projection_dim=cfg.projection_dim)
+            mcfg = ModelConfig(
+                kind="lit",
+                vision=self.vision,
+                text=lit.text_config(cfg, self.tokenizer),
+                projection_dim=cfg.projection_dim,
+            )
             tuner = LiTTuner(self.vision.hidden_size, self.vision.num_heads, mcfg, cfg.lit_loss)
             init_weights(tuner)
         cpu.use_kernels(tuner)
@@ -201,9 +263,14 @@ class Trainer:
     def _setup_pretrainer(self):
         cfg = self.cfg
         self.vision, init = self._encoder_source()
-        self.model = AIMv2PreTrainer(self.vision, cfg.decoder_config(self.tokenizer.vocab_size),
-                                     pad_id=self.tokenizer.pad_id, alpha=cfg.alpha, objective=cfg.objective,
-                                     prefix_attention=cfg.prefix_attention)
+        self.model = AIMv2PreTrainer(
+            self.vision,
+            cfg.decoder_config(self.tokenizer.vocab_size),
+            pad_id=self.tokenizer.pad_id,
+            alpha=cfg.alpha,
+            objective=cfg.objective,
+            prefix_attention=cfg.prefix_attention,
+        )
         init_weights(self.model)
         cpu.use_kernels(self.model)
         if init is not None:
@@ -217,8 +284,10 @@ class Trainer:
         self.step = int(state["step"])
         positions = state.get("positions", [[0, 0]])
         if len(positions) != self.size:
-            raise UserError(f"{ckpt}: saved by {len(positions)} rank(s), resumed on {self.size}; "
-                            f"resume with the same number of ranks")
+            raise UserError(
+                f"{ckpt}: saved by {len(positions)} rank(s), resumed on {self.size}; "
+                f"resume with the same number of ranks"
+            )
         self.stream.seek(*positions[self.rank])
         if self.rank == 0:
             self.log(f"resumed from {ckpt} at step {self.step}")
@@ -248,8 +317,12 @@ class Trainer:
         if not checkpoint.healthy([self.model.parameters(), self.optimizer.state]):
             self.log(f"step {self.step}: weights are not finite; not checkpointed")
             return checkpoint.latest(self.out)
-        state = {"positions": positions, "config": self.cfg.to_dict(), "vision": self.vision.to_dict(),
-                 "skipped_images": len(self.stream.skipped)}
+        state = {
+            "positions": positions,
+            "config": self.cfg.to_dict(),
+            "vision": self.vision.to_dict(),
+            "skipped_images": len(self.stream.skipped),
+        }
         if self.frozen is not None:
             state["lit"] = self.model.config.to_dict()
         return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
@@ -280,6 +353,7 @@ class Trainer:
         bar = None
         if progress and self.rank == 0:
             from tqdm import tqdm
+
             bar = tqdm(total=cfg.steps, initial=self.step, unit="step", desc="train", dynamic_ncols=True)
         batches = iter(self.stream)
         t0, seen, last = time.perf_counter(), 0, {}
@@ -292,17 +366,24 @@ class Trainer:
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
                     good = checkpoint.latest(self.out)  # only finite weights are ever checkpointed
-                    raise UserError(f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
-                                    f"{good or 'none'}. Lower lr or raise warmup, then --resume")
+                    raise UserError(
+                        f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
+                        f"{good or 'none'}. Lower lr or raise warmup, then --resume"
+                    )
                 self.step += 1
                 if watchdog is not None:
                     watchdog.beat()
                 seen += cfg.batch_size
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t0
-                    last = {"step": self.step, **{k: round(v.item(), 6) for k, v in parts.items()},
-                            "lr": float(self.lr(self.step - 1)), "grad_norm": round(norm.item(), 4),
-                            "images_per_s": round(seen / dt, 2), "skipped_images": len(self.stream.skipped)}
+                    last = {
+                        "step": self.step,
+                        **{k: round(v.item(), 6) for k, v in parts.items()},
+                        "lr": float(self.lr(self.step - 1)),
+                        "grad_norm": round(norm.item(), 4),
+                        "images_per_s": round(seen / dt, 2),
+                        "skipped_images": len(self.stream.skipped),
+                    }
                     t0, seen = time.perf_counter(), 0
                     if self.rank == 0:
                         records.append(last)
@@ -310,8 +391,9 @@ class Trainer:
                             f.write(json.dumps(last) + "\n")
                 if bar is not None:
                     bar.update(1)
-                    bar.set_postfix(loss=f"{loss:.4f}", lr=f"{float(self.lr(self.step - 1)):.2e}",
-                                    img_s=last.get("images_per_s", 0))
+                    bar.set_postfix(
+                        loss=f"{loss:.4f}", lr=f"{float(self.lr(self.step - 1)):.2e}", img_s=last.get("images_per_s", 0)
+                    )
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
                 if until is not None and self.step >= until:
@@ -327,6 +409,7 @@ class Trainer:
                 bar.close()
         if self.rank == 0:
             from ..viz import plot_curves
+
             _rewrite_metrics(metrics_file, records)
             if records:
                 plot_curves(records, self.out / "loss.png")
@@ -374,17 +457,26 @@ def load_run_encoder(run: Path):
         raise UserError(f"{run}: no checkpoint found")
     state = checkpoint.read_state(ckpt)
     if "lit" in state:
-        raise UserError(f"{run} is a LiT tuning run, not a pre-training run: use its LiT model {Path(run) / 'lit'} "
-                        f"(`mlx-aimv2 export {run} DIR` writes one from the latest checkpoint)")
+        raise UserError(
+            f"{run} is a LiT tuning run, not a pre-training run: use its LiT model {Path(run) / 'lit'} "
+            f"(`mlx-aimv2 export {run} DIR` writes one from the latest checkpoint)"
+        )
     from ..config import VisionConfig
     from ..models import AIMv2VisionEncoder
+
     vision = VisionConfig.from_dict(state["vision"])
     enc = AIMv2VisionEncoder(vision)
-    weights = {k[len("encoder."):]: v for k, v in mx.load(str(ckpt / "model.safetensors")).items()
-               if k.startswith("encoder.")}
+    weights = {
+        k[len("encoder.") :]: v for k, v in mx.load(str(ckpt / "model.safetensors")).items() if k.startswith("encoder.")
+    }
     ckpt_io.load_into(enc, weights, str(ckpt))
     cfg = state["config"]
-    return enc, vision, _preprocessor(vision, cfg["mean"], cfg["std"]), f"{Path(run).resolve().name} step {state['step']}"
+    return (
+        enc,
+        vision,
+        _preprocessor(vision, cfg["mean"], cfg["std"]),
+        f"{Path(run).resolve().name} step {state['step']}",
+    )
 
 
 def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
@@ -420,8 +512,10 @@ def _tokenizer_files(cfg: TrainConfig, run: Path, frozen) -> tuple:
             return (t / "vocab.json", t / "merges.txt")
         if t.exists():
             return ((t / "tokenizer.json" if t.is_dir() else t, "tokenizer.json"),)
-        raise UserError(f"{cfg.tokenizer}: a hub tokenizer cannot be bundled with the LiT folder; "
-                        f"save its tokenizer.json and give that file")
+        raise UserError(
+            f"{cfg.tokenizer}: a hub tokenizer cannot be bundled with the LiT folder; "
+            f"save its tokenizer.json and give that file"
+        )
     return (run / "tokenizer.json",)
 
 

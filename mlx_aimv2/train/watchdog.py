@@ -5,6 +5,7 @@ every other rank. Each rank here notes when its last step finished (and touches 
 the run folder, which ranks on one machine share); when no step has finished for `timeout` seconds
 the watchdog names the rank that went quiet, if it can tell, and ends this rank with exit status 1.
 """
+
 from __future__ import annotations
 
 import os
@@ -47,7 +48,11 @@ class Watchdog:
     def _watch(self) -> None:
         while not self.done.wait(min(5.0, self.timeout / 4)):
             if time.monotonic() - self.last > self.timeout:
-                print(f"error: rank {self.rank}: no step finished in {self.timeout:.0f} s while waiting on "
-                      f"{self._quiet_rank()}; it stopped, hung or died. Stopping; continue with --resume "
-                      f"(collective_timeout sets the wait)", file=sys.stderr, flush=True)
+                print(
+                    f"error: rank {self.rank}: no step finished in {self.timeout:.0f} s while waiting on "
+                    f"{self._quiet_rank()}; it stopped, hung or died. Stopping; continue with --resume "
+                    f"(collective_timeout sets the wait)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(1)
