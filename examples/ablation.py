@@ -17,10 +17,11 @@ import time
 from pathlib import Path
 
 from mlx_aimv2 import load
+from mlx_aimv2.config import load_config
 from mlx_aimv2.data import open_dataset, write_synthetic
 from mlx_aimv2.eval import probe as P
 from mlx_aimv2.tokenizer import train_bpe
-from mlx_aimv2.train import Trainer, load_config
+from mlx_aimv2.train.trainer import Trainer
 
 RUNS = {  # name: (objective, decoder ratio)
     "AIMv2 (image + text), decoder 1/2": ("aimv2", 0.5),

@@ -7,7 +7,10 @@ emb = model.embed(["cat.jpg", pil_image])                 # (2, 1024) numpy, mea
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
+import sys
 from pathlib import Path
 from typing import Iterable, Iterator, Optional, Sequence
 
@@ -23,12 +26,13 @@ from .environment import wire_memory_for
 from .errors import UserError
 from .preprocess import ImageLike, Preprocessor, decode_ahead
 from .quantize import quantize
+from .tokenizer import load_tokenizer
 
 POOLS = ("mean", "none", "attn")
 
 
 def load(
-    name_or_path: str = hub.DEFAULT_MODEL,
+    name_or_path: str = hub.DEFAULT["vision"],
     revision: Optional[str] = None,
     dtype=None,
     keep_quantized: Optional[bool] = None,
@@ -45,6 +49,19 @@ def load(
     cpu.use_kernels(module)
     wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
     return AIMv2(module, config, _preprocessor(config, folder), folder)
+
+
+def load_default(kind: str = "vision", revision: Optional[str] = None) -> tuple["AIMv2", str]:
+    """(model, its name) for a command given no model: Apple's default of the kind (hub.DEFAULT) when
+    the hub or its cache has it, else the bundled stand-in (hub.STAND_IN), with a note on stderr."""
+    name = hub.DEFAULT[kind]
+    try:
+        return load(name, revision), name
+    except UserError as e:
+        stand_in = hub.STAND_IN[kind]
+        print(f"note: {e}", file=sys.stderr)
+        print(f"note: using the bundled {stand_in} checkpoint ({hub.BUNDLED[stand_in]}) instead", file=sys.stderr)
+        return load(stand_in), stand_in
 
 
 def _preprocessor(config: ModelConfig, folder: Path) -> Preprocessor:
@@ -76,23 +93,39 @@ class AIMv2:
     def dtype(self):
         return self.vision.preprocessor.patchifier.proj.weight.dtype
 
+    def fingerprint(self) -> str:
+        """Identifies the weights: config plus the patch embedding's bytes (and, for LiT, the image
+        projection), enough to tell any two checkpoints apart (an index records it)."""
+        h = hashlib.sha1(json.dumps(self.config.to_dict(), sort_keys=True).encode())
+        tensors = [self.vision.preprocessor.patchifier.proj.weight]
+        if self.config.kind == "lit":
+            tensors.append(self.module.image_projector.weight)
+        for t in tensors:
+            h.update(np.array(t.astype(mx.float32)).tobytes())
+        return h.hexdigest()[:16]
+
+    @property
+    def embedding_dim(self) -> int:
+        """The width of a pooled embedding: LiT's projection, else the encoder's."""
+        return self.config.projection_dim if self.config.kind == "lit" else self.config.vision.hidden_size
+
     # -- images ------------------------------------------------------------------------------
+    def preprocessor_for(self, fast_decode: bool = False) -> Preprocessor:
+        """This model's preprocessor, with fast decoding on or off (a copy: the model's own stays as is)."""
+        return dataclasses.replace(self.preprocessor, fast_decode=fast_decode)
+
     def preprocess(self, images: Sequence[ImageLike]) -> list[np.ndarray]:
         return [self.preprocessor(im) for im in images]
 
     def check_layers(self, layers: Optional[Sequence[int]]) -> Optional[tuple]:
-        """Block indices as given (negative count back), refused when out of range. layer_k is block
-        k's output before the final norm: transformers' hidden_states[k + 1]."""
+        """Block indices made absolute (negative ones count back), refused when out of range. layer_k
+        is block k's output before the final norm: transformers' hidden_states[k + 1]."""
         if layers is None:
             return None
-        depth = len(self.vision.trunk.blocks)
-        bad = [i for i in layers if not -depth <= i < depth]
-        if bad:
-            raise UserError(
-                f"layer(s) {', '.join(map(str, bad))} out of range: this model has {depth} blocks "
-                f"(0..{depth - 1}, or -1..-{depth} counting back)"
-            )
-        return tuple(layers)
+        try:
+            return self.vision.block_indices(layers)
+        except ValueError as e:
+            raise UserError(str(e)) from None
 
     def features(self, pixels: mx.array, pool: str = "mean", layers: Optional[Sequence[int]] = None) -> dict:
         """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays.
@@ -115,11 +148,9 @@ class AIMv2:
         elif pool == "mean":
             result["embedding"] = tokens.mean(axis=1)
         else:
-            e = self.module.image_projector(self.vision.pool(tokens))
-            result["embedding"] = e / mx.linalg.norm(e, axis=-1, keepdims=True)
-        depth = len(self.vision.trunk.blocks)
+            result["embedding"] = self.module.embed_tokens(tokens)
         for i, f in feats.items():
-            result[f"layer_{i % depth}"] = f if pool == "none" else f.mean(axis=1)
+            result[f"layer_{i}"] = f if pool == "none" else f.mean(axis=1)
         return result
 
     def embed(
@@ -128,6 +159,7 @@ class AIMv2:
         pool: str = "mean",
         layers: Optional[Sequence[int]] = None,
         batch_size: int = 8,
+        fast_decode: bool = False,
     ):
         """Images (paths, PIL images or HWC arrays) -> numpy features.
 
@@ -136,7 +168,7 @@ class AIMv2:
         tokens (pool="none") differ in N per image, so there each entry is a list of (N_i, D) arrays."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        rows = [f for _, f in self.iter_embed(items, pool, layers, batch_size)]
+        rows = [f for _, f in self.iter_embed(items, pool, layers, batch_size, fast_decode=fast_decode)]
         if not rows:
             return {} if layers is not None else np.zeros((0, self.vision.config.hidden_size), np.float32)
         keys = list(rows[0])
@@ -156,11 +188,13 @@ class AIMv2:
         batch_size: int = 8,
         errors: Optional[list] = None,
         read=None,
+        fast_decode: bool = False,
     ) -> Iterator[tuple]:
         """Yields (item, {name: np.ndarray}) per image, in input order, batching images of the same
         size; images are decoded in worker threads ahead of the model (preprocess.decode_ahead). With
         an `errors` list, unreadable images are appended as (item, message) instead of raising.
-        `read`: item -> image, for items that are not images themselves (run in the workers too)."""
+        `read`: item -> image, for items that are not images themselves (run in the workers too).
+        fast_decode: large JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
         pending: list = []
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
@@ -182,7 +216,8 @@ class AIMv2:
                 yield item, row
             pending.clear()
 
-        prepare = self.preprocessor if read is None else (lambda item: self.preprocessor(read(item)))
+        pre = self.preprocessor_for(fast_decode)
+        prepare = pre if read is None else (lambda item: pre(read(item)))
         for item, x in decode_ahead(prepare, items):
             if isinstance(x, Exception):
                 if errors is None or not isinstance(x, UserError):
@@ -206,8 +241,6 @@ class AIMv2:
     def tokenizer(self):
         self._need_lit()
         if self._tokenizer is None:
-            from .tokenizer import load_tokenizer  # the folder's tokenizer.json, else CLIP's vocab + merges
-
             self._tokenizer = load_tokenizer(self.folder, self.config.text.context_length)
         return self._tokenizer
 

@@ -19,9 +19,11 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from . import hub
 from .atomic import write_folder
 from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .errors import UserError
+from .models import build
 from .preprocess import CLIP_MEAN, CLIP_STD
 from .quantize import is_quantized_weight, quantize, read_spec
 
@@ -127,34 +129,42 @@ def read_config_json(folder: Path) -> Optional[dict]:
 
 # ---------------------------------------------------------------------------- layouts
 
-_BLOCK_HF = [  # transformers-native block keys -> ml-aim block keys
-    (r"rms_norm1\.weight", "norm_1.weight"),
-    (r"rms_norm2\.weight", "norm_2.weight"),
-    (r"attention\.out_proj\.weight", "attn.proj.weight"),
-    (r"ffn\.gate_proj\.weight", "mlp.fc1.weight"),
-    (r"ffn\.up_proj\.weight", "mlp.fc3.weight"),
-    (r"ffn\.down_proj\.weight", "mlp.fc2.weight"),
-]
-_VISION_HF = [
-    (r"embeddings\.patch_embed\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
-    (r"embeddings\.rms_norm\.weight", "preprocessor.patchifier.norm.weight"),
-    (r"embeddings\.position_embedding\.weight", "preprocessor.pos_embed"),
-    (r"rms_norm\.weight", "trunk.post_trunk_norm.weight"),
-    (r"head\.k_proj\.weight", "head.k.weight"),
-    (r"head\.v_proj\.weight", "head.v.weight"),
-    (r"head\.output_proj\.(weight|bias)", r"head.linear.\1"),
-    (r"head\.cls_token", "head.cls_token"),
-]
-_TEXT_HF = [
-    (r"embeddings\.token_embedding\.weight", "preprocessor.text_embedding.weight"),
-    (r"embeddings\.position_embedding\.weight", "preprocessor.positional_embedding"),
-    (r"rms_norm\.weight", "trunk.post_trunk_norm.weight"),
-]
-_TOP_HF = [
-    (r"visual_projection\.weight", "image_projector.weight"),
-    (r"text_projection\.weight", "text_projector.weight"),
-    (r"logit_scale", "log_logit_scale"),
-]
+# transformers-native names -> ours (ml-aim's), one table per part. Read both ways: to_mlx loads with
+# them, export.py writes transformers' files with their inverse. A block's q/k/v projections are one
+# fused qkv matrix here (HF_QKV), and LiT's towers sit under the prefixes of HF_TOWERS.
+HF_BLOCK = {
+    "rms_norm1.weight": "norm_1.weight",
+    "rms_norm2.weight": "norm_2.weight",
+    "attention.out_proj.weight": "attn.proj.weight",
+    "ffn.gate_proj.weight": "mlp.fc1.weight",
+    "ffn.up_proj.weight": "mlp.fc3.weight",
+    "ffn.down_proj.weight": "mlp.fc2.weight",
+}
+HF_QKV = ("attention.q_proj.weight", "attention.k_proj.weight", "attention.v_proj.weight"), "attn.qkv.weight"
+HF_VISION = {
+    "embeddings.patch_embed.weight": "preprocessor.patchifier.proj.weight",
+    "embeddings.patch_embed.bias": "preprocessor.patchifier.proj.bias",
+    "embeddings.rms_norm.weight": "preprocessor.patchifier.norm.weight",
+    "embeddings.position_embedding.weight": "preprocessor.pos_embed",
+    "rms_norm.weight": "trunk.post_trunk_norm.weight",
+    "head.k_proj.weight": "head.k.weight",
+    "head.v_proj.weight": "head.v.weight",
+    "head.output_proj.weight": "head.linear.weight",
+    "head.output_proj.bias": "head.linear.bias",
+    "head.cls_token": "head.cls_token",
+}
+HF_TEXT = {
+    "embeddings.token_embedding.weight": "preprocessor.text_embedding.weight",
+    "embeddings.position_embedding.weight": "preprocessor.positional_embedding",
+    "rms_norm.weight": "trunk.post_trunk_norm.weight",
+}
+HF_TOP = {
+    "visual_projection.weight": "image_projector.weight",
+    "text_projection.weight": "text_projector.weight",
+    "logit_scale": "log_logit_scale",
+}
+HF_TOWERS = {"vision_model.": ("image_encoder.", HF_VISION), "text_model.": ("text_encoder.", HF_TEXT)}
+HF_LAYER = "encoder.layers.{}."  # transformers' block prefix; ours is trunk.blocks.{}.
 _TIMM = [
     (r"patch_embed\.proj\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
     (r"patch_embed\.norm\.weight", "preprocessor.patchifier.norm.weight"),
@@ -191,42 +201,27 @@ def _apply(table, key: str) -> Optional[str]:
 def _from_transformers(w: dict) -> dict:
     out, unmapped = {}, []
     qkv: dict[str, dict] = {}
+    towers = [(src, dst, table) for src, (dst, table) in HF_TOWERS.items()] + [("", "", HF_VISION)]
     for key, v in w.items():
-        for src, dst, tables in (
-            ("vision_model.", "image_encoder.", _VISION_HF),
-            ("text_model.", "text_encoder.", _TEXT_HF),
-            ("", "", _VISION_HF),
-        ):
-            if not key.startswith(src):
-                continue
-            rest = key[len(src) :]
-            m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.*)", rest)
-            if m:
-                i, tail = m.groups()
-                qm = re.fullmatch(r"attention\.([qkv])_proj\.weight", tail)
-                if qm:
-                    qkv.setdefault(f"{dst}trunk.blocks.{i}.attn.qkv.weight", {})[qm.group(1)] = v
-                    break
-                new = _apply(_BLOCK_HF, tail)
-                new = new and f"{dst}trunk.blocks.{i}.{new}"
-            else:
-                new = _apply(tables, rest)
-                new = new and dst + new
-            if new:
-                if new.endswith("preprocessor.pos_embed") and v.ndim == 2:
-                    v = v[None]
-                out[new] = v
-                break
+        if key in HF_TOP:
+            out[HF_TOP[key]] = v.reshape(()) if key == "logit_scale" else v
+            continue
+        src, dst, table = next(t for t in towers if key.startswith(t[0]))
+        rest = key[len(src) :]
+        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.*)", rest)
+        if m and m.group(2) in HF_QKV[0]:
+            qkv.setdefault(f"{dst}trunk.blocks.{m.group(1)}.{HF_QKV[1]}", {})[m.group(2)] = v
+        elif m and m.group(2) in HF_BLOCK:
+            out[f"{dst}trunk.blocks.{m.group(1)}.{HF_BLOCK[m.group(2)]}"] = v
+        elif not m and rest in table:
+            new = dst + table[rest]
+            out[new] = v[None] if new.endswith("preprocessor.pos_embed") and v.ndim == 2 else v
         else:
-            new = _apply(_TOP_HF, key)
-            if new:
-                out[new] = v.reshape(()) if new == "log_logit_scale" else v
-            else:
-                unmapped.append(key)
+            unmapped.append(key)
     for key, parts in qkv.items():
-        if set(parts) != {"q", "k", "v"}:
+        if set(parts) != set(HF_QKV[0]):
             raise UserError(f"checkpoint has an incomplete q/k/v set for {key}")
-        out[key] = mx.concatenate([parts["q"], parts["k"], parts["v"]], axis=0)
+        out[key] = mx.concatenate([parts[name] for name in HF_QKV[0]], axis=0)
     for key in unmapped:  # keep them, so strict loading names them
         out[key] = w[key]
     return out
@@ -408,9 +403,6 @@ def _check_against(cfg, hints: dict, where: str) -> None:
 
 def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None):
     """(module, config, folder) for any supported checkpoint, converted in memory."""
-    from . import hub
-    from .models import build
-
     path = hub.resolve(str(name_or_path), revision)
     file = find_weights(path)
     folder = file.parent

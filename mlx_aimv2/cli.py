@@ -3,18 +3,24 @@
 from __future__ import annotations
 
 import functools
+import json
 import os
+import time
+import warnings
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from .config import ENCODERS as _ENCODERS  # noqa: E402  (help texts: the preset names and training defaults)
+from .config import ENCODERS, TrainConfig  # help texts: the preset names and training defaults
 from .errors import UserError
 from .paths import expand_paths
-from .train.config import TrainConfig as _TrainConfig  # noqa: E402
 
-_TRAIN = _TrainConfig()
+# The one lazy seam of the package: each command imports the library it calls in its own body, so
+# that `--version`, `--help` and a mistyped command start in well under a second without loading
+# MLX's models, mlx-data, the hub client or matplotlib. Everything else imports at the top.
+
+_TRAIN = TrainConfig()
 
 app = typer.Typer(
     add_completion=False,
@@ -148,15 +154,14 @@ def embed(
 ):
     """Embed images: pooled embeddings or patch tokens, optionally intermediate layers."""
     from . import writers
-    from .api import load
+    from .api import load, load_default
 
     writer = writers.Writer(output) if output is not None else None  # a bad destination fails before any work
     try:
         files, errors = expand_paths(paths)
         if not files:
             raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
-        m = _load_default(revision) if model is None else load(model, revision)
-        m.preprocessor.fast_decode = fast_decode
+        m = load_default("vision", revision)[0] if model is None else load(model, revision)
         layer_ids = m.check_layers(_parse_layers(layers))
         if output is not None and output.suffix == ".npy" and layer_ids:
             raise UserError(f"{output}: .npy holds one array, and --layers adds more; use .safetensors or .jsonl")
@@ -173,7 +178,7 @@ def embed(
             )
         from tqdm import tqdm
 
-        it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors)
+        it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors, fast_decode=fast_decode)
         names = []
         for item, feats in tqdm(it, total=len(files), disable=len(files) <= batch_size, unit="img", desc="embed"):
             names.append(str(item))
@@ -200,19 +205,6 @@ def embed(
         for p, why in errors:
             typer.echo(f"  {why if str(p) in why else f'{p}: {why}'}", err=True)
         raise typer.Exit(1 if not names else 2)
-
-
-def _load_default(revision):
-    """Apple's L/14-224 when the hub or its cache has it, else the bundled demo checkpoint."""
-    from .api import load
-    from .hub import BUNDLED, DEFAULT_MODEL
-
-    try:
-        return load(DEFAULT_MODEL, revision)
-    except UserError as e:
-        typer.echo(f"note: {e}", err=True)
-        typer.echo(f"note: using the bundled demo checkpoint ({BUNDLED['demo']}) instead", err=True)
-        return load("demo")
 
 
 def _parse_layers(layers: Optional[str]):
@@ -305,7 +297,7 @@ def train(
     config: Optional[Path] = typer.Option(None, "--config", "-c", help="TOML or YAML config file"),
     data: Optional[str] = typer.Option(None, help="captions file (.jsonl/.csv/.tsv), folder or tar shards"),
     out: Optional[str] = typer.Option(None, help=f"run folder (checkpoints, metrics, plots) \\[default: {_TRAIN.out}]"),
-    encoder: Optional[str] = typer.Option(None, help=f"{' | '.join(_ENCODERS)} \\[default: {_TRAIN.encoder}]"),
+    encoder: Optional[str] = typer.Option(None, help=f"{' | '.join(ENCODERS)} \\[default: {_TRAIN.encoder}]"),
     init: Optional[str] = typer.Option(None, help="start the encoder from this checkpoint (hub id, folder, file)"),
     image_size: Optional[int] = typer.Option(
         None, "--image-size", help=f"training resolution in px \\[default: {_TRAIN.image_size}]"
@@ -326,8 +318,9 @@ def train(
 ):
     """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init), or LiT-tune a
     text side onto a frozen --init encoder (--objective lit)."""
-    from .train import Trainer, build_config, read_config
+    from .config import build_config, read_config
     from .train.checkpoint import saved_config
+    from .train.trainer import Trainer
 
     flags = dict(
         data=data,
@@ -370,21 +363,10 @@ def export(
     ),
 ):
     """Export a model: a run's encoder for `embed`, or any model for transformers' from_pretrained."""
-    if format == "transformers":
-        from .export import export_transformers
+    from .export import export as run
 
-        typer.echo(f"wrote {export_transformers(src, out, overwrite)} (transformers: from_pretrained)")
-        return
-    if format != "mlx":
-        raise UserError(f"--format {format}: use mlx or transformers")
-    from .train import checkpoint, export_run
-
-    if checkpoint.latest(Path(src)) is None:
-        from .api import convert as run
-
-        typer.echo(f"wrote {run(src, out, overwrite=overwrite)}")
-        return
-    typer.echo(f"wrote {export_run(Path(src), out, overwrite)}")
+    done = run(src, out, format, overwrite)
+    typer.echo(f"wrote {done}" + (" (transformers: from_pretrained)" if format == "transformers" else ""))
 
 
 @app.command()
@@ -410,7 +392,6 @@ def probe(
     seed: int = typer.Option(0),
 ):
     """Frozen-trunk probes (attentive, linear, k-NN): top-1 accuracy on held-out images."""
-    import json
 
     from .api import load
     from .eval import probe as P
@@ -461,7 +442,6 @@ def index(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Index a photo library for search: embeds new and changed images, drops deleted ones."""
-    import time
 
     from .index import Index
 
@@ -502,7 +482,6 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="print the hits as JSON, for scripts"),
 ):
     """Search an index by text or by example image: paths and cosine scores, best first."""
-    import json
 
     from .index import Index
 
@@ -541,7 +520,6 @@ def retrieval(
     seed: int = typer.Option(0),
 ):
     """Text->image and image->text recall@1 and @5 of a LiT model on held-out captioned images."""
-    import json
 
     from .api import load
     from .eval import retrieval as R
@@ -563,7 +541,6 @@ def retrieval(
 
 def main():
     """The CLI, for programs that call it: runs in this process as it is."""
-    import warnings
 
     # a warning (the slow BLAS) is one line on stderr, as errors are
     warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)

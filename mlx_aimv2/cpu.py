@@ -15,14 +15,18 @@ fixes each at one seam (docs/performance.md has the measurements):
 
 from __future__ import annotations
 
+import ctypes
 import os
+import subprocess
 import sys
 import warnings
+from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
-from .environment import backend
+from .models.layers import causal_mask
+from .quantize import dequantize
 
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 BLAS_FIX = f"sudo apt-get install libopenblas0-pthread && export LD_PRELOAD={OPENBLAS}"
@@ -31,6 +35,14 @@ BLAS_FIX = f"sudo apt-get install libopenblas0-pthread && export LD_PRELOAD={OPE
 class SlowBLASWarning(RuntimeWarning):
     """MLX's matmuls run on the mlx[cpu] wheel's reference BLAS. Filter it with
     `warnings.simplefilter("ignore", mlx_aimv2.SlowBLASWarning)`."""
+
+
+def backend() -> str:
+    if mx.metal.is_available():
+        return "metal"
+    if hasattr(mx, "cuda") and mx.cuda.is_available():
+        return "cuda"
+    return "cpu"
 
 
 def active() -> bool:
@@ -103,8 +115,6 @@ def attention(q, k, v, scale: float, mask=None):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     s = (q * scale) @ k.swapaxes(-1, -2)
     if isinstance(mask, str):
-        from .models.layers import causal_mask
-
         mask = causal_mask(q.shape[-2])
     if mask is not None:
         s = mx.where(mask, s, -mx.inf) if mask.dtype == mx.bool_ else s + mask
@@ -136,8 +146,6 @@ def float_layers(model: nn.Module, keep_quantized: bool | None = None) -> nn.Mod
     Metal and CUDA keep the quantized layers (fast kernels there). keep_quantized overrides."""
     keep = not active() if keep_quantized is None else keep_quantized
     if not keep:
-        from .quantize import dequantize
-
         dequantize(model)
     return model
 
@@ -216,8 +224,6 @@ class blas_threads:
         self.n, self.lib, self.old = n, None, None
         blas = loaded_blas()
         if sys.platform == "linux" and "(preloaded)" in blas:
-            import ctypes
-
             try:
                 lib = ctypes.CDLL(blas.split()[0])
                 self.lib = lib if hasattr(lib, "openblas_set_num_threads") else None
@@ -235,6 +241,14 @@ class blas_threads:
             self.lib.openblas_set_num_threads(self.old)
 
 
+def interpreter_flags() -> list[str]:
+    """This interpreter's command-line flags (-X, -W, -O, -I, ...), for a restart that behaves as this
+    process does. The standard library has no public API for it; CPython's subprocess and
+    multiprocessing use the private `subprocess._args_from_interpreter_flags`. This is the one place
+    the package touches another library's private name; tests/test_platform.py fails if it changes."""
+    return list(subprocess._args_from_interpreter_flags())
+
+
 def restart_with_openblas() -> None:
     """For the `mlx-aimv2` command only: on Linux's CPU backend, when Debian's OpenBLAS is installed
     but not loaded, replace this process with the same command, the same interpreter flags and the
@@ -248,16 +262,13 @@ def restart_with_openblas() -> None:
         or backend() != "cpu"
     ):
         return
-    import subprocess
-    from pathlib import Path
-
     env = dict(os.environ, MLX_AIMV2_NO_RESTART="1")
     env["LD_PRELOAD"] = ":".join(p for p in (OPENBLAS, os.environ.get("LD_PRELOAD", "")) if p)
     # `-c` with sys.path[0] set to where *this* package was imported from: neither the working
     # directory nor a script's folder decides which mlx_aimv2 runs in the new process.
     home = str(Path(__file__).resolve().parent.parent)
     boot = f"import sys; sys.path[0] = {home!r}; from mlx_aimv2.cli import main; main()"
-    flags = subprocess._args_from_interpreter_flags()
+    flags = interpreter_flags()
     sys.stdout.flush()
     sys.stderr.flush()
     os.execve(sys.executable, [sys.executable, *flags, "-c", boot, *sys.argv[1:]], env)

@@ -10,13 +10,7 @@ import time
 
 import mlx.core as mx
 
-
-def backend() -> str:
-    if mx.metal.is_available():
-        return "metal"
-    if hasattr(mx, "cuda") and mx.cuda.is_available():
-        return "cuda"
-    return "cpu"
+from .cpu import BLAS_FIX, backend, loaded_blas
 
 
 def gemm_gflops(n: int = 512, reps: int = 3) -> float:
@@ -48,8 +42,6 @@ def wire_memory_for(nbytes: int) -> bool:
 
 
 def report() -> list[tuple[str, str]]:
-    from .cpu import BLAS_FIX, loaded_blas
-
     rows = [
         ("python", platform.python_version()),
         ("platform", f"{platform.system()} {platform.machine()}"),

@@ -2,7 +2,7 @@
 as a folder that transformers' `Aimv2VisionModel` / `Aimv2Model.from_pretrained` loads with no
 missing or unexpected keys. Safetensors only; quantized layers are dequantized on the way out.
 
-The key mapping is checkpoints.py's transformers table read backwards.
+The key mapping is checkpoints.py's transformers tables, read backwards.
 """
 
 from __future__ import annotations
@@ -14,60 +14,49 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .api import convert
 from .atomic import check_destination, write_folder
-from .checkpoints import copy_files
+from .checkpoints import (
+    HF_BLOCK,
+    HF_LAYER,
+    HF_QKV,
+    HF_TOP,
+    HF_TOWERS,
+    HF_VISION,
+    copy_files,
+    default_preprocessor,
+    load_checkpoint,
+    tokenizer_files,
+)
 from .config import ModelConfig
 from .errors import UserError
 from .quantize import dequantize
+from .train import runs
 
-_BLOCK = {
-    "norm_1.weight": "rms_norm1.weight",
-    "norm_2.weight": "rms_norm2.weight",
-    "attn.proj.weight": "attention.out_proj.weight",
-    "mlp.fc1.weight": "ffn.gate_proj.weight",
-    "mlp.fc3.weight": "ffn.up_proj.weight",
-    "mlp.fc2.weight": "ffn.down_proj.weight",
-}
-_VISION = {
-    "preprocessor.patchifier.proj.weight": "embeddings.patch_embed.weight",
-    "preprocessor.patchifier.proj.bias": "embeddings.patch_embed.bias",
-    "preprocessor.patchifier.norm.weight": "embeddings.rms_norm.weight",
-    "preprocessor.pos_embed": "embeddings.position_embedding.weight",
-    "trunk.post_trunk_norm.weight": "rms_norm.weight",
-    "head.cls_token": "head.cls_token",
-    "head.k.weight": "head.k_proj.weight",
-    "head.v.weight": "head.v_proj.weight",
-    "head.linear.weight": "head.output_proj.weight",
-    "head.linear.bias": "head.output_proj.bias",
-}
-_TEXT = {
-    "preprocessor.text_embedding.weight": "embeddings.token_embedding.weight",
-    "preprocessor.positional_embedding": "embeddings.position_embedding.weight",
-    "trunk.post_trunk_norm.weight": "rms_norm.weight",
-}
-_TOP = {
-    "image_projector.weight": "visual_projection.weight",
-    "text_projector.weight": "text_projection.weight",
-    "log_logit_scale": "logit_scale",
-}
+
+def _inverse(table: dict) -> dict:
+    return {ours: theirs for theirs, ours in table.items()}
 
 
 def _tower(weights: dict, table: dict, out_prefix: str) -> dict:
+    """One tower's weights (our names, without its prefix) under transformers' names and layouts."""
+    block, names = _inverse(HF_BLOCK), _inverse(table)
+    qkv_names, qkv = HF_QKV
     out = {}
     for key, v in weights.items():
         m = re.fullmatch(r"trunk\.blocks\.(\d+)\.(.*)", key)
-        if m and m.group(2) == "attn.qkv.weight":
-            q, k, vv = mx.split(v, 3, axis=0)
-            for name, part in (("q_proj", q), ("k_proj", k), ("v_proj", vv)):
-                out[f"{out_prefix}encoder.layers.{m.group(1)}.attention.{name}.weight"] = part
-        elif m:
-            out[f"{out_prefix}encoder.layers.{m.group(1)}.{_BLOCK[m.group(2)]}"] = v
-        else:
-            if key.endswith("patchifier.proj.weight"):
-                v = v.transpose(0, 3, 1, 2)  # OHWI -> OIHW
-            elif key == "preprocessor.pos_embed":
-                v = v[0]
-            out[out_prefix + table[key]] = v
+        if m:
+            layer = out_prefix + HF_LAYER.format(m.group(1))
+            if m.group(2) == qkv:
+                out.update({layer + name: part for name, part in zip(qkv_names, mx.split(v, 3, axis=0))})
+            else:
+                out[layer + block[m.group(2)]] = v
+            continue
+        if key.endswith("patchifier.proj.weight"):
+            v = v.transpose(0, 3, 1, 2)  # OHWI -> OIHW
+        elif key == "preprocessor.pos_embed":
+            v = v[0]
+        out[out_prefix + names[key]] = v
     return out
 
 
@@ -75,18 +64,11 @@ def transformers_weights(module, config: ModelConfig) -> dict:
     """Our float module's parameters under transformers' names and layouts."""
     w = dict(tree_flatten(module.parameters()))
     if config.kind != "lit":
-        return _tower(w, _VISION, "")
-    out = _tower(
-        {k[len("image_encoder.") :]: v for k, v in w.items() if k.startswith("image_encoder.")},
-        _VISION,
-        "vision_model.",
-    )
-    out.update(
-        _tower(
-            {k[len("text_encoder.") :]: v for k, v in w.items() if k.startswith("text_encoder.")}, _TEXT, "text_model."
-        )
-    )
-    out.update({_TOP[k]: v for k, v in w.items() if k in _TOP})
+        return _tower(w, HF_VISION, "")
+    out = {}
+    for theirs, (ours, table) in HF_TOWERS.items():
+        out.update(_tower({k[len(ours) :]: v for k, v in w.items() if k.startswith(ours)}, table, theirs))
+    out.update({name: w[key] for name, key in HF_TOP.items()})
     return out
 
 
@@ -144,6 +126,21 @@ def transformers_config(config: ModelConfig, dtype: str) -> dict:
     }
 
 
+FORMATS = ("mlx", "transformers")
+
+
+def export(src: str, dst: Path, format: str = "mlx", overwrite: bool = False) -> Path:
+    """A model as `format`: mlx (a run's trained model, or any checkpoint converted, for `embed` and
+    `load`) or transformers (for from_pretrained)."""
+    if format not in FORMATS:
+        raise UserError(f"--format {format}: use mlx or transformers")
+    if format == "transformers":
+        return export_transformers(src, dst, overwrite)
+    if runs.is_run(Path(src)):
+        return runs.export_run(Path(src), dst, overwrite)
+    return convert(src, dst, overwrite=overwrite)
+
+
 def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
     """A checkpoint (any layout we read, quantized too) or a training run -> a transformers folder."""
     dst = check_destination(dst, overwrite)
@@ -166,21 +163,9 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
 
 def _source(src: str):
     """(float or quantized module, config, preprocessor dict, extra files) of a run or a checkpoint."""
-    from . import checkpoints
-    from .train import checkpoint as run_checkpoints
-
-    if run_checkpoints.latest(Path(src)) is not None:
-        from .train import lit
-        from .train.trainer import load_lit_run, load_run_encoder
-
-        tuned = load_lit_run(Path(src))
-        if tuned is not None:  # a LiT tuning run: the published LiT layout, built in memory
-            frozen, tuner, name, files = tuned
-            module, config = lit.lit_module(frozen, tuner, name)
-            return module, config, lit.preprocessor_config(frozen), files
-        enc, vision, pp, name = load_run_encoder(Path(src))
-        return enc, ModelConfig(vision=vision, name=name), pp, []
-    module, config, folder = checkpoints.load_checkpoint(src)
+    if runs.is_run(Path(src)):
+        return runs.trained_model(Path(src))
+    module, config, folder = load_checkpoint(src)
     f = folder / "preprocessor_config.json"
-    pp = json.loads(f.read_text()) if f.is_file() else checkpoints.default_preprocessor(config)
-    return module, config, pp, checkpoints.tokenizer_files(folder)
+    pp = json.loads(f.read_text()) if f.is_file() else default_preprocessor(config)
+    return module, config, pp, tokenizer_files(folder)

@@ -7,8 +7,11 @@ Nothing here runs code from a hub repo: only weights and JSON/text files are fet
 from __future__ import annotations
 
 import os
+import socket
+import sys
 from pathlib import Path
 from typing import Optional
+from urllib.parse import urlparse
 
 from .errors import UserError
 
@@ -31,7 +34,9 @@ REVISIONS = {
     "aimv2-large-patch14-native": "cfe7bdbbc924a5f65272d5e2c27fe5f61771a629",
     "aimv2-large-patch14-224-lit": "c2cd59a786c4c06f39d199c50d08cc2eab9f8605",
 }
-DEFAULT_MODEL = "apple/aimv2-large-patch14-224"
+# what a command given no model uses, per kind of model, and what stands in for it offline
+DEFAULT = {"vision": "apple/aimv2-large-patch14-224", "lit": "apple/aimv2-large-patch14-224-lit"}
+STAND_IN = {"vision": "demo", "lit": "demo-lit"}
 
 
 # an installed wheel carries the demo inside the package; a clone (or editable install) in weights/
@@ -71,9 +76,6 @@ def _offline() -> bool:
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         return True
     if "hub" not in _REACHABLE:
-        import socket
-        from urllib.parse import urlparse
-
         url = urlparse(os.environ.get("HF_ENDPOINT", "https://huggingface.co"))
         try:
             socket.create_connection(
@@ -82,8 +84,6 @@ def _offline() -> bool:
             _REACHABLE["hub"] = True
         except OSError:
             _REACHABLE["hub"] = False
-            import sys
-
             print(
                 f"note: {url.hostname} is unreachable; using the local Hugging Face cache only "
                 f"(set HF_HUB_OFFLINE=1 to skip this check)",
@@ -111,31 +111,88 @@ def resolve(name: str, revision: Optional[str] = None) -> Path:
 
 
 def download(name: str, revision: Optional[str] = None) -> Path:
+    """A hub repo's checkpoint files, downloaded or from the local cache; each failure its own line."""
+    # huggingface_hub takes half a second to import, so it loads here, where a name must be fetched:
+    # `import mlx_aimv2` and the CLI start without it (with the CLI's commands, the package's lazy seam)
+    from huggingface_hub import snapshot_download
+    from huggingface_hub.errors import (
+        GatedRepoError,
+        HfHubHTTPError,
+        HFValidationError,
+        LocalEntryNotFoundError,
+        RepositoryNotFoundError,
+        RevisionNotFoundError,
+    )
+
     repo = name if "/" in name else f"apple/{name}"
     revision = revision or REVISIONS.get(repo.removeprefix("apple/"))
-    from huggingface_hub import snapshot_download
-    from huggingface_hub.errors import HFValidationError
-
+    where = f"{repo}@{(revision or 'main')[:8]}"
     kwargs = dict(repo_id=repo, revision=revision, allow_patterns=ALLOW)
     try:
-        if _offline():
-            return Path(snapshot_download(local_files_only=True, **kwargs))
-        try:
-            return Path(snapshot_download(**kwargs))
-        except HFValidationError:
-            raise
-        except Exception:  # no network, hub down, auth: fall back to what the cache holds
-            return Path(snapshot_download(local_files_only=True, **kwargs))
-    except Exception:
+        folder = Path(snapshot_download(local_files_only=_offline(), **kwargs))
+    except HFValidationError:
         raise UserError(
-            f"{repo}@{(revision or 'main')[:8]} is not in the local Hugging Face cache and the hub "
-            f"cannot be reached; connect once to download it, or pass a local checkpoint folder"
+            f"'{repo}' is not a valid hub id (owner/name); give a hub id or a local checkpoint path"
         ) from None
+    except GatedRepoError:
+        raise UserError(
+            f"{repo} is gated: accept its terms on huggingface.co, log in (`hf auth login` or HF_TOKEN), retry"
+        ) from None
+    except RepositoryNotFoundError:  # the hub answers so for private repos without a token too
+        raise UserError(
+            f"{repo}: no such repository on the hub, or a private one (log in with `hf auth login`); "
+            f"`mlx-aimv2 models` lists the published names"
+        ) from None
+    except RevisionNotFoundError:
+        raise UserError(
+            f"{repo}: no revision '{revision}' on the hub; leave out --revision for the pinned one"
+        ) from None
+    except HfHubHTTPError as e:
+        if _status(e) in (401, 403):
+            raise _refused(repo, e) from None
+        folder = _cached(repo, where, kwargs)  # the hub failed (5xx): what the cache holds
+    except LocalEntryNotFoundError as e:  # huggingface_hub's answer when the hub failed and nothing is cached
+        if _status(e.__cause__) in (401, 403):
+            raise _refused(repo, e.__cause__) from None
+        raise _not_cached(where) from None
+    except Exception:  # no network, a timeout: what the cache holds
+        folder = _cached(repo, where, kwargs)
+    if not any((folder / f).is_file() for f in ALLOW if f.endswith(".safetensors")):
+        raise UserError(
+            f"{where} holds no model.safetensors; is it an AIMv2 checkpoint? Give its hub id or a local folder"
+        )
+    return folder
+
+
+def _status(error) -> Optional[int]:
+    """The HTTP status of a hub error, if it carries one."""
+    response = getattr(error, "response", None)
+    return getattr(response, "status_code", None)
+
+
+def _refused(repo: str, error) -> UserError:
+    return UserError(f"{repo}: the hub refused access ({_status(error)}); log in with `hf auth login` or set HF_TOKEN")
+
+
+def _cached(repo: str, where: str, kwargs: dict) -> Path:
+    from huggingface_hub import snapshot_download  # the lazy seam (see download)
+
+    try:
+        return Path(snapshot_download(local_files_only=True, **kwargs))
+    except Exception:
+        raise _not_cached(where) from None
+
+
+def _not_cached(where: str) -> UserError:
+    return UserError(
+        f"{where} is not in the local Hugging Face cache and the hub cannot be reached; connect once to "
+        f"download it, or pass a local checkpoint folder"
+    )
 
 
 def fetch_file(repo: str, filename: str, revision: Optional[str] = None) -> Path:
     """One file of a hub repo: downloaded, or from the local cache when offline or unreachable."""
-    from huggingface_hub import hf_hub_download
+    from huggingface_hub import hf_hub_download  # the lazy seam (see download)
 
     for local_only in [True] if _offline() else [False, True]:
         try:

@@ -10,6 +10,8 @@ from __future__ import annotations
 import json
 import math
 import os
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional, Union
@@ -257,8 +259,6 @@ def decode_ahead(preprocess, items, workers: int = 0):
     """Yields (item, pixels or the exception it raised) in input order, with up to 2 x `workers`
     images decoded and preprocessed ahead in threads (PIL releases the GIL while it decodes and
     resizes), so the model's compute and the decoding overlap. workers=0: one per core, at most 4."""
-    from collections import deque
-    from concurrent.futures import ThreadPoolExecutor
 
     def run(item):
         try:

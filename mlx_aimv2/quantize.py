@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_unflatten
 
 from .errors import UserError
 
@@ -80,8 +81,6 @@ def dequantize(model: nn.Module) -> nn.Module:
                 lin.bias = m.bias
             swaps.append((path, lin))
     if swaps:
-        from mlx.utils import tree_unflatten
-
         model.update_modules(tree_unflatten(swaps))
     return model
 

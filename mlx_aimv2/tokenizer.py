@@ -9,8 +9,21 @@ from pathlib import Path
 from typing import Iterable, Optional
 
 import numpy as np
+from tokenizers import (
+    AddedToken,
+    Regex,
+    SentencePieceUnigramTokenizer,
+    Tokenizer,
+    decoders,
+    models,
+    normalizers,
+    pre_tokenizers,
+    processors,
+    trainers,
+)
 
 from .errors import UserError
+from .hub import fetch_file, is_hub_id
 
 # A caption longer than this is cut before tokenizing: 77 tokens never need more, and BPE training
 # time grows faster than linearly with a text's length (a 2-million-character caption stalled it).
@@ -40,7 +53,6 @@ class TextTokenizer:
 
 def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
     """CLIP's byte-level BPE built from a folder's vocab.json + merges.txt (the LiT hub repo's files)."""
-    from tokenizers import Regex, Tokenizer, decoders, models, normalizers, pre_tokenizers, processors
 
     vocab, merges = Path(folder) / "vocab.json", Path(folder) / "merges.txt"
     for f in (vocab, merges):
@@ -66,7 +78,6 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
     v = json.loads(vocab.read_text())
     bos, eos = v["<|startoftext|>"], v["<|endoftext|>"]
     # literal "<|endoftext|>" in a text is the special token, as in transformers' CLIPTokenizer and open_clip
-    from tokenizers import AddedToken
 
     tok.add_special_tokens([AddedToken(t, normalized=False) for t in ("<|startoftext|>", "<|endoftext|>")])
     tok.post_processor = processors.TemplateProcessing(
@@ -78,10 +89,8 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
 def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
     """A tokenizer.json (file or folder), a folder with CLIP's vocab.json + merges.txt, or a hub repo
     id (e.g. google/siglip-base-patch16-224: its tokenizer.json, else its SentencePiece model)."""
-    from tokenizers import Tokenizer
 
     path = Path(path)
-    from .hub import is_hub_id
 
     if not path.exists() and is_hub_id(str(path)):
         return _from_hub(str(path), length)
@@ -106,7 +115,6 @@ def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
 
 def _from_hub(repo: str, length: int) -> TextTokenizer:
     """tokenizer.json from a hub repo (or the local cache when offline); SentencePiece as a fallback."""
-    from .hub import fetch_file
 
     try:
         return load_tokenizer(fetch_file(repo, "tokenizer.json"), length)
@@ -115,7 +123,6 @@ def _from_hub(repo: str, length: int) -> TextTokenizer:
             spm = fetch_file(repo, "spiece.model")
         except UserError:
             raise first from None
-    from tokenizers import SentencePieceUnigramTokenizer
 
     try:
         tok = SentencePieceUnigramTokenizer.from_spm(str(spm))
@@ -130,7 +137,6 @@ def _from_hub(repo: str, length: int) -> TextTokenizer:
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77) -> TextTokenizer:
     """A byte-level BPE trained on captions, with <pad>=0 and </s> appended to every text."""
-    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
 
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.normalizer = normalizers.Sequence([normalizers.NFKC(), normalizers.Lowercase()])

@@ -6,7 +6,10 @@ from pathlib import Path
 from typing import Sequence
 
 import numpy as np
-from PIL import Image
+from matplotlib.figure import Figure
+from PIL import Image, ImageDraw, ImageOps
+
+from .errors import UserError
 
 
 def pca_rgb(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -44,12 +47,8 @@ def save_pca(images: Sequence[Image.Image], tokens: Sequence[np.ndarray], grids,
 
 def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "loss_text")) -> Path:
     """Loss curves from metrics records (dicts with "step" and the keys)."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    fig, ax = plt.subplots(figsize=(7, 4))
+    fig = Figure(figsize=(7, 4))  # no pyplot: an app's own matplotlib backend stays as it is
+    ax = fig.subplots()
     for k in keys:
         pts = [(r["step"], r[k]) for r in records if k in r and r[k] is not None]
         if pts:
@@ -63,15 +62,12 @@ def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "los
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     fig.savefig(out, dpi=110)
-    plt.close(fig)
     return out
 
 
 def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: int = 160, columns: int = 5) -> Path:
     """The hits of a search as a grid of thumbnails, each with its label (rank, score, file name) below;
     an image that no longer opens gets a grey tile."""
-    from PIL import ImageDraw, ImageOps
-
     rows = max(1, -(-len(paths) // columns))
     text_h = 28
     sheet = Image.new("RGB", (columns * (cell + 8) + 8, rows * (cell + text_h + 8) + 8), "white")
@@ -93,7 +89,5 @@ def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: 
         out.parent.mkdir(parents=True, exist_ok=True)
         sheet.save(out)
     except OSError as e:
-        from .errors import UserError
-
         raise UserError(f"{out}: cannot write the contact sheet ({e.strerror or e})") from None
     return out

@@ -13,6 +13,7 @@ import os
 from pathlib import Path
 
 import numpy as np
+from safetensors.numpy import save_file
 
 from .atomic import TMP_PREFIX
 from .errors import UserError
@@ -117,8 +118,6 @@ class Writer:
             order.write_text("".join(n + "\n" for n in self.names))
             os.replace(order, dst.with_suffix(".files.txt"))  # .npy has no room for names: the order, a line each
         else:
-            from safetensors.numpy import save_file
-
             if ragged:  # one tensor per image: "<name>/<index>", the index into the "files" list
                 arrays = {f"{k}/{i}": np.ascontiguousarray(r[k]) for k in keys for i, r in enumerate(self.rows)}
             else:

@@ -10,7 +10,8 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from mlx_aimv2.train import Trainer, load_config
+from mlx_aimv2.config import load_config
+from mlx_aimv2.train.trainer import Trainer
 
 data, out, tokenizer = sys.argv[1:4]
 steps = int(sys.argv[4]) if len(sys.argv) > 4 else 6

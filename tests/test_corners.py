@@ -74,8 +74,9 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 
 def test_bf16_training_step_runs_close_to_fp32(tmp_path):
+    from mlx_aimv2.config import load_config
     from mlx_aimv2.data import write_synthetic
-    from mlx_aimv2.train import Trainer, load_config
+    from mlx_aimv2.train.trainer import Trainer
 
     d = write_synthetic(tmp_path / "d", 16, size=64)
     losses = {}
@@ -102,8 +103,9 @@ def test_bf16_training_step_runs_close_to_fp32(tmp_path):
 
 def test_gradient_accumulation_trains(tmp_path):
     """accum=2 runs two compiled micro-steps per update and lands close to the one-pass step."""
+    from mlx_aimv2.config import load_config
     from mlx_aimv2.data import write_synthetic
-    from mlx_aimv2.train import Trainer, load_config
+    from mlx_aimv2.train.trainer import Trainer
 
     d = write_synthetic(tmp_path / "d", 32, size=64)
     weights = {}

@@ -10,9 +10,11 @@ from typer.testing import CliRunner
 
 from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.cli import app
+from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
-from mlx_aimv2.train import Trainer, checkpoint, load_config
+from mlx_aimv2.train import checkpoint
+from mlx_aimv2.train.trainer import Trainer
 
 runner = CliRunner()
 logs: list = []

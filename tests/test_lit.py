@@ -9,12 +9,13 @@ import numpy as np
 import pytest
 
 import mlx_aimv2
+from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.eval import retrieval as R
 from mlx_aimv2.models.losses import clip_loss, sigmoid_loss
 from mlx_aimv2.quantize import spec
-from mlx_aimv2.train import Trainer, load_config
+from mlx_aimv2.train.trainer import Trainer
 
 ROOT = Path(__file__).parent.parent
 DEMO = str(ROOT / "weights" / "demo")

@@ -9,9 +9,10 @@ import numpy as np
 from typer.testing import CliRunner
 
 from mlx_aimv2.cli import app
+from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.eval.probe import image_folder, knn
-from mlx_aimv2.train import Trainer, load_config
+from mlx_aimv2.train.trainer import Trainer
 
 
 def test_trained_encoder_beats_random_init(tmp_path):

@@ -150,8 +150,9 @@ def test_bad_quantization_options_are_one_line(tmp_path):
 
 
 def test_training_from_a_quantized_checkpoint_starts_from_dequantized_weights(tmp_path):
+    from mlx_aimv2.config import load_config
     from mlx_aimv2.data import write_synthetic
-    from mlx_aimv2.train import Trainer, load_config
+    from mlx_aimv2.train.trainer import Trainer
 
     q = mlx_aimv2.convert("demo", tmp_path / "q", quantization=spec(8, 64))
     data = write_synthetic(tmp_path / "s", 16, size=112)

@@ -11,9 +11,10 @@ from mlx.utils import tree_flatten
 from typer.testing import CliRunner
 
 from mlx_aimv2.cli import app
+from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
-from mlx_aimv2.train import Trainer, load_config
+from mlx_aimv2.train.trainer import Trainer
 
 PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 QUIET = dict(log=lambda *a: None)

@@ -12,6 +12,7 @@ from pathlib import Path
 
 import numpy as np
 from PIL import Image, ImageDraw
+from tqdm import tqdm
 
 from ..atomic import write_file
 
@@ -91,8 +92,6 @@ def write_synthetic(
     rows = []
     it = range(n)
     if progress:
-        from tqdm import tqdm
-
         it = tqdm(it, desc="synth", unit="img")
     for i in it:
         img, caption, attrs = scene(rng, size, max_objects)

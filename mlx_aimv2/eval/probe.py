@@ -15,9 +15,13 @@ import mlx.core as mx
 import mlx.nn as nn
 import mlx.optimizers as optim
 import numpy as np
+from tqdm import tqdm
 
 from ..atomic import write_file
+from ..data.synth import ATTRIBUTES
 from ..errors import UserError
+from ..models.decoder import init_weights
+from ..preprocess import IMAGE_EXT
 
 METHODS = ("attentive", "linear", "knn")
 
@@ -35,7 +39,6 @@ class LabelledSet:
 
 def image_folder(root: Path, seed: int = 0) -> LabelledSet:
     """One subfolder per class; `train/` and `val/` subfolders give the split, else a seeded 80/20 split."""
-    from ..preprocess import IMAGE_EXT
 
     root = Path(root)
     if (root / "train").is_dir() and (root / "val").is_dir():
@@ -62,7 +65,6 @@ def image_folder(root: Path, seed: int = 0) -> LabelledSet:
 def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> LabelledSet:
     """The synthetic set's scene attributes as labels: count over all scenes; colour, shape, position
     and size over the one-object scenes."""
-    from ..data.synth import ATTRIBUTES
 
     if attribute not in ATTRIBUTES:
         raise UserError(f"unknown attribute '{attribute}'; use one of {', '.join(ATTRIBUTES)}")
@@ -86,7 +88,6 @@ def synthetic_attribute(folder: Path, attribute: str, seed: int = 0) -> Labelled
 
 def reinitialize(model, seed: int = 0):
     """The same architecture with fresh (pre-training) initial weights: the floor a probe must beat."""
-    from ..models.decoder import init_weights
 
     mx.random.seed(seed)
     init_weights(model.vision)
@@ -107,7 +108,6 @@ def features(
     path = Path(cache_dir) / f"features-{key.hexdigest()[:16]}.npy" if cache_dir else None
     if path is not None and path.is_file():
         return np.load(path)
-    from tqdm import tqdm
 
     out = [None] * len(files)
     index = {f: i for i, f in enumerate(files)}
@@ -200,7 +200,6 @@ def _fit(
         return loss
 
     rng = np.random.default_rng(seed)
-    from tqdm import tqdm
 
     for _ in tqdm(range(epochs), desc=desc, unit="epoch", leave=False, disable=not progress):
         order = rng.permutation(n)

@@ -9,7 +9,14 @@ from __future__ import annotations
 
 from typing import Optional, Sequence
 
+import mlx.core as mx
 import numpy as np
+
+from ..data import open_dataset
+from ..data.stream import sample_image
+from ..errors import UserError
+from ..models.decoder import init_weights
+from ..models.lit import LiTTuner
 
 
 def recall_at_k(sim: np.ndarray, captions: Sequence[str], ks=(1, 5)) -> dict:
@@ -38,9 +45,6 @@ def _chance(m: np.ndarray, n: int, k: int) -> np.ndarray:
 
 def evaluate(model, data: str, limit: Optional[int] = None, batch_size: int = 32, ks=(1, 5)) -> dict:
     """Recall@k of a LiT model (api.AIMv2) on a captions file / folder (the trainer's formats)."""
-    from ..data import open_dataset
-    from ..data.stream import sample_image
-    from ..errors import UserError
 
     samples = open_dataset(data).samples[:limit]
     if len(samples) < 2:
@@ -59,10 +63,6 @@ def evaluate(model, data: str, limit: Optional[int] = None, batch_size: int = 32
 
 def randomize_text_side(model, seed: int = 0) -> None:
     """The floor: the same frozen encoder with a freshly initialised head, projections and text tower."""
-    import mlx.core as mx
-
-    from ..models.decoder import init_weights
-    from ..models.lit import LiTTuner
 
     m, c = model.module, model.config
     mx.random.seed(seed)

@@ -13,19 +13,21 @@ batch per transaction; query -> the same model -> cosine similarity over the sto
 from __future__ import annotations
 
 import hashlib
-import json
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Callable, Optional, Sequence
 
 import numpy as np
+from PIL import Image
+from tqdm import tqdm
 
+from ..api import load, load_default
 from ..errors import UserError
+from ..paths import expand_paths
+from ..preprocess import load_image
 from .search import top_k
 from .store import Row, Store
-
-DEFAULT_MODEL = "apple/aimv2-large-patch14-224-lit"
 
 
 @dataclass
@@ -56,20 +58,6 @@ class Summary:
         return s + (f"; {len(self.bad)} bad file(s) recorded" if self.bad else "")
 
 
-def model_fingerprint(model) -> str:
-    """Identifies the weights an index was built with: config plus the patch embedding's bytes (and,
-    for LiT, the image projection), enough to tell any two checkpoints apart."""
-    import mlx.core as mx
-
-    h = hashlib.sha1(json.dumps(model.config.to_dict(), sort_keys=True).encode())
-    tensors = [model.vision.preprocessor.patchifier.proj.weight]
-    if model.config.kind == "lit":
-        tensors.append(model.module.image_projector.weight)
-    for t in tensors:
-        h.update(np.array(t.astype(mx.float32)).tobytes())
-    return h.hexdigest()[:16]
-
-
 def _model_ref(name: str) -> str:
     """What to store to load the model again: a local path made absolute, a name as given."""
     p = Path(name).expanduser()
@@ -88,10 +76,8 @@ class Index:
         self._cache = None  # (store version, paths, float32 matrix)
         stored = self.store.get_meta("model")
         if stored is not None and model is not None and _model_ref(model) != stored["ref"]:
-            from ..api import load
-
             other = load(model)  # the same weights under another name (a path for "demo-lit") are fine
-            if model_fingerprint(other) != stored["fingerprint"]:
+            if other.fingerprint() != stored["fingerprint"]:
                 self.store.close()
                 raise UserError(
                     f"{self.path} was built with {stored['ref']}, not {model}; leave out --model to "
@@ -116,8 +102,6 @@ class Index:
     def model(self):
         """The index's model, loaded on first use and checked against the weights it was built with."""
         if self._model is None:
-            from ..api import load
-
             stored = self.store.get_meta("model")
             if stored is None:
                 self._model, ref = _load_new(self._asked)
@@ -127,23 +111,19 @@ class Index:
                         "ref": ref,
                         "name": self._model.config.name,
                         "kind": self._model.config.kind,
-                        "fingerprint": model_fingerprint(self._model),
-                        "dim": self._dim(self._model),
+                        "fingerprint": self._model.fingerprint(),
+                        "dim": self._model.embedding_dim,
                     },
                 )
                 self.store.commit()
             else:
                 self._model = load(stored["ref"])
-                if model_fingerprint(self._model) != stored["fingerprint"]:
+                if self._model.fingerprint() != stored["fingerprint"]:
                     raise UserError(
                         f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
                         f"its vectors no longer compare with new ones - re-index into a new --db"
                     )
         return self._model
-
-    @staticmethod
-    def _dim(model) -> int:
-        return model.config.projection_dim if model.config.kind == "lit" else model.config.vision.hidden_size
 
     @property
     def info(self) -> dict:
@@ -164,8 +144,6 @@ class Index:
         files are embedded; files gone from a given folder are dropped. Each batch commits on its own,
         so an interrupted run keeps what it did and the next run continues from there.
         fast_decode: JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
-        from ..paths import expand_paths
-
         paths = [os.path.expanduser(str(p)) for p in paths]  # "~/Pictures" from Python, as a shell would
         files, missing = expand_paths(paths)
         if not files and not any(Path(p).is_dir() for p in paths):  # an emptied folder still drops its rows
@@ -190,14 +168,11 @@ class Index:
         gone = [p for p in known if p not in seen and any(p.startswith(r) for r in roots)]
         todo = self._reuse_moved(todo, gone, known, out)
         if todo:
-            self.model.preprocessor.fast_decode = fast_decode
             try:
-                self._embed_files(todo, out, batch_size, progress)
+                self._embed_files(todo, out, batch_size, progress, fast_decode)
             except BaseException:  # Ctrl-C, a crash: the committed batches stay, the open one is dropped
-                self.store.db.rollback()
+                self.store.rollback()
                 raise
-            finally:
-                self.model.preprocessor.fast_decode = False
         self.store.delete(gone)
         self.store.commit()
         out.removed = len(gone) - out.moved
@@ -233,13 +208,11 @@ class Index:
         self.store.commit()
         return left
 
-    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool) -> None:
-        from ..preprocess import load_image
-
+    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool, fast_decode: bool) -> None:
         meta = {key: (size, mtime, old) for key, size, mtime, old in todo}
         found: dict = {}  # path -> (sha1, width, height), filled by the decode workers
 
-        draft = self.model.preprocessor.draft_size
+        draft = self.model.preprocessor_for(fast_decode).draft_size
 
         def read(key: str):
             img = load_image(key, draft)  # one clear UserError per bad file
@@ -249,8 +222,6 @@ class Index:
                 raise UserError(f"{key}: cannot read ({e.strerror})") from None
             size = img.size
             if draft:  # a reduced decode: the file's own size comes from its header
-                from PIL import Image
-
                 with Image.open(key) as header:
                     size = header.size
             found[key] = (digest, *size)
@@ -273,8 +244,6 @@ class Index:
 
         bar = None
         if progress:
-            from tqdm import tqdm
-
             bar = tqdm(total=len(todo), unit="img", desc="index", dynamic_ncols=True)
         try:
             for key, vec in self._embed_rows([k for k, *_ in todo], errors, read, batch_size):
@@ -338,19 +307,8 @@ def _sha1(path: str) -> str:
 
 
 def _load_new(name: Optional[str]):
-    """The model for a new index: the one asked for, else Apple's LiT, else the bundled demo-lit."""
-    from ..api import load
-
+    """The model for a new index, and what to record to load it again: the one asked for, else the
+    default LiT model (text and image search)."""
     if name is not None:
         return load(name), _model_ref(name)
-    try:
-        return load(DEFAULT_MODEL), DEFAULT_MODEL
-    except UserError as e:
-        import sys
-
-        print(
-            f"note: {DEFAULT_MODEL} is not available ({e}); using the bundled demo-lit, which knows only "
-            f"the synthetic shapes",
-            file=sys.stderr,
-        )
-        return load("demo-lit"), "demo-lit"
+    return load_default("lit")

@@ -121,24 +121,20 @@ class Store:
             ],
         )
 
-    def touch(self, path: str, size: int, mtime_ns: int) -> None:
-        self.db.execute("UPDATE images SET size = ?, mtime_ns = ? WHERE path = ?", (size, mtime_ns, path))
-
     def delete(self, paths: Iterable[str]) -> None:
         self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in paths])
 
     def commit(self) -> None:
         self.db.commit()
 
+    def rollback(self) -> None:
+        """Drop what was put since the last commit."""
+        self.db.rollback()
+
     def counts(self) -> tuple[int, int]:
         """(embedded images, bad files)."""
         ok, bad = self.db.execute("SELECT COUNT(vector), COUNT(error) FROM images").fetchone()
         return ok, bad
-
-    def bad_files(self, limit: int = 10) -> list[tuple[str, str]]:
-        return self.db.execute(
-            "SELECT path, error FROM images WHERE error IS NOT NULL ORDER BY path LIMIT ?", (limit,)
-        ).fetchall()
 
     def matrix(self, dim: int) -> tuple[list[str], np.ndarray]:
         """Every embedded image: paths and their vectors as one (n, dim) float16 matrix."""

@@ -9,7 +9,7 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 
-from ..config import OBJECTIVES, DecoderConfig, VisionConfig
+from ..config import PRETRAINING_OBJECTIVES, DecoderConfig, VisionConfig
 from .encoder import AIMv2VisionEncoder
 from .layers import Transformer
 from .losses import image_loss, text_loss
@@ -58,8 +58,8 @@ class AIMv2PreTrainer(nn.Module):
         prefix_attention: bool = True,
     ):
         super().__init__()
-        if objective not in OBJECTIVES:
-            raise ValueError(f"objective must be one of {OBJECTIVES}")
+        if objective not in PRETRAINING_OBJECTIVES:
+            raise ValueError(f"objective must be one of {PRETRAINING_OBJECTIVES}")
         self.encoder = AIMv2VisionEncoder(enc)
         self.decoder = MultimodalDecoder(dec.resolved(enc), enc.hidden_size, enc.patch_size, enc.num_channels)
         self.patch, self.pad_id, self.alpha = enc.patch_size, pad_id, alpha

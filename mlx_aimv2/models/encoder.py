@@ -114,11 +114,20 @@ class AIMv2VisionEncoder(nn.Module):
         x = self.preprocessor(x)
         mask = prefix_mask(prefix_len, x.shape[1]) if prefix_len is not None else None
         if output_layers is not None:
-            depth = len(self.trunk.blocks)
-            if any(not -depth <= i < depth for i in output_layers):
-                raise ValueError(f"output_layers {tuple(output_layers)}: this encoder has {depth} blocks")
-            output_layers = tuple(i % depth for i in output_layers)
+            output_layers = self.block_indices(output_layers)
         return self.trunk(x, mask, output_layers)
+
+    def block_indices(self, layers: Sequence[int]) -> tuple:
+        """Block indices (negative ones count back) made absolute; ValueError when one is out of range.
+        Block k's output is before the final norm: transformers' hidden_states[k + 1]."""
+        depth = len(self.trunk.blocks)
+        bad = [i for i in layers if not -depth <= i < depth]
+        if bad:
+            raise ValueError(
+                f"layer(s) {', '.join(map(str, bad))} out of range: this model has {depth} blocks "
+                f"(0..{depth - 1}, or -1..-{depth} counting back)"
+            )
+        return tuple(i % depth for i in layers)
 
     def pool(self, tokens: mx.array) -> mx.array:
         """The pooled image embedding: the attention-pool head where there is one, else the mean."""

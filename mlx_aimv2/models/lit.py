@@ -4,6 +4,7 @@ import math
 
 import mlx.core as mx
 import mlx.nn as nn
+from mlx.utils import tree_flatten
 
 from ..config import ModelConfig, TextConfig
 from .encoder import AIMv2VisionEncoder, AttentionPoolingClassifier
@@ -46,7 +47,10 @@ class AIMv2LiT(nn.Module):
         self.log_logit_scale = mx.array(math.log(1 / config.init_temperature))
 
     def encode_image(self, pixels: mx.array, normalize: bool = True) -> mx.array:
-        tokens = self.image_encoder(pixels)
+        return self.embed_tokens(self.image_encoder(pixels), normalize)
+
+    def embed_tokens(self, tokens: mx.array, normalize: bool = True) -> mx.array:
+        """The image encoder's tokens (B, N, D) -> the shared embedding: attention-pooled, projected."""
         e = self.image_projector(self.image_encoder.pool(tokens))
         return _l2(e) if normalize else e
 
@@ -102,8 +106,6 @@ class LiTTuner(nn.Module):
 
     def load_from_lit(self, lit: "AIMv2LiT") -> None:
         """Start from a LiT model's own head, projections, text tower and logit scale."""
-        from mlx.utils import tree_flatten
-
         mine = {k for k, _ in tree_flatten(self.parameters())}
         theirs = {
             k.removeprefix("image_encoder."): v
@@ -112,26 +114,8 @@ class LiTTuner(nn.Module):
         }
         self.load_weights([(k, v) for k, v in theirs.items() if k in mine], strict=False)
 
-    @classmethod
-    def from_run(cls, ckpt, state: dict, vision) -> "LiTTuner":
-        """The tuner of a LiT run's checkpoint (its config is in the checkpoint's state)."""
-        d = state["lit"]
-        config = ModelConfig(
-            kind="lit",
-            vision=vision,
-            text=TextConfig.from_dict(d["text"]),
-            projection_dim=d["projection_dim"],
-            init_temperature=d["init_temperature"],
-            max_logit_scale=d["max_logit_scale"],
-        )
-        tuner = cls(vision.hidden_size, vision.num_heads, config, state["config"].get("lit_loss", "softmax"))
-        tuner.load_weights(str(ckpt / "model.safetensors"), strict=True)
-        return tuner
-
     def lit_weights(self) -> dict:
         """This tuner's weights under AIMv2LiT's names (the frozen encoder's come separately)."""
-        from mlx.utils import tree_flatten
-
         out = {}
         for k, v in tree_flatten(self.parameters()):
             if k == "logit_bias":

@@ -1,14 +1,9 @@
-"""Pre-training: config, optimiser, the compiled step, checkpoints, the loop."""
+"""Training: the objectives (objectives/), the compiled step (step.py), the loop (trainer.py), its
+reporter and checkpoints, and run folders read back (runs.py).
 
-from .config import TrainConfig, build_config, load_config, read_config
+    from mlx_aimv2.config import load_config
+    from mlx_aimv2.train.trainer import Trainer
+    Trainer(load_config("run.toml")).run()
 
-__all__ = ["TrainConfig", "build_config", "load_config", "read_config", "Trainer", "export_run"]
-
-
-def __getattr__(name: str):
-    # the loop (and mlx-data, the optimisers) load when used, so the CLI starts without them
-    if name in ("Trainer", "export_run"):
-        from . import trainer
-
-        return getattr(trainer, name)
-    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+Nothing is imported here, so reading a run (runs.py, for export) never loads the loop.
+"""

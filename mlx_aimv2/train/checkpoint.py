@@ -15,6 +15,11 @@ from mlx.utils import tree_flatten, tree_unflatten
 from ..atomic import write_file, write_folder
 from ..errors import UserError
 
+try:
+    import fcntl
+except ImportError:  # Windows has no fcntl: runs are not locked there
+    fcntl = None
+
 
 def save(run: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> Path:
     ckpts = Path(run) / "checkpoints"
@@ -41,9 +46,7 @@ def lock_run(run: Path):
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     f = open(run / ".lock", "a+")
-    try:
-        import fcntl
-    except ImportError:  # not a POSIX system: no lock
+    if fcntl is None:  # not a POSIX system: no lock
         return f
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import mlx.core as mx
 import mlx.optimizers as optim
 from mlx.utils import tree_map_with_path
 
@@ -27,14 +28,11 @@ class DecoupledAdamW(optim.Adam):
     def __init__(self, learning_rate, peak_lr: float, weight_decay: float, betas=(0.9, 0.95), eps: float = 1e-8):
         super().__init__(learning_rate=learning_rate, betas=list(betas), eps=eps)
         self.peak_lr, self.weight_decay = peak_lr, weight_decay
+        self.schedule = learning_rate if callable(learning_rate) else (lambda step: mx.array(learning_rate))
 
     def apply_gradients(self, gradients: dict, parameters: dict):
         if self.weight_decay:
-            lr = (
-                self._schedulers["learning_rate"](self.step)
-                if "learning_rate" in self._schedulers
-                else self.learning_rate
-            )
+            lr = self.schedule(self.step)  # this step's rate, as Adam's own update sets it
             factor = 1.0 - self.weight_decay * lr / self.peak_lr
             # walk the gradients' tree: `parameters` may be a whole module with non-array members
             parameters = tree_map_with_path(

@@ -1,15 +1,10 @@
-"""The compiled training step: encoder with a prefix mask -> decoder -> losses -> grads -> AdamW.
+"""The compiled training step, the same for every objective: the objective's inputs -> its loss ->
+grads -> (data parallel) average -> clip -> AdamW.
 
 Everything random arrives as an mx.array (a per-step key), so the step traces once and a resumed
-run draws exactly what the uninterrupted one would. Under mx.distributed each rank scores its
-share of the global batch against the global counts and the gradients are averaged inside the
-step, so N ranks compute what one process does on the whole batch.
-
-LiT tuning (objective "lit") goes through the same step with cached encoder tokens in place of
-images. Its contrastive loss needs every rank's embeddings: each rank gathers them, keeps its own
-with their gradient, and computes the whole batch's loss; its gradient is then exact for its own
-rows, so summing over ranks (the `* size` below, then the average) gives the full gradient. The
-logit scale and bias are seen whole by every rank, so their sum is divided back by the rank count.
+run draws exactly what the uninterrupted one would. Under mx.distributed each rank's loss is its
+part of the global one (objectives/base.py: Shard), the gradients are averaged inside the step,
+and N ranks compute what one process does on the whole batch.
 """
 
 from __future__ import annotations
@@ -21,83 +16,56 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
+from .objectives import Objective, Shard
 
-def make_step(model, optimizer, cfg, world, num_patches: int):
-    """Returns step(inputs, ids, key) -> (metrics dict, grad norm); inputs are uint8 images, or for LiT
-    the frozen encoder's tokens; micro-batches via cfg.accum."""
-    size, rank = world.size(), world.rank()
-    mean = mx.array(cfg.mean, dtype=mx.float32) * 255.0
-    std = mx.array(cfg.std, dtype=mx.float32) * 255.0
-    compute = mx.bfloat16 if cfg.dtype == "bfloat16" else mx.float32
-    global_micro = cfg.batch_size // cfg.accum
-    lit = cfg.objective == "lit"
-    replicated = ("log_logit_scale", "logit_bias")  # LiT: every rank computes their full gradient
 
-    def total(count):  # the divisor: scored patches / tokens over all ranks
-        return mx.distributed.all_sum(count, group=world) if size > 1 else count
+def make_step(objective: Objective, model: nn.Module, optimizer, cfg, world):
+    """Returns step(inputs, ids, key) -> (named values, grad norm) over one global batch's share of
+    this rank, in cfg.accum micro-batches."""
+    shard = Shard(world, mx.bfloat16 if cfg.dtype == "bfloat16" else mx.float32)
+    size = shard.size
 
-    def gather(x):  # every rank's rows in rank order; this rank's own keep their gradient
-        if size == 1:
-            return x
-        every = mx.stop_gradient(mx.distributed.all_gather(x, group=world))
-        n = x.shape[0]
-        return mx.concatenate([every[: rank * n], x, every[(rank + 1) * n :]])
-
-    def loss_fn(params, x, ids, prefix):
-        if compute != mx.float32:
-            params = tree_map(lambda p: p.astype(compute), params)
+    def loss_fn(params, batch):
+        if shard.dtype != mx.float32:
+            params = tree_map(lambda p: p.astype(shard.dtype), params)
         model.update(params)
-        if lit:
-            out = model.losses(x.astype(compute), ids, gather)
-        else:
-            out = model.losses(x.astype(compute), ids, prefix, total)
+        out = objective.loss(model, batch, shard)
         out = {k: v * size for k, v in out.items()}  # average_gradients divides by size again
         return out["loss"], out
 
     def micro(inputs, ids, key):
-        if lit:  # the frozen encoder's tokens, stored as float16
-            x, prefix = inputs.astype(mx.float32), None
-        else:
-            x = (inputs.astype(mx.float32) - mean) / std
-            # one draw for the global micro-batch, identical on every rank; this rank takes its strided share
-            prefix = mx.random.randint(1, num_patches, (global_micro,), key=key)[rank::size]
+        batch = objective.prepare(inputs, ids, key, shard)
         params = model.trainable_parameters()
-        (_, parts), grads = mx.value_and_grad(lambda p: loss_fn(p, x, ids, prefix))(params)
+        (_, parts), grads = mx.value_and_grad(loss_fn)(params, batch)
         model.update(params)  # back to the fp32 masters
-        return parts, grads
+        return reduce(parts), grads
+
+    def reduce(parts):
+        if objective.whole_batch:  # every rank holds the whole batch's values already
+            return {k: v / size for k, v in parts.items()}
+        return {k: shard.sum(v) / size for k, v in parts.items()}
 
     def update(grads):
-        grads = nn.average_gradients(grads, group=world) if size > 1 else grads
-        if lit and size > 1:
-            grads = {k: g / size if k in replicated else g for k, g in grads.items()}
+        if size > 1:
+            grads = nn.average_gradients(grads, group=world)
+            grads = {k: g / size if k in objective.replicated else g for k, g in grads.items()}
         grads, norm = optim.clip_grad_norm(grads, cfg.clip)
         optimizer.update(model, grads)
         return norm
 
-    def reduce(parts):
-        if lit:  # every rank holds the whole batch's values already
-            return {k: v / size for k, v in parts.items()}
-        return {k: (mx.distributed.all_sum(v, group=world) if size > 1 else v) / size for k, v in parts.items()}
-
     state = [model.state, optimizer.state, mx.random.state]
 
     @partial(mx.compile, inputs=state, outputs=state)
-    def full_step(inputs, ids, key):
+    def whole_step(inputs, ids, key):
         parts, grads = micro(inputs, ids, key)
-        return reduce(parts), update(grads)
+        return parts, update(grads)
 
-    @partial(mx.compile, inputs=state, outputs=state)
-    def grad_step(inputs, ids, key):
-        parts, grads = micro(inputs, ids, key)
-        return reduce(parts), grads
-
-    @partial(mx.compile, inputs=state, outputs=state)
-    def apply_step(grads):
-        return update(grads)
+    grad_step = mx.compile(micro, inputs=state, outputs=state)
+    apply_step = mx.compile(update, inputs=state, outputs=state)
 
     def step(inputs, ids, key):
         if cfg.accum == 1:
-            return full_step(inputs, ids, key)
+            return whole_step(inputs, ids, key)
         n = inputs.shape[0] // cfg.accum
         keys = mx.random.split(key, cfg.accum)
         acc, logs = None, []
@@ -107,6 +75,6 @@ def make_step(model, optimizer, cfg, world, num_patches: int):
             mx.eval(acc, parts)
             logs.append(parts)
         norm = apply_step(tree_map(lambda g: g / cfg.accum, acc))
-        return {k: sum(l[k] for l in logs) / cfg.accum for k in logs[0]}, norm
+        return {k: sum(log[k] for log in logs) / cfg.accum for k in logs[0]}, norm
 
     return step

@@ -1,4 +1,4 @@
-"""Model configurations and the named presets of every published AIMv2 checkpoint.
+"""Model configurations (vision, text, LiT, decoder) and the named presets of every published AIMv2 checkpoint.
 
 Configs are plain dataclasses; `to_dict` / `from_dict` round-trip through the
 `config.json` that sits next to a converted checkpoint.
@@ -11,7 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
-from .errors import UserError
+from ..errors import UserError
 
 
 def swiglu_hidden(dim: int) -> int:
@@ -108,7 +108,7 @@ class ModelConfig:
 
 # --- the pre-training decoder ---------------------------------------------------------------
 
-OBJECTIVES = ("aimv2", "image", "text")
+PRETRAINING_OBJECTIVES = ("aimv2", "image", "text")  # which of the decoder's two losses train
 
 
 @dataclass

@@ -9,8 +9,15 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
 
-from ..config import ENCODERS, OBJECTIVES, DecoderConfig, VisionConfig, vision_preset
+import yaml
+
 from ..errors import UserError
+from .model import ENCODERS, DecoderConfig, VisionConfig, vision_preset
+
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from ..preprocess import CLIP_MEAN, CLIP_STD
 
 
@@ -117,7 +124,7 @@ _SCHEMA = {
     "patch_size": (int, 1, 64),
     "vocab_size": (int, 260, 1_000_000),
     "context_length": (int, 2, 4096),
-    "objective": (OBJECTIVES + ("lit",), None, None),
+    "objective": (str, None, None),  # a name in train/objectives (checked there)
     "alpha": (float, 0.0, None),
     "prefix_attention": (bool, None, None),
     "batch_size": (int, 1, None),
@@ -234,14 +241,8 @@ def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets
             raise UserError(f"{file}: no such config file")
         try:
             if file.suffix == ".toml":
-                try:
-                    import tomllib
-                except ImportError:  # Python 3.10
-                    import tomli as tomllib
                 d = tomllib.loads(file.read_text())
             elif file.suffix in (".yaml", ".yml"):
-                import yaml
-
                 d = yaml.safe_load(file.read_text()) or {}
             else:
                 d = json.loads(file.read_text())

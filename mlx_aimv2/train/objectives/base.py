@@ -1,0 +1,112 @@
+"""What every training objective is to the loop: one small class with one interface.
+
+The loop (train/trainer.py) and the compiled step (train/step.py) call only these methods, so a
+new objective is a new file here and one line in the registry (`__init__.py`):
+
+    set-up   tokenizer(data)        the caption tokenizer (default: the given one, else a BPE on the captions)
+             stream(...)            the batches: {inputs: ..., "ids": ...} per step
+             build(tokenizer)       the nn.Module whose trainable parameters the optimiser updates
+    step     prepare(inputs, ids, key, shard)   the step's inputs (inside mx.compile, outside the gradient)
+             loss(model, batch, shard)          {"loss": ..., other named values} (inside the gradient)
+    result   state(model)           what a checkpoint records besides weights and positions
+             export(model, step, dst)           the model folder the run becomes
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+
+from ...config import TrainConfig
+from ...data import Dataset, TrainStream
+from ...tokenizer import TextTokenizer, load_tokenizer, train_bpe
+
+
+class Shard:
+    """This rank's part of a data-parallel step and the collectives a loss may need. On one process
+    every collective is the identity."""
+
+    def __init__(self, world, dtype=mx.float32):
+        self.world, self.rank, self.size, self.dtype = world, world.rank(), world.size(), dtype
+
+    def sum(self, x: mx.array) -> mx.array:
+        """x summed over the ranks."""
+        return mx.distributed.all_sum(x, group=self.world) if self.size > 1 else x
+
+    def gather(self, x: mx.array) -> mx.array:
+        """Every rank's rows in rank order; only this rank's own keep their gradient."""
+        if self.size == 1:
+            return x
+        every = mx.stop_gradient(mx.distributed.all_gather(x, group=self.world))
+        n = x.shape[0]
+        return mx.concatenate([every[: self.rank * n], x, every[(self.rank + 1) * n :]])
+
+
+class Objective:
+    name = ""
+    result = "encoder"  # the run's subfolder that export() writes at the end of training
+    inputs = "images"  # what the stream's batches call the step's first input
+    skipped = "unreadable image(s)"  # what the stream skips, in the run's closing line
+    # parameters whose whole gradient every rank computes (divided back by the rank count)
+    replicated: tuple = ()
+    # each rank's named values already cover the global batch (else they are summed over ranks)
+    whole_batch = False
+
+    def __init__(self, cfg: TrainConfig, out: Path, rank: int = 0, size: int = 1, log=print):
+        self.cfg, self.out, self.rank, self.size, self.log = cfg, Path(out), rank, size, log
+
+    def notes(self) -> list[str]:
+        """What a user should know about this config before the run starts."""
+        return []
+
+    @property
+    def image_size(self) -> int:
+        """The side, in pixels, of the images the model sees."""
+        return self.cfg.image_size
+
+    # -- set-up ----------------------------------------------------------------------------------
+    def tokenizer(self, data: Dataset) -> TextTokenizer:
+        """The tokenizer given in the config, else the run's own BPE (trained on the captions once)."""
+        cfg = self.cfg
+        if cfg.tokenizer:
+            return load_tokenizer(Path(cfg.tokenizer), cfg.context_length)
+        own = self.out / "tokenizer.json"
+        if own.is_file():
+            return load_tokenizer(own, cfg.context_length)
+        dst = own if self.rank == 0 else self.out / f".tokenizer.rank{self.rank}.json"
+        tok = train_bpe((s.caption for s in data.samples), cfg.vocab_size, dst, cfg.context_length)
+        if self.rank == 0:
+            why = (
+                f" (asked for {cfg.vocab_size}: the captions hold no more distinct merges)"
+                if tok.vocab_size < cfg.vocab_size
+                else ""
+            )
+            self.log(f"trained a {tok.vocab_size}-token BPE on the captions{why} -> {own}")
+        return tok
+
+    def stream(self, data: Dataset, ids, mirrored, batch_size: int, barrier, progress: bool):
+        """Endless batches of decoded, augmented images and their captions' ids, this rank's share."""
+        cfg = self.cfg
+        return TrainStream(
+            data, ids, cfg.image_size, batch_size, cfg.seed, self.rank, self.size, cfg.threads,
+            scale=cfg.crop_scale, mirrored_ids=mirrored,
+        )  # fmt: skip
+
+    def build(self, tokenizer: TextTokenizer) -> nn.Module:
+        raise NotImplementedError
+
+    # -- the step --------------------------------------------------------------------------------
+    def prepare(self, inputs: mx.array, ids: mx.array, key: mx.array, shard: Shard) -> tuple:
+        raise NotImplementedError
+
+    def loss(self, model: nn.Module, batch: tuple, shard: Shard) -> dict:
+        raise NotImplementedError
+
+    # -- the result ------------------------------------------------------------------------------
+    def state(self, model: nn.Module) -> dict:
+        return {}
+
+    def export(self, model: nn.Module, step: int, dst: Path, overwrite: bool = False) -> Path:
+        raise NotImplementedError

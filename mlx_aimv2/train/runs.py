@@ -1,0 +1,212 @@
+"""A training run's folder, read back: its newest checkpoint, the encoder or LiT model it trained,
+and the model folder it exports to. `export`, the CLI and LiT tuning (a run as the frozen encoder)
+use it; nothing here runs the training loop.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from pathlib import Path
+
+import mlx.core as mx
+from mlx.utils import tree_flatten
+
+from .. import checkpoints, cpu
+from ..api import AIMv2, load
+from ..atomic import check_destination
+from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig
+from ..errors import UserError
+from ..models import AIMv2LiT, AIMv2VisionEncoder
+from ..models.lit import LiTTuner
+from ..preprocess import Preprocessor
+from . import checkpoint
+
+
+def is_run(path) -> bool:
+    """Whether `path` is a training run folder (or one of its checkpoints)."""
+    return checkpoint.latest(Path(path)) is not None
+
+
+def newest(run: Path) -> tuple[Path, dict]:
+    """A run's newest checkpoint and its state."""
+    ckpt = checkpoint.latest(Path(run))
+    if ckpt is None:
+        raise UserError(f"{run}: no checkpoint found")
+    return ckpt, checkpoint.read_state(ckpt)
+
+
+# ------------------------------------------------------------------------------ pre-training runs
+
+
+def encoder_preprocessor(vision: VisionConfig, mean, std) -> dict:
+    """An encoder trained here: CLIP's transforms, normalising as its training did."""
+    pp = checkpoints.default_preprocessor(ModelConfig(vision=vision))
+    pp.update(image_mean=list(mean), image_std=list(std))
+    return pp
+
+
+def save_encoder(encoder, vision: VisionConfig, pp: dict, name: str, dst: Path, overwrite: bool = False) -> Path:
+    """An encoder folder that `embed` and `load` read."""
+    return checkpoints.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
+
+
+def load_encoder(run: Path):
+    """(encoder, VisionConfig, preprocessor dict, name) from a pre-training run's newest checkpoint."""
+    ckpt, state = newest(run)
+    if "lit" in state:
+        raise UserError(
+            f"{run} is a LiT tuning run, not a pre-training run: use its LiT model {Path(run) / 'lit'} "
+            f"(`mlx-aimv2 export {run} DIR` writes one from the latest checkpoint)"
+        )
+    vision = VisionConfig.from_dict(state["vision"])
+    enc = AIMv2VisionEncoder(vision)
+    weights = {
+        k[len("encoder.") :]: v for k, v in mx.load(str(ckpt / "model.safetensors")).items() if k.startswith("encoder.")
+    }
+    checkpoints.load_into(enc, weights, str(ckpt))
+    cfg = state["config"]
+    pp = encoder_preprocessor(vision, cfg["mean"], cfg["std"])
+    return enc, vision, pp, f"{Path(run).resolve().name} step {state['step']}"
+
+
+def frozen_encoder(init: str) -> AIMv2:
+    """LiT tuning's frozen encoder: anything `load` reads (hub id, folder, file, demo, a quantized
+    folder: dequantized, since tokens are computed once) or a pre-training run's newest checkpoint."""
+    run = Path(init)
+    if (run / "checkpoints").is_dir() and not any((run / f).is_file() for f in ("model.safetensors", "config.json")):
+        enc, vision, pp, name = load_encoder(run)
+        cpu.use_kernels(enc)
+        where = f"{run} (its training config)"
+        model = AIMv2(
+            enc,
+            ModelConfig(vision=vision, name=name),
+            Preprocessor.from_config(pp, None, where, vision.image_size),
+            run,
+        )
+    else:
+        model = load(init, dtype=mx.float32, keep_quantized=False)
+    if model.config.vision.native:
+        raise UserError(
+            f"{init}: a native-resolution encoder gives each image its own token count; LiT tuning "
+            f"caches fixed-size tokens, so start from a fixed-resolution encoder"
+        )
+    return model
+
+
+# ------------------------------------------------------------------------------ LiT tuning runs
+
+
+def load_tuner(ckpt: Path, state: dict, vision: VisionConfig) -> LiTTuner:
+    """The tuner of a LiT run's checkpoint (its config is in the checkpoint's state)."""
+    d = state["lit"]
+    config = ModelConfig(
+        kind="lit",
+        vision=vision,
+        text=TextConfig.from_dict(d["text"]),
+        projection_dim=d["projection_dim"],
+        init_temperature=d["init_temperature"],
+        max_logit_scale=d["max_logit_scale"],
+    )
+    tuner = LiTTuner(vision.hidden_size, vision.num_heads, config, state["config"].get("lit_loss", "softmax"))
+    tuner.load_weights(str(ckpt / "model.safetensors"), strict=True)
+    return tuner
+
+
+def load_lit(run: Path):
+    """(frozen encoder, tuner, name, tokenizer files) of a LiT tuning run's newest checkpoint; None for
+    a run of another objective (or no run)."""
+    ckpt = checkpoint.latest(Path(run))
+    state = checkpoint.read_state(ckpt) if ckpt is not None else {}
+    if "lit" not in state:
+        return None
+    cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
+    frozen = frozen_encoder(cfg.init)
+    tuner = load_tuner(ckpt, state, frozen.config.vision)
+    name = f"mlx-aimv2 LiT-tuned ({cfg.init}, {state['step']} steps)"
+    return frozen, tuner, name, lit_tokenizer_files(cfg, Path(run), frozen)
+
+
+def lit_tokenizer_files(cfg: TrainConfig, run: Path, frozen: AIMv2) -> tuple:
+    """The files a LiT folder carries for its text side: the LiT init's, the given one, or the run's BPE."""
+    if frozen.config.kind == "lit":
+        return checkpoints.tokenizer_files(frozen.folder)
+    if cfg.tokenizer:
+        t = Path(cfg.tokenizer)
+        if t.is_dir() and not (t / "tokenizer.json").is_file():
+            return (t / "vocab.json", t / "merges.txt")
+        if t.exists():
+            return ((t / "tokenizer.json" if t.is_dir() else t, "tokenizer.json"),)
+        raise UserError(
+            f"{cfg.tokenizer}: a hub tokenizer cannot be bundled with the LiT folder; "
+            f"save its tokenizer.json and give that file"
+        )
+    return (Path(run) / "tokenizer.json",)
+
+
+def lit_module(frozen: AIMv2, tuner: LiTTuner, name: str):
+    """The published LiT layout (AIMv2LiT) from the frozen encoder and a tuner's weights."""
+    vision = dataclasses.replace(frozen.config.vision, use_head=True, head_bias=True)
+    c = tuner.config
+    config = ModelConfig(
+        kind="lit",
+        vision=vision,
+        text=c.text,
+        projection_dim=c.projection_dim,
+        init_temperature=c.init_temperature,
+        max_logit_scale=c.max_logit_scale,
+        name=name,
+    )
+    lit = AIMv2LiT(config)
+    weights = {
+        f"image_encoder.{k}": v for k, v in tree_flatten(frozen.vision.parameters()) if not k.startswith("head.")
+    }
+    weights.update(tuner.lit_weights())
+    lit.load_weights(list(weights.items()), strict=True)
+    return lit, config
+
+
+def lit_preprocessor(frozen: AIMv2) -> dict:
+    """The frozen encoder's preprocessor_config.json, or for a training run its transforms as one."""
+    pp = frozen.folder / "preprocessor_config.json" if frozen.folder else None
+    if pp is not None and pp.is_file():
+        return json.loads(pp.read_text())
+    p = frozen.preprocessor
+    d = checkpoints.default_preprocessor(frozen.config)
+    d.update(
+        size={"shortest_edge": p.size},
+        crop_size={"height": p.crop[0], "width": p.crop[1]},
+        image_mean=list(p.mean),
+        image_std=list(p.std),
+    )
+    return d
+
+
+def save_lit(frozen: AIMv2, tuner: LiTTuner, name: str, files: tuple, dst: Path, overwrite: bool = False) -> Path:
+    """A LiT folder that load / encode_text / classify / export read like the published one."""
+    lit, config = lit_module(frozen, tuner, name)
+    return checkpoints.save(lit, config, Path(dst), lit_preprocessor(frozen), files, overwrite=overwrite)
+
+
+# ------------------------------------------------------------------------------ either kind
+
+
+def trained_model(run: Path) -> tuple:
+    """(module, ModelConfig, preprocessor dict, extra files) of what a run trained: a LiT run's model in
+    the published LiT layout (built in memory), else its encoder."""
+    tuned = load_lit(Path(run))
+    if tuned is not None:
+        frozen, tuner, name, files = tuned
+        module, config = lit_module(frozen, tuner, name)
+        return module, config, lit_preprocessor(frozen), files
+    enc, vision, pp, name = load_encoder(Path(run))
+    return enc, ModelConfig(vision=vision, name=name), pp, ()
+
+
+def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
+    """The model folder of a run's newest checkpoint, without training (a LiT run: its LiT folder)."""
+    check_destination(dst, overwrite)
+    tuned = load_lit(Path(run))
+    if tuned is not None:
+        return save_lit(*tuned, dst, overwrite)
+    return save_encoder(*load_encoder(Path(run)), dst, overwrite)
