@@ -87,12 +87,12 @@ def end_to_end(name: str, m, files, reps: int, out) -> None:
     m.iter_embed(files[:1]).__next__()  # warm-up: compile and allocate outside the timings
     for _ in range(reps):
         for label, fn, fast in variants:  # interleaved: a slow spell of the machine hits all alike
-            api.decode_ahead, m.preprocessor.fast_decode = fn, fast
+            api.decode_ahead = fn
             t = time.perf_counter()
-            rows = list(m.iter_embed(files, batch_size=8))
+            rows = list(m.iter_embed(files, batch_size=8, fast_decode=fast))
             times[label].append(time.perf_counter() - t)
             assert len(rows) == len(files)
-    api.decode_ahead, m.preprocessor.fast_decode = ahead, False
+    api.decode_ahead = ahead
     base = median(times[variants[0][0]])
     for label, ts in times.items():
         emit(
@@ -112,11 +112,8 @@ def end_to_end(name: str, m, files, reps: int, out) -> None:
 def fidelity(name: str, m, files, out) -> None:
     from mlx_aimv2.preprocess import Preprocessor
 
-    m.preprocessor.fast_decode = False
     exact = m.embed([str(f) for f in files])
-    m.preprocessor.fast_decode = True
-    fast = m.embed([str(f) for f in files])
-    m.preprocessor.fast_decode = False
+    fast = m.embed([str(f) for f in files], fast_decode=True)
     cos = (exact * fast).sum(1) / np.linalg.norm(exact, axis=1) / np.linalg.norm(fast, axis=1)
     a, b = Preprocessor(), Preprocessor(fast_decode=True)
     px = [np.abs(a(f) - b(f)) * np.asarray(a.std, np.float32) * 255 for f in files]  # in 0-255 intensity

@@ -15,6 +15,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
 import numpy as np
 
@@ -48,22 +49,21 @@ def main():
 
     import mlx.core as mx
 
+    from mlx_aimv2.config import TrainConfig
     from mlx_aimv2.cpu import loaded_blas
     from mlx_aimv2.data import TrainStream, open_dataset, write_synthetic
     from mlx_aimv2.environment import backend
-    from mlx_aimv2.models.decoder import AIMv2PreTrainer, init_weights
-    from mlx_aimv2.train.config import TrainConfig
+    from mlx_aimv2.train.objectives import AIMv2
     from mlx_aimv2.train.optim import DecoupledAdamW, schedule
     from mlx_aimv2.train.step import make_step
 
     cfg = TrainConfig(encoder=a.encoder, image_size=a.image_size, batch_size=a.batch, steps=1000, warmup=10)
-    model = AIMv2PreTrainer(cfg.vision(), cfg.decoder_config(a.vocab), pad_id=0)
-    init_weights(model)
+    objective = AIMv2(cfg, out=".")  # the trainer's own objective and step, without data or a run folder
+    model = objective.build(SimpleNamespace(vocab_size=a.vocab, pad_id=0))
     mx.eval(model.parameters())
     opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
     opt.init(model.trainable_parameters())
-    n = (a.image_size // 14) ** 2
-    step = make_step(model, opt, cfg, mx.distributed.init(), n)
+    step = make_step(objective, model, opt, cfg, mx.distributed.init())
     rng = np.random.default_rng(0)
     imgs = mx.array(rng.integers(0, 255, (a.batch, a.image_size, a.image_size, 3), dtype=np.uint8))
     ids = mx.array(rng.integers(1, a.vocab, (a.batch, 77), dtype=np.int32))

@@ -54,14 +54,14 @@ class Trainer:
             for folder in (self.out, self.out / "checkpoints"):
                 for p in remove_orphans(folder):
                     self.log(f"removed {p.name}, left by a run that was killed while writing")
-        # rank 0 speaks; a plain function, not a bound method, so the trainer is freed (and the run
-        # folder's lock released) as soon as its last reference goes
-        say = log if self.rank == 0 else _silent
-        self.objective = objective(cfg, self.out, self.rank, self.size, say)
+        # rank 0 speaks; a plain function, not a bound method: the objective holds it, and the trainer
+        # must be freed (its run folder's lock released) as soon as its last reference goes
+        self.say = log if self.rank == 0 else _silent
+        self.objective = objective(cfg, self.out, self.rank, self.size, self.say)
         for note in self.objective.notes():
-            self._say(note)
+            self.say(note)
         if cfg.warmup >= cfg.steps:
-            self._say(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
+            self.say(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
         self._setup_data()
         mx.random.seed(cfg.seed)  # identical initial weights on every rank
         self.model = self.objective.build(self.tokenizer)
@@ -71,10 +71,6 @@ class Trainer:
         self.optimizer.init(self.model.trainable_parameters())
         self.step = 0
         self.resume_from = self._resume(found) if resume else None
-
-    def _say(self, message: str) -> None:
-        if self.rank == 0:
-            self.log(message)
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup_data(self):
@@ -87,7 +83,7 @@ class Trainer:
         self.data = open_dataset(cfg.data, cfg.images)
         if self.data.bad:
             where, why = self.data.bad[0]
-            self._say(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
+            self.say(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
         self._note_image_size()
         self.tokenizer = self.objective.tokenizer(self.data)
         ids = self.tokenizer([s.caption for s in self.data.samples])
@@ -116,7 +112,7 @@ class Trainer:
         size = self.objective.image_size
         if min(w, h) < size:
             hint = "; set --image-size to train nearer their size" if self.objective.inputs == "images" else ""
-            self._say(
+            self.say(
                 f"note: the images are about {w}x{h} px and training runs at {size} px, so they are upsampled{hint}"
             )
 
@@ -129,7 +125,7 @@ class Trainer:
                 return ckpt
             except UserError as e:
                 errors.append(str(e))
-                self._say(f"cannot resume from {ckpt.name}: {e}; trying the one before")
+                self.say(f"cannot resume from {ckpt.name}: {e}; trying the one before")
         raise UserError(f"none of the {len(found)} checkpoint(s) in {self.out} can be resumed; the newest: {errors[0]}")
 
     def _restore(self, ckpt: Path):
@@ -142,7 +138,7 @@ class Trainer:
                 f"{ckpt}: saved by {len(positions)} rank(s), resumed on {self.size}; resume with the same number of ranks"
             )
         self.stream.seek(*positions[self.rank])
-        self._say(f"resumed from {ckpt} at step {self.step}")
+        self.say(f"resumed from {ckpt} at step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------
     def _key(self, step: int) -> mx.array:

@@ -15,4 +15,4 @@ def objective_class(name: str) -> type[Objective]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "Objective", "Shard", "objective_class"]
+__all__ = ["REGISTRY", "AIMv2", "ImageOnly", "LiT", "Objective", "Shard", "TextOnly", "objective_class"]
