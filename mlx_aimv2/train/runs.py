@@ -206,7 +206,5 @@ def trained_model(run: Path) -> tuple:
 def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
     """The model folder of a run's newest checkpoint, without training (a LiT run: its LiT folder)."""
     check_destination(dst, overwrite)
-    tuned = load_lit(Path(run))
-    if tuned is not None:
-        return save_lit(*tuned, dst, overwrite)
-    return save_encoder(*load_encoder(Path(run)), dst, overwrite)
+    module, config, pp, files = trained_model(Path(run))
+    return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite)
