@@ -165,6 +165,7 @@ HF_TOP = {
 }
 HF_TOWERS = {"vision_model.": ("image_encoder.", HF_VISION), "text_model.": ("text_encoder.", HF_TEXT)}
 HF_LAYER = "encoder.layers.{}."  # transformers' block prefix; ours is trunk.blocks.{}.
+_HF_LAYER_KEY = re.compile(re.escape(HF_LAYER).replace(r"\{\}", r"(\d+)") + "(.*)")  # HF_LAYER read back
 _TIMM = [
     (r"patch_embed\.proj\.(weight|bias)", r"preprocessor.patchifier.proj.\1"),
     (r"patch_embed\.norm\.weight", "preprocessor.patchifier.norm.weight"),
@@ -208,7 +209,7 @@ def _from_transformers(w: dict) -> dict:
             continue
         src, dst, table = next(t for t in towers if key.startswith(t[0]))
         rest = key[len(src) :]
-        m = re.fullmatch(r"encoder\.layers\.(\d+)\.(.*)", rest)
+        m = _HF_LAYER_KEY.fullmatch(rest)
         if m and m.group(2) in HF_QKV[0]:
             qkv.setdefault(f"{dst}trunk.blocks.{m.group(1)}.{HF_QKV[1]}", {})[m.group(2)] = v
         elif m and m.group(2) in HF_BLOCK:

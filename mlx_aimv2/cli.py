@@ -16,9 +16,9 @@ from .config import ENCODERS, TrainConfig  # help texts: the preset names and tr
 from .errors import UserError
 from .paths import expand_paths
 
-# The one lazy seam of the package: each command imports the library it calls in its own body, so
-# that `--version`, `--help` and a mistyped command start in well under a second without loading
-# MLX's models, mlx-data, the hub client or matplotlib. Everything else imports at the top.
+# A lazy seam (the package has two, README: Layout): each command imports the library it calls in
+# its own body, so that `--version`, `--help` and a mistyped command start without loading mlx-data,
+# the training loop or matplotlib. Everything else imports at the top.
 
 _TRAIN = TrainConfig()
 
@@ -392,7 +392,6 @@ def probe(
     seed: int = typer.Option(0),
 ):
     """Frozen-trunk probes (attentive, linear, k-NN): top-1 accuracy on held-out images."""
-
     from .api import load
     from .eval import probe as P
 
@@ -442,7 +441,6 @@ def index(
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
     """Index a photo library for search: embeds new and changed images, drops deleted ones."""
-
     from .index import Index
 
     t0 = time.perf_counter()
@@ -482,7 +480,6 @@ def search(
     as_json: bool = typer.Option(False, "--json", help="print the hits as JSON, for scripts"),
 ):
     """Search an index by text or by example image: paths and cosine scores, best first."""
-
     from .index import Index
 
     if query is None and image is None:
@@ -520,7 +517,6 @@ def retrieval(
     seed: int = typer.Option(0),
 ):
     """Text->image and image->text recall@1 and @5 of a LiT model on held-out captioned images."""
-
     from .api import load
     from .eval import retrieval as R
 
@@ -541,7 +537,6 @@ def retrieval(
 
 def main():
     """The CLI, for programs that call it: runs in this process as it is."""
-
     # a warning (the slow BLAS) is one line on stderr, as errors are
     warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)
     try:

@@ -245,7 +245,7 @@ def interpreter_flags() -> list[str]:
     """This interpreter's command-line flags (-X, -W, -O, -I, ...), for a restart that behaves as this
     process does. The standard library has no public API for it; CPython's subprocess and
     multiprocessing use the private `subprocess._args_from_interpreter_flags`. This is the one place
-    the package touches another library's private name; tests/test_platform.py fails if it changes."""
+    the package touches another library's private name; tests/test_architecture.py fails if it changes."""
     return list(subprocess._args_from_interpreter_flags())
 
 
