@@ -10,25 +10,26 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import sys
+import logging
 from pathlib import Path
-from typing import Iterable, Iterator, Optional, Sequence
+from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from . import cpu, hub
+from . import cpu, hub, owner
 from .atomic import check_destination
 from .checkpoints import load_checkpoint, save, tokenizer_files
 from .config import ModelConfig
 from .environment import wire_memory_for
-from .errors import UserError
+from .errors import UserError, check_cancel
 from .preprocess import ImageLike, Preprocessor, decode_ahead
 from .quantize import quantize
 from .tokenizer import load_tokenizer
 
 POOLS = ("mean", "none", "attn")
+log = logging.getLogger("mlx_aimv2")  # notes for the user; the CLI prints them, an app routes them
 
 
 def load(
@@ -42,25 +43,32 @@ def load(
     On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster), and a quantized
     checkpoint runs with its layers dequantized (MLX's CPU quantized matmul is ~60x slower; pass
     keep_quantized=True to keep them). On Metal, a model over 1 GiB has its weights wired
-    (mx.set_wired_limit), as mlx-lm does."""
+    (mx.set_wired_limit), as mlx-lm does. Safe from any thread (owner.py)."""
     cpu.warn_if_slow_blas()
+    return owner.run(_load, name_or_path, revision, dtype, keep_quantized)
+
+
+def _load(name_or_path, revision, dtype, keep_quantized) -> "AIMv2":
     module, config, folder = load_checkpoint(name_or_path, revision, dtype)
     cpu.float_layers(module, keep_quantized)
     cpu.use_kernels(module)
     wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
+    # evaluated here: a lazy array belongs to the owner thread's stream, a computed one to no thread,
+    # so the module's weights may then be used directly from any (one) thread too
+    mx.eval(module.parameters())
     return AIMv2(module, config, _preprocessor(config, folder), folder)
 
 
 def load_default(kind: str = "vision", revision: Optional[str] = None) -> tuple["AIMv2", str]:
     """(model, its name) for a command given no model: Apple's default of the kind (hub.DEFAULT) when
-    the hub or its cache has it, else the bundled stand-in (hub.STAND_IN), with a note on stderr."""
+    the hub or its cache has it, else the bundled stand-in (hub.STAND_IN), with a note (logging)."""
     name = hub.DEFAULT[kind]
     try:
         return load(name, revision), name
     except UserError as e:
         stand_in = hub.STAND_IN[kind]
-        print(f"note: {e}", file=sys.stderr)
-        print(f"note: using the bundled {stand_in} checkpoint ({hub.BUNDLED[stand_in]}) instead", file=sys.stderr)
+        log.warning("%s", e)
+        log.warning("using the bundled %s checkpoint (%s) instead", stand_in, hub.BUNDLED[stand_in])
         return load(stand_in), stand_in
 
 
@@ -96,6 +104,9 @@ class AIMv2:
     def fingerprint(self) -> str:
         """Identifies the weights: config plus the patch embedding's bytes (and, for LiT, the image
         projection), enough to tell any two checkpoints apart (an index records it)."""
+        return owner.run(self._fingerprint)
+
+    def _fingerprint(self) -> str:
         h = hashlib.sha1(json.dumps(self.config.to_dict(), sort_keys=True).encode())
         tensors = [self.vision.preprocessor.patchifier.proj.weight]
         if self.config.kind == "lit":
@@ -160,15 +171,23 @@ class AIMv2:
         layers: Optional[Sequence[int]] = None,
         batch_size: int = 8,
         fast_decode: bool = False,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        cancel=None,
     ):
         """Images (paths, PIL images or HWC arrays) -> numpy features.
 
         A list gives a batch: (B, D) pooled or (B, N, D) tokens; one image (not in a list) gives its
         own (D,) or (N, D). With `layers`, a dict that adds "layer_k" entries. The native model's
-        tokens (pool="none") differ in N per image, so there each entry is a list of (N_i, D) arrays."""
+        tokens (pool="none") differ in N per image, so there each entry is a list of (N_i, D) arrays.
+        progress(done, total) and cancel (a threading.Event): as for iter_embed."""
         single = not isinstance(images, (list, tuple))
         items = [images] if single else list(images)
-        rows = [f for _, f in self.iter_embed(items, pool, layers, batch_size, fast_decode=fast_decode)]
+        rows = [
+            f
+            for _, f in self.iter_embed(
+                items, pool, layers, batch_size, fast_decode=fast_decode, progress=progress, cancel=cancel
+            )
+        ]
         if not rows:
             return {} if layers is not None else np.zeros((0, self.vision.config.hidden_size), np.float32)
         keys = list(rows[0])
@@ -189,22 +208,28 @@ class AIMv2:
         errors: Optional[list] = None,
         read=None,
         fast_decode: bool = False,
+        progress: Optional[Callable[[int, Optional[int]], None]] = None,
+        cancel=None,
     ) -> Iterator[tuple]:
         """Yields (item, {name: np.ndarray}) per image, in input order, batching images of the same
         size; images are decoded in worker threads ahead of the model (preprocess.decode_ahead). With
         an `errors` list, unreadable images are appended as (item, message) instead of raising.
         `read`: item -> image, for items that are not images themselves (run in the workers too).
-        fast_decode: large JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
+        fast_decode: large JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode).
+        progress(done, total): called as images finish (total: len(items), None for an iterator).
+        cancel: anything with is_set() (a threading.Event); once set, raises errors.Cancelled between
+        batches. The model runs on the owner thread (owner.py): safe from any thread."""
         pending: list = []
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
         layers = self.check_layers(layers)
+        total = len(items) if hasattr(items, "__len__") else None
+        done = 0
 
         def flush():
-            pixels = mx.array(np.stack([p for _, p in pending]))
-            res = self.features(pixels, pool, layers)
-            mx.eval(res)
-            res = {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
+            nonlocal done
+            check_cancel(cancel)
+            res = owner.run(self._numpy_features, np.stack([p for _, p in pending]), pool, layers)
             for j, (item, _) in enumerate(pending):
                 row = {k: v[j] for k, v in res.items()}
                 if not all(np.isfinite(v).all() for v in row.values()):
@@ -214,15 +239,20 @@ class AIMv2:
                     errors.append((item, why))
                     continue
                 yield item, row
+            done += len(pending)
             pending.clear()
+            if progress is not None:
+                progress(done, total)
 
         pre = self.preprocessor_for(fast_decode)
         prepare = pre if read is None else (lambda item: pre(read(item)))
         for item, x in decode_ahead(prepare, items):
+            check_cancel(cancel)
             if isinstance(x, Exception):
                 if errors is None or not isinstance(x, UserError):
                     raise x
                 errors.append((item, str(x)))
+                done += 1
                 continue
             if pending and pending[0][1].shape != x.shape:  # native sizes differ: new batch
                 yield from flush()
@@ -231,6 +261,11 @@ class AIMv2:
                 yield from flush()
         if pending:
             yield from flush()
+
+    def _numpy_features(self, pixels: np.ndarray, pool: str, layers) -> dict:
+        res = self.features(mx.array(pixels), pool, layers)
+        mx.eval(res)
+        return {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
 
     # -- LiT -------------------------------------------------------------------------------
     def _need_lit(self):
@@ -247,12 +282,22 @@ class AIMv2:
     def encode_image(self, images: Sequence[ImageLike]) -> np.ndarray:
         """L2-normalised image embeddings (B, projection_dim)."""
         self._need_lit()
-        pixels = mx.array(np.stack(self.preprocess(images))).astype(self.dtype)
-        return np.array(self.module.encode_image(pixels).astype(mx.float32))
+        pixels = np.stack(self.preprocess(_nonempty(images, "images", "an image")))
+        return owner.run(self._encode_image, pixels)
+
+    def _encode_image(self, pixels: np.ndarray) -> np.ndarray:
+        return np.array(self.module.encode_image(mx.array(pixels).astype(self.dtype)).astype(mx.float32))
 
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings (B, projection_dim)."""
         self._need_lit()
+        texts = _nonempty(texts, "texts", "a string")
+        bad = [t for t in texts if not isinstance(t, str)]
+        if bad:
+            raise UserError(f"texts: every item must be a string, got {type(bad[0]).__name__} {bad[0]!r}")
+        return owner.run(self._encode_text, texts)
+
+    def _encode_text(self, texts: list) -> np.ndarray:
         ids = mx.array(self.tokenizer(texts))
         return np.array(self.module.encode_text(ids).astype(mx.float32))
 
@@ -260,13 +305,40 @@ class AIMv2:
         self, images: Sequence[ImageLike], labels: Sequence[str], template: str = "a photo of {}."
     ) -> np.ndarray:
         """Zero-shot label probabilities (B_images, len(labels))."""
+        labels = _nonempty(labels, "labels", "a label")
+        prompts = fill_template(template, labels)
         img = self.encode_image(images)
-        txt = self.encode_text([template.format(l) for l in labels])
-        logits = float(self.module.logit_scale().item()) * img @ txt.T
+        txt = self.encode_text(prompts)
+        logits = owner.run(lambda: float(self.module.logit_scale().item())) * img @ txt.T
         e = np.exp(logits - logits.max(axis=1, keepdims=True))
         return e / e.sum(axis=1, keepdims=True)
 
 
+def _nonempty(items, name: str, what: str) -> list:
+    """A list argument checked: one UserError naming it when it is not a list or is empty."""
+    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
+        items = [items] if name == "images" else items
+    if not isinstance(items, (list, tuple)):
+        raise UserError(f"{name}: give a list, got {type(items).__name__}")
+    if not items:
+        raise UserError(f"{name}: the list is empty; give at least {what}")
+    return list(items)
+
+
+def fill_template(template: str, labels: Sequence[str]) -> list[str]:
+    """template.format(label) for each label; a template that is not one '{}' is one clear error."""
+    if not isinstance(template, str):
+        raise UserError(f"template: must be a string with one '{{}}' for the label, got {template!r}")
+    try:
+        return [template.format(str(label)) for label in labels]
+    except (IndexError, KeyError, ValueError) as e:
+        raise UserError(
+            f"template {template!r}: {type(e).__name__} {e}; write one '{{}}' where the label goes, "
+            f"and double literal braces ('{{{{')"
+        ) from None
+
+
+@owner.owned
 def convert(
     src: str,
     dst: Path,

@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 from typing import Callable
 
-from .errors import UserError
+from .errors import UserError, write_failed
 
 TMP_PREFIX = ".tmp-mlx-aimv2-"  # every temporary file and folder we make; only these are cleaned up
 
@@ -29,12 +29,16 @@ def _usual_mode(path: Path, folder: bool) -> None:
 def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     """write(tmp) into a temporary file beside `path`, then rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=TMP_PREFIX, suffix=path.suffix, dir=path.parent)
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=path.suffix, dir=path.parent)
     os.close(fd)
     try:
         write(Path(tmp))
         _usual_mode(Path(tmp), folder=False)
         os.replace(tmp, path)
+    except Exception as e:
+        if not failed_write(e):
+            raise
+        raise write_failed(path, e) from None
     finally:
         if os.path.exists(tmp):
             os.unlink(tmp)
@@ -70,7 +74,8 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
     existing = dst.is_dir()
     parent = dst if existing else dst.parent
     parent.mkdir(parents=True, exist_ok=True)
-    tmp = Path(tempfile.mkdtemp(prefix=TMP_PREFIX, dir=parent))
+    remove_orphans(parent)  # what a killed convert/export/train left here
+    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(), dir=parent))
     try:
         write(tmp)
         _usual_mode(tmp, folder=True)
@@ -79,15 +84,50 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
                 os.replace(f, dst / f.name)
         else:
             os.replace(tmp, dst)
+    except Exception as e:
+        if not failed_write(e):
+            raise
+        raise write_failed(dst, e) from None
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
 
 
+def failed_write(e: Exception) -> bool:
+    """Whether an exception is the file system refusing a write (a full disk, a read-only one), in
+    the words of each writer: OSError (Python, numpy), RuntimeError("[write] ...") (MLX),
+    SafetensorError (safetensors)."""
+    if isinstance(e, OSError):
+        return True
+    if isinstance(e, RuntimeError) and "write" in str(e).lower():
+        return True
+    return type(e).__name__ == "SafetensorError"
+
+
+def _tmp_prefix() -> str:
+    """Temporary names carry their writer's pid, so a cleanup spares the ones still being written."""
+    return f"{TMP_PREFIX}{os.getpid()}-"
+
+
+def _alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # another user's live process
+        return True
+    return True
+
+
 def remove_orphans(folder: Path) -> list[Path]:
-    """Temporary files and folders a killed process of ours left in `folder`."""
+    """Temporary files and folders that a killed process of ours left in `folder` (its pid is gone)."""
     gone = []
     for p in Path(folder).glob(TMP_PREFIX + "*"):
+        pid = p.name[len(TMP_PREFIX) :].split("-", 1)[0]
+        if pid.isdigit() and _alive(int(pid)):
+            continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         gone.append(p)
     return gone

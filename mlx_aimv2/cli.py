@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
+import logging
 import os
 import time
 import warnings
@@ -13,7 +15,8 @@ from typing import List, Optional
 import typer
 
 from .config import ENCODERS, TrainConfig  # help texts: the preset names and training defaults
-from .errors import UserError
+from .errors import UserError, os_error_line
+from .errors import printable as shown
 from .paths import expand_paths
 
 # A lazy seam (the package has two, README: Layout): each command imports the library it calls in
@@ -38,7 +41,10 @@ def user_errors(fn):
         try:
             return fn(*a, **kw)
         except UserError as e:
-            typer.echo(f"error: {e}", err=True)
+            typer.echo(f"error: {shown(e)}", err=True)
+            raise typer.Exit(1) from None
+        except OSError as e:  # the file system refused (a full or read-only disk, a file in the way)
+            typer.echo(f"error: {os_error_line(e)}", err=True)
             raise typer.Exit(1) from None
         except KeyboardInterrupt:
             typer.echo("interrupted", err=True)
@@ -454,19 +460,38 @@ def index(
                 err=True,
             )
             raise typer.Exit(130) from None
+        except BaseException:
+            lib.discard_if_empty()  # a failed first run leaves no empty index behind
+            raise
         typer.echo(
-            f"{db}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; {time.perf_counter() - t0:.1f} s)"
+            f"{shown(db)}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; "
+            f"{time.perf_counter() - t0:.1f} s)"
         )
         for p, why in s.missing:
-            typer.echo(f"  {p}: {why}", err=True)
-        if s.bad:
-            typer.echo("bad files (recorded; retried when they change):", err=True)
-            for p, why in s.bad[:20]:
-                typer.echo(f"  {why if p in why else f'{p}: {why}'}", err=True)
-            if len(s.bad) > 20:
-                typer.echo(f"  ... and {len(s.bad) - 20} more", err=True)
+            typer.echo(f"  {shown(p)}: {why}", err=True)
+        _report_bad(s.bad)
         if s.total == 0:
             raise typer.Exit(1)
+
+
+def _report_bad(bad: list) -> None:
+    """Bad files, at most 20 lines; files that need a missing extra are one line per extra."""
+    extras: dict = {}
+    rest = []
+    for p, why in bad:
+        if "need an optional package" in why:
+            hint = why.split("need an optional package: ", 1)[1]
+            extras.setdefault(hint, []).append(p)
+        else:
+            rest.append(why if p in why else f"{p}: {why}")
+    for hint, files in extras.items():
+        typer.echo(f"{len(files)} file(s) skipped (e.g. {shown(files[0])}): they need {hint}", err=True)
+    if rest:
+        typer.echo("bad files (recorded; retried when they change):", err=True)
+        for line in rest[:20]:
+            typer.echo(f"  {shown(line)}", err=True)
+        if len(rest) > 20:
+            typer.echo(f"  ... and {len(rest) - 20} more", err=True)
 
 
 @app.command()
@@ -488,13 +513,13 @@ def search(
         raise UserError("give a text query or --image, not both")
     if grid is not None and grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
         raise UserError(f"--grid {grid}: give a .png, .jpg or .webp file name")
-    with Index(db, create=False) as lib:
+    with Index(db, create=False, read_only=True) as lib:
         hits = lib.search(text=query, image=image, k=k)
     if as_json:
-        typer.echo(json.dumps([{"path": h.path, "score": round(h.score, 6)} for h in hits], indent=1))
+        typer.echo(json.dumps([{"path": shown(h.path), "score": round(h.score, 6)} for h in hits], indent=1))
     else:
         for i, h in enumerate(hits, 1):
-            typer.echo(f"{i:>3}  {h.score:.4f}  {h.path}")
+            typer.echo(f"{i:>3}  {h.score:.4f}  {shown(h.path)}")
     if grid is not None:
         from .viz import contact_sheet
 
@@ -535,12 +560,35 @@ def retrieval(
         typer.echo(f"saved {output}")
 
 
+class _Notes(logging.Handler):
+    """The library's notes (logging) as `note: ...` lines on the stderr of the moment."""
+
+    def emit(self, record):
+        typer.echo(f"note: {record.getMessage()}", err=True)
+
+
+@contextlib.contextmanager
+def messages():
+    """While the CLI runs: a warning (the slow BLAS) and a library note are one line each on stderr,
+    as errors are; afterwards the host's warning and logging set-up are as they were."""
+    shown_before = warnings.showwarning
+    warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)
+    notes, log = _Notes(), logging.getLogger("mlx_aimv2")
+    log.addHandler(notes)
+    propagate, log.propagate = log.propagate, False
+    try:
+        yield
+    finally:
+        warnings.showwarning = shown_before
+        log.removeHandler(notes)
+        log.propagate = propagate
+
+
 def main():
     """The CLI, for programs that call it: runs in this process as it is."""
-    # a warning (the slow BLAS) is one line on stderr, as errors are
-    warnings.showwarning = lambda msg, cat, *_a, **_k: typer.echo(f"warning: {msg}", err=True)
     try:
-        app(prog_name="mlx-aimv2")
+        with messages():
+            app(prog_name="mlx-aimv2")
     except KeyboardInterrupt:  # before a command's own handling is in place (imports, start-up)
         typer.echo("interrupted", err=True)
         raise SystemExit(130) from None

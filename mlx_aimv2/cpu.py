@@ -19,6 +19,7 @@ import ctypes
 import os
 import subprocess
 import sys
+import threading
 import warnings
 from pathlib import Path
 
@@ -30,6 +31,7 @@ from .quantize import dequantize
 
 OPENBLAS = "/usr/lib/x86_64-linux-gnu/openblas-pthread/libblas.so.3"
 BLAS_FIX = f"sudo apt-get install libopenblas0-pthread && export LD_PRELOAD={OPENBLAS}"
+BLAS_PRELOAD = f"OpenBLAS is installed but not loaded: export LD_PRELOAD={OPENBLAS} before starting Python"
 
 
 class SlowBLASWarning(RuntimeWarning):
@@ -152,16 +154,18 @@ def float_layers(model: nn.Module, keep_quantized: bool | None = None) -> nn.Mod
 
 # ------------------------------------------------------------------------------------ streams
 
-_STREAMS: list = []
+_THREAD = threading.local()  # MLX streams belong to the thread that made them: one set per thread
+
+
+def _streams() -> list:
+    if not hasattr(_THREAD, "streams"):
+        _THREAD.streams = [mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8)))]
+    return _THREAD.streams
 
 
 def streams() -> int:
     """How many CPU streams a batch is spread over: one per core (at most 8) on the CPU, else 1."""
-    if not active():
-        return 1
-    if not _STREAMS:
-        _STREAMS.extend(mx.new_stream(mx.cpu) for _ in range(max(1, min(os.cpu_count() or 1, 8))))
-    return len(_STREAMS)
+    return len(_streams()) if active() else 1
 
 
 def split_batch(fn, x: mx.array, *args) -> dict:
@@ -173,7 +177,7 @@ def split_batch(fn, x: mx.array, *args) -> dict:
         return fn(x, *args)
     with blas_threads(1):  # the streams are the parallelism now; threaded matmuls would oversubscribe
         outs = []
-        for i, stream in enumerate(_STREAMS[:k]):
+        for i, stream in enumerate(_streams()[:k]):
             with mx.stream(stream):
                 outs.append(fn(x[i * n // k : (i + 1) * n // k], *args))
         mx.eval(outs)
@@ -211,7 +215,8 @@ def warn_if_slow_blas() -> None:
     if not _warned and slow_blas():
         _warned.append(True)
         warnings.warn(
-            f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); {BLAS_FIX}",
+            f"MLX is using the mlx[cpu] wheel's reference BLAS (~40x slower matmuls); "
+            f"{BLAS_PRELOAD if os.path.exists(OPENBLAS) else BLAS_FIX}",
             SlowBLASWarning,
             stacklevel=3,
         )
@@ -249,11 +254,9 @@ def interpreter_flags() -> list[str]:
     return list(subprocess._args_from_interpreter_flags())
 
 
-def restart_with_openblas() -> None:
-    """For the `mlx-aimv2` command only: on Linux's CPU backend, when Debian's OpenBLAS is installed
-    but not loaded, replace this process with the same command, the same interpreter flags and the
-    same mlx_aimv2 package, with OpenBLAS preloaded (LD_PRELOAD only acts at process start). At most
-    once; never on Metal or CUDA; MLX_AIMV2_NO_RESTART=1 turns it off."""
+def openblas_env() -> dict | None:
+    """The environment for a restart with Debian's OpenBLAS preloaded, or None where none is wanted:
+    not Linux, not MLX's CPU backend, OpenBLAS absent or already preloaded, MLX_AIMV2_NO_RESTART set."""
     if (
         sys.platform != "linux"
         or os.environ.get("MLX_AIMV2_NO_RESTART")
@@ -261,9 +264,21 @@ def restart_with_openblas() -> None:
         or "openblas" in os.environ.get("LD_PRELOAD", "")
         or backend() != "cpu"
     ):
-        return
+        return None
     env = dict(os.environ, MLX_AIMV2_NO_RESTART="1")
     env["LD_PRELOAD"] = ":".join(p for p in (OPENBLAS, os.environ.get("LD_PRELOAD", "")) if p)
+    return env
+
+
+def restart_with_openblas() -> None:
+    """For the `mlx-aimv2` command only: on Linux's CPU backend, when Debian's OpenBLAS is installed
+    but not loaded, replace this process with the same command, the same interpreter flags and the
+    same mlx_aimv2 package, with OpenBLAS preloaded (LD_PRELOAD only acts at process start). At most
+    once; never on Metal or CUDA; MLX_AIMV2_NO_RESTART=1 turns it off. (tests/conftest.py does the
+    same for the test suite.)"""
+    env = openblas_env()
+    if env is None:
+        return
     # `-c` with sys.path[0] set to where *this* package was imported from: neither the working
     # directory nor a script's folder decides which mlx_aimv2 runs in the new process.
     home = str(Path(__file__).resolve().parent.parent)

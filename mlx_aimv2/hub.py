@@ -6,14 +6,16 @@ Nothing here runs code from a hub repo: only weights and JSON/text files are fet
 
 from __future__ import annotations
 
+import logging
 import os
 import socket
-import sys
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
 
 from .errors import UserError
+
+log = logging.getLogger("mlx_aimv2")  # notes: the CLI prints them, an app routes them
 
 # apple/ml-aim aim/v2/utils.py (bd9e068): revisions whose model.safetensors uses ml-aim keys
 REVISIONS = {
@@ -84,10 +86,9 @@ def _offline() -> bool:
             _REACHABLE["hub"] = True
         except OSError:
             _REACHABLE["hub"] = False
-            print(
-                f"note: {url.hostname} is unreachable; using the local Hugging Face cache only "
-                f"(set HF_HUB_OFFLINE=1 to skip this check)",
-                file=sys.stderr,
+            log.warning(
+                "%s is unreachable; using the local Hugging Face cache only (set HF_HUB_OFFLINE=1 to skip this check)",
+                url.hostname,
             )
     return not _REACHABLE["hub"]
 

@@ -1,5 +1,6 @@
 """User paths -> image files: files, folders (recursive) and globs, with what matched nothing and why.
-Links to folders are not followed (no loops); pipes and devices are not image files."""
+Links to folders are not followed (no loops); pipes and devices are not image files; in a folder, a
+RAW file beside a same-named JPEG (a camera's RAW+JPEG mode) is one photo, read from the JPEG."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import os
 from pathlib import Path
 from typing import List
 
-from .preprocess import IMAGE_EXT
+from .formats import IMAGE_EXT, raw_with_jpeg
 
 
 def images_under(folder: Path, missing: list) -> list[Path]:
@@ -18,7 +19,12 @@ def images_under(folder: Path, missing: list) -> list[Path]:
     for root, _, names in os.walk(
         folder, onerror=lambda e: missing.append((e.filename, "folder not readable; skipped"))
     ):
-        found += [Path(root) / n for n in names if n.lower().endswith(IMAGE_EXT) and (Path(root) / n).is_file()]
+        here = set(names)
+        found += [
+            Path(root) / n
+            for n in names
+            if n.lower().endswith(IMAGE_EXT) and not raw_with_jpeg(n, here) and (Path(root) / n).is_file()
+        ]
     if not found and not missing:
         missing.append((str(folder), f"folder holds no image files ({', '.join(IMAGE_EXT)})"))
     return sorted(found)

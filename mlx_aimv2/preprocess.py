@@ -17,24 +17,13 @@ from pathlib import Path
 from typing import Optional, Union
 
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from .errors import UserError
+from .formats import MAX_PIXELS, ImageSizeError, MissingExtra, check_image_size, open_image
 
-IMAGE_EXT = (
-    ".jpg",
-    ".jpeg",
-    ".png",
-    ".webp",
-    ".bmp",
-    ".gif",
-    ".tif",
-    ".tiff",
-)  # what PIL decodes, inference and training
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation every AIMv2 checkpoint was trained with
 CLIP_STD = (0.26862954, 0.26130258, 0.27577711)
-MAX_PIXELS = 178_956_970  # PIL's own decompression-bomb limit (2x its warning threshold)
-MAX_ASPECT = 50  # a 1 x 20000 strip would resize to 224 x 4.5 million pixels
 ImageLike = Union[str, Path, Image.Image, np.ndarray]
 
 
@@ -164,6 +153,20 @@ class Preprocessor:
         return (x - np.asarray(self.mean, np.float32)) / np.asarray(self.std, np.float32)
 
 
+def _wide_grey(img: Image.Image) -> np.ndarray:
+    """A 16/32-bit integer or float grey image as uint8: 16-bit ranges scale by 1/257 (wider
+    integers by their own maximum), floats in [0, 1] by 255 (others are taken as 0-255)."""
+    a = np.asarray(img).astype(np.float64)
+    top = a.max(initial=0)
+    if img.mode == "F":
+        a = a * 255.0 if top <= 1.0 else a
+    elif top > 65535:
+        a = a * (255.0 / top)
+    else:
+        a = a / 257.0
+    return np.clip(a.round(), 0, 255).astype(np.uint8)
+
+
 def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
     h, w = x.shape[:2]
     if h < ch or w < cw:  # pad with zeros first, as transformers does
@@ -178,9 +181,12 @@ def center_crop(x: np.ndarray, ch: int, cw: int) -> np.ndarray:
 
 def to_rgb(img: Image.Image) -> Image.Image:
     """Every PIL mode to RGB as transformers' convert_to_rgb does: transparency is composited onto
-    white, everything else goes through PIL's own conversion."""
+    white, everything else goes through PIL's own conversion, except that 16-bit and 32-bit grey
+    (a 16-bit PNG) is scaled to 8 bits (PIL's own conversion clips it to white)."""
     if img.mode == "RGB":
         return img
+    if img.mode.startswith("I") or img.mode == "F":
+        return _from_array(_wide_grey(img))
     if "A" in img.getbands() or img.info.get("transparency") is not None:
         rgba = img.convert("RGBA")
         white = Image.new("RGBA", img.size, (255, 255, 255, 255))
@@ -188,40 +194,15 @@ def to_rgb(img: Image.Image) -> Image.Image:
     return img.convert("RGB")
 
 
-class ImageSizeError(ValueError):
-    pass
-
-
-def check_image_size(w: int, h: int) -> None:
-    """From the header, before decoding: refuse decompression bombs and extreme strips."""
-    if w * h > MAX_PIXELS:
-        raise ImageSizeError(
-            f"{w}x{h} is over the {MAX_PIXELS:,}-pixel limit (a possible decompression bomb); downscale it first"
-        )
-    if max(w, h) > MAX_ASPECT * max(min(w, h), 1):
-        raise ImageSizeError(f"{w}x{h} is a strip over {MAX_ASPECT}:1, which no encoder input can hold; crop it first")
-
-
 def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
-    """Open an image file with EXIF orientation applied; one clear UserError for every bad file.
+    """Open an image (a file of any formats.IMAGE_EXT, a PIL image or an HxWxC array) with its
+    orientation applied; one clear UserError for every bad one, before any large allocation.
     draft: for a JPEG, decode at the smallest power-of-two reduction that keeps both sides >= draft."""
     if isinstance(src, Image.Image):
+        _check_size("the PIL image", *src.size)
         return src
     if isinstance(src, np.ndarray):
-        a = src
-        if a.ndim == 4:
-            raise UserError(f"an array of shape {a.shape} is a batch; pass a list with one HxWxC array per image")
-        if a.ndim == 2:
-            a = np.stack([a] * 3, axis=-1)
-        if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
-            raise UserError(f"an array of shape {a.shape}: give one image as HxWxC (channels last, C = 1, 3 or 4)")
-        if a.shape[-1] == 1:
-            a = np.repeat(a, 3, axis=-1)
-        if not np.isfinite(a).all():
-            raise UserError("the image array holds NaN or inf")
-        if a.dtype != np.uint8:
-            a = np.clip(a * 255.0 if a.max() <= 1.0 else a, 0, 255).astype(np.uint8)
-        return Image.fromarray(a)
+        return _from_array(src)
     if not isinstance(src, (str, os.PathLike)):
         raise UserError(
             f"cannot read an image from a {type(src).__name__}; give a file path, a PIL image or an HxWx3 array"
@@ -235,13 +216,9 @@ def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
     if path.stat().st_size == 0:
         raise UserError(f"{path}: empty file, not an image")
     try:
-        with Image.open(path) as im:
-            check_image_size(*im.size)
-            if draft and im.format == "JPEG":
-                im.draft(im.mode, (draft, draft))
-            im = ImageOps.exif_transpose(im)
-            im.load()
-            return im
+        return open_image(path, path.suffix, draft)
+    except MissingExtra as e:
+        raise UserError(f"{path}: {e}") from None
     except ImageSizeError as e:
         raise UserError(f"{path}: {e}") from None
     except Image.DecompressionBombError:  # PIL refuses it at open, before our own check can read the size
@@ -253,6 +230,35 @@ def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
     except Exception as e:
         kind = "truncated or corrupt image" if isinstance(e, (OSError, SyntaxError)) else type(e).__name__
         raise UserError(f"{path}: cannot decode ({kind}: {e}); re-export it as JPEG or PNG") from None
+
+
+def _check_size(what: str, w: int, h: int) -> None:
+    try:
+        check_image_size(w, h)
+    except ImageSizeError as e:
+        raise UserError(f"{what}: {e}") from None
+
+
+def _from_array(a: np.ndarray) -> Image.Image:
+    """An HxW or HxWxC array (uint8, 16-bit or float in [0, 1] or [0, 255]) -> an RGB(A) PIL image."""
+    if a.ndim == 4:
+        raise UserError(f"an array of shape {a.shape} is a batch; pass a list with one HxWxC array per image")
+    if a.ndim == 2:
+        a = a[..., None]
+    if a.ndim != 3 or a.shape[-1] not in (1, 3, 4):
+        raise UserError(f"an array of shape {a.shape}: give one image as HxWxC (channels last, C = 1, 3 or 4)")
+    _check_size(f"the image array of shape {a.shape}", a.shape[1], a.shape[0])
+    if a.dtype.kind not in "uifb":
+        raise UserError(f"an image array of dtype {a.dtype}: give uint8, uint16 or float values")
+    if a.dtype.kind == "f" and not np.isfinite(a).all():
+        raise UserError("the image array holds NaN or inf")
+    if a.shape[-1] == 1:
+        a = np.repeat(a, 3, axis=-1)
+    if a.dtype == np.uint16:  # 16-bit: full range to 8-bit, not clipped to white
+        a = (a.astype(np.float32) / 257.0).round()
+    elif a.dtype.kind == "f" and a.max(initial=0) <= 1.0:
+        a = a * 255.0
+    return Image.fromarray(np.clip(a, 0, 255).astype(np.uint8))
 
 
 def decode_ahead(preprocess, items, workers: int = 0):

@@ -7,9 +7,10 @@ from typing import Sequence
 
 import numpy as np
 from matplotlib.figure import Figure
-from PIL import Image, ImageDraw, ImageOps
+from PIL import Image, ImageDraw
 
 from .errors import UserError
+from .preprocess import load_image, to_rgb
 
 
 def pca_rgb(tokens: np.ndarray, grid: tuple[int, int]) -> np.ndarray:
@@ -75,10 +76,8 @@ def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: 
     for i, (p, label) in enumerate(zip(paths, labels)):
         x, y = 8 + (i % columns) * (cell + 8), 8 + (i // columns) * (cell + text_h + 8)
         try:
-            with Image.open(p) as im:
-                im.draft("RGB", (cell, cell))
-                thumb = ImageOps.exif_transpose(im).convert("RGB")
-                thumb.thumbnail((cell, cell), Image.BICUBIC)
+            thumb = to_rgb(load_image(p, draft=cell))  # any format the index reads (HEIC, RAW, ...)
+            thumb.thumbnail((cell, cell), Image.BICUBIC)
         except Exception:
             thumb = Image.new("RGB", (cell, cell), (200, 200, 200))
         sheet.paste(thumb, (x + (cell - thumb.width) // 2, y + (cell - thumb.height) // 2))

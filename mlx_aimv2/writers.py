@@ -15,8 +15,8 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from .atomic import TMP_PREFIX
-from .errors import UserError
+from .atomic import TMP_PREFIX, failed_write
+from .errors import UserError, write_failed
 
 FORMATS = (".npy", ".safetensors", ".jsonl")
 RAGGED_FORMATS = (".safetensors", ".jsonl")  # these keep one tensor per file when sizes differ
@@ -85,9 +85,11 @@ class Writer:
             else:
                 self._write_arrays(dst)
             os.replace(self.tmp, dst)
-        except OSError as e:
+        except Exception as e:
             self._discard()
-            raise UserError(f"{dst}: cannot write ({e.strerror or e}); nothing was kept") from None
+            if not failed_write(e):
+                raise
+            raise write_failed(dst, e) from None
         except BaseException:
             self._discard()
             raise

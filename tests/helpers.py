@@ -172,3 +172,14 @@ def tiny_clip_vocab(folder: Path) -> dict:
     (folder / "vocab.json").write_text(json.dumps(vocab))
     (folder / "merges.txt").write_text("#version: 0.2\n" + "\n".join(f"{a} {b}" for a, b in merges) + "\n")
     return vocab
+
+
+def cli(*args, **kw):
+    """The `mlx-aimv2` command in this process, its warnings and library notes on stderr as the
+    console command prints them (cli.messages)."""
+    from typer.testing import CliRunner
+
+    from mlx_aimv2.cli import app, messages
+
+    with messages():
+        return CliRunner().invoke(app, [str(a) for a in args], **kw)

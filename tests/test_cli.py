@@ -8,19 +8,18 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
-from helpers import hf_lit, hf_vision, save_safetensors, state_dict_np, tiny_clip_vocab, to_mlaim_keys
+from helpers import cli, hf_lit, hf_vision, save_safetensors, state_dict_np, tiny_clip_vocab, to_mlaim_keys
 from PIL import Image
 from typer.testing import CliRunner
 
 import mlx_aimv2
-from mlx_aimv2.cli import app
 
 PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 runner = CliRunner()
 
 
 def run(*args, **kw):
-    return runner.invoke(app, [str(a) for a in args], **kw)
+    return cli(*args, **kw)
 
 
 @pytest.fixture(scope="module")

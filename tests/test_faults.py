@@ -12,21 +12,20 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import hf_vision
+from helpers import cli, hf_vision
 from PIL import Image
 from typer.testing import CliRunner
 
 import mlx_aimv2
 from mlx_aimv2.atomic import TMP_PREFIX
-from mlx_aimv2.cli import app
 from mlx_aimv2.errors import UserError
 
 PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def run(*args, **kw):
+    return cli(*args, **kw)
 
 
 def one_clear_line(r, *words, code=1):
@@ -131,7 +130,7 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(ckpt, tmp_path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", full)
-    one_clear_line(run("embed", imgs, "--model", model, "-o", tmp_path / "e.npy"), "No space left on device")
+    one_clear_line(run("embed", imgs, "--model", model, "-o", tmp_path / "e.npy"), "disk is full", "nothing partial was kept")
     no_temporaries(tmp_path)
     assert not list(tmp_path.iterdir())
 

@@ -6,6 +6,7 @@ import signal
 
 import mlx.core as mx
 import pytest
+from helpers import cli
 from typer.testing import CliRunner
 
 from mlx_aimv2.atomic import TMP_PREFIX
@@ -44,7 +45,7 @@ def cfg(synth, out, **kw):
 
 
 def err(*args):
-    r = runner.invoke(app, [str(a) for a in args])
+    r = cli(*args)
     assert r.exit_code == 1, r.output
     assert "Traceback" not in r.output
     return r.output.strip().splitlines()[-1]

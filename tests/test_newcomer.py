@@ -9,20 +9,19 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import hf_lit, hf_vision, tiny_clip_vocab
+from helpers import cli, hf_lit, hf_vision, tiny_clip_vocab
 from PIL import Image
 from typer.testing import CliRunner
 
 import mlx_aimv2
-from mlx_aimv2.cli import app
 
 ROOT = Path(__file__).parent.parent
 PHOTO = ROOT / "examples" / "grace_hopper.jpg"
 runner = CliRunner()
 
 
-def run(*args):
-    return runner.invoke(app, [str(a) for a in args])
+def run(*args, **kw):
+    return cli(*args, **kw)
 
 
 @pytest.fixture(scope="module")

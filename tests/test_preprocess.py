@@ -26,7 +26,6 @@ def _variants():
     rgba = wide.convert("RGBA")
     a = np.array(rgba)
     a[..., 3] = np.linspace(0, 255, a.shape[1]).astype(np.uint8)[None]
-    i16 = Image.fromarray(np.array(photo.convert("L")).astype(np.uint16) * 200)  # PIL mode I;16
     return {
         "photo": photo,
         "wide": wide,
@@ -36,7 +35,6 @@ def _variants():
         "P": wide.convert("P"),
         "RGBA": Image.fromarray(a),
         "CMYK": wide.convert("CMYK"),
-        "I;16": i16,
         "small": photo.resize((100, 90)),
     }
 
@@ -48,6 +46,20 @@ def test_matches_clip_image_processor(name):
     ref = _reference(img)
     assert ours.shape == ref.shape == (224, 224, 3)
     assert np.abs(ours - ref).max() <= 1e-5
+
+
+def test_16_bit_images_equal_their_8_bit_copy(tmp_path):
+    """A 16-bit PNG (PIL mode I;16) and a uint16 array scale to 8 bits; transformers' PIL path clips
+    them to white (issue 17), so the reference is its output for the 8-bit copy."""
+    grey = Image.open(PHOTO).convert("L")
+    wide = np.array(grey).astype(np.uint16) * 257  # the 8-bit values spread over 16 bits exactly
+    png = tmp_path / "grey16.png"
+    Image.fromarray(wide).save(png)
+    assert Image.open(png).mode.startswith("I")
+    ref = _reference(grey)
+    assert np.abs(Preprocessor()(png) - ref).max() <= 1e-5
+    assert np.abs(Preprocessor()(wide) - ref).max() <= 1e-5
+    assert np.abs(Preprocessor()(wide.astype(np.float32) / 65535) - ref).max() <= 0.02  # float in [0, 1]
 
 
 def test_other_resolution_from_config():
@@ -99,9 +111,9 @@ def test_truncated_and_bomb_images(tmp_path, monkeypatch):
     f.write_bytes(data[: len(data) // 3])
     with pytest.raises(UserError, match="trunc.jpg"):
         load_image(f)
-    import mlx_aimv2.preprocess as pre
+    import mlx_aimv2.formats as formats
 
-    monkeypatch.setattr(pre, "MAX_PIXELS", 1000)
+    monkeypatch.setattr(formats, "MAX_PIXELS", 1000)
     with pytest.raises(UserError, match="pixel limit"):
         load_image(PHOTO)
     with pytest.raises(UserError, match="no such"):

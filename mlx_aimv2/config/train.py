@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Optional
@@ -195,6 +196,8 @@ def _check(key: str, v) -> None:
             raise UserError(f"config key '{key}' = {shown!r}: must be {want}")
         items = [v] if _is(v, float) else []
     for x in items:
+        if not math.isfinite(x):  # NaN passes every comparison below
+            raise UserError(f"config key '{key}' = {shown!r}: must be a finite number")
         if (lo is not None and x < lo) or (hi is not None and x > hi):
             span = f"at least {lo}" if hi is None else f"between {lo} and {hi}"
             raise UserError(f"config key '{key}' = {shown!r}: must be {span}")

@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import Optional
 
 from ..errors import UserError
-from ..preprocess import IMAGE_EXT
+from ..formats import IMAGE_EXT
 
 
 @dataclass
@@ -24,6 +24,7 @@ class Sample:
     offset: int = 0
     size: int = 0
     labels: Optional[dict] = None
+    ext: str = ""  # a shard member's image extension (a file's comes from its path)
 
     def read_bytes(self) -> bytes:
         if self.path is not None:
@@ -35,6 +36,11 @@ class Sample:
     @property
     def name(self) -> str:
         return self.path or f"{self.tar}@{self.offset}"
+
+    @property
+    def suffix(self) -> str:
+        """The image's extension, which picks its decoder (formats.open_image)."""
+        return Path(self.path).suffix if self.path is not None else self.ext
 
 
 @dataclass
@@ -138,7 +144,9 @@ def read_shards(tars: list[str]) -> Dataset:
                     if not cap:
                         ds.bad.append((f"{t}:{key}", "empty caption"))
                         continue
-                    ds.samples.append(Sample(caption=cap, tar=t, offset=img.offset_data, size=img.size))
+                    ds.samples.append(
+                        Sample(caption=cap, tar=t, offset=img.offset_data, size=img.size, ext=Path(img.name).suffix)
+                    )
         except (tarfile.TarError, OSError) as e:
             ds.bad.append((t, f"unreadable tar shard ({e})"))
     if not ds.samples:

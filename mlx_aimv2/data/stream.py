@@ -15,10 +15,11 @@ from typing import Iterator, Optional
 
 import mlx.data as dx
 import numpy as np
-from PIL import Image, ImageOps
+from PIL import Image
 
 from ..errors import UserError
-from ..preprocess import check_image_size, to_rgb  # the same guards and RGB conversion as inference
+from ..formats import open_image  # the same decoders and guards as inference
+from ..preprocess import to_rgb
 from .sources import Dataset, Sample
 
 
@@ -57,9 +58,7 @@ def sample_image(s: Sample) -> Image.Image:
     """A sample's image, oriented by EXIF and in RGB, with the size guards of inference; any failure is
     one UserError naming the sample."""
     try:
-        with Image.open(io.BytesIO(s.read_bytes())) as im:
-            check_image_size(*im.size)
-            return to_rgb(ImageOps.exif_transpose(im))
+        return to_rgb(open_image(io.BytesIO(s.read_bytes()), s.suffix))
     except Exception as e:
         raise UserError(f"{s.name}: cannot read the image ({e})") from None
 

@@ -20,8 +20,8 @@ from tqdm import tqdm
 from ..atomic import write_file
 from ..data.synth import ATTRIBUTES
 from ..errors import UserError
+from ..formats import IMAGE_EXT
 from ..models.decoder import init_weights
-from ..preprocess import IMAGE_EXT
 
 METHODS = ("attentive", "linear", "knn")
 

@@ -14,9 +14,11 @@ from __future__ import annotations
 
 import hashlib
 import os
+import sqlite3
+import threading
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Callable, Optional, Sequence
+from typing import Callable, Optional, Sequence, Union
 
 import numpy as np
 from PIL import Image
@@ -27,7 +29,7 @@ from ..errors import UserError
 from ..paths import expand_paths
 from ..preprocess import load_image
 from .search import top_k
-from .store import Row, Store
+from .store import Row, Store, db_error
 
 
 @dataclass
@@ -65,12 +67,20 @@ def _model_ref(name: str) -> str:
 
 
 class Index:
-    def __init__(self, path, model: Optional[str] = None, create: bool = True):
+    """Every method may be called from any thread, and from several at once: calls on one Index take
+    turns (a lock), and the model's MLX work runs on the library's owner thread (owner.py)."""
+
+    def __init__(self, path, model: Optional[str] = None, create: bool = True, read_only: Optional[bool] = None):
         """Open (or, with create, make) the index at `path`. `model`: what a new index embeds with
         (default: Apple's LiT model, else the bundled demo-lit); an existing index keeps its own and
-        refuses another."""
+        refuses another. read_only (default: when the file or its folder is not writable) opens it
+        for search only, as on a read-only disk."""
         self.path = Path(path)
-        self.store = Store(self.path, create=create)
+        if read_only is None:
+            read_only = self.path.is_file() and not _writable(self.path)
+        self._created = not self.path.exists()
+        self.store = Store(self.path, create=create, read_only=read_only)
+        self._lock = threading.RLock()
         self._asked = model
         self._model = None
         self._cache = None  # (store version, paths, float32 matrix)
@@ -86,7 +96,18 @@ class Index:
             self._model = other
 
     def close(self) -> None:
-        self.store.close()
+        with self._lock:
+            self.store.close()
+
+    def discard_if_empty(self) -> bool:
+        """Close, and delete the file when this Index made it and it holds no rows (a first run that
+        failed): nothing empty is left behind. True when deleted."""
+        with self._lock:
+            empty = self._created and self.store.counts() == (0, 0)
+            self.store.close()
+            if empty:
+                self.store.remove_files()
+            return empty
 
     def __enter__(self):
         return self
@@ -95,7 +116,8 @@ class Index:
         self.close()
 
     def __len__(self) -> int:
-        return self.store.counts()[0]
+        with self._lock:
+            return self.store.counts()[0]
 
     # -- the model ----------------------------------------------------------------------------
     @property
@@ -127,23 +149,51 @@ class Index:
 
     @property
     def info(self) -> dict:
+        with self._lock:
+            return self._info()
+
+    def _info(self) -> dict:
         ok, bad = self.store.counts()
         return {"path": str(self.path), "model": self.store.get_meta("model"), "images": ok, "bad_files": bad}
 
-    def _embed_rows(self, items, errors: list, read: Callable, batch_size: int):
+    def _embed_rows(self, items, errors: list, read: Callable, batch_size: int, cancel=None):
         """(item, unit-length float32 embedding) for images: LiT's projected embedding, else the mean of tokens."""
         m = self.model
         pool = "attn" if m.config.kind == "lit" else "mean"
-        for item, feats in m.iter_embed(items, pool=pool, errors=errors, batch_size=batch_size, read=read):
+        for item, feats in m.iter_embed(
+            items, pool=pool, errors=errors, batch_size=batch_size, read=read, cancel=cancel
+        ):
             e = feats["embedding"].astype(np.float32)
             yield item, e / max(float(np.linalg.norm(e)), 1e-12)
 
     # -- adding ---------------------------------------------------------------------------------
-    def add(self, paths: Sequence, batch_size: int = 16, progress: bool = False, fast_decode: bool = False) -> Summary:
+    def add(
+        self,
+        paths: Sequence,
+        batch_size: int = 16,
+        progress: Union[bool, Callable[[int, int], None]] = False,
+        fast_decode: bool = False,
+        cancel=None,
+    ) -> Summary:
         """Index the images under `paths` (folders recursively, files, globs). Only new and changed
         files are embedded; files gone from a given folder are dropped. Each batch commits on its own,
-        so an interrupted run keeps what it did and the next run continues from there.
-        fast_decode: JPEGs decode at reduced size before the exact resize (Preprocessor.fast_decode)."""
+        so an interrupted or cancelled run keeps what it did and the next run continues from there.
+        progress: True for a bar on stderr, or a callback progress(done, total) per image.
+        cancel: anything with is_set() (a threading.Event): once set, the open batch is dropped and
+        errors.Cancelled raised. fast_decode: JPEGs decode at reduced size first (Preprocessor.fast_decode)."""
+        if isinstance(paths, (str, os.PathLike)):
+            paths = [paths]
+        with self._lock:
+            if self.store.read_only:
+                raise UserError(
+                    f"{self.path}: opened read-only (a read-only disk or file); it can be searched, not added to"
+                )
+            try:
+                return self._add(paths, batch_size, progress, fast_decode, cancel)
+            except sqlite3.DatabaseError as e:
+                raise db_error(self.path, e) from None
+
+    def _add(self, paths, batch_size, progress, fast_decode, cancel) -> Summary:
         paths = [os.path.expanduser(str(p)) for p in paths]  # "~/Pictures" from Python, as a shell would
         files, missing = expand_paths(paths)
         if not files and not any(Path(p).is_dir() for p in paths):  # an emptied folder still drops its rows
@@ -169,8 +219,8 @@ class Index:
         todo = self._reuse_moved(todo, gone, known, out)
         if todo:
             try:
-                self._embed_files(todo, out, batch_size, progress, fast_decode)
-            except BaseException:  # Ctrl-C, a crash: the committed batches stay, the open one is dropped
+                self._embed_files(todo, out, batch_size, progress, fast_decode, cancel)
+            except BaseException:  # Ctrl-C, a cancel, a crash: the committed batches stay, the open one is dropped
                 self.store.rollback()
                 raise
         self.store.delete(gone)
@@ -208,7 +258,7 @@ class Index:
         self.store.commit()
         return left
 
-    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress: bool, fast_decode: bool) -> None:
+    def _embed_files(self, todo: list, out: Summary, batch_size: int, progress, fast_decode: bool, cancel) -> None:
         meta = {key: (size, mtime, old) for key, size, mtime, old in todo}
         found: dict = {}  # path -> (sha1, width, height), filled by the decode workers
 
@@ -236,17 +286,25 @@ class Index:
                 size, mtime, _ = meta[key]
                 pending.append(Row(key, size, mtime, error=why))
                 out.bad.append((key, why))
-                if bar is not None:
-                    bar.update(1)
+                tick()
             self.store.put(pending)
             self.store.commit()
             pending.clear()
 
-        bar = None
-        if progress:
+        bar, done = None, 0
+        if progress is True:
             bar = tqdm(total=len(todo), unit="img", desc="index", dynamic_ncols=True)
+
+        def tick():
+            nonlocal done
+            done += 1
+            if bar is not None:
+                bar.update(1)
+            elif callable(progress):
+                progress(done, len(todo))
+
         try:
-            for key, vec in self._embed_rows([k for k, *_ in todo], errors, read, batch_size):
+            for key, vec in self._embed_rows([k for k, *_ in todo], errors, read, batch_size, cancel):
                 size, mtime, old = meta[key]
                 digest, w, h = found.pop(key)
                 pending.append(Row(key, size, mtime, digest, w, h, vec))
@@ -254,8 +312,7 @@ class Index:
                     out.new += 1
                 else:
                     out.changed += 1
-                if bar is not None:
-                    bar.update(1)
+                tick()
                 if len(pending) >= batch_size:
                     flush()
             flush()
@@ -291,8 +348,17 @@ class Index:
 
     def search(self, text: Optional[str] = None, image=None, k: int = 10) -> list[Hit]:
         """The k images nearest the query (cosine similarity), best first."""
-        if k < 1:
-            raise UserError(f"k = {k}: ask for at least one result")
+        if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
+            raise UserError(f"k = {k!r}: ask for at least one result (a whole number)")
+        if text is not None and not isinstance(text, str):
+            raise UserError(f"text: give the query as a string, got {type(text).__name__} {text!r}")
+        with self._lock:
+            try:
+                return self._search(text, image, int(k))
+            except sqlite3.DatabaseError as e:
+                raise db_error(self.path, e) from None
+
+    def _search(self, text, image, k: int) -> list[Hit]:
         paths, matrix = self._matrix()
         if not paths:
             raise UserError(f"{self.path}: the index holds no images yet; add some with `mlx-aimv2 index`")
@@ -312,3 +378,9 @@ def _load_new(name: Optional[str]):
     if name is not None:
         return load(name), _model_ref(name)
     return load_default("lit")
+
+
+def _writable(path: Path) -> bool:
+    """Whether the index file and its folder (SQLite's WAL files) may be written: file modes, and a
+    read-only mount, which os.access reports even to root."""
+    return os.access(path, os.W_OK) and os.access(path.parent, os.W_OK)

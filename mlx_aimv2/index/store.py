@@ -10,8 +10,10 @@ half-written. Vectors as blobs cost a read of all of them when a search process 
 from __future__ import annotations
 
 import json
+import os
 import sqlite3
 import time
+import urllib.parse
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Iterable, Optional
@@ -48,24 +50,95 @@ class Row:
     error: Optional[str] = None
 
 
+SQLITE_MAGIC = b"SQLite format 3\x00"
+REBUILD = "rebuild it with `mlx-aimv2 index PHOTOS --db NEW.aimv2` (the photos are untouched)"
+
+
+def damaged(path: Path, e) -> UserError:
+    return UserError(f"{path}: the index is damaged ({e}); {REBUILD}")
+
+
+def db_error(path: Path, e: sqlite3.DatabaseError) -> UserError:
+    """SQLite's error as one line: the disk's or the permissions' fault (a full or read-only disk, a
+    lock held elsewhere), else damage to the file."""
+    msg = str(e)
+    if "full" in msg:
+        why = "the disk is full; free space and run the same command again (committed batches are kept)"
+    elif "I/O error" in msg:
+        why = "the disk refused a write (it may be full); free space and run again (committed batches are kept)"
+    elif "readonly" in msg or "read-only" in msg:
+        why = "the index or its folder is read-only; make it writable, or only search it"
+    elif "locked" in msg or "busy" in msg:
+        why = "locked by another program for too long; try again when it is done"
+    elif "unable to open" in msg:
+        why = "cannot open it (permissions, or its folder's); check them"
+    else:
+        return damaged(path, e)
+    return UserError(f"{path}: {why}")
+
+
+def _open_read_only(path: Path) -> sqlite3.Connection:
+    """A read-only connection that writes nothing: it sees a writer's WAL where SQLite may make its
+    -shm file; on a read-only disk it reads the file as it is (immutable)."""
+    uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    try:
+        db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30.0, check_same_thread=False)
+        db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
+        return db
+    except sqlite3.OperationalError as e:
+        if "locked" in str(e):
+            raise
+        return sqlite3.connect(uri + "?immutable=1", uri=True, check_same_thread=False)
+
+
+def _db_path(p: str):
+    """A path as SQLite stores it: text, or its raw bytes when the name is not UTF-8 (a file from an
+    old camera or archive, which Python holds with surrogate escapes): lossless either way."""
+    try:
+        p.encode("utf-8")
+        return p
+    except UnicodeEncodeError:
+        return os.fsencode(p)
+
+
+def _py_path(v) -> str:
+    return os.fsdecode(v) if isinstance(v, bytes) else v
+
+
 class Store:
-    def __init__(self, path: Path, create: bool = False):
+    """One index file. A file that exists is checked before anything is written to it: another
+    program's SQLite file, or anything else, is refused untouched. read_only opens it for searching
+    on a read-only disk (no WAL writes). One connection, usable from any thread (the Index locks)."""
+
+    def __init__(self, path: Path, create: bool = False, read_only: bool = False):
         self.path = Path(path)
-        if not self.path.exists() and not create:
-            raise UserError(f"{self.path}: no such index; make one with `mlx-aimv2 index PHOTOS --db {self.path}`")
         if self.path.is_dir():
             raise UserError(f"{self.path}: is a folder; give a file name for the index, e.g. lib.aimv2")
-        if create:
-            self.path.parent.mkdir(parents=True, exist_ok=True)
+        exists = self.path.exists()
+        if not exists and (not create or read_only):
+            raise UserError(f"{self.path}: no such index; make one with `mlx-aimv2 index PHOTOS --db {self.path}`")
+        if exists:
+            self._check_is_index()
+        else:
+            try:
+                self.path.parent.mkdir(parents=True, exist_ok=True)
+            except OSError as e:
+                raise UserError(
+                    f"{self.path}: cannot create the index's folder ({e.strerror}); give another --db"
+                ) from None
+        self.read_only = read_only
         try:
-            self.db = sqlite3.connect(str(self.path), timeout=30.0)
-            self.db.execute("PRAGMA journal_mode=WAL")
-            self.db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: safe against a killed process
-            self.db.executescript(_SCHEMA)
+            self.db = self._connect(read_only)
+            if not read_only:
+                self.db.execute("PRAGMA journal_mode=WAL")
+                self.db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: safe against a killed process
+                self.db.executescript(_SCHEMA)
             version = self.get_meta("schema")
         except sqlite3.DatabaseError as e:
-            raise UserError(f"{self.path}: not an mlx-aimv2 index ({e}); give another --db") from None
-        if version is None:
+            if not exists:
+                self.remove_files()
+            raise db_error(self.path, e) from None
+        if version is None and not read_only:
             self.set_meta("schema", SCHEMA_VERSION)
             self.db.commit()
         elif version != SCHEMA_VERSION:
@@ -73,13 +146,65 @@ class Store:
                 f"{self.path}: index format {version}, this mlx-aimv2 reads {SCHEMA_VERSION}; re-index into a new --db"
             )
 
+    def _connect(self, read_only: bool) -> sqlite3.Connection:
+        if read_only:
+            return _open_read_only(self.path)
+        return sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+
+    def _check_is_index(self) -> None:
+        """Refuse, before any write, a file that is not one of our indexes (read-only inspection)."""
+        try:
+            with open(self.path, "rb") as f:
+                head = f.read(len(SQLITE_MAGIC))
+        except OSError as e:
+            raise UserError(f"{self.path}: cannot read ({e.strerror}); check its permissions") from None
+        if head != SQLITE_MAGIC:
+            if not head:
+                raise UserError(f"{self.path}: an empty file, not an index; delete it or give another --db")
+            raise UserError(
+                f"{self.path}: not an mlx-aimv2 index (not a SQLite file); left untouched; give another --db"
+            )
+        try:
+            db = _open_read_only(self.path)
+        except sqlite3.DatabaseError as e:
+            raise db_error(self.path, e) from None
+        try:
+            tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            ours = {"meta", "images"} <= tables and db.execute(
+                "SELECT COUNT(*) FROM meta WHERE key = 'schema'"
+            ).fetchone()[0]
+            if ours:
+                columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
+                ours = {"path", "size", "mtime_ns", "sha1", "vector", "error"} <= columns
+        except sqlite3.DatabaseError as e:
+            raise db_error(self.path, e) from None
+        finally:
+            db.close()
+        if not ours:
+            listed = ", ".join(sorted(tables)[:6]) or "none"
+            raise UserError(
+                f"{self.path}: a SQLite file of another program (tables: {listed}), not an mlx-aimv2 index; "
+                f"left untouched; give another --db"
+            )
+
+    def remove_files(self) -> None:
+        """Delete the index's files (with its WAL): for a new index that failed before holding anything."""
+        for suffix in ("", "-wal", "-shm", "-journal"):
+            try:
+                os.unlink(str(self.path) + suffix)
+            except OSError:
+                pass
+
     def close(self) -> None:
         self.db.close()
 
     # -- meta ---------------------------------------------------------------------------------
     def get_meta(self, key: str):
         row = self.db.execute("SELECT value FROM meta WHERE key = ?", (key,)).fetchone()
-        return None if row is None else json.loads(row[0])
+        try:
+            return None if row is None else json.loads(row[0])
+        except (json.JSONDecodeError, TypeError) as e:
+            raise damaged(self.path, f"meta '{key}' is not JSON: {e}") from None
 
     def set_meta(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
@@ -88,7 +213,7 @@ class Store:
     def stats(self) -> dict[str, tuple]:
         """path -> (size, mtime_ns, sha1, is_bad) for every row."""
         return {
-            p: (s, m, h, e is not None)
+            _py_path(p): (s, m, h, e is not None)
             for p, s, m, h, e in self.db.execute("SELECT path, size, mtime_ns, sha1, error FROM images")
         }
 
@@ -107,7 +232,7 @@ class Store:
             "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?)",
             [
                 (
-                    r.path,
+                    _db_path(r.path),
                     r.size,
                     r.mtime_ns,
                     r.sha1,
@@ -122,7 +247,7 @@ class Store:
         )
 
     def delete(self, paths: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM images WHERE path = ?", [(p,) for p in paths])
+        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(p),) for p in paths])
 
     def commit(self) -> None:
         self.db.commit()
@@ -140,7 +265,7 @@ class Store:
         """Every embedded image: paths and their vectors as one (n, dim) float16 matrix."""
         paths, rows = [], []
         for p, v in self.db.execute("SELECT path, vector FROM images WHERE vector IS NOT NULL ORDER BY rowid"):
-            paths.append(p)
+            paths.append(_py_path(p))
             rows.append(v)
         m = (
             np.frombuffer(b"".join(rows), np.float16).reshape(len(rows), dim)

@@ -1,0 +1,62 @@
+"""The one thread that runs the library's MLX work.
+
+MLX may not be used from several threads at once (its streams and caches are per thread, and
+concurrent evaluation is unsupported), yet apps call models from worker threads and servers from
+many. So every public call hands its MLX work to a single owner thread per process and waits for it:
+calls from any number of threads run one after another, with the same results as serial calls.
+Work already on the owner thread runs directly, so public calls may nest. File decoding and
+SQLite stay on the caller's threads; only MLX work queues here.
+"""
+
+from __future__ import annotations
+
+import functools
+import queue
+import threading
+from concurrent.futures import Future
+
+_local = threading.local()
+_lock = threading.Lock()
+_queue: queue.SimpleQueue | None = None
+
+
+def on_owner() -> bool:
+    return getattr(_local, "owner", False)
+
+
+def _serve(q: queue.SimpleQueue) -> None:
+    _local.owner = True
+    while True:
+        future, fn, args, kwargs = q.get()
+        if not future.set_running_or_notify_cancel():
+            continue
+        try:
+            future.set_result(fn(*args, **kwargs))
+        except BaseException as e:  # handed to the caller, who re-raises it in its own thread
+            future.set_exception(e)
+
+
+def run(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on the owner thread; its result or its exception, in the caller's thread."""
+    global _queue
+    if on_owner():
+        return fn(*args, **kwargs)
+    with _lock:
+        if _queue is None:
+            # A daemon thread, never joined: MLX's per-thread state is not torn down while the
+            # process exits (a joined MLX thread can abort the exit in MLX's C++ destructors).
+            _queue = queue.SimpleQueue()
+            threading.Thread(target=_serve, args=(_queue,), name="mlx-aimv2-mlx", daemon=True).start()
+    future: Future = Future()
+    _queue.put((future, fn, args, kwargs))
+    return future.result()
+
+
+def owned(fn):
+    """A decorator: the function's body runs on the owner thread."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        return run(fn, *args, **kwargs)
+
+    return wrapper
