@@ -6,7 +6,8 @@ Runs on the synthetic shapes set on a 2-core CPU in about 40 minutes:
     python examples/ablation.py --out runs/ablation --docs docs
 
 Each run trains the "small" encoder (128 wide, 4 blocks, 56 px, 16 patches); finished runs are
-skipped when the script is run again. Results: docs/ablation.{md,json,png}.
+skipped when the script is run again. Results go to --docs (default: the --out folder, so a plain run
+never rewrites the repository's docs/ablation.{json,png}; `--docs docs` refreshes them).
 """
 
 from __future__ import annotations
@@ -36,13 +37,14 @@ ATTRS = ("colour", "shape", "position", "size", "count")
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="runs/ablation")
-    ap.add_argument("--docs", default="docs")
+    ap.add_argument("--docs", default=None, help="where the table, JSON and plot go (default: --out)")
     ap.add_argument("--n", type=int, default=3000, help="synthetic training images")
     ap.add_argument("--steps", type=int, default=500)
     ap.add_argument("--batch", type=int, default=64)
     ap.add_argument("--probe-epochs", type=int, default=30)
     a = ap.parse_args()
-    out, docs = Path(a.out), Path(a.docs)
+    out = Path(a.out)
+    docs = Path(a.docs) if a.docs else out
     data, evalset = out / "synth", out / "synth_eval"
     if not (data / "captions.jsonl").is_file():
         write_synthetic(data, a.n, size=64, seed=0)

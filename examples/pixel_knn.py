@@ -1,7 +1,8 @@
 """The pixel-space floor of docs/ablation.md: the same k-NN the probes use, on raw 64-px pixels of
 the held-out synthetic set instead of encoder features. Shows that an attribute is in the pixels.
 
-    python examples/pixel_knn.py                     # writes docs/pixel_knn.json
+    python examples/pixel_knn.py                     # writes runs/ablation/pixel_knn.json
+    python examples/pixel_knn.py --out docs/pixel_knn.json   # refreshes the repository's copy
 """
 
 import argparse
@@ -19,7 +20,7 @@ from mlx_aimv2.eval.probe import knn, synthetic_attribute
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--data", default="runs/ablation/synth_eval", help="made as examples/ablation.py makes it")
-    ap.add_argument("--out", default="docs/pixel_knn.json")
+    ap.add_argument("--out", default="runs/ablation/pixel_knn.json")
     a = ap.parse_args()
     data = Path(a.data)
     if not (data / "captions.jsonl").is_file():
@@ -32,6 +33,7 @@ def main():
         pred = knn(x[ds.split], ds.labels[ds.split], x[~ds.split], classes=len(ds.classes))
         top1[attr] = round(float((pred == ds.labels[~ds.split]).mean() * 100), 1)
         print(f"{attr:>10}: pixel k-NN {top1[attr]:5.1f}%")
+    Path(a.out).parent.mkdir(parents=True, exist_ok=True)
     Path(a.out).write_text(
         json.dumps({"command": "python examples/pixel_knn.py", "data": str(data), "top1": top1}, indent=2) + "\n"
     )

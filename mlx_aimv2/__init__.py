@@ -5,13 +5,25 @@
 
 __version__ = "0.1.0"
 
+import os as _os
+import sys as _sys
+
 try:
     import mlx.core  # noqa: F401
 except ImportError:
-    raise ImportError(
+    _NO_MLX = (
         "mlx-aimv2 needs MLX's compute backend: on Linux pip install 'mlx-aimv2[cpu]' (or [cuda12] / "
         "[cuda13]); on a Mac pip install mlx"
-    ) from None
+    )
+    # the `mlx-aimv2` command (or python -m mlx_aimv2) says it in one line; a program importing us gets
+    # the ImportError it can catch
+    _argv = getattr(_sys, "orig_argv", _sys.argv)
+    if _os.path.basename(_sys.argv[0]) == "mlx-aimv2" or ["-m", "mlx_aimv2"] in [
+        _argv[i : i + 2] for i in range(len(_argv))
+    ]:
+        print(f"error: {_NO_MLX}", file=_sys.stderr)
+        raise SystemExit(1) from None
+    raise ImportError(_NO_MLX) from None
 
 from .api import AIMv2, convert, load  # noqa: E402
 from .config import PRESETS, ModelConfig, TextConfig, VisionConfig  # noqa: E402

@@ -11,6 +11,7 @@ import dataclasses
 import hashlib
 import json
 import logging
+import string
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -327,8 +328,14 @@ def _nonempty(items, name: str, what: str) -> list:
 
 def fill_template(template: str, labels: Sequence[str]) -> list[str]:
     """template.format(label) for each label; a template that is not one '{}' is one clear error."""
-    if not isinstance(template, str):
-        raise UserError(f"template: must be a string with one '{{}}' for the label, got {template!r}")
+    fields = []
+    if isinstance(template, str):
+        try:
+            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
+        except ValueError:
+            fields = None  # worded below, by format itself
+    if not isinstance(template, str) or fields == []:  # no '{}': every label would get the same prompt
+        raise UserError(f"template {template!r}: write one '{{}}' where the label goes, e.g. 'a photo of {{}}.'")
     try:
         return [template.format(str(label)) for label in labels]
     except (IndexError, KeyError, ValueError) as e:

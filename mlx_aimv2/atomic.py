@@ -29,7 +29,10 @@ def _usual_mode(path: Path, folder: bool) -> None:
 def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     """write(tmp) into a temporary file beside `path`, then rename it into place."""
     path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=path.suffix, dir=path.parent)
+    try:
+        fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), suffix=path.suffix, dir=path.parent)
+    except OSError as e:
+        raise write_failed(path, e) from None
     os.close(fd)
     try:
         write(Path(tmp))
@@ -75,7 +78,10 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
     parent = dst if existing else dst.parent
     parent.mkdir(parents=True, exist_ok=True)
     remove_orphans(parent)  # what a killed convert/export/train left here
-    tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(), dir=parent))
+    try:
+        tmp = Path(tempfile.mkdtemp(prefix=_tmp_prefix(), dir=parent))
+    except OSError as e:
+        raise write_failed(dst, e) from None
     try:
         write(tmp)
         _usual_mode(tmp, folder=True)

@@ -70,6 +70,19 @@ def _main(
     """AIMv2 vision encoders in MLX: embed images, convert checkpoints, pre-train."""
 
 
+def _check_output_file(path: Path, suffixes: tuple, option: str) -> None:
+    """Refuse, before any work, an output file that cannot be one: a folder, a wrong extension, a
+    file in the way of its folder."""
+    if path.is_dir():
+        raise UserError(f"{option} {path}: is a folder; give a file name ending in {' or '.join(suffixes)}")
+    if path.suffix.lower() not in suffixes:
+        raise UserError(f"{option} {path}: give a file name ending in {' or '.join(suffixes)}")
+    folder = path.resolve().parent
+    existing = next(p for p in (folder, *folder.parents) if p.exists())
+    if not existing.is_dir():
+        raise UserError(f"{option} {path}: {existing} is a file, so no folder can be made there")
+
+
 @app.command()
 @user_errors
 def doctor():
@@ -162,6 +175,8 @@ def embed(
     from . import writers
     from .api import load, load_default
 
+    if pca is not None:
+        _check_output_file(pca, (".png", ".jpg", ".jpeg", ".webp"), "--pca")
     writer = writers.Writer(output) if output is not None else None  # a bad destination fails before any work
     try:
         files, errors = expand_paths(paths)
@@ -242,16 +257,23 @@ def _save_pca(m, names, out: Path):
 def classify(
     image: Path = typer.Argument(...),
     labels: str = typer.Option(..., help="comma-separated labels, e.g. 'a cat,a dog'"),
-    model: str = typer.Option("apple/aimv2-large-patch14-224-lit", "--model", "-m"),
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        show_default=False,
+        help="a LiT model  \\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
+    ),
     template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label"),
 ):
     """Zero-shot classification with the LiT image-text model."""
-    from .api import load
+    from .api import fill_template, load, load_default
 
     names = [l.strip() for l in labels.split(",") if l.strip()]
     if not names:
         raise UserError("--labels is empty; give comma-separated labels")
-    m = load(model)
+    fill_template(template, names)  # a bad template fails before the model loads
+    m = load_default("lit")[0] if model is None else load(model)
     probs = m.classify([str(image)], names, template)[0]
     for i in probs.argsort()[::-1]:
         typer.echo(f"{probs[i]:7.2%}  {names[i]}")
@@ -268,7 +290,7 @@ app.add_typer(tokenizer_app, name="tokenizer")
 def data_synth(
     out: Path = typer.Argument(..., help="output folder"),
     n: int = typer.Option(1000, "--n", min=1, help="number of scenes"),
-    size: int = typer.Option(128, help="image side in pixels"),
+    size: int = typer.Option(128, min=32, max=4096, help="image side in pixels"),
     max_objects: int = typer.Option(
         3, "--max-objects", min=1, max=3, help="1 makes a probe set where every attribute is defined"
     ),
@@ -276,6 +298,9 @@ def data_synth(
 ):
     """Write a synthetic captioned set: coloured shapes, captions saying what is where."""
     from .data.synth import write_synthetic
+
+    if out.exists() and not out.is_dir():
+        raise UserError(f"{out}: is a file; give a folder for the data set")
 
     write_synthetic(out, n, size, seed, progress=n > 200, max_objects=max_objects)
     typer.echo(f"wrote {n} images and {out}/captions.jsonl")
@@ -286,12 +311,13 @@ def data_synth(
 def tokenizer_train(
     captions: Path = typer.Argument(..., help="captions file (.jsonl/.csv/.tsv), folder or shards"),
     vocab_size: int = typer.Option(1024, "--vocab-size", min=260),
-    out: Path = typer.Option(Path("tokenizer.json"), "--out", "-o"),
+    out: Path = typer.Option(..., "--out", "-o", help="the tokenizer file to write, e.g. runs/tokenizer.json"),
 ):
     """Train a byte-level BPE on the captions of a dataset."""
     from .data import open_dataset
     from .tokenizer import train_bpe
 
+    _check_output_file(out, (".json",), "--out")
     ds = open_dataset(str(captions))
     tok = train_bpe((s.caption for s in ds.samples), vocab_size, out)
     typer.echo(f"trained a {tok.vocab_size}-token BPE on {len(ds)} captions -> {out}")
@@ -401,6 +427,12 @@ def probe(
     from .api import load
     from .eval import probe as P
 
+    if not data.is_dir():
+        raise UserError(
+            f"--data {data}: no such folder; give a synthetic set or an image folder (one sub-folder per class)"
+        )
+    if output is not None:
+        _check_output_file(output, (".json",), "--output")
     m = load(model)
     if random_init:
         P.reinitialize(m, seed)

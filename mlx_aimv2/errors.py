@@ -53,8 +53,10 @@ def os_error_line(e: OSError) -> str:
 
 def write_failed(dst, e: Exception) -> UserError:
     """A write that failed half-way (MLX and safetensors word a full disk in their own errors)."""
-    if isinstance(e, OSError):
-        return UserError(os_error_line(e if e.filename else OSError(e.errno, e.strerror, str(dst))))
+    if isinstance(e, OSError):  # named by the destination, not by our temporary beside it
+        if e.errno == errno.ENOENT:
+            return UserError(f"{printable(dst)}: cannot create files in its folder; choose another place")
+        return UserError(os_error_line(OSError(e.errno, e.strerror, str(dst))))
     return UserError(
         f"{dst}: could not write ({e}); if the disk is full, free space and run it again; nothing partial was kept"
     )

@@ -132,7 +132,7 @@ class Preprocessor:
         return self.size if self.fast_decode and self.do_resize and not self.native_patch else None
 
     def __call__(self, image: ImageLike) -> np.ndarray:
-        img = to_rgb(load_image(image, self.draft_size) if not isinstance(image, Image.Image) else image)
+        img = to_rgb(load_image(image, self.draft_size))  # a PIL image too: the size guards apply
         if self.native_patch:
             w, h = self.native_size(*img.size)
             if (w, h) != img.size:

@@ -22,6 +22,7 @@ from tokenizers import (
     trainers,
 )
 
+from .atomic import write_file
 from .errors import UserError
 from .hub import fetch_file, is_hub_id
 
@@ -152,5 +153,5 @@ def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77
     tok.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
-    tok.save(str(out))
+    write_file(out, lambda tmp: tok.save(str(tmp)))  # whole or not at all
     return TextTokenizer(tok, pad_id=0, eos_id=1, length=length)

@@ -30,3 +30,10 @@ sys.path.insert(0, str(Path(__file__).parent))
 @pytest.fixture(autouse=True)
 def _seed():
     mx.random.seed(0)
+
+
+@pytest.fixture(autouse=True)
+def _in_a_scratch_folder(tmp_path_factory, monkeypatch):
+    """Every test runs in its own empty working directory: a command's default output (runs/aimv2,
+    ...) lands there, never in the checkout, and no test depends on what a user ran in it."""
+    monkeypatch.chdir(tmp_path_factory.mktemp("cwd"))

@@ -11,6 +11,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 
 from mlx_aimv2.config import load_config
+from mlx_aimv2.errors import UserError
 from mlx_aimv2.train.trainer import Trainer
 
 data, out, tokenizer = sys.argv[1:4]
@@ -48,6 +49,10 @@ cfg = load_config(
 rank = mx.distributed.init().rank()
 t = Trainer(cfg, log=lambda *a: None)
 (Path(out) / f"pid.rank{rank}").write_text(str(os.getpid()))
-r = t.run(progress=False)
+try:
+    r = t.run(progress=False)
+except UserError as e:  # as the CLI prints it
+    print(f"error: {e}", file=sys.stderr, flush=True)
+    sys.exit(1)
 print(f"rank {rank} stopped at step {r['step']} interrupted={r['interrupted']}", flush=True)
 mx.save_safetensors(str(Path(out) / f"weights.rank{rank}.safetensors"), dict(tree_flatten(t.model.parameters())))

@@ -3,8 +3,12 @@
 Nothing here is our code under test: the ml-aim and timm key names follow the published mappings
 (ml-aim's own keys; timm's `_convert_aimv2` string replaces)."""
 
+import contextlib
 import json
+import os
 import re
+import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -183,3 +187,36 @@ def cli(*args, **kw):
 
     with messages():
         return CliRunner().invoke(app, [str(a) for a in args], **kw)
+
+
+@contextlib.contextmanager
+def read_only_folder(src, where: Path):
+    """`where` holding a copy of src (a file, or None for an empty folder), read-only as a disk is:
+    a read-only bind mount where we may mount (root ignores file modes), else write bits cleared."""
+    import pytest
+
+    where.mkdir()
+    if src is not None:
+        shutil.copy(src, where / src.name)
+    if os.geteuid() != 0:
+        for f in where.iterdir():
+            os.chmod(f, 0o444)
+        os.chmod(where, 0o555)
+        try:
+            yield where
+        finally:
+            os.chmod(where, 0o755)
+        return
+    mnt = where.parent / (where.name + "-ro")
+    mnt.mkdir()
+    ok = subprocess.run(["mount", "--bind", str(where), str(mnt)], capture_output=True).returncode == 0
+    if ok:
+        ok = subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode == 0
+        if not ok:
+            subprocess.run(["umount", str(mnt)])
+    if not ok:
+        pytest.skip("running as root without mount rights: no way to make a read-only disk")
+    try:
+        yield mnt
+    finally:
+        subprocess.run(["umount", str(mnt)])

@@ -128,6 +128,37 @@ def test_a_stopped_rank_is_named_and_does_not_hang_the_other(tmp_path):
     assert "rank 0: no step finished in 12 s while waiting on rank 1" in errs, errs[-2000:]
 
 
+def test_a_killed_rank_is_named_within_seconds_with_the_checkpoint_to_resume(tmp_path):
+    """Issue 17: kill -9 of one rank; the other exits in seconds with one line naming it and the
+    checkpoint. The ranks are started as a scheduler would, without mlx.launch (which would kill
+    the survivor itself): MLX_RANK and the ring's hostfile."""
+    data, tok, env = _setup(tmp_path)
+    port = 20000 + (os.getpid() * 11) % 20000
+    hostfile = tmp_path / "hosts.json"
+    hostfile.write_text(json.dumps([[f"127.0.0.1:{port}"], [f"127.0.0.1:{port + 1}"]]))
+    out = tmp_path / "two"
+    procs = []
+    for r in (0, 1):
+        err = open(tmp_path / f"stderr{r}", "w")
+        cmd = [sys.executable, str(WORKER), str(data), str(out), str(tok), "100000", "600"]
+        procs.append(subprocess.Popen(cmd, env=dict(env, MLX_RANK=str(r), MLX_HOSTFILE=str(hostfile)), stderr=err))
+    try:
+        _, pid1 = _pids(out)
+        t0 = time.time()
+        os.kill(pid1, signal.SIGKILL)
+        code = procs[0].wait(timeout=60)
+        took = time.time() - t0
+    finally:
+        for p in procs:
+            p.kill()
+            p.wait()
+    errs = (tmp_path / "stderr0").read_text()
+    assert code == 1 and took < 30, (code, took, errs[-2000:])
+    line = next((l for l in errs.splitlines() if "rank 0: lost rank 1" in l), None)
+    assert line is not None and "--resume" in line, errs[-3000:]
+    assert "Traceback" not in errs, errs[-3000:]
+
+
 def test_two_ranks_match_each_other_and_one_process(tmp_path):
     data, tok, env = _setup(tmp_path)
     one = subprocess.run(

@@ -130,7 +130,9 @@ def test_a_full_disk_is_one_line_and_leaves_nothing(ckpt, tmp_path, monkeypatch)
         raise OSError(28, "No space left on device")
 
     monkeypatch.setattr(np, "save", full)
-    one_clear_line(run("embed", imgs, "--model", model, "-o", tmp_path / "e.npy"), "disk is full", "nothing partial was kept")
+    one_clear_line(
+        run("embed", imgs, "--model", model, "-o", tmp_path / "e.npy"), "disk is full", "nothing partial was kept"
+    )
     no_temporaries(tmp_path)
     assert not list(tmp_path.iterdir())
 

@@ -2,7 +2,6 @@
 read-only disk, non-UTF-8 file names, a failed first run, full disks, and the API's edge inputs.
 Each ends in a valid result or one clear line, and nothing is lost or left behind."""
 
-import contextlib
 import hashlib
 import os
 import resource
@@ -15,7 +14,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import cli, read_only_folder
 from PIL import Image
 
 import mlx_aimv2
@@ -105,35 +104,6 @@ def test_a_meta_value_that_is_not_json_is_damage(built):
     with sqlite3.connect(built) as c:
         c.execute("UPDATE meta SET value = '{oops' WHERE key = 'model'")
     one_line(cli("search", built, "a cat"), "damaged", "rebuild")
-
-
-@contextlib.contextmanager
-def read_only_folder(src: Path, where: Path):
-    """`where` holding a copy of src, read-only as a disk is: a read-only bind mount where we may
-    mount (root ignores file modes), else the folder's and file's write bits cleared."""
-    where.mkdir()
-    shutil.copy(src, where / src.name)
-    if os.geteuid() != 0:
-        os.chmod(where / src.name, 0o444)
-        os.chmod(where, 0o555)
-        try:
-            yield where
-        finally:
-            os.chmod(where, 0o755)
-        return
-    mnt = where.parent / (where.name + "-ro")
-    mnt.mkdir()
-    ok = subprocess.run(["mount", "--bind", str(where), str(mnt)], capture_output=True).returncode == 0
-    if ok:
-        ok = subprocess.run(["mount", "-o", "remount,ro,bind", str(mnt)], capture_output=True).returncode == 0
-        if not ok:
-            subprocess.run(["umount", str(mnt)])
-    if not ok:
-        pytest.skip("running as root without mount rights: no way to make a read-only disk")
-    try:
-        yield mnt
-    finally:
-        subprocess.run(["umount", str(mnt)])
 
 
 def test_search_on_a_read_only_disk(built, tmp_path):

@@ -66,6 +66,8 @@ BAD_SETTINGS = {
     "steps=true": "'steps' = True",
     "decoder.depth=0": "'decoder.depth' = 0",
     "dtype=float64": "'dtype' = 'float64'",
+    "lr=NaN": "'lr' = nan: must be a finite number",
+    "weight_decay=Infinity": "'weight_decay' = inf: must be a finite number",
 }
 
 
@@ -74,6 +76,24 @@ def test_every_config_key_is_checked(synth, tmp_path, setting):
     line = err("train", "--data", synth, "--out", tmp_path / "r", "--set", setting)
     assert BAD_SETTINGS[setting] in line
     assert not (tmp_path / "r").exists()
+
+
+def test_lr_nan_on_the_command_line(synth, tmp_path):
+    line = err("train", "--data", synth, "--out", tmp_path / "r", "--lr", "nan")
+    assert "'lr' = nan: must be a finite number" in line and not (tmp_path / "r").exists()
+
+
+def test_a_run_that_cannot_start_leaves_nothing(synth, tmp_path):
+    """No .lock, tokenizer or empty run folder after a failed start (issue 17); a folder that was
+    there keeps exactly what it held."""
+    err("train", "--data", tmp_path / "nonexistent", "--out", tmp_path / "r")
+    assert not (tmp_path / "r").exists()
+    kept = tmp_path / "kept"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("mine")
+    tiny = write_synthetic(tmp_path / "tiny", 4, size=32, seed=0)
+    err("train", "--data", tiny, "--out", kept, "--batch-size", "8")  # cannot fill a batch, after the tokenizer
+    assert sorted(p.name for p in kept.iterdir()) == ["notes.txt"]
 
 
 def test_out_naming_a_file(synth, tmp_path):
@@ -144,6 +164,7 @@ def test_orphans_of_killed_runs_are_cleaned_up(synth, tmp_path):
     Trainer(cfg(synth, out, steps=2), **QUIET).run(progress=False)
     (out / "checkpoints" / f"{TMP_PREFIX}abc").mkdir()
     (out / f"{TMP_PREFIX}def").mkdir()
+    (out / f"{TMP_PREFIX}999999999-ghi").mkdir()  # its writer's pid is gone
     (out / "checkpoints" / "user-notes").mkdir()
     Trainer(cfg(synth, out, steps=3), resume=True, **QUIET)
     assert not list(out.rglob(f"{TMP_PREFIX}*")) and (out / "checkpoints" / "user-notes").is_dir()

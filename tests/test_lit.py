@@ -110,6 +110,32 @@ def test_lit_resume_continues_exactly_from_the_cache(sets, tmp_path):
     assert all(mx.array_equal(wa[k], wb[k]).item() for k in wa)
 
 
+def test_images_replaced_in_place_are_never_served_stale_tokens(tmp_path):
+    """Issue 17: a run that died before its first checkpoint, its images replaced under the same
+    names, run again: the cache is rebuilt from the new images (it is keyed by the files' size/mtime,
+    the encoder's weights and the preprocessing), and its tokens are the encoder's on them."""
+    import shutil
+
+    from mlx_aimv2.train.token_cache import TokenCache
+
+    data = write_synthetic(tmp_path / "d", 40, size=112, seed=3)
+    other = write_synthetic(tmp_path / "o", 40, size=112, seed=4)
+    c = dict(steps=2, batch_size=8, save_every=1000)
+    Trainer(cfg(data, tmp_path / "run", **c), **QUIET).run(progress=False, until=1)
+    shutil.rmtree(tmp_path / "run" / "checkpoints", ignore_errors=True)
+    for f in (other / "images").iterdir():
+        shutil.copy(f, data / "images" / f.name)
+    logs = []
+    Trainer(cfg(data, tmp_path / "run", **c), log=logs.append, progress=False)
+    assert not any("using the encoder tokens cached" in l for l in logs), logs
+    cache = TokenCache(tmp_path / "run" / "token_cache", 1)
+    first = sorted((data / "images").iterdir())[0]
+    rows = [json.loads(l) for l in (data / "captions.jsonl").read_text().splitlines()]
+    i = next(j for j, r in enumerate(rows) if Path(r["image"]).name == first.name)
+    want = mlx_aimv2.load(DEMO).embed(str(first), pool="none")
+    assert np.abs(cache.get(i).astype(np.float32) - want).max() < 0.05
+
+
 def test_tuning_a_lit_model_starts_from_its_text_side(sets, tmp_path):
     """A LiT init keeps its head, projections, text tower and tokenizer, and the run starts where it is."""
     train, held = sets

@@ -76,6 +76,7 @@ def frozen_encoder(init: str) -> AIMv2:
     run = Path(init)
     if (run / "checkpoints").is_dir() and not any((run / f).is_file() for f in ("model.safetensors", "config.json")):
         enc, vision, pp, name = load_encoder(run)
+        mx.eval(enc.parameters())  # computed, not lazy: the owner thread may use them (api.load does the same)
         cpu.use_kernels(enc)
         where = f"{run} (its training config)"
         model = AIMv2(

@@ -5,7 +5,9 @@ epoch reads them back and a step costs the head, the projections and the text to
 
 from __future__ import annotations
 
+import hashlib
 import json
+import os
 from pathlib import Path
 from typing import Optional
 
@@ -74,6 +76,23 @@ class TokenCache:
             write_file(meta, lambda tmp: tmp.write_text(json.dumps(key, indent=1)))
         barrier()
         return cls(folder, ranks)
+
+
+def files_fingerprint(samples: list) -> str:
+    """A digest of where each sample's image bytes are and their files' size and mtime: images replaced
+    in place (same names) change it, so a cache never serves tokens of images that are gone."""
+    h = hashlib.sha1()
+    stats: dict = {}
+    for s in samples:
+        f = s.path if s.path is not None else s.tar
+        if f not in stats:
+            try:
+                st = os.stat(f)
+                stats[f] = f"{st.st_size}:{st.st_mtime_ns}"
+            except OSError:
+                stats[f] = "missing"
+        h.update(f"{os.fsencode(f)!r}\t{s.offset}\t{s.size}\t{stats[f]}\n".encode())
+    return h.hexdigest()
 
 
 def _read_json(f: Path):

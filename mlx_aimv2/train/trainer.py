@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import io
 import math
+import os
+import shutil
 import signal
 import time
 from pathlib import Path
@@ -43,8 +45,29 @@ class Trainer:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x accum = {self.size * cfg.accum}")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: is a file; give a folder for the run")
+        existed = self.out.is_dir()
+        before = set(os.listdir(self.out)) if existed else set()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = checkpoint.lock_run(self.out) if self.rank == 0 else None
+        try:
+            self._open(objective, resume)
+        except BaseException:  # a run that could not start leaves nothing: no .lock, tokenizer or empty folder
+            if self.rank == 0:
+                self._discard_new(existed, before)
+            raise
+
+    def _discard_new(self, existed: bool, before: set) -> None:
+        self.lock.close()
+        self.lock = None
+        if not existed:
+            shutil.rmtree(self.out, ignore_errors=True)
+            return
+        for name in set(os.listdir(self.out)) - before:
+            p = self.out / name
+            shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
+
+    def _open(self, objective, resume: bool) -> None:
+        cfg = self.cfg
         found = checkpoint.candidates(self.out)
         if resume and not found:
             raise UserError(f"{self.out}: no checkpoint to resume from; start without --resume")
@@ -56,7 +79,7 @@ class Trainer:
                     self.log(f"removed {p.name}, left by a run that was killed while writing")
         # rank 0 speaks; a plain function, not a bound method: the objective holds it, and the trainer
         # must be freed (its run folder's lock released) as soon as its last reference goes
-        self.say = log if self.rank == 0 else _silent
+        self.say = self.log if self.rank == 0 else _silent
         self.objective = objective(cfg, self.out, self.rank, self.size, self.say)
         for note in self.objective.notes():
             self.say(note)
@@ -232,6 +255,14 @@ class Trainer:
                     stop["flag"] = True
             stop["flag"] = stop["flag"] or self.step < cfg.steps  # a peer asked: this rank stops too
             path = self.save()  # a collective too, still under the watchdog
+        except RuntimeError as e:
+            if watchdog is None or not _peer_lost(e):
+                raise
+            good = checkpoint.latest(self.out)
+            raise UserError(
+                f"rank {self.rank}: lost {watchdog.lost_rank()} at step {self.step + 1} ({e}); stopped. "
+                f"Restart every rank with --resume, from {good or 'the start (no checkpoint yet)'}"
+            ) from None
         finally:
             if watchdog is not None:
                 watchdog.close()
@@ -260,3 +291,9 @@ class Trainer:
 
 def _silent(message: str) -> None:
     pass
+
+
+def _peer_lost(e: RuntimeError) -> bool:
+    """MLX's words for a collective whose peer went away (ring: a closed socket)."""
+    msg = str(e).lower()
+    return "[ring]" in msg or "peer" in msg or "connection" in msg

@@ -9,6 +9,7 @@ the watchdog names the rank that went quiet, if it can tell, and ends this rank 
 from __future__ import annotations
 
 import os
+import socket
 import sys
 import threading
 import time
@@ -28,7 +29,25 @@ class Watchdog:
     def beat(self) -> None:
         """A step finished (every collective of it included)."""
         self.last = time.monotonic()
-        (self.beats / f"rank{self.rank}").touch()
+        f = self.beats / f"rank{self.rank}"
+        if f.is_file() and f.stat().st_size:
+            f.touch()
+        else:  # who this rank is, for lost_rank() on the others
+            f.write_text(f"{socket.gethostname()} {os.getpid()}\n")
+
+    def lost_rank(self) -> str:
+        """Which rank a broken connection lost: a rank on this machine whose process is gone, else
+        (two ranks) the other one."""
+        here = socket.gethostname()
+        for r in range(self.size):
+            f = self.beats / f"rank{r}"
+            try:
+                host, pid = f.read_text().split()
+            except (OSError, ValueError):
+                continue
+            if r != self.rank and host == here and not _alive(int(pid)):
+                return f"rank {r} (process {pid} is gone)"
+        return f"rank {1 - self.rank}" if self.size == 2 else "another rank"
 
     def close(self) -> None:
         self.done.set()
@@ -56,3 +75,13 @@ class Watchdog:
                     flush=True,
                 )
                 os._exit(1)
+
+
+def _alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True

@@ -23,7 +23,7 @@ from ...errors import UserError
 from ...models.decoder import init_weights
 from ...models.lit import LiTTuner
 from ..runs import frozen_encoder, lit_tokenizer_files, save_lit
-from ..token_cache import TokenCache
+from ..token_cache import TokenCache, files_fingerprint
 from .base import Objective, Shard
 
 
@@ -69,9 +69,11 @@ class LiT(Objective):
     def stream(self, data: Dataset, ids, mirrored, batch_size: int, barrier, progress: bool):
         """The frozen encoder's tokens of every sample (cached on disk), in TrainStream's order."""
         cfg, v = self.cfg, self.vision
-        key = {
-            "init": cfg.init, "encoder": self.frozen.config.name, "data": cfg.data, "images": cfg.images,
-            "samples": len(data), "ranks": self.size, "tokens": [v.num_patches, v.hidden_size],
+        key = {  # what the tokens are made from: a change to any of it rebuilds the cache
+            "init": cfg.init, "encoder": self.frozen.config.name, "weights": self.frozen.fingerprint(),
+            "preprocessing": repr(self.frozen.preprocessor), "data": cfg.data, "images": cfg.images,
+            "samples": len(data), "files": files_fingerprint(data.samples), "ranks": self.size,
+            "tokens": [v.num_patches, v.hidden_size],
         }  # fmt: skip
         cache = TokenCache.open_or_build(
             self.out / "token_cache", key, self.frozen, data.samples, self.rank, self.size, barrier, self.log,
