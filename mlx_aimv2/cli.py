@@ -7,6 +7,7 @@ import functools
 import json
 import logging
 import os
+import signal
 import time
 import warnings
 from pathlib import Path
@@ -477,13 +478,28 @@ def index(
         False, "--fast-decode", help="decode large JPEGs at reduced size first (several times faster)"
     ),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
+    watch: bool = typer.Option(
+        False, "--watch", help="then keep following the folders: index what is added, changed or deleted"
+    ),
 ):
     """Index a photo library for search: embeds new and changed images, drops deleted ones."""
     from .index import Index
 
     t0 = time.perf_counter()
+
+    def report(s):
+        typer.echo(
+            f"{shown(db)}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; "
+            f"{time.perf_counter() - t0:.1f} s)"
+        )
+        for p, why in s.missing:
+            typer.echo(f"  {shown(p)}: {why}", err=True)
+        _report_bad(s.bad)
+
     with Index(db, model) as lib:
         try:
+            if watch:
+                return _watch(lib, paths, report, batch_size=batch_size, progress=progress, fast_decode=fast_decode)
             s = lib.add(paths, batch_size, progress, fast_decode=fast_decode)
         except KeyboardInterrupt:
             typer.echo(
@@ -495,15 +511,27 @@ def index(
         except BaseException:
             lib.discard_if_empty()  # a failed first run leaves no empty index behind
             raise
-        typer.echo(
-            f"{shown(db)}: {s}  (model: {(lib.info['model'] or {}).get('ref', 'none yet')}; "
-            f"{time.perf_counter() - t0:.1f} s)"
-        )
-        for p, why in s.missing:
-            typer.echo(f"  {shown(p)}: {why}", err=True)
-        _report_bad(s.bad)
+        report(s)
         if s.total == 0:
             raise typer.Exit(1)
+
+
+def _watch(lib, paths, report, **options) -> None:
+    """index --watch: until Ctrl-C or SIGTERM, which end it cleanly between passes (exit 0)."""
+    import threading
+
+    from .index.watch import watch
+
+    stop = threading.Event()
+    old = signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    typer.echo("watching for changes; Ctrl-C to stop", err=True)
+    try:
+        watch(lib, paths, report, stop, **options)
+    except KeyboardInterrupt:
+        pass
+    finally:
+        signal.signal(signal.SIGTERM, old)
+    typer.echo(f"stopped watching; {len(lib)} images in the index", err=True)
 
 
 def _report_bad(bad: list) -> None:
@@ -530,23 +558,27 @@ def _report_bad(bad: list) -> None:
 @user_errors
 def search(
     db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 index`"),
-    query: Optional[str] = typer.Argument(None, help="what to look for, in words (needs a LiT index)"),
-    image: Optional[str] = typer.Option(None, "--image", help="find images like this one instead"),
+    query: Optional[List[str]] = typer.Argument(
+        None,
+        help="what to look for: words (a LiT index), an image file, or terms joined by + and - with "
+        "weights, e.g. '2:golden retriever' + pool.jpg - fruit",
+    ),
+    image: Optional[List[str]] = typer.Option(None, "--image", help="find images like this one (repeatable)"),
     k: int = typer.Option(10, "-k", min=1, help="how many results"),
     grid: Optional[Path] = typer.Option(None, "--grid", help="save a contact sheet of the hits (.png/.jpg)"),
     as_json: bool = typer.Option(False, "--json", help="print the hits as JSON, for scripts"),
 ):
-    """Search an index by text or by example image: paths and cosine scores, best first."""
+    """Search an index by text, by example images, or both with weights: paths and cosine scores, best first."""
     from .index import Index
+    from .index.query import Term, parse
 
-    if query is None and image is None:
+    if not query and not image:
         raise UserError("give a text query, or --image PATH")
-    if query is not None and image is not None:
-        raise UserError("give a text query or --image, not both")
-    if grid is not None and grid.suffix.lower() not in (".png", ".jpg", ".jpeg", ".webp"):
-        raise UserError(f"--grid {grid}: give a .png, .jpg or .webp file name")
+    if grid is not None:
+        _check_output_file(grid, (".png", ".jpg", ".jpeg", ".webp"), "--grid")
+    terms = (parse(query) if query else []) + [Term(p, 1.0, True) for p in image or []]
     with Index(db, create=False, read_only=True) as lib:
-        hits = lib.search(text=query, image=image, k=k)
+        hits = lib.search(query=terms, k=k)
     if as_json:
         typer.echo(json.dumps([{"path": shown(h.path), "score": round(h.score, 6)} for h in hits], indent=1))
     else:
@@ -558,6 +590,46 @@ def search(
         contact_sheet(
             [h.path for h in hits], [f"{i}. {h.score:.3f}\n{Path(h.path).name}" for i, h in enumerate(hits, 1)], grid
         )
+        typer.echo(f"saved {grid}", err=as_json)
+
+
+@app.command()
+@user_errors
+def dupes(
+    db: Path = typer.Argument(..., help="an index made by `mlx-aimv2 index`"),
+    threshold: float = typer.Option(
+        0.95, "--threshold", "-t", min=0.0, max=1.0, help="cosine similarity at which two images are near-duplicates"
+    ),
+    as_json: bool = typer.Option(False, "--json", help="print the groups as JSON, for scripts"),
+    grid: Optional[Path] = typer.Option(None, "--grid", help="save a contact sheet of the groups (.png/.jpg)"),
+):
+    """Group near-duplicate photos: re-encodes, resizes, small crops and edits of one photo."""
+    from .index import Index
+
+    if grid is not None:
+        _check_output_file(grid, (".png", ".jpg", ".jpeg", ".webp"), "--grid")
+    with Index(db, create=False, read_only=True) as lib:
+        groups = lib.dupes(threshold)
+        total = len(lib)
+    if as_json:
+        out = [[{"path": shown(h.path), "score": round(h.score, 6)} for h in g] for g in groups]
+        typer.echo(json.dumps(out, indent=1))
+    else:
+        for i, g in enumerate(groups, 1):
+            typer.echo(f"group {i} ({len(g)} images)")
+            for h in g:
+                typer.echo(f"  {h.score:.4f}  {shown(h.path)}")
+    extra = sum(len(g) - 1 for g in groups)
+    typer.echo(f"{len(groups)} group(s) of near-duplicates among {total} images; {extra} could go", err=as_json)
+    if grid is not None and groups:
+        from .viz import contact_sheet
+
+        shown_groups = groups[:12]
+        paths = [h.path for g in shown_groups for h in g[:6]]
+        labels = [
+            f"group {i}: {h.score:.3f}\n{Path(h.path).name}" for i, g in enumerate(shown_groups, 1) for h in g[:6]
+        ]
+        contact_sheet(paths, labels, grid)
         typer.echo(f"saved {grid}", err=as_json)
 
 

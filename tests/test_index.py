@@ -223,7 +223,7 @@ def test_cli_index_then_search_by_text_and_image(photos, tmp_path):
     [
         (["search", "{tmp}/none.aimv2", "x"], "no such index"),
         (["search", "{db}"], "give a text query"),
-        (["search", "{db}", "x", "--image", "{photo}"], "not both"),
+        (["search", "{db}", "x", "+"], "no term after it"),
         (["search", "{img_db}", "a red circle"], "image-only model"),
         (["search", "{photo}", "x"], "not an mlx-aimv2 index"),
         (["index", "{tmp}/nowhere", "--db", "{tmp}/n.aimv2", "-m", "demo-lit"], "no such file or folder"),

@@ -28,6 +28,9 @@ from ..api import load, load_default
 from ..errors import UserError
 from ..paths import expand_paths
 from ..preprocess import load_image
+from . import vectors
+from .dupes import DEFAULT_THRESHOLD, groups, pair_scores
+from .query import Term, combine, terms_of
 from .search import top_k
 from .store import Row, Store, db_error
 
@@ -188,10 +191,15 @@ class Index:
                 raise UserError(
                     f"{self.path}: opened read-only (a read-only disk or file); it can be searched, not added to"
                 )
+            generation = self.store.generation()
             try:
-                return self._add(paths, batch_size, progress, fast_decode, cancel)
+                summary = self._add(paths, batch_size, progress, fast_decode, cancel)
             except sqlite3.DatabaseError as e:
                 raise db_error(self.path, e) from None
+            finally:
+                if self.store.generation() != generation:  # even after a cancel: what was committed
+                    self._refresh_vectors()
+            return summary
 
     def _add(self, paths, batch_size, progress, fast_decode, cancel) -> Summary:
         paths = [os.path.expanduser(str(p)) for p in paths]  # "~/Pictures" from Python, as a shell would
@@ -321,50 +329,90 @@ class Index:
                 bar.close()
 
     # -- searching ------------------------------------------------------------------------------
+    def _refresh_vectors(self) -> Optional[tuple]:
+        """Rewrite the memory-mapped vectors file from the store (vectors.py); (paths, matrix). On a
+        read-only disk, or when another process commits meanwhile, the file is left as it is."""
+        stored = self.store.get_meta("model")
+        if not stored:
+            return None
+        generation = self.store.generation()
+        paths, m = self.store.matrix(stored["dim"])
+        if not self.store.read_only and self.store.generation() == generation:
+            try:
+                vectors.write(self.path, generation, paths, m)
+            except UserError:  # a full or read-only disk: search reads SQLite instead, nothing is lost
+                pass
+        return paths, m
+
     def _matrix(self):
+        """Paths and their float32 matrix: the memory-mapped vectors file when it matches the store,
+        else the store's blobs (and the file rewritten for the next process)."""
         version = self.store.version()
         if self._cache is None or self._cache[0] != version:
             stored = self.store.get_meta("model")
-            paths, m = self.store.matrix(stored["dim"]) if stored else ([], np.zeros((0, 1), np.float16))
-            self._cache = (version, paths, m.astype(np.float32))
+            if not stored:
+                paths, m = [], np.zeros((0, 1), np.float16)
+            else:
+                found = vectors.read(self.path, self.store.generation(), stored["dim"])
+                paths, m = found if found is not None else self._refresh_vectors()
+            self._cache = (version, paths, np.asarray(m, np.float32))
         return self._cache[1], self._cache[2]
 
-    def query_vector(self, text: Optional[str] = None, image=None) -> np.ndarray:
-        if (text is None) == (image is None):
-            raise UserError("search with either a text or an image query")
+    def _encode(self, term: Term) -> np.ndarray:
         m = self.model
-        if text is not None:
+        if not term.image:
             if m.config.kind != "lit":
                 raise UserError(
                     f"{self.path} was built with {m.config.name}, an image-only model: search it "
-                    f"with --image, or index with a LiT model (e.g. demo-lit) for text search"
+                    f"with images, or index with a LiT model (e.g. demo-lit) for text search"
                 )
-            return m.encode_text([text])[0]
+            return m.encode_text([str(term.value)])[0]
         errors: list = []
-        rows = list(self._embed_rows([image], errors, None, 1))
+        rows = list(self._embed_rows([term.value], errors, None, 1))
         if not rows:
-            raise UserError(errors[0][1] if errors else f"{image}: could not embed the query image")
+            raise UserError(errors[0][1] if errors else f"{term.value}: could not embed the query image")
         return rows[0][1]
 
-    def search(self, text: Optional[str] = None, image=None, k: int = 10) -> list[Hit]:
-        """The k images nearest the query (cosine similarity), best first."""
+    def query_vector(self, text: Optional[str] = None, image=None, query=None) -> np.ndarray:
+        """The query's vector: one text, one image, or several weighted terms (query.py)."""
+        terms = terms_of(text, image, query)
+        return combine([self._encode(t) for t in terms], terms)
+
+    def search(self, text: Optional[str] = None, image=None, k: int = 10, query=None) -> list[Hit]:
+        """The k images nearest the query (cosine similarity), best first. Ask with text="...",
+        image=path, or query= terms with weights: '"2:golden retriever" + pool.jpg - fruit', or a
+        list of (text or Path, weight) pairs (index/query.py)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise UserError(f"k = {k!r}: ask for at least one result (a whole number)")
-        if text is not None and not isinstance(text, str):
-            raise UserError(f"text: give the query as a string, got {type(text).__name__} {text!r}")
+        terms_of(text, image, query)  # a malformed query fails before anything loads
         with self._lock:
             try:
-                return self._search(text, image, int(k))
+                return self._search(text, image, query, int(k))
             except sqlite3.DatabaseError as e:
                 raise db_error(self.path, e) from None
 
-    def _search(self, text, image, k: int) -> list[Hit]:
+    def _search(self, text, image, query, k: int) -> list[Hit]:
         paths, matrix = self._matrix()
         if not paths:
             raise UserError(f"{self.path}: the index holds no images yet; add some with `mlx-aimv2 index`")
-        q = self.query_vector(text, image)
+        q = self.query_vector(text, image, query)
         idx, scores = top_k(matrix, q, k)
         return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
+
+    def dupes(self, threshold: float = DEFAULT_THRESHOLD) -> list[list[Hit]]:
+        """Groups of near-duplicate images (index/dupes.py): each a list of Hits, the first image with
+        score 1 and the others with their similarity to it; the largest group first."""
+        if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
+            raise UserError(f"threshold {threshold!r}: give a cosine similarity in (0, 1], e.g. {DEFAULT_THRESHOLD}")
+        with self._lock:
+            try:
+                paths, matrix = self._matrix()
+            except sqlite3.DatabaseError as e:
+                raise db_error(self.path, e) from None
+        found = []
+        for g in groups(matrix, float(threshold)):
+            found.append([Hit(paths[i], s) for i, s in zip(g, pair_scores(matrix, g))])
+        return found
 
 
 def _sha1(path: str) -> str:

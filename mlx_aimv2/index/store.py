@@ -3,8 +3,8 @@ and its embedding as a float16 blob.
 
 One file is the point: a batch of embeddings and their rows commit together (WAL journal), so a
 process killed at any moment leaves a database that opens, holds every committed batch and nothing
-half-written. Vectors as blobs cost a read of all of them when a search process starts
-(benchmarks/search.py measures it); the search itself runs on the matrix in memory.
+half-written. Vectors as blobs would cost a read of all of them when a search process starts, so a
+memory-mapped copy is kept beside the file (vectors.py), checked against the store's generation.
 """
 
 from __future__ import annotations
@@ -226,6 +226,7 @@ class Store:
 
     def put(self, rows: Iterable[Row]) -> None:
         """Insert or replace rows; the caller commits (one transaction per batch)."""
+        self._changed = True
         now = time.time()
         self.db.executemany(
             "INSERT OR REPLACE INTO images (path, size, mtime_ns, sha1, width, height, vector, error, indexed_at) "
@@ -247,14 +248,26 @@ class Store:
         )
 
     def delete(self, paths: Iterable[str]) -> None:
-        self.db.executemany("DELETE FROM images WHERE path = ?", [(_db_path(p),) for p in paths])
+        paths = [(_db_path(p),) for p in paths]
+        if paths:
+            self._changed = True
+            self.db.executemany("DELETE FROM images WHERE path = ?", paths)
 
     def commit(self) -> None:
+        """Commit, raising the generation when rows changed (in the same transaction)."""
+        if getattr(self, "_changed", False):
+            self.set_meta("generation", self.generation() + 1)
+            self._changed = False
         self.db.commit()
 
     def rollback(self) -> None:
         """Drop what was put since the last commit."""
+        self._changed = False
         self.db.rollback()
+
+    def generation(self) -> int:
+        """How many committed changes the rows have seen: what the vectors file was made from."""
+        return int(self.get_meta("generation") or 0)
 
     def counts(self) -> tuple[int, int]:
         """(embedded images, bad files)."""
