@@ -8,7 +8,6 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-import torch
 from helpers import hf_vision, torch_pixels
 from mlx.utils import tree_flatten
 
@@ -16,6 +15,8 @@ import mlx_aimv2
 from mlx_aimv2.config import VisionConfig
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.models.decoder import AIMv2PreTrainer, DecoderConfig
+
+torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
 
 
 def test_pytorch_bin_checkpoint_converts_with_weights_only(tmp_path, monkeypatch):

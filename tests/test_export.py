@@ -6,13 +6,14 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 from helpers import hf_lit, hf_vision, torch_pixels
 from typer.testing import CliRunner
 
 import mlx_aimv2
 from mlx_aimv2.cli import app
 from mlx_aimv2.quantize import spec
+
+torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
 
 runner = CliRunner()
 

@@ -4,12 +4,13 @@ run) and cpu.py's kernels (what the CPU runs)."""
 
 import numpy as np
 import pytest
-import torch
 from helpers import hf_lit, hf_vision, save_safetensors, state_dict_np, to_mlaim_keys, to_timm_keys, torch_pixels
 
 import mlx_aimv2
 from mlx_aimv2 import cpu
 from mlx_aimv2.models.layers import Attention
+
+torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
 
 TOL = 1e-4
 

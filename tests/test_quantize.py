@@ -6,7 +6,6 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-import torch
 from helpers import hf_lit, hf_vision, torch_pixels
 from typer.testing import CliRunner
 
@@ -14,6 +13,8 @@ import mlx_aimv2
 from mlx_aimv2.cli import app
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.quantize import is_quantized, spec
+
+torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
 
 runner = CliRunner()
 
