@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
 import mlx.core as mx
+import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
@@ -38,26 +39,37 @@ def load(
     revision: Optional[str] = None,
     dtype=None,
     keep_quantized: Optional[bool] = None,
+    text_only: bool = False,
 ) -> "AIMv2":
     """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo".
 
     On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster), and a quantized
     checkpoint runs with its layers dequantized (MLX's CPU quantized matmul is ~60x slower; pass
     keep_quantized=True to keep them). On Metal, a model over 1 GiB has its weights wired
-    (mx.set_wired_limit), as mlx-lm does. Safe from any thread (owner.py)."""
+    (mx.set_wired_limit), as mlx-lm does. Safe from any thread (owner.py).
+    text_only: for a LiT model, read only what encode_text needs (and the patch embedding that
+    fingerprints it): MLX loads lazily, so the image tower is never read; image methods then refuse."""
     cpu.warn_if_slow_blas()
-    return owner.run(_load, name_or_path, revision, dtype, keep_quantized)
+    return owner.run(_load, name_or_path, revision, dtype, keep_quantized, text_only)
 
 
-def _load(name_or_path, revision, dtype, keep_quantized) -> "AIMv2":
+def _load(name_or_path, revision, dtype, keep_quantized, text_only=False) -> "AIMv2":
     module, config, folder = load_checkpoint(name_or_path, revision, dtype)
     cpu.float_layers(module, keep_quantized)
     cpu.use_kernels(module)
+    text_only = text_only and config.kind == "lit"
+    if text_only:
+        patch = module.image_encoder.preprocessor.patchifier
+        module.image_encoder = nn.Module()  # the tower is dropped unread; the fingerprint's tensors stay
+        module.image_encoder.preprocessor = nn.Module()
+        module.image_encoder.preprocessor.patchifier = patch
     wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
     # evaluated here: a lazy array belongs to the owner thread's stream, a computed one to no thread,
     # so the module's weights may then be used directly from any (one) thread too
     mx.eval(module.parameters())
-    return AIMv2(module, config, _preprocessor(config, folder), folder)
+    model = AIMv2(module, config, _preprocessor(config, folder), folder)
+    model.text_only = text_only
+    return model
 
 
 def load_default(kind: str = "vision", revision: Optional[str] = None) -> tuple["AIMv2", str]:
@@ -85,6 +97,11 @@ class AIMv2:
     def __init__(self, module, config: ModelConfig, preprocessor: Preprocessor, folder: Optional[Path] = None):
         self.module, self.config, self.preprocessor, self.folder = module, config, preprocessor, folder
         self._tokenizer = None
+        self.text_only = False  # load(text_only=True): the image tower was not read
+
+    def _need_images(self):
+        if self.text_only:
+            raise UserError("this model was loaded with text_only=True; load it without to embed images")
 
     def __repr__(self) -> str:
         v = self.config.vision
@@ -143,6 +160,7 @@ class AIMv2:
         """pixels (B, H, W, 3) -> {"embedding"|"tokens": ..., "layer_i": ...} as MLX arrays.
 
         On MLX's CPU backend the batch is split over one CPU stream per core (cpu.split_batch)."""
+        self._need_images()
         return cpu.split_batch(self._features, pixels, pool, self.check_layers(layers))
 
     def _features(self, pixels: mx.array, pool: str, layers) -> dict:
@@ -220,6 +238,7 @@ class AIMv2:
         progress(done, total): called as images finish (total: len(items), None for an iterator).
         cancel: anything with is_set() (a threading.Event); once set, raises errors.Cancelled between
         batches. The model runs on the owner thread (owner.py): safe from any thread."""
+        self._need_images()
         pending: list = []
         if pool not in POOLS:
             raise UserError(f"unknown pool '{pool}'; use one of {', '.join(POOLS)}")
@@ -283,6 +302,7 @@ class AIMv2:
     def encode_image(self, images: Sequence[ImageLike]) -> np.ndarray:
         """L2-normalised image embeddings (B, projection_dim)."""
         self._need_lit()
+        self._need_images()
         pixels = np.stack(self.preprocess(_nonempty(images, "images", "an image")))
         return owner.run(self._encode_image, pixels)
 

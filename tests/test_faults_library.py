@@ -188,6 +188,24 @@ def test_disk_full_writing_a_checkpoint_or_embeddings(tmp_path):
     assert left == [], left  # nothing partial, no temporary files
 
 
+def test_disk_full_at_a_training_checkpoint_keeps_the_earlier_ones(tmp_path):
+    from mlx_aimv2.data import write_synthetic
+
+    data = write_synthetic(tmp_path / "d", 16, size=64, seed=0)
+    run = tmp_path / "run"
+    args = ["train", "--data", data, "--out", run, "--set", "encoder=tiny", "--set", "image_size=56",
+            "--batch-size", "8", "--set", "vocab_size=300", "--set", "log_every=1"]  # fmt: skip
+    r = _cli_limited([*args, "--steps", "2", "--set", "save_every=1"], 2_000_000_000, tmp_path)
+    assert r.returncode == 0, r.stderr[-2000:]
+    weights = (run / "checkpoints" / "step_00000002" / "model.safetensors").stat().st_size
+    r = _cli_limited([*args, "--steps", "4", "--resume"], weights + 4096, tmp_path)  # the optimizer file: no room
+    _clean_failure(r, "disk is full")
+    from mlx_aimv2.train import checkpoint
+
+    assert checkpoint.latest(run).name == "step_00000002"  # the earlier checkpoint is intact and newest
+    assert not list(run.rglob(".tmp-mlx-aimv2-*"))
+
+
 def test_disk_full_while_the_index_grows_keeps_earlier_batches(photos, tmp_path):
     db = tmp_path / "lib.aimv2"
     r = cli("index", photos, "--db", db, "-m", "demo-lit", "--no-progress")

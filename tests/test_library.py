@@ -201,3 +201,23 @@ def test_watch_stops_with_one_line_when_the_folder_disappears(tmp_path):
         proc.kill()
     assert proc.returncode == 1, err
     assert "disappeared" in err.strip().splitlines()[-1] and "Traceback" not in err, err
+
+
+def test_text_queries_read_only_the_text_side(library):
+    """A LiT index answers a text query with the text tower alone (api.load(text_only=True)): the
+    same hits as the full model, and the image tower is read only when an image term needs it."""
+    db, photos = library
+    full = mlx_aimv2.load("demo-lit")
+    text = mlx_aimv2.load("demo-lit", text_only=True)
+    np.testing.assert_array_equal(text.encode_text(["a red circle"]), full.encode_text(["a red circle"]))
+    assert text.fingerprint() == full.fingerprint()
+    with pytest.raises(UserError, match="text_only"):
+        text.embed(str(PHOTO))
+    with mlx_aimv2.Index(db) as lib:
+        hits = lib.search(text="a red circle", k=3)
+        assert lib._model is None and lib._text.text_only
+        paths, matrix = lib._matrix()
+        q = _unit(full.encode_text(["a red circle"])[0])
+        assert [h.path for h in hits] == [paths[i] for i in np.argsort(-(matrix @ q), kind="stable")[:3]]
+        lib.search(image=sorted(photos.iterdir())[0], k=1)  # an image term loads the whole model
+        assert lib._model is not None and not lib._model.text_only

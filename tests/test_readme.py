@@ -70,3 +70,24 @@ def test_offline_search_commands_run_on_what_ships(tmp_path):
     assert len(hits) == 3 and all(Path(h[-1]).is_file() for h in hits)
     # the query describes examples/scenes' image 4 (its caption: captions.jsonl): it comes first
     assert hits[0][-1].endswith("scenes/images/000004.jpg"), outputs[1].stdout
+
+
+def test_the_app_example_indexes_in_the_background_searches_meanwhile_and_cancels(tmp_path):
+    """docs/app.md's example, run as written: a worker thread indexes, the main thread searches."""
+    script = ROOT / "examples" / "app_indexing.py"
+    env = dict(os.environ, HF_HUB_OFFLINE="1")
+    r = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "examples"), "--db", str(tmp_path / "app.aimv2")],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0, r.stderr[-2000:]
+    assert "meanwhile, search:" in r.stdout and "done: 25 new" in r.stdout, r.stdout
+    r = subprocess.run(
+        [sys.executable, str(script), str(ROOT / "examples"), "--db", str(tmp_path / "c.aimv2"), "--cancel-after", "4"],
+        capture_output=True, text=True, timeout=300, env=env,
+    )  # fmt: skip
+    assert r.returncode == 0 and "cancelled:" in r.stdout, r.stdout + r.stderr[-2000:]
+    import mlx_aimv2
+
+    with mlx_aimv2.Index(tmp_path / "c.aimv2", create=False) as lib:
+        assert 0 < len(lib) < 25 and len(lib) % 4 == 0  # whole committed batches only

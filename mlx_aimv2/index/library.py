@@ -86,6 +86,7 @@ class Index:
         self._lock = threading.RLock()
         self._asked = model
         self._model = None
+        self._text = None  # the text side alone, for text queries (_text_model)
         self._cache = None  # (store version, paths, float32 matrix)
         stored = self.store.get_meta("model")
         if stored is not None and model is not None and _model_ref(model) != stored["ref"]:
@@ -142,13 +143,27 @@ class Index:
                 )
                 self.store.commit()
             else:
-                self._model = load(stored["ref"])
-                if self._model.fingerprint() != stored["fingerprint"]:
-                    raise UserError(
-                        f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
-                        f"its vectors no longer compare with new ones - re-index into a new --db"
-                    )
+                self._model = self._stored_model(stored)
         return self._model
+
+    def _stored_model(self, stored: dict, text_only: bool = False):
+        model = load(stored["ref"], text_only=text_only)
+        if model.fingerprint() != stored["fingerprint"]:
+            raise UserError(
+                f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
+                f"its vectors no longer compare with new ones - re-index into a new --db"
+            )
+        return model
+
+    def _text_model(self):
+        """For text terms: the index's model, or, until an image needs it, its text side only (a text
+        query then reads a fraction of the weights: api.load(text_only=True))."""
+        stored = self.store.get_meta("model")
+        if self._model is not None or stored is None or stored.get("kind") != "lit":
+            return self.model
+        if self._text is None:
+            self._text = self._stored_model(stored, text_only=True)
+        return self._text
 
     @property
     def info(self) -> dict:
@@ -359,7 +374,7 @@ class Index:
         return self._cache[1], self._cache[2]
 
     def _encode(self, term: Term) -> np.ndarray:
-        m = self.model
+        m = self.model if term.image else self._text_model()
         if not term.image:
             if m.config.kind != "lit":
                 raise UserError(
