@@ -336,11 +336,9 @@ class AIMv2:
 
 
 def _nonempty(items, name: str, what: str) -> list:
-    """A list argument checked: one UserError naming it when it is not a list or is empty."""
-    if isinstance(items, (str, bytes)) or not isinstance(items, (list, tuple)):
-        items = [items] if name == "images" else items
+    """A list argument (one item alone counts as a list of one); one UserError naming it when empty."""
     if not isinstance(items, (list, tuple)):
-        raise UserError(f"{name}: give a list, got {type(items).__name__}")
+        items = [items]
     if not items:
         raise UserError(f"{name}: the list is empty; give at least {what}")
     return list(items)

@@ -2,7 +2,7 @@
 the pillow-heif plugin; AVIF through Pillow (built in since 11.3) or pillow-heif; camera RAW through
 rawpy (LibRaw), from the embedded JPEG preview when there is one, else demosaiced at half size.
 
-pillow-heif and rawpy are optional extras (README: Photo formats). Without one, its files are still
+pillow-heif and rawpy are optional extras (pyproject: heif, raw, photos; README: Searching your photos). Without one, its files are still
 found, so that a run can say once which extra to install instead of skipping them unseen.
 Every decoder here applies the photo's orientation, so callers get the image as it is shown.
 """

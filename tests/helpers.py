@@ -220,3 +220,13 @@ def read_only_folder(src, where: Path):
         yield mnt
     finally:
         subprocess.run(["umount", str(mnt)])
+
+
+def one_clear_line(r, *words, code=1):
+    """A CLI result (helpers.cli): exit `code`, no traceback, the last line of output names every word."""
+    assert r.exit_code == code, r.output
+    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
+    last = r.output.strip().splitlines()[-1]
+    for w in words:
+        assert str(w) in last, last
+    return last

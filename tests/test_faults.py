@@ -12,7 +12,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import cli, hf_vision
+from helpers import cli, hf_vision, one_clear_line
 from PIL import Image
 from typer.testing import CliRunner
 
@@ -26,16 +26,6 @@ runner = CliRunner()
 
 def run(*args, **kw):
     return cli(*args, **kw)
-
-
-def one_clear_line(r, *words, code=1):
-    """Exit `code`, no traceback, the last line of output names every word."""
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output and r.exception is None or isinstance(r.exception, SystemExit), r.output
-    last = r.output.strip().splitlines()[-1]
-    for w in words:
-        assert str(w) in last, last
-    return last
 
 
 def no_temporaries(folder: Path):

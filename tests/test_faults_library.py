@@ -15,6 +15,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 from helpers import cli, read_only_folder
+from helpers import one_clear_line as one_line
 from PIL import Image
 
 import mlx_aimv2
@@ -22,15 +23,6 @@ from mlx_aimv2.errors import UserError
 
 ROOT = Path(__file__).parent.parent
 PHOTO = ROOT / "examples" / "grace_hopper.jpg"
-
-
-def one_line(r, *words, code=1):
-    assert r.exit_code == code, r.output
-    assert "Traceback" not in r.output
-    last = r.output.strip().splitlines()[-1]
-    for w in words:
-        assert w in last, last
-    return last
 
 
 def _digest(path: Path) -> str:

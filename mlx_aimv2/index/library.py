@@ -212,9 +212,15 @@ class Index:
             except sqlite3.DatabaseError as e:
                 raise db_error(self.path, e) from None
             finally:
-                if self.store.generation() != generation:  # even after a cancel: what was committed
-                    self._refresh_vectors()
+                self._refresh_if_changed(generation)  # even after a cancel: what was committed
             return summary
+
+    def _refresh_if_changed(self, generation: int) -> None:
+        try:
+            if self.store.generation() != generation:
+                self._refresh_vectors()
+        except sqlite3.DatabaseError:  # the disk's fault, already being reported: the next search rewrites it
+            pass
 
     def _add(self, paths, batch_size, progress, fast_decode, cancel) -> Summary:
         paths = [os.path.expanduser(str(p)) for p in paths]  # "~/Pictures" from Python, as a shell would
@@ -413,6 +419,28 @@ class Index:
         q = self.query_vector(text, image, query)
         idx, scores = top_k(matrix, q, k)
         return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
+
+    def paths(self) -> list[str]:
+        """Every embedded image's path, in the store's order (cached until the index changes)."""
+        with self._lock:
+            try:
+                return self._matrix()[0]
+            except sqlite3.DatabaseError as e:
+                raise db_error(self.path, e) from None
+
+    def similar(self, path: str, k: int = 10) -> list[Hit]:
+        """The k images nearest an indexed one ("more like this"), from its stored vector: no model."""
+        with self._lock:
+            try:
+                paths, matrix = self._matrix()
+            except sqlite3.DatabaseError as e:
+                raise db_error(self.path, e) from None
+            try:
+                row = paths.index(str(path))
+            except ValueError:
+                raise UserError(f"{path}: not an image of {self.path}") from None
+            idx, scores = top_k(matrix, matrix[row], k)
+            return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
 
     def dupes(self, threshold: float = DEFAULT_THRESHOLD) -> list[list[Hit]]:
         """Groups of near-duplicate images (index/dupes.py): each a list of Hits, the first image with

@@ -32,8 +32,9 @@ class Term:
         return f"{self.weight:+g} x {'image' if self.image else 'text'} {str(self.value)!r}"
 
 
-def parse(words: Union[str, Sequence[str]]) -> list[Term]:
-    """Terms of a query given as one string or as command-line words ("a", "+", "b.jpg")."""
+def parse(words: Union[str, Sequence[str]], files: bool = True) -> list[Term]:
+    """Terms of a query given as one string or as command-line words ("a", "+", "b.jpg"). files=False:
+    every term is text (a server's client must not name files on the server's disk)."""
     text = (words if isinstance(words, str) else " ".join(words)).strip()
     if not text:
         raise UserError("the query is empty; give words, an image file, or terms joined by + and -")
@@ -53,7 +54,7 @@ def parse(words: Union[str, Sequence[str]]) -> list[Term]:
             if not part:
                 raise UserError(f"query {text!r}: the weight {m.group(1)} has no term after it")
         path = os.path.expanduser(part)
-        is_image = os.path.isfile(path)
+        is_image = files and os.path.isfile(path)
         terms.append(Term(path if is_image else part, sign * weight, is_image))
     if not terms or all(t.weight == 0 for t in terms):
         raise UserError(f"query {text!r}: no term with a weight above 0")

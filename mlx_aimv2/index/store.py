@@ -158,9 +158,9 @@ class Store:
                 head = f.read(len(SQLITE_MAGIC))
         except OSError as e:
             raise UserError(f"{self.path}: cannot read ({e.strerror}); check its permissions") from None
+        if not head:  # an empty file holds nothing to lose: SQLite makes it a new database (a run killed at birth)
+            return
         if head != SQLITE_MAGIC:
-            if not head:
-                raise UserError(f"{self.path}: an empty file, not an index; delete it or give another --db")
             raise UserError(
                 f"{self.path}: not an mlx-aimv2 index (not a SQLite file); left untouched; give another --db"
             )
