@@ -1,0 +1,8 @@
+"""`mlx-aimv2 serve`: a local HTTP server for embeddings and search, with a page (pip install
+'mlx-aimv2[serve]': Starlette and uvicorn). app.py is the ASGI app; batcher.py groups concurrent
+requests into batches; inputs.py checks what clients send; thumbs.py serves indexed photos only."""
+
+from .app import Settings, build_app
+from .server import LOCAL_HOSTS, open_settings, run
+
+__all__ = ["Settings", "build_app", "open_settings", "run", "LOCAL_HOSTS"]
