@@ -224,9 +224,13 @@ def test_a_real_server_answers_32_concurrent_clients(server, lit):
                 out.append((r.status_code, r.json()["data"][0]["embedding"] if r.status_code == 200 else r.text))
             return out
 
+    before = httpx.get(url + "/health").json()["batches"]
     with ThreadPoolExecutor(32) as pool:
         results = [x for xs in pool.map(client, range(32)) for x in xs]
     assert all(code == 200 for code, _ in results), [r for r in results if r[0] != 200][:3]
+    after = httpx.get(url + "/health").json()["batches"]
+    calls, inputs = after["model_calls"] - before["model_calls"], after["inputs"] - before["inputs"]
+    assert inputs == 96 and calls < inputs / 2, (calls, inputs)  # single-image requests ran as batches
     ref = lit.encode_image([Image.open(io.BytesIO(base64.b64decode(images[0].split(",", 1)[1])))])[0]
     first = [emb for (code, emb), k in zip(results, range(len(results))) if k % 3 == 0 and (k // 3) % 8 == 0]
     for emb in first:

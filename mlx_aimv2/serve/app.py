@@ -95,7 +95,14 @@ def build_app(s: Settings) -> Starlette:
         return parse_json(b"".join(chunks))
 
     async def health(request: Request):
-        return JSONResponse({"status": "ok", "model": s.name, "index": str(s.index.path) if s.index else None})
+        return JSONResponse(
+            {
+                "status": "ok",
+                "model": s.name,
+                "index": str(s.index.path) if s.index else None,
+                "batches": {"model_calls": batcher.batches, "inputs": batcher.inputs},
+            }
+        )
 
     async def models(request: Request):
         entry = {

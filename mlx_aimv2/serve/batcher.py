@@ -30,6 +30,7 @@ class Batcher:
         self.encoders, self.max_batch, self.max_wait = encoders, max_batch, max_wait
         self.queues: dict[str, asyncio.Queue] = {}
         self.tasks: list[asyncio.Task] = []
+        self.batches, self.inputs = 0, 0  # how many model calls served how many inputs (GET /health)
 
     def start(self) -> None:
         for kind in self.encoders:
@@ -64,6 +65,8 @@ class Batcher:
             if not live:
                 continue
             batch = [x for j in live for x in j.items]
+            self.batches += 1
+            self.inputs += len(batch)
             try:  # off the event loop: the library's MLX thread does the work
                 rows = await asyncio.to_thread(encode, batch)
             except Exception as e:  # one bad batch fails its requests, not the server

@@ -258,11 +258,7 @@ class Trainer:
         except RuntimeError as e:
             if watchdog is None or not _peer_lost(e):
                 raise
-            good = checkpoint.latest(self.out)
-            raise UserError(
-                f"rank {self.rank}: lost {watchdog.lost_rank()} at step {self.step + 1} ({e}); stopped. "
-                f"Restart every rank with --resume, from {good or 'the start (no checkpoint yet)'}"
-            ) from None
+            raise UserError(watchdog.lost_message(e)) from None
         finally:
             if watchdog is not None:
                 watchdog.close()
