@@ -51,6 +51,13 @@ class TextTokenizer:
             rows.append(ids + [self.pad_id] * (self.length - len(ids)))
         return np.asarray(rows, dtype=np.int32).reshape(-1, self.length)
 
+    def decode(self, ids) -> str:
+        """Token ids back to text, up to the end-of-text token, without special tokens."""
+        ids = [int(i) for i in ids]
+        if self.eos_id is not None and self.eos_id in ids:
+            ids = ids[: ids.index(self.eos_id)]
+        return self.tok.decode([i for i in ids if i != self.pad_id], skip_special_tokens=True).strip()
+
 
 def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
     """CLIP's byte-level BPE built from a folder's vocab.json + merges.txt (the LiT hub repo's files)."""
@@ -134,6 +141,9 @@ def _from_hub(repo: str, length: int) -> TextTokenizer:
     vocab = tok.get_vocab()
     eos = vocab.get("</s>")
     return TextTokenizer(tok, pad_id=vocab.get("<pad>", eos if eos is not None else 0), eos_id=eos, length=length)
+
+
+BPE_SAMPLE = 200_000  # captions a run's own BPE is trained on at most (spread over the whole set)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77) -> TextTokenizer:

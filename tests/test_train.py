@@ -92,7 +92,7 @@ def test_bad_rows_and_corrupt_images_are_skipped_and_reported(synth, tmp_path):
     assert len(t.data.bad) == 3 and len(t.data) == len(rows) - 3
     r = t.run(progress=False)
     assert r["step"] == 30
-    assert any("skipped 3 bad row" in l for l in logs)
+    assert any("skipped 3 bad entries" in l for l in logs), logs
     assert any("unreadable image" in l for l in logs)
     assert {Path(n).name for n, _ in t.stream.skipped} <= {"000003.jpg", "000005.jpg"}
     assert len(t.stream.skipped) >= 2  # at least one pass over both within 30 * 16 samples
@@ -246,3 +246,74 @@ def test_tar_shards_and_csv_tsv_sources(synth, tmp_path):
         f.unlink()
     r = Trainer(cfg(shards / "*.tar", tmp_path / "run", steps=3, batch_size=8), **QUIET).run(progress=False)
     assert r["step"] == 3 and np.isfinite(r["last"]["loss"])
+
+
+def _shard(path: Path, samples: list) -> Path:
+    """A webdataset shard: (key, {suffix: bytes}) members in order, as img2dataset writes them."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for suffix, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path
+
+
+def test_shards_by_brace_pattern_list_file_json_captions_and_bad_members(synth, tmp_path):
+    """Issue 18's sources: brace patterns and shard lists, captions in key.json, webdataset keys with
+    dots, and every bad member or shard skipped and counted by reason."""
+    from mlx_aimv2.data import open_dataset
+    from mlx_aimv2.data.sources import braces
+
+    assert braces("s/{000..002}.tar") == ["s/000.tar", "s/001.tar", "s/002.tar"]
+    assert braces("{a,b}-{8..10}.tar") == ["a-8.tar", "a-9.tar", "a-10.tar", "b-8.tar", "b-9.tar", "b-10.tar"]
+    img = (synth / json.loads((synth / "captions.jsonl").read_text().splitlines()[0])["image"]).read_bytes()
+    shards = tmp_path / "shards"
+    shards.mkdir()
+    _shard(shards / "00000.tar", [
+        ("a", {"jpg": img, "txt": b"a red circle"}),
+        ("b", {"jpg": img, "json": json.dumps({"caption": "a blue square", "url": "x"}).encode()}),
+        ("c.v2", {"jpg": img, "txt": b"a dotted key"}),  # webdataset: key "c", suffixes "v2.jpg", "v2.txt"
+        ("d", {"jpg": img, "txt": "caf\xe9".encode("latin-1")}),  # not UTF-8
+        ("e", {"jpg": img}),  # no caption
+        ("f", {"txt": b"no image"}),
+        ("g", {"jpg": img, "json": b"{broken"}),
+    ])  # fmt: skip
+    _shard(shards / "00001.tar", [("h", {"png": img, "txt": b"a png key"})])
+    (shards / "00003.tar").write_bytes(b"not a tar file at all" * 100)
+    ds = open_dataset(str(shards / "{00000..00003}.tar"))  # 00002 is missing
+    assert sorted(s.caption for s in ds.samples) == ["a blue square", "a png key", "a red circle"]
+    reasons = sorted(why.split(" (")[0] for _, why in ds.bad)
+    assert reasons == sorted(
+        [
+            "no caption",
+            "caption is not UTF-8",
+            "no image member",
+            "its .json is not valid JSON",
+            "no such shard",
+            "unreadable tar shard",
+        ]
+    ), reasons  # fmt: skip  ("c.v2": suffixes v2.jpg and v2.txt are neither image nor caption: no sample)
+    listing = tmp_path / "shards.txt"
+    listing.write_text("shards/00000.tar\n# a comment\nshards/00001.tar\n")
+    assert len(open_dataset(str(listing))) == 3
+
+
+def test_the_runs_own_bpe_learns_from_a_bounded_sample(synth, tmp_path, monkeypatch):
+    """Millions of captions would take the BPE minutes before step 1: it sees at most BPE_SAMPLE of
+    them, spread over the whole set, and says how many."""
+    from mlx_aimv2.train.objectives import base
+
+    monkeypatch.setattr(base, "BPE_SAMPLE", 10)
+    seen = []
+    real = base.train_bpe
+    monkeypatch.setattr(base, "train_bpe", lambda texts, *a: real(list(seen.extend(texts) or seen), *a))
+    said = []
+    Trainer(cfg(synth, tmp_path / "run", steps=1), log=said.append, progress=False)
+    n = len(json.loads("[" + ",".join((synth / "captions.jsonl").read_text().splitlines()) + "]"))
+    step = -(-n // 10)
+    assert len(seen) == len(range(0, n, step)) <= 10
+    assert any(f"BPE on {len(seen)} captions (every {step}th of {n:,})" in line for line in said), said

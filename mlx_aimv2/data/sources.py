@@ -7,6 +7,7 @@ import csv
 import glob
 import io
 import json
+import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -54,7 +55,9 @@ class Dataset:
 
 
 def open_dataset(path: str, images: Optional[str] = None) -> Dataset:
-    """A captions file, a folder holding captions.{jsonl,csv,tsv}, or tar shards (file, folder or glob)."""
+    """A captions file, a folder holding captions.{jsonl,csv,tsv}, or tar shards: a folder of them, a
+    glob, a brace pattern as webdataset writes it (shards/{00000..01023}.tar), or a .txt file listing
+    them one per line."""
     p = Path(path)
     if p.is_file() and p.suffix in (".jsonl", ".csv", ".tsv"):
         return read_captions(p, images)
@@ -69,12 +72,49 @@ def open_dataset(path: str, images: Optional[str] = None) -> Dataset:
             f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
             f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`"
         )
-    if p.suffix == ".tar" or any(ch in path for ch in "*?["):
-        tars = sorted(glob.glob(path)) if not p.is_file() else [path]
+    if p.is_file() and p.suffix == ".txt":  # a list of shards
+        root = p.parent
+        tars = [
+            str(root / line.strip()) for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")
+        ]
+        if not tars:
+            raise UserError(f"{path}: the shard list is empty; write one tar path per line")
+        return read_shards(tars)
+    if p.suffix == ".tar" or any(ch in path for ch in "*?[{"):
+        tars = [path] if p.is_file() else expand_shards(path)
         if not tars:
             raise UserError(f"{path}: no tar shards match")
         return read_shards(tars)
     raise UserError(f"{path}: no such dataset; give a captions file (.jsonl/.csv/.tsv), a folder or tar shards")
+
+
+_RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
+_LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
+
+
+def braces(pattern: str) -> list[str]:
+    """Expand webdataset's brace patterns left to right: {000..123} (zero-padded as written), {a,b,c}."""
+    found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m]
+    if not found:
+        return [pattern]
+    m = min(found, key=lambda m: m.start())
+    head, tail = pattern[: m.start()], pattern[m.end() :]
+    if m.re is _LIST:
+        return [x for part in m.group(1).split(",") for x in braces(head + part + tail)]
+    lo, hi = m.group(1), m.group(2)
+    if int(hi) < int(lo):
+        raise UserError(f"{pattern}: the range {{{lo}..{hi}}} counts down; write the smaller number first")
+    width = len(lo) if lo.startswith("0") else 0
+    return [x for i in range(int(lo), int(hi) + 1) for x in braces(head + str(i).zfill(width) + tail)]
+
+
+def expand_shards(pattern: str) -> list[str]:
+    """Shards named by a brace pattern and/or glob, in order. A brace pattern names its shards
+    exactly, so one that is missing is kept and counted as bad where it is read."""
+    out = []
+    for p in braces(pattern):
+        out += sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p]
+    return out
 
 
 def read_captions(file: Path, images: Optional[str] = None) -> Dataset:
@@ -124,31 +164,61 @@ def read_captions(file: Path, images: Optional[str] = None) -> Dataset:
 
 
 def read_shards(tars: list[str]) -> Dataset:
-    """Pair `key.{jpg,png,...}` with `key.txt` inside each shard; index the image bytes' offsets."""
-    ds = Dataset([], [], ",".join(tars))
+    """Pair each key's image with its caption (key.txt, or a "caption"/"text" field in key.json) inside
+    each shard; index the image bytes' offsets. Keys follow webdataset: a member's key is its path up
+    to the first dot of its file name (a.b.jpg: key "a", suffix "b.jpg"). Bad members and shards are
+    skipped and counted, by reason."""
+    ds = Dataset([], [], tars[0] if len(tars) == 1 else f"{len(tars)} shards ({tars[0]}, ...)")
     for t in tars:
         try:
             with tarfile.open(t) as tf:
-                members = {}
+                members: dict = {}
                 for m in tf.getmembers():
                     if m.isfile():
-                        key, _, ext = m.name.rpartition(".")
-                        members.setdefault(key, {})["." + ext.lower()] = m
+                        folder, _, name = m.name.rpartition("/")
+                        stem, dot, suffix = name.partition(".")
+                        if not dot:
+                            continue
+                        members.setdefault(f"{folder}/{stem}" if folder else stem, {})["." + suffix.lower()] = m
                 for key, group in sorted(members.items()):
-                    img = next((group[e] for e in IMAGE_EXT if e in group), None)
-                    txt = group.get(".txt")
-                    if img is None or txt is None:
-                        ds.bad.append((f"{t}:{key}", "needs an image and a .txt caption"))
-                        continue
-                    cap = tf.extractfile(txt).read().decode("utf-8", errors="replace").strip()
-                    if not cap:
-                        ds.bad.append((f"{t}:{key}", "empty caption"))
-                        continue
-                    ds.samples.append(
-                        Sample(caption=cap, tar=t, offset=img.offset_data, size=img.size, ext=Path(img.name).suffix)
-                    )
-        except (tarfile.TarError, OSError) as e:
+                    _pair(ds, tf, t, key, group)
+        except FileNotFoundError:
+            ds.bad.append((t, "no such shard"))
+        except (tarfile.TarError, OSError, EOFError) as e:
             ds.bad.append((t, f"unreadable tar shard ({e})"))
     if not ds.samples:
         raise UserError(f"{tars[0]}: no image + caption pairs in the shards ({len(ds.bad)} bad entries)")
     return ds
+
+
+def _pair(ds: Dataset, tf: tarfile.TarFile, t: str, key: str, group: dict) -> None:
+    where = f"{t}:{key}"
+    img = next((group[e] for e in IMAGE_EXT if e in group), None)
+    if img is None:
+        if ".txt" in group or ".json" in group:
+            ds.bad.append((where, "no image member"))
+        return  # other members of no sample (a shard's __index__, .parquet): not samples
+    try:
+        cap = _caption(tf, group)
+    except UnicodeDecodeError:
+        ds.bad.append((where, "caption is not UTF-8"))
+        return
+    except (json.JSONDecodeError, ValueError):
+        ds.bad.append((where, "its .json is not valid JSON"))
+        return
+    if cap is None:
+        ds.bad.append((where, "no caption (.txt, or .json with a caption)"))
+    elif not cap:
+        ds.bad.append((where, "empty caption"))
+    else:
+        ds.samples.append(Sample(caption=cap, tar=t, offset=img.offset_data, size=img.size, ext=Path(img.name).suffix))
+
+
+def _caption(tf: tarfile.TarFile, group: dict) -> Optional[str]:
+    if ".txt" in group:
+        return tf.extractfile(group[".txt"]).read().decode("utf-8").strip()
+    if ".json" in group:
+        meta = json.loads(tf.extractfile(group[".json"]).read().decode("utf-8"))
+        cap = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
+        return cap.strip() if isinstance(cap, str) else None
+    return None

@@ -7,6 +7,7 @@ it trains is the objective's business (objectives/), what it says is the reporte
 
 from __future__ import annotations
 
+import collections
 import io
 import math
 import os
@@ -106,7 +107,11 @@ class Trainer:
         self.data = open_dataset(cfg.data, cfg.images)
         if self.data.bad:
             where, why = self.data.bad[0]
-            self.say(f"data: skipped {len(self.data.bad)} bad row(s) of {self.data.root} (first: {where}: {why})")
+            reasons = collections.Counter(w.split(" (")[0] for _, w in self.data.bad)
+            counts = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
+            self.say(
+                f"data: skipped {len(self.data.bad)} bad entries of {self.data.root}: {counts} (first: {where}: {why})"
+            )
         self._note_image_size()
         self.tokenizer = self.objective.tokenizer(self.data)
         ids = self.tokenizer([s.caption for s in self.data.samples])

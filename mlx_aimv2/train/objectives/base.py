@@ -21,7 +21,7 @@ import mlx.nn as nn
 
 from ...config import TrainConfig
 from ...data import Dataset, TrainStream
-from ...tokenizer import TextTokenizer, load_tokenizer, train_bpe
+from ...tokenizer import BPE_SAMPLE, TextTokenizer, load_tokenizer, train_bpe
 
 
 class Shard:
@@ -76,14 +76,18 @@ class Objective:
         if own.is_file():
             return load_tokenizer(own, cfg.context_length)
         dst = own if self.rank == 0 else self.out / f".tokenizer.rank{self.rank}.json"
-        tok = train_bpe((s.caption for s in data.samples), cfg.vocab_size, dst, cfg.context_length)
+        # a bounded, evenly spread sample: a BPE's merges settle long before millions of captions
+        step = max(1, -(-len(data.samples) // BPE_SAMPLE))
+        sample = data.samples[::step]
+        tok = train_bpe((s.caption for s in sample), cfg.vocab_size, dst, cfg.context_length)
         if self.rank == 0:
             why = (
                 f" (asked for {cfg.vocab_size}: the captions hold no more distinct merges)"
                 if tok.vocab_size < cfg.vocab_size
                 else ""
             )
-            self.log(f"trained a {tok.vocab_size}-token BPE on the captions{why} -> {own}")
+            used = "" if step == 1 else f" (every {step}th of {len(data.samples):,})"
+            self.log(f"trained a {tok.vocab_size}-token BPE on {len(sample):,} captions{used}{why} -> {own}")
         return tok
 
     def stream(self, data: Dataset, ids, mirrored, batch_size: int, barrier, progress: bool):
