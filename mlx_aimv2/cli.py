@@ -635,6 +635,30 @@ def dupes(
 
 @app.command()
 @user_errors
+def caption(
+    paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
+    model: Path = typer.Option(..., "--model", "-m", help="a pre-training run folder (its encoder and decoder)"),
+    beam: int = typer.Option(1, "--beam", min=1, max=16, help="beam width; 1 is greedy"),
+    max_tokens: int = typer.Option(32, "--max-tokens", min=1, max=512),
+    as_json: bool = typer.Option(False, "--json", help="print [{path, caption}] as JSON"),
+):
+    """Caption images with a pre-training run's decoder (the part of AIMv2 the paper throws away)."""
+    from .caption import load
+
+    files, missing = expand_paths(paths)
+    if not files:
+        raise UserError("no images to caption: " + "; ".join(f"{p}: {why}" for p, why in missing))
+    captioner = load(model, max_tokens)
+    captions = captioner([str(f) for f in files], beam=beam)
+    if as_json:
+        typer.echo(json.dumps([{"path": shown(f), "caption": c} for f, c in zip(files, captions)], indent=1))
+    else:
+        for f, c in zip(files, captions):
+            typer.echo(f"{shown(f)}: {c}")
+
+
+@app.command()
+@user_errors
 def serve(
     model: Optional[str] = typer.Option(
         None,

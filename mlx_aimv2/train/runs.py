@@ -15,11 +15,14 @@ from mlx.utils import tree_flatten
 from .. import checkpoints, cpu
 from ..api import AIMv2, load
 from ..atomic import check_destination
-from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig
+from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig, build_config
 from ..errors import UserError
 from ..models import AIMv2LiT, AIMv2VisionEncoder
+from ..models.captioner import Captioner
+from ..models.decoder import AIMv2PreTrainer
 from ..models.lit import LiTTuner
 from ..preprocess import Preprocessor
+from ..tokenizer import TextTokenizer, load_tokenizer
 from . import checkpoint
 
 
@@ -93,6 +96,31 @@ def frozen_encoder(init: str) -> AIMv2:
             f"caches fixed-size tokens, so start from a fixed-resolution encoder"
         )
     return model
+
+
+def load_captioner(run: Path, max_tokens: int = 32) -> tuple[Captioner, TextTokenizer, Preprocessor]:
+    """A pre-training run's encoder and decoder as a Captioner, its tokenizer and its preprocessing."""
+    if not is_run(run):
+        raise UserError(f"{run}: not a pre-training run folder; captions need a run's decoder (`mlx-aimv2 train`)")
+    ckpt, state = newest(run)
+    if "lit" in state or "vision" not in state:
+        raise UserError(f"{run} is a LiT tuning run: it has no decoder to caption with; give a pre-training run")
+    cfg = build_config(dict(state["config"]))
+    if cfg.objective == "image":
+        raise UserError(f"{run} was trained with objective 'image' (next patch only): its decoder never learned text")
+    own = Path(run) / "tokenizer.json"
+    tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
+    vision = VisionConfig.from_dict(state["vision"])
+    model = AIMv2PreTrainer(
+        vision, cfg.decoder_config(tokenizer.vocab_size), pad_id=tokenizer.pad_id, objective=cfg.objective
+    )
+    checkpoints.load_into(model, dict(mx.load(str(ckpt / "model.safetensors"))), str(ckpt))
+    mx.eval(model.parameters())
+    cpu.use_kernels(model)
+    pp = encoder_preprocessor(vision, cfg.mean, cfg.std)
+    where = f"{run} (its training config)"
+    captioner = Captioner(model, tokenizer.eos_id, tokenizer.pad_id, max_tokens)
+    return captioner, tokenizer, Preprocessor.from_config(pp, None, where, vision.image_size)
 
 
 # ------------------------------------------------------------------------------ LiT tuning runs
