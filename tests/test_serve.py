@@ -172,6 +172,17 @@ def test_a_token_guards_every_route(library):
         assert c.get("/v1/models").status_code == 200  # the cookie now
 
 
+def test_cors_only_for_the_origins_given(library):
+    db, _ = library
+    pre = {"Origin": "http://app.local", "Access-Control-Request-Method": "POST"}
+    with TestClient(build_app(open_settings(db=db))) as c:
+        assert "access-control-allow-origin" not in c.options("/v1/embeddings", headers=pre).headers
+    with TestClient(build_app(open_settings(db=db, token=TOKEN, cors=["http://app.local"]))) as c:
+        r = c.options("/v1/embeddings", headers=pre)  # a preflight carries no token
+        assert r.status_code == 200 and r.headers["access-control-allow-origin"] == "http://app.local"
+        assert c.post("/v1/embeddings", json={"input": "x"}, headers={"Origin": "http://app.local"}).status_code == 401
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

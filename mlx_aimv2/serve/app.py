@@ -234,9 +234,9 @@ def build_app(s: Settings) -> Starlette:
         Route("/thumbs/{pid}.jpg", thumb),
     ]
     middleware = [Middleware(_Guard, token=s.token)]
-    if s.cors:
-        middleware.append(
-            Middleware(CORSMiddleware, allow_origins=s.cors, allow_methods=["GET", "POST"], allow_headers=["*"])
+    if s.cors:  # outside the token guard: a browser's preflight carries no token
+        middleware.insert(
+            0, Middleware(CORSMiddleware, allow_origins=s.cors, allow_methods=["GET", "POST"], allow_headers=["*"])
         )
     return Starlette(
         routes=routes,
