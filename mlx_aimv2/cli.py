@@ -659,6 +659,42 @@ def caption(
 
 @app.command()
 @user_errors
+def complete(
+    image: Path = typer.Argument(..., help="an image"),
+    model: Path = typer.Option(..., "--model", "-m", help="a pre-training run folder (its encoder and decoder)"),
+    prefix: int = typer.Option(..., "--prefix", "-k", min=1, help="how many patches the decoder is given"),
+    out: Path = typer.Option(Path("completion.png"), "--out", "-o", help="the picture (.png/.jpg)"),
+):
+    """Show the decoder's next-patch predictions after the first K patches: what AIMv2's image objective learns."""
+    import mlx.core as mx
+    import numpy as np
+
+    from . import owner
+    from .models.completion import next_patches, unpatchify
+    from .train.runs import load_pretrainer
+    from .viz import save_completion
+
+    _check_output_file(out, (".png", ".jpg", ".jpeg", ".webp"), "--out")
+    net, _, pre, cfg = owner.run(load_pretrainer, model, "image")
+    size, p = cfg.image_size, net.patch
+    n = (size // p) ** 2
+    if prefix >= n:
+        raise UserError(f"--prefix {prefix}: this model sees {n} patches; give 1 to {n - 1}")
+    x = pre(str(image))
+    result = owner.run(next_patches, net, mx.array(x[None]), prefix)
+    mean, std = np.asarray(cfg.mean, np.float32), np.asarray(cfg.std, np.float32)
+
+    def show(a):  # normalised pixels back to 8-bit RGB
+        return (np.clip(a * std + mean, 0, 1) * 255).astype(np.uint8)
+
+    real = show(x)
+    filled = show(unpatchify(result["predicted"], size, size, p))
+    save_completion(real, filled, result["error"].reshape(size // p, size // p), prefix, out)
+    typer.echo(f"next-patch MSE after {prefix} of {n} patches: {result['mse']:.4f}; saved {out}")
+
+
+@app.command()
+@user_errors
 def serve(
     model: Optional[str] = typer.Option(
         None,

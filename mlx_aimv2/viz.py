@@ -90,3 +90,37 @@ def contact_sheet(paths: Sequence[str], labels: Sequence[str], out: Path, cell: 
     except OSError as e:
         raise UserError(f"{out}: cannot write the contact sheet ({e.strerror or e})") from None
     return out
+
+
+def save_completion(
+    real: np.ndarray, predicted: np.ndarray, error: np.ndarray, prefix: int, out: Path, cell: int = 256
+) -> Path:
+    """Three panels: the image, the image with every patch after the first `prefix` replaced by the
+    decoder's prediction (the prefix outlined), and each predicted patch's error (brighter = worse)."""
+    h, w = real.shape[:2]
+    gh, gw = error.shape
+    scale = cell / max(h, w)
+    size = (max(int(w * scale), 1), max(int(h * scale), 1))
+    heat = error / max(float(error.max()), 1e-12)
+    heat = (np.stack([heat, heat * 0.45, 1 - heat], -1) * 255).astype(np.uint8)
+    panels = [
+        Image.fromarray(real).resize(size, Image.NEAREST),
+        Image.fromarray(predicted).resize(size, Image.NEAREST),
+        Image.fromarray(heat).resize(size, Image.NEAREST),
+    ]
+    sheet = Image.new("RGB", (3 * size[0] + 32, size[1] + 36), "white")
+    draw = ImageDraw.Draw(sheet)
+    titles = ("image", f"first {prefix} patches, then predicted", "error of each prediction")
+    for i, (panel, title) in enumerate(zip(panels, titles)):
+        x = 8 + i * (size[0] + 8)
+        sheet.paste(panel, (x, 28))
+        draw.text((x, 8), title, fill="black")
+    pw, ph = size[0] / gw, size[1] / gh  # outline the prefix on the middle panel
+    x0 = 16 + size[0]
+    for j in range(prefix):
+        r, c = divmod(j, gw)
+        draw.rectangle([x0 + c * pw, 28 + r * ph, x0 + (c + 1) * pw - 1, 28 + (r + 1) * ph - 1], outline=(0, 160, 0))
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    sheet.save(out)
+    return out

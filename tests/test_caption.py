@@ -70,6 +70,33 @@ def test_caption_command_and_its_errors(runs, tmp_path):
     out = json.loads(r.stdout)
     assert [Path(o["path"]).name for o in out] == [p.name for p in images]
     assert all(isinstance(o["caption"], str) for o in out)
-    one_clear_line(cli("caption", images[0], "--model", image_only), "objective 'image'")
+    one_clear_line(cli("caption", images[0], "--model", image_only), "objective 'image'", "only patches")
     one_clear_line(cli("caption", images[0], "--model", tmp_path), "not a pre-training run")
     one_clear_line(cli("caption", tmp_path / "nothing.jpg", "--model", run), "no images to caption")
+
+
+def test_complete_shows_the_next_patch_predictions_the_image_loss_scores(runs, tmp_path):
+    """Issue 20, part 5: the decoder's predictions after a prefix of K patches; their MSE over the
+    predicted patches is the image loss for that prefix (the model's own losses, to 1e-5)."""
+    from mlx_aimv2.models.completion import next_patches, unpatchify
+    from mlx_aimv2.train.runs import load_pretrainer
+
+    data, run, _ = runs
+    model, _, pre, cfg = load_pretrainer(run, "image")
+    image = sorted((data / "images").iterdir())[0]
+    x = mx.array(pre(str(image))[None])
+    n = (cfg.image_size // cfg.patch_size) ** 2
+    for k in (1, 5, n - 1):
+        r = next_patches(model, x, k)
+        ref = model.losses(x, mx.zeros((1, 4), dtype=mx.int32), mx.array([k]))["loss_image"]
+        assert abs(r["mse"] - ref.item()) < 1e-5, (k, r["mse"], ref.item())
+        assert (r["error"][:k] == 0).all() and (r["error"][k:] > 0).all()
+    patches = np.array(x[0]).reshape(4, 14, 4, 14, 3).transpose(0, 2, 1, 3, 4).reshape(16, -1)
+    np.testing.assert_allclose(r["predicted"][: n - 1], patches[: n - 1], atol=1e-6)  # the prefix as it is
+    assert np.allclose(unpatchify(patches, 56, 56, 14), np.array(x[0]))
+    out = tmp_path / "grid.png"
+    r = cli("complete", image, "--model", run, "--prefix", "6", "-o", out)
+    assert r.exit_code == 0 and out.stat().st_size > 1000 and "MSE after 6 of 16" in r.output, r.output
+    one_clear_line(cli("complete", image, "--model", run, "--prefix", "16", "-o", out), "give 1 to 15")
+    text_only = _run(data, tmp_path / "text", objective="text")
+    one_clear_line(cli("complete", image, "--model", text_only, "--prefix", "3", "-o", out), "objective 'text'")

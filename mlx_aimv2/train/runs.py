@@ -98,16 +98,20 @@ def frozen_encoder(init: str) -> AIMv2:
     return model
 
 
-def load_captioner(run: Path, max_tokens: int = 32) -> tuple[Captioner, TextTokenizer, Preprocessor]:
-    """A pre-training run's encoder and decoder as a Captioner, its tokenizer and its preprocessing."""
+def load_pretrainer(run: Path, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Preprocessor, TrainConfig]:
+    """A pre-training run's encoder and decoder (its newest checkpoint), tokenizer, preprocessing and
+    config. need: "text" (captions) or "image" (next patches): refused in one line when the run's
+    objective never trained that side."""
     if not is_run(run):
-        raise UserError(f"{run}: not a pre-training run folder; captions need a run's decoder (`mlx-aimv2 train`)")
+        raise UserError(f"{run}: not a pre-training run folder; this needs a run's decoder (`mlx-aimv2 train`)")
     ckpt, state = newest(run)
     if "lit" in state or "vision" not in state:
-        raise UserError(f"{run} is a LiT tuning run: it has no decoder to caption with; give a pre-training run")
+        raise UserError(f"{run} is a LiT tuning run: it has no decoder; give a pre-training run")
     cfg = build_config(dict(state["config"]))
-    if cfg.objective == "image":
-        raise UserError(f"{run} was trained with objective 'image' (next patch only): its decoder never learned text")
+    other = {"text": "image", "image": "text"}[need]
+    if cfg.objective == other:
+        learned = "text" if other == "text" else "patches"
+        raise UserError(f"{run} was trained with objective '{other}': its decoder learned only {learned}")
     own = Path(run) / "tokenizer.json"
     tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
     vision = VisionConfig.from_dict(state["vision"])
@@ -118,9 +122,13 @@ def load_captioner(run: Path, max_tokens: int = 32) -> tuple[Captioner, TextToke
     mx.eval(model.parameters())
     cpu.use_kernels(model)
     pp = encoder_preprocessor(vision, cfg.mean, cfg.std)
-    where = f"{run} (its training config)"
-    captioner = Captioner(model, tokenizer.eos_id, tokenizer.pad_id, max_tokens)
-    return captioner, tokenizer, Preprocessor.from_config(pp, None, where, vision.image_size)
+    return model, tokenizer, Preprocessor.from_config(pp, None, f"{run} (its training config)", vision.image_size), cfg
+
+
+def load_captioner(run: Path, max_tokens: int = 32) -> tuple[Captioner, TextTokenizer, Preprocessor]:
+    """A pre-training run's encoder and decoder as a Captioner, its tokenizer and its preprocessing."""
+    model, tokenizer, pre, _ = load_pretrainer(run, "text")
+    return Captioner(model, tokenizer.eos_id, tokenizer.pad_id, max_tokens), tokenizer, pre
 
 
 # ------------------------------------------------------------------------------ LiT tuning runs
