@@ -115,16 +115,20 @@ def _tmp_prefix() -> str:
     return f"{TMP_PREFIX}{os.getpid()}-"
 
 
-def _alive(pid: int) -> bool:
-    if pid == os.getpid():
-        return True
+def process_alive(pid: int) -> bool:
+    """Whether process `pid` still runs: another user's counts as running; on Linux a killed process
+    its parent has not reaped yet (a zombie) counts as gone."""
     try:
         os.kill(pid, 0)
     except ProcessLookupError:
         return False
     except PermissionError:  # another user's live process
         return True
-    return True
+    try:
+        with open(f"/proc/{pid}/stat") as f:
+            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
+    except (OSError, IndexError):  # not Linux, or gone meanwhile: kill(0) said it was there
+        return True
 
 
 def remove_orphans(folder: Path) -> list[Path]:
@@ -132,7 +136,7 @@ def remove_orphans(folder: Path) -> list[Path]:
     gone = []
     for p in Path(folder).glob(TMP_PREFIX + "*"):
         pid = p.name[len(TMP_PREFIX) :].split("-", 1)[0]
-        if pid.isdigit() and _alive(int(pid)):
+        if pid.isdigit() and (int(pid) == os.getpid() or process_alive(int(pid))):
             continue
         shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
         gone.append(p)

@@ -17,6 +17,7 @@ import threading
 import time
 from pathlib import Path
 
+from ..atomic import process_alive
 from . import checkpoint
 
 
@@ -49,7 +50,7 @@ class Watchdog:
                 host, pid = f.read_text().split()
             except (OSError, ValueError):
                 continue
-            if r != self.rank and host == here and not _alive(int(pid)):
+            if r != self.rank and host == here and not process_alive(int(pid)):
                 return f"rank {r} (process {pid} is gone)"
         return None
 
@@ -94,17 +95,3 @@ class Watchdog:
                     flush=True,
                 )
                 os._exit(1)
-
-
-def _alive(pid: int) -> bool:
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    try:  # Linux: a killed process its parent has not reaped yet (a zombie) is gone too
-        with open(f"/proc/{pid}/stat") as f:
-            return f.read().rsplit(")", 1)[1].split()[0] != "Z"
-    except (OSError, IndexError):
-        return True
