@@ -719,13 +719,9 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="inputs per model call when requests are batched"),
 ):
     """Serve embeddings (OpenAI-style /v1/embeddings) and, with --db, search and a page, on localhost."""
-    from .serve import LOCAL_HOSTS, open_settings, run
+    from .serve import check_host, open_settings, run
 
-    if host not in LOCAL_HOSTS and not token:  # before any model loads
-        raise UserError(
-            f"--host {host} lets other machines reach the server; pass --token (or set MLX_AIMV2_TOKEN) so "
-            f"that only clients with it are answered"
-        )
+    check_host(host, token)  # before any model loads
     settings = open_settings(model, db, token, allow_dir or [], cors_origin or [], max_batch)
     shown_host = f"[{host}]" if ":" in host else host
     typer.echo(f"serving {settings.name} on http://{shown_host}:{port}/ (Ctrl-C stops)", err=True)

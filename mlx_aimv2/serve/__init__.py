@@ -3,6 +3,6 @@
 requests into batches; inputs.py checks what clients send; thumbs.py serves indexed photos only."""
 
 from .app import Settings, build_app
-from .server import LOCAL_HOSTS, open_settings, run
+from .server import LOCAL_HOSTS, check_host, open_settings, run
 
-__all__ = ["Settings", "build_app", "open_settings", "run", "LOCAL_HOSTS"]
+__all__ = ["Settings", "build_app", "check_host", "open_settings", "run", "LOCAL_HOSTS"]

@@ -46,12 +46,17 @@ def open_settings(
     return Settings(served, name, index, token, folders, list(cors), max_batch)
 
 
-def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
-    if host not in LOCAL_HOSTS and not settings.token:
+def check_host(host: str, token: Optional[str]) -> None:
+    """Safe by default: listening anywhere but this machine needs a token."""
+    if host not in LOCAL_HOSTS and not token:
         raise UserError(
             f"--host {host} lets other machines reach the server; pass --token (or set MLX_AIMV2_TOKEN) so "
             f"that only clients with it are answered"
         )
+
+
+def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
+    check_host(host, settings.token)
     config = uvicorn.Config(build_app(settings), host=host, port=port, log_level="warning", access_log=False)
     server = uvicorn.Server(config)
     try:
