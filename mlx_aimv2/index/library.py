@@ -394,64 +394,52 @@ class Index:
             raise UserError(errors[0][1] if errors else f"{term.value}: could not embed the query image")
         return rows[0][1]
 
-    def query_vector(self, text: Optional[str] = None, image=None, query=None) -> np.ndarray:
-        """The query's vector: one text, one image, or several weighted terms (query.py)."""
-        terms = terms_of(text, image, query)
-        return combine([self._encode(t) for t in terms], terms)
-
     def search(self, text: Optional[str] = None, image=None, k: int = 10, query=None) -> list[Hit]:
         """The k images nearest the query (cosine similarity), best first. Ask with text="...",
         image=path, or query= terms with weights: '"2:golden retriever" + pool.jpg - fruit', or a
         list of (text or Path, weight) pairs (index/query.py)."""
         if isinstance(k, bool) or not isinstance(k, (int, np.integer)) or k < 1:
             raise UserError(f"k = {k!r}: ask for at least one result (a whole number)")
-        terms_of(text, image, query)  # a malformed query fails before anything loads
-        with self._lock:
-            try:
-                return self._search(text, image, query, int(k))
-            except sqlite3.DatabaseError as e:
-                raise db_error(self.path, e) from None
-
-    def _search(self, text, image, query, k: int) -> list[Hit]:
-        paths, matrix = self._matrix()
-        if not paths:
-            raise UserError(f"{self.path}: the index holds no images yet; add some with `mlx-aimv2 index`")
-        q = self.query_vector(text, image, query)
-        idx, scores = top_k(matrix, q, k)
-        return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
-
-    def paths(self) -> list[str]:
-        """Every embedded image's path, in the store's order (cached until the index changes)."""
-        with self._lock:
-            try:
-                return self._matrix()[0]
-            except sqlite3.DatabaseError as e:
-                raise db_error(self.path, e) from None
-
-    def similar(self, path: str, k: int = 10) -> list[Hit]:
-        """The k images nearest an indexed one ("more like this"), from its stored vector: no model."""
+        terms = terms_of(text, image, query)  # a malformed query fails before anything loads
         with self._lock:
             try:
                 paths, matrix = self._matrix()
+                if not paths:
+                    raise UserError(f"{self.path}: the index holds no images yet; add some with `mlx-aimv2 index`")
+                q = combine([self._encode(t) for t in terms], terms)  # the weighted sum of the terms
             except sqlite3.DatabaseError as e:
                 raise db_error(self.path, e) from None
+        idx, scores = top_k(matrix, q, int(k))
+        return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
+
+    def _vectors(self) -> tuple[list[str], np.ndarray]:
+        """Paths and matrix, read under the lock, SQLite's errors worded (store.db_error)."""
+        with self._lock:
             try:
-                row = paths.index(str(path))
-            except ValueError:
-                raise UserError(f"{path}: not an image of {self.path}") from None
-            idx, scores = top_k(matrix, matrix[row], k)
-            return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
+                return self._matrix()
+            except sqlite3.DatabaseError as e:
+                raise db_error(self.path, e) from None
+
+    def paths(self) -> list[str]:
+        """Every embedded image's path, in the store's order (cached until the index changes)."""
+        return self._vectors()[0]
+
+    def similar(self, path: str, k: int = 10) -> list[Hit]:
+        """The k images nearest an indexed one ("more like this"), from its stored vector: no model."""
+        paths, matrix = self._vectors()
+        try:
+            row = paths.index(str(path))
+        except ValueError:
+            raise UserError(f"{path}: not an image of {self.path}") from None
+        idx, scores = top_k(matrix, matrix[row], k)
+        return [Hit(paths[i], float(s)) for i, s in zip(idx, scores)]
 
     def dupes(self, threshold: float = DEFAULT_THRESHOLD) -> list[list[Hit]]:
         """Groups of near-duplicate images (index/dupes.py): each a list of Hits, the first image with
         score 1 and the others with their similarity to it; the largest group first."""
         if isinstance(threshold, bool) or not isinstance(threshold, (int, float)) or not 0 < threshold <= 1:
             raise UserError(f"threshold {threshold!r}: give a cosine similarity in (0, 1], e.g. {DEFAULT_THRESHOLD}")
-        with self._lock:
-            try:
-                paths, matrix = self._matrix()
-            except sqlite3.DatabaseError as e:
-                raise db_error(self.path, e) from None
+        paths, matrix = self._vectors()
         found = []
         for g in groups(matrix, float(threshold)):
             found.append([Hit(paths[i], s) for i, s in zip(g, pair_scores(matrix, g))])
