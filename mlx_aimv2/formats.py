@@ -115,18 +115,14 @@ def _open_raw(src) -> Image.Image:
             thumb = None
         if thumb is not None and thumb.format == rawpy.ThumbFormat.JPEG:
             with Image.open(io.BytesIO(thumb.data)) as im:
+                oriented = im.getexif().get(0x0112, 1) != 1  # the preview says its own orientation
                 im = ImageOps.exif_transpose(im)
                 im.load()
             flip = _FLIPS.get(raw.sizes.flip)
-            return im.transpose(flip) if flip is not None and not _has_orientation(thumb.data) else im
+            return im.transpose(flip) if flip is not None and not oriented else im
         # no usable preview: demosaic (LibRaw applies the flip itself)
         rgb = raw.postprocess(use_camera_wb=True, half_size=True, output_bps=8)
         return Image.fromarray(rgb)
-
-
-def _has_orientation(jpeg: bytes) -> bool:
-    with Image.open(io.BytesIO(jpeg)) as im:
-        return im.getexif().get(0x0112, 1) != 1
 
 
 def raw_with_jpeg(path: str, names: set) -> bool:
