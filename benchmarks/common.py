@@ -8,6 +8,17 @@ import time
 
 import mlx.core as mx
 
+# aimv2-large-patch14-224's vision tower as transformers' Aimv2VisionConfig arguments
+L14 = dict(
+    hidden_size=1024,
+    intermediate_size=2816,
+    num_hidden_layers=24,
+    num_attention_heads=8,
+    image_size=224,
+    patch_size=14,
+    use_head=False,
+)
+
 
 def timed(fn, reps: int) -> list[float]:
     out = []

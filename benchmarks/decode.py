@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, median  # noqa: E402
-from quantization import L14, photos  # noqa: E402
+from common import L14, emit, median  # noqa: E402
+from quantization import photos  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 

@@ -23,17 +23,8 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, encoder_flops, median  # noqa: E402
+from common import L14, emit, encoder_flops, median  # noqa: E402
 
-L14 = dict(
-    hidden_size=1024,
-    intermediate_size=2816,
-    num_hidden_layers=24,
-    num_attention_heads=8,
-    image_size=224,
-    patch_size=14,
-    use_head=False,
-)
 SMALL = dict(L14, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=2)
 
 TORCH_WORKER = r"""

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit  # noqa: E402
+from common import L14, emit  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 VARIANTS = [
@@ -32,15 +32,6 @@ VARIANTS = [
     (4, 128, "affine"),
     (4, 32, "mxfp4"),
 ]
-L14 = dict(
-    hidden_size=1024,
-    intermediate_size=2816,
-    num_hidden_layers=24,
-    num_attention_heads=8,
-    image_size=224,
-    patch_size=14,
-    use_head=False,
-)
 
 MEMORY_CHILD = r"""
 import sys, time, numpy as np, mlx.core as mx, mlx_aimv2
