@@ -51,8 +51,9 @@ def main():
 
     from mlx_aimv2.config import TrainConfig
     from mlx_aimv2.cpu import loaded_blas
-    from mlx_aimv2.data import TrainStream, open_dataset, write_synthetic
+    from mlx_aimv2.data import TrainStream, find_sources, open_dataset, write_synthetic
     from mlx_aimv2.environment import backend
+    from mlx_aimv2.tokenizer import train_bpe
     from mlx_aimv2.train.objectives import AIMv2
     from mlx_aimv2.train.optim import DecoupledAdamW, schedule
     from mlx_aimv2.train.step import make_step
@@ -111,8 +112,8 @@ def main():
     # the loader alone, on synthetic JPEGs larger than the crop, with the training transform
     with tempfile.TemporaryDirectory() as tmp:
         write_synthetic(Path(tmp), 512, size=int(a.image_size * 1.3))
-        ds = open_dataset(tmp)
-        stream = TrainStream(ds, np.zeros((len(ds), 77), np.int32), a.image_size, a.batch, threads=2)
+        tokenizer = train_bpe((s.caption for s in open_dataset(tmp).samples), 512, Path(tmp) / "tok.json")
+        stream = TrainStream(find_sources(tmp), tokenizer, a.image_size, a.batch, threads=2)
         it = iter(stream)
         next(it)
         k = max(1, 256 // a.batch)

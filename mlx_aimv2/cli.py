@@ -296,15 +296,18 @@ def data_synth(
         3, "--max-objects", min=1, max=3, help="1 makes a probe set where every attribute is defined"
     ),
     seed: int = typer.Option(0),
+    shards: int = typer.Option(0, min=0, help="write N webdataset tar shards (key.jpg/.txt/.json) instead"),
 ):
     """Write a synthetic captioned set: coloured shapes, captions saying what is where."""
     from .data.synth import write_synthetic
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; give a folder for the data set")
-
-    write_synthetic(out, n, size, seed, progress=n > 200, max_objects=max_objects)
-    typer.echo(f"wrote {n} images and {out}/captions.jsonl")
+    if shards > n:
+        raise UserError(f"--shards {shards} is more than --n {n}: each shard needs a sample")
+    write_synthetic(out, n, size, seed, progress=n > 200, max_objects=max_objects, shards=shards)
+    where = f"{shards} shards {out}/{{00000..{shards - 1:05d}}}.tar" if shards else f"{out}/captions.jsonl"
+    typer.echo(f"wrote {n} images and their captions to {where}")
 
 
 @tokenizer_app.command("train")

@@ -47,9 +47,12 @@ def save_pca(images: Sequence[Image.Image], tokens: Sequence[np.ndarray], grids,
 
 
 def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "loss_text")) -> Path:
-    """Loss curves from metrics records (dicts with "step" and the keys)."""
-    fig = Figure(figsize=(7, 4))  # no pyplot: an app's own matplotlib backend stays as it is
-    ax = fig.subplots()
+    """Loss curves from metrics records (dicts with "step" and the keys), and beside them the k-NN
+    probe's accuracy when the run evaluated (eval_every)."""
+    probe = [(r["step"], r["knn_top1"]) for r in records if r.get("knn_top1") is not None]
+    fig = Figure(figsize=(11 if probe else 7, 4))  # no pyplot: an app's own matplotlib backend stays as it is
+    axes = fig.subplots(1, 2 if probe else 1)
+    ax = axes[0] if probe else axes
     for k in keys:
         pts = [(r["step"], r[k]) for r in records if k in r and r[k] is not None]
         if pts:
@@ -59,6 +62,11 @@ def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "los
     ax.set_yscale("log")
     ax.grid(alpha=0.3)
     ax.legend()
+    if probe:
+        axes[1].plot(*zip(*probe), marker="o", color="tab:green")
+        axes[1].set_xlabel("step")
+        axes[1].set_ylabel("k-NN top-1 (%) on eval_data")
+        axes[1].grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)

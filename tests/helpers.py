@@ -230,3 +230,17 @@ def one_clear_line(r, *words, code=1):
     for w in words:
         assert str(w) in last, last
     return last
+
+
+def write_shard(path: Path, samples: list) -> Path:
+    """A webdataset shard: (key, {suffix: bytes}) members in order, as img2dataset writes them."""
+    import io
+    import tarfile
+
+    with tarfile.open(path, "w") as tf:
+        for key, members in samples:
+            for suffix, data in members.items():
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))
+    return path

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import write_shard
 from mlx.utils import tree_flatten
 from typer.testing import CliRunner
 
@@ -89,13 +90,14 @@ def test_bad_rows_and_corrupt_images_are_skipped_and_reported(synth, tmp_path):
     (d / "captions.jsonl").write_text("\n".join(rows) + "\n")
     logs = []
     t = Trainer(cfg(d, tmp_path / "run", steps=30), log=logs.append)
-    assert len(t.data.bad) == 3 and len(t.data) == len(rows) - 3
-    r = t.run(progress=False)
+    r = t.run(progress=False)  # 480 samples: more than two passes over the set, each bad one counted once
     assert r["step"] == 30
-    assert any("skipped 3 bad entries" in l for l in logs), logs
-    assert any("unreadable image" in l for l in logs)
-    assert {Path(n).name for n, _ in t.stream.skipped} <= {"000003.jpg", "000005.jpg"}
-    assert len(t.stream.skipped) >= 2  # at least one pass over both within 30 * 16 samples
+    want = {"not valid JSON": 1, "empty or missing caption": 1, "image not found": 1, "unreadable image": 2}
+    assert dict(t.skips.reasons) == want, t.skips.reasons
+    line = next(l for l in logs if l.startswith("skipped 5: "))
+    assert "2 unreadable image" in line and "image not found" in line, line
+    state = json.loads(next((tmp_path / "run" / "checkpoints").glob("*/state.json")).read_text())
+    assert state["skipped"]["reasons"] == want
 
 
 def test_start_from_a_converted_checkpoint_then_embed_the_export(tmp_path):
@@ -140,7 +142,7 @@ def test_user_errors(synth, tmp_path):
     assert "no such dataset" in err("train", "--data", tmp_path / "nothing")
     empty = tmp_path / "empty.jsonl"
     empty.write_text("")
-    assert "no usable rows" in err("train", "--data", empty)
+    assert "empty.jsonl: no usable image + caption pair, 0 bad entries" in err("train", "--data", empty)
     # resume from a checkpoint of another architecture
     Trainer(cfg(synth, tmp_path / "r", steps=2), **QUIET).run(progress=False)
     line = err(
@@ -193,21 +195,27 @@ def test_a_dataset_of_only_unreadable_images_stops_clearly(tmp_path):
 
 
 def test_flipped_images_get_mirrored_captions(synth):
-    from mlx_aimv2.data import TrainStream, open_dataset
+    from mlx_aimv2.data import TrainStream, find_sources
     from mlx_aimv2.data.stream import mirror_caption
 
     assert (
         mirror_caption("a cat at the left, Right side, bright light") == "a cat at the right, Left side, bright light"
     )
-    ds = open_dataset(str(synth))
-    ids = np.arange(1, len(ds) + 1, dtype=np.int32)[:, None]
-    s = TrainStream(ds, ids, 56, 16, mirrored_ids=-ids)  # mirrored rows are marked negative
-    s_plain = TrainStream(ds, ids, 56, 16, augment=True)
-    got, plain = next(iter(s)), next(iter(s_plain))
-    flipped = got["ids"][:, 0] < 0
-    assert 0 < flipped.sum() < 16  # the coin came up both ways
-    assert (np.abs(got["ids"]) == plain["ids"]).all()  # same samples, same order
-    assert (got["images"] == plain["images"]).all()  # the same (flipped) pixels
+
+    def spell(texts):  # a "tokenizer" whose ids are the caption's bytes, so a batch says its captions
+        return np.stack([np.frombuffer(t.encode().ljust(256)[:256], np.uint8).astype(np.int32) for t in texts])
+
+    def read(ids):
+        return [bytes(r.astype(np.uint8)).decode().rstrip() for r in ids]
+
+    sources = find_sources(str(synth))
+    got = next(iter(TrainStream(sources, spell, 56, 64, mirror=True)))
+    plain = next(iter(TrainStream(sources, spell, 56, 64)))
+    assert (got["images"] == plain["images"]).all()  # the same samples and (flipped) pixels
+    swapped = [a != b for a, b in zip(read(got["ids"]), read(plain["ids"]))]
+    assert 0 < sum(swapped) < 64  # some flipped images had a side in their caption
+    for a, b in zip(read(got["ids"]), read(plain["ids"])):
+        assert a in (b, mirror_caption(b))
 
 
 def test_tar_shards_and_csv_tsv_sources(synth, tmp_path):
@@ -248,23 +256,11 @@ def test_tar_shards_and_csv_tsv_sources(synth, tmp_path):
     assert r["step"] == 3 and np.isfinite(r["last"]["loss"])
 
 
-def _shard(path: Path, samples: list) -> Path:
-    """A webdataset shard: (key, {suffix: bytes}) members in order, as img2dataset writes them."""
-    import io
-    import tarfile
-
-    with tarfile.open(path, "w") as tf:
-        for key, members in samples:
-            for suffix, data in members.items():
-                info = tarfile.TarInfo(f"{key}.{suffix}")
-                info.size = len(data)
-                tf.addfile(info, io.BytesIO(data))
-    return path
-
-
 def test_shards_by_brace_pattern_list_file_json_captions_and_bad_members(synth, tmp_path):
     """Issue 18's sources: brace patterns and shard lists, captions in key.json, webdataset keys with
     dots, and every bad member or shard skipped and counted by reason."""
+    import tarfile
+
     from mlx_aimv2.data import open_dataset
     from mlx_aimv2.data.sources import braces
 
@@ -273,7 +269,7 @@ def test_shards_by_brace_pattern_list_file_json_captions_and_bad_members(synth, 
     img = (synth / json.loads((synth / "captions.jsonl").read_text().splitlines()[0])["image"]).read_bytes()
     shards = tmp_path / "shards"
     shards.mkdir()
-    _shard(shards / "00000.tar", [
+    write_shard(shards / "00000.tar", [
         ("a", {"jpg": img, "txt": b"a red circle"}),
         ("b", {"jpg": img, "json": json.dumps({"caption": "a blue square", "url": "x"}).encode()}),
         ("c.v2", {"jpg": img, "txt": b"a dotted key"}),  # webdataset: key "c", suffixes "v2.jpg", "v2.txt"
@@ -282,11 +278,15 @@ def test_shards_by_brace_pattern_list_file_json_captions_and_bad_members(synth, 
         ("f", {"txt": b"no image"}),
         ("g", {"jpg": img, "json": b"{broken"}),
     ])  # fmt: skip
-    _shard(shards / "00001.tar", [("h", {"png": img, "txt": b"a png key"})])
+    write_shard(shards / "00001.tar", [("h", {"png": img, "txt": b"a png key"})])
     (shards / "00003.tar").write_bytes(b"not a tar file at all" * 100)
-    ds = open_dataset(str(shards / "{00000..00003}.tar"))  # 00002 is missing
-    assert sorted(s.caption for s in ds.samples) == ["a blue square", "a png key", "a red circle"]
-    reasons = sorted(why.split(" (")[0] for _, why in ds.bad)
+    whole = write_shard(tmp_path / "whole.tar", [(f"t{i}", {"txt": b"kept %d" % i, "jpg": img}) for i in range(3)])
+    with tarfile.open(whole) as tf:
+        cut = tf.getmember("t2.jpg").offset_data + len(img) // 2
+    (shards / "00004.tar").write_bytes(whole.read_bytes()[:cut])  # cut inside t2's image
+    ds = open_dataset(str(shards / "{00000..00004}.tar"))  # 00002 is missing
+    assert sorted(s.caption for s in ds.samples) == ["a blue square", "a png key", "a red circle", "kept 0", "kept 1"]
+    reasons = sorted(b.reason for b in ds.bad)
     assert reasons == sorted(
         [
             "no caption",
@@ -295,6 +295,8 @@ def test_shards_by_brace_pattern_list_file_json_captions_and_bad_members(synth, 
             "its .json is not valid JSON",
             "no such shard",
             "unreadable tar shard",
+            "no image member",  # t2: its caption came before the cut, its image did not
+            "truncated tar shard",
         ]
     ), reasons  # fmt: skip  ("c.v2": suffixes v2.jpg and v2.txt are neither image nor caption: no sample)
     listing = tmp_path / "shards.txt"
@@ -304,16 +306,49 @@ def test_shards_by_brace_pattern_list_file_json_captions_and_bad_members(synth, 
 
 def test_the_runs_own_bpe_learns_from_a_bounded_sample(synth, tmp_path, monkeypatch):
     """Millions of captions would take the BPE minutes before step 1: it sees at most BPE_SAMPLE of
-    them, spread over the whole set, and says how many."""
+    them, an equal share from shards spread over the corpus, and says how many."""
     from mlx_aimv2.train.objectives import base
 
-    monkeypatch.setattr(base, "BPE_SAMPLE", 10)
+    img = next((synth / "images").iterdir()).read_bytes()
+    (tmp_path / "shards").mkdir()
+    for s in range(16):
+        write_shard(
+            tmp_path / "shards" / f"{s:02d}.tar",
+            [(f"k{i}", {"jpg": img, "txt": b"shard %d row %d" % (s, i)}) for i in range(5)],
+        )
+    monkeypatch.setattr(base, "BPE_SAMPLE", 8)
     seen = []
     real = base.train_bpe
     monkeypatch.setattr(base, "train_bpe", lambda texts, *a: real(list(seen.extend(texts) or seen), *a))
     said = []
-    Trainer(cfg(synth, tmp_path / "run", steps=1), log=said.append, progress=False)
-    n = len(json.loads("[" + ",".join((synth / "captions.jsonl").read_text().splitlines()) + "]"))
-    step = -(-n // 10)
-    assert len(seen) == len(range(0, n, step)) <= 10
-    assert any(f"BPE on {len(seen)} captions (every {step}th of {n:,})" in line for line in said), said
+    Trainer(cfg(tmp_path / "shards", tmp_path / "run", steps=1, batch_size=4), log=said.append, progress=False)
+    assert seen == [f"shard {s} row 0" for s in (0, 2, 4, 6, 9, 11, 13, 15)]  # one from each of 8 spread shards
+    assert any("BPE on 8 captions from 8 of 16 shard(s)" in line for line in said), said
+
+
+def test_eval_every_logs_a_knn_probe_in_metrics_and_the_plot(synth, tmp_path):
+    from mlx_aimv2.train.evaluate import KnnProbe
+
+    held = write_synthetic(tmp_path / "held", 60, size=64, seed=9, max_objects=1)
+    logs = []
+    t = Trainer(cfg(synth, tmp_path / "run", steps=12, log_every=5, eval_every=4, eval_data=str(held)), log=logs.append)
+    t.run(progress=False)
+    m = metrics(tmp_path / "run")
+    probed = [(r["step"], r["knn_top1"]) for r in m if "knn_top1" in r]
+    assert [s for s, _ in probed] == [4, 8, 12] and all(0 <= a <= 100 for _, a in probed)
+    assert [r["step"] for r in m if "loss" in r] == [5, 10, 12]  # probe rows between log rows
+    # the logged figure is the probe of the final encoder, computed again from scratch
+    again = KnnProbe(str(held), 56, t.cfg.mean, t.cfg.std)(t.model.encoder)
+    assert again == probed[-1][1]
+    assert any("eval: k-NN top-1 on" in l and "every 4 steps" in l for l in logs), logs
+    assert (tmp_path / "run" / "loss.png").is_file()
+
+
+def test_eval_settings_are_checked(synth, tmp_path):
+    from helpers import cli, one_clear_line
+
+    r = cli("train", "--data", synth, "--out", tmp_path / "a", "--set", "eval_every=5")
+    one_clear_line(r, "eval_every = 5 needs eval_data")
+    r = cli("train", "--data", synth, "--out", tmp_path / "b", "--set", "eval_every=5", "--set", "eval_data=nowhere")
+    one_clear_line(r, "eval_data nowhere: no such folder")
+    assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()

@@ -54,7 +54,10 @@ class TrainConfig:
     keep: int = 2
     log_every: int = 10
     seed: int = 0
-    threads: int = 2
+    threads: int = 2  # loader threads: decode, augment and tokenise
+    shuffle_buffer: int = 4096  # samples the stream draws from at random (shard order is reshuffled each epoch)
+    eval_every: int = 0  # steps between k-NN probes of the encoder on eval_data (0: none)
+    eval_data: Optional[str] = None  # a labelled folder (one folder per class), or a synthetic set
     crop_scale: tuple = (0.4, 1.0)  # random resized crop: fraction of the image area kept
     collective_timeout: float = 600.0  # data parallel: seconds without a finished step before a rank gives up
     mirror_captions: bool = False  # flipped images get left/right swapped in their caption (synthetic sets)
@@ -94,6 +97,13 @@ class TrainConfig:
             )
         for k, v in self.text.items():
             _check(f"text.{k}", v)
+        if self.eval_every and not self.eval_data:
+            raise UserError(
+                f"eval_every = {self.eval_every} needs eval_data: a labelled folder (one subfolder per class) "
+                f"or a synthetic set"
+            )
+        if self.eval_every and self.objective == "lit":
+            raise UserError("eval_every probes the encoder being pre-trained; objective 'lit' keeps it frozen")
         if self.objective == "lit" and not self.init:
             raise UserError(
                 "objective 'lit' tunes a text side onto a frozen encoder: set init to one "
@@ -144,6 +154,9 @@ _SCHEMA = {
     "log_every": (int, 1, None),
     "seed": (int, 0, 2**31 - 1),
     "threads": (int, 1, 256),
+    "shuffle_buffer": (int, 1, 10_000_000),
+    "eval_every": (int, 0, None),
+    "eval_data": ((str, type(None)), None, None),
     "collective_timeout": (float, 1.0, None),
     "mirror_captions": (bool, None, None),
     "decoder": (dict, None, None),
@@ -217,6 +230,8 @@ RESUMABLE = {
     "log_every",
     "threads",
     "collective_timeout",
+    "eval_every",
+    "eval_data",
 }
 
 

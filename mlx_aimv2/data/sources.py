@@ -1,20 +1,27 @@
-"""Where training samples come from: a captions file (jsonl / csv / tsv) beside a folder of images,
-or webdataset-style tar shards of image + txt pairs. Bad rows are skipped and counted, never fatal."""
+"""Where training samples come from, read lazily: tar shards as webdataset / img2dataset write them,
+or a captions file (jsonl / csv / tsv) beside a folder of images, cut into byte ranges.
+
+`find_sources` names the sources without reading them (start-up does not grow with the corpus);
+each source yields its entries in a fixed order, a Sample or a Bad (skipped and counted, by reason,
+never fatal). `open_dataset` reads them all into memory, for what needs the whole set at once.
+"""
 
 from __future__ import annotations
 
 import csv
 import glob
-import io
 import json
+import os
 import re
 import tarfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Optional
+from typing import Iterator, Optional, Union
 
 from ..errors import UserError
 from ..formats import IMAGE_EXT
+
+CHUNK_BYTES = 1 << 20  # a captions file is read as ranges of this many bytes (~10k rows): its "shards"
 
 
 @dataclass
@@ -32,7 +39,10 @@ class Sample:
             return Path(self.path).read_bytes()
         with open(self.tar, "rb") as f:
             f.seek(self.offset)
-            return f.read(self.size)
+            data = f.read(self.size)
+        if len(data) < self.size:
+            raise OSError(f"the shard ends {self.size - len(data)} bytes into this image")
+        return data
 
     @property
     def name(self) -> str:
@@ -43,49 +53,220 @@ class Sample:
         """The image's extension, which picks its decoder (formats.open_image)."""
         return Path(self.path).suffix if self.path is not None else self.ext
 
+    def to_json(self) -> list:
+        """A compact, JSON-able form, for a checkpoint's record of the stream."""
+        return [self.caption, self.path, self.tar, self.offset, self.size, self.ext, self.labels]
+
+    @classmethod
+    def from_json(cls, row: list) -> "Sample":
+        c, p, t, o, s, e, labels = row
+        return cls(caption=c, path=p, tar=t, offset=o, size=s, ext=e, labels=labels)
+
 
 @dataclass
-class Dataset:
-    samples: list
-    bad: list = field(default_factory=list)  # (where, why)
-    root: str = ""
+class Bad:
+    where: str
+    why: str  # "reason (detail)": the part before " (" is what the counts group by
 
-    def __len__(self):
-        return len(self.samples)
+    @property
+    def reason(self) -> str:
+        return self.why.split(" (")[0]
 
 
-def open_dataset(path: str, images: Optional[str] = None) -> Dataset:
+Entry = Union[Sample, Bad]
+
+
+class TarShard:
+    """A webdataset shard. A member's key is its path up to the first dot of its file name (a.b.jpg:
+    key "a", suffix "b.jpg"); a key's image pairs with key.txt or a "caption"/"text" field of key.json.
+    Keys come in the order the shard first names them (webdataset writes each sample's members together)."""
+
+    def __init__(self, path: str):
+        self.path = path
+
+    @property
+    def name(self) -> str:
+        return self.path
+
+    def entries(self) -> Iterator[Entry]:
+        t = self.path
+        groups: dict = {}
+        try:
+            end = os.path.getsize(t)
+            tf = tarfile.open(t)
+        except FileNotFoundError:
+            yield Bad(t, "no such shard")
+            return
+        except (tarfile.TarError, OSError, EOFError) as e:
+            yield Bad(t, f"unreadable tar shard ({e})")
+            return
+        with tf:
+            broken = None
+            try:
+                for m in tf:  # headers only: tarfile seeks over the data
+                    if not m.isfile():
+                        continue
+                    if m.offset_data + m.size > end:
+                        broken = "it ends inside a member"
+                        break
+                    folder, _, name = m.name.rpartition("/")
+                    stem, dot, suffix = name.partition(".")
+                    if dot:
+                        groups.setdefault(f"{folder}/{stem}" if folder else stem, {})["." + suffix.lower()] = m
+            except (tarfile.TarError, OSError, EOFError) as e:
+                broken = str(e)
+            if broken and not groups:
+                yield Bad(t, f"unreadable tar shard ({broken})")
+                return
+            for key, group in groups.items():
+                yield _pair(tf, t, key, group)
+        if broken:  # what came before the damage was used
+            yield Bad(t, f"truncated tar shard ({broken}; {len(groups)} keys before it were read)")
+
+
+def _pair(tf: tarfile.TarFile, t: str, key: str, group: dict) -> Optional[Entry]:
+    where = f"{t}:{key}"
+    img = next((group[e] for e in IMAGE_EXT if e in group), None)
+    if img is None:
+        if ".txt" in group or ".json" in group:
+            return Bad(where, "no image member")
+        return None  # members of no sample (a shard's __index__, .parquet): not samples
+    try:
+        cap = _caption(tf, group)
+    except UnicodeDecodeError:
+        return Bad(where, "caption is not UTF-8")
+    except (json.JSONDecodeError, ValueError):
+        return Bad(where, "its .json is not valid JSON")
+    if cap is None:
+        return Bad(where, "no caption (.txt, or .json with a caption)")
+    if not cap:
+        return Bad(where, "empty caption")
+    return Sample(caption=cap, tar=t, offset=img.offset_data, size=img.size, ext=Path(img.name).suffix)
+
+
+def _caption(tf: tarfile.TarFile, group: dict) -> Optional[str]:
+    if ".txt" in group:
+        return tf.extractfile(group[".txt"]).read().decode("utf-8").strip()
+    if ".json" in group:
+        meta = json.loads(tf.extractfile(group[".json"]).read().decode("utf-8"))
+        cap = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
+        return cap.strip() if isinstance(cap, str) else None
+    return None
+
+
+class CaptionRows:
+    """The rows of a captions file that start in bytes [start, end): {"image", "caption"} per line
+    (jsonl), or image and caption columns (csv / tsv, by header or the first two). Image paths are
+    relative to `root`. A row is a line: a csv field spanning lines is counted as bad."""
+
+    def __init__(self, file: Path, start: int, end: int, root: Path, columns: Optional[tuple], header: int):
+        self.file, self.start, self.end, self.root = file, start, end, root
+        self.columns, self.header = columns, header  # header: bytes of a csv header line to skip
+
+    @property
+    def name(self) -> str:
+        return f"{self.file}[{self.start}:{self.end}]"
+
+    def entries(self) -> Iterator[Entry]:
+        try:
+            f = open(self.file, "rb")
+        except OSError as e:
+            yield Bad(str(self.file), f"unreadable captions file ({e.strerror or e})")
+            return
+        with f:
+            pos = max(self.start, self.header)
+            if pos > 0:  # a row belongs to the range its first byte is in
+                f.seek(pos - 1)
+                if f.read(1) != b"\n":
+                    f.readline()
+            # rows are named by line in the file's first range (all of a small file), else by byte offset
+            line_no = (2 if self.header else 1) if self.start == 0 else None
+            while f.tell() < self.end:
+                at = f.tell()
+                raw = f.readline()
+                if not raw:
+                    break
+                where = f"{self.file}:{line_no}" if line_no else f"{self.file}@{at}"
+                line_no = line_no + 1 if line_no else None
+                line = raw.decode("utf-8", errors="replace").rstrip("\r\n")
+                if line.strip():
+                    yield self._row(line, where)
+
+    def _row(self, line: str, where: str) -> Entry:
+        if self.columns is None:
+            try:
+                row = json.loads(line)
+            except json.JSONDecodeError:
+                return Bad(where, "not valid JSON")
+        else:
+            cells = next(csv.reader([line], delimiter="\t" if self.file.suffix == ".tsv" else ","), [])
+            i, c = self.columns
+            row = {"image": cells[i], "caption": cells[c]} if len(cells) > max(i, c) else None
+        if not isinstance(row, dict):
+            return Bad(where, "expected an image and a caption")
+        img, cap = row.get("image"), row.get("caption")
+        if not isinstance(img, str) or not img.strip():
+            return Bad(where, "no image path")
+        if not isinstance(cap, str) or not cap.strip():
+            return Bad(where, "empty or missing caption")
+        path = self.root / img
+        if not path.is_file():
+            return Bad(where, f"image not found ({img})")
+        return Sample(caption=cap.strip(), path=str(path), labels=row.get("labels"))
+
+
+Source = Union[TarShard, CaptionRows]
+
+
+def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
     """A captions file, a folder holding captions.{jsonl,csv,tsv}, or tar shards: a folder of them, a
     glob, a brace pattern as webdataset writes it (shards/{00000..01023}.tar), or a .txt file listing
-    them one per line."""
+    them one per line. Nothing is read but names (and a captions file's size and header)."""
     p = Path(path)
     if p.is_file() and p.suffix in (".jsonl", ".csv", ".tsv"):
-        return read_captions(p, images)
+        return caption_ranges(p, images)
     if p.is_dir():
         for name in ("captions.jsonl", "captions.csv", "captions.tsv"):
             if (p / name).is_file():
-                return read_captions(p / name, images)
+                return caption_ranges(p / name, images)
         tars = sorted(p.glob("*.tar"))
         if tars:
-            return read_shards([str(t) for t in tars])
+            return [TarShard(str(t)) for t in tars]
         raise UserError(
             f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
             f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`"
         )
     if p.is_file() and p.suffix == ".txt":  # a list of shards
         root = p.parent
-        tars = [
-            str(root / line.strip()) for line in p.read_text().splitlines() if line.strip() and not line.startswith("#")
-        ]
+        lines = [line.strip() for line in p.read_text(errors="replace").splitlines()]
+        tars = [str(root / line) for line in lines if line and not line.startswith("#")]
         if not tars:
             raise UserError(f"{path}: the shard list is empty; write one tar path per line")
-        return read_shards(tars)
+        return [TarShard(t) for t in tars]
     if p.suffix == ".tar" or any(ch in path for ch in "*?[{"):
         tars = [path] if p.is_file() else expand_shards(path)
         if not tars:
             raise UserError(f"{path}: no tar shards match")
-        return read_shards(tars)
+        return [TarShard(t) for t in tars]
     raise UserError(f"{path}: no such dataset; give a captions file (.jsonl/.csv/.tsv), a folder or tar shards")
+
+
+def caption_ranges(file: Path, images: Optional[str] = None) -> list[CaptionRows]:
+    """A captions file as byte ranges of CHUNK_BYTES: its shards, read in any order by any rank."""
+    root = Path(images) if images else file.parent
+    columns, header = None, 0
+    if file.suffix in (".csv", ".tsv"):
+        with open(file, "rb") as f:
+            first = f.readline()
+        cells = next(csv.reader([first.decode("utf-8", "replace")], delimiter="\t" if file.suffix == ".tsv" else ","))
+        names = [h.strip().lower() for h in cells]
+        if "image" in names and "caption" in names:
+            columns, header = (names.index("image"), names.index("caption")), len(first)
+        else:
+            columns = (0, 1)
+    size = file.stat().st_size
+    starts = range(0, max(size, 1), CHUNK_BYTES)
+    return [CaptionRows(file, a, min(a + CHUNK_BYTES, size), root, columns, header) for a in starts]
 
 
 _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
@@ -117,108 +298,51 @@ def expand_shards(pattern: str) -> list[str]:
     return out
 
 
-def read_captions(file: Path, images: Optional[str] = None) -> Dataset:
-    """Rows of {"image", "caption"}; image paths are relative to `images` (default: the file's folder)."""
-    root = Path(images) if images else file.parent
-    ds = Dataset([], [], str(file))
-    text = file.read_text(errors="replace")
-    if file.suffix == ".jsonl":
-        rows = []
-        for n, line in enumerate(text.splitlines(), 1):
-            if not line.strip():
-                continue
-            try:
-                rows.append((n, json.loads(line)))
-            except json.JSONDecodeError:
-                ds.bad.append((f"{file}:{n}", "not valid JSON"))
-    else:
-        delim = "\t" if file.suffix == ".tsv" else ","
-        reader = list(csv.reader(io.StringIO(text), delimiter=delim))
-        header = [h.strip().lower() for h in reader[0]] if reader else []
-        if "image" in header and "caption" in header:
-            i, c = header.index("image"), header.index("caption")
-            body = reader[1:]
-            start = 2
-        else:
-            i, c, body, start = 0, 1, reader, 1
-        rows = [
-            (n, {"image": r[i], "caption": r[c]} if len(r) > max(i, c) else None) for n, r in enumerate(body, start)
-        ]
-    for n, row in rows:
-        where = f"{file}:{n}"
-        if not isinstance(row, dict):
-            ds.bad.append((where, "expected an image and a caption"))
-            continue
-        img, cap = row.get("image"), row.get("caption")
-        if not isinstance(img, str) or not img.strip():
-            ds.bad.append((where, "no image path"))
-        elif not isinstance(cap, str) or not cap.strip():
-            ds.bad.append((where, "empty or missing caption"))
-        elif not (root / img).is_file():
-            ds.bad.append((where, f"image {img} not found"))
-        else:
-            ds.samples.append(Sample(caption=cap.strip(), path=str(root / img), labels=row.get("labels")))
+def entries(sources: list[Source]) -> Iterator[Entry]:
+    for s in sources:
+        for e in s.entries():
+            if e is not None:
+                yield e
+
+
+def first_sample(sources: list[Source], path: str) -> Sample:
+    """The corpus's first usable sample; a corpus with none is one error here, before any step."""
+    bad: list = []
+    for e in entries(sources):
+        if isinstance(e, Sample):
+            return e
+        bad.append(e)
+    raise none_usable(path, bad)
+
+
+def none_usable(path: str, bad: list) -> UserError:
+    first = f" (first: {bad[0].where}: {bad[0].why})" if bad else ""
+    return UserError(
+        f"{path}: no usable image + caption pair, {len(bad)} bad entries{first}; "
+        f"each sample needs a readable image and a caption"
+    )
+
+
+@dataclass
+class Dataset:
+    samples: list
+    bad: list = field(default_factory=list)  # Bad entries
+    root: str = ""
+
+    def __len__(self):
+        return len(self.samples)
+
+
+def open_dataset(path: str, images: Optional[str] = None) -> Dataset:
+    """Every sample of a dataset in memory (LiT's token cache, retrieval, the tokenizer command):
+    the same sources, read whole."""
+    return read_all(find_sources(path, images), path)
+
+
+def read_all(sources: list[Source], path: str) -> Dataset:
+    ds = Dataset([], [], path)
+    for e in entries(sources):
+        (ds.samples if isinstance(e, Sample) else ds.bad).append(e)
     if not ds.samples:
-        raise UserError(f"{file}: no usable rows ({len(ds.bad)} bad); each row needs an existing image and a caption")
+        raise none_usable(path, ds.bad)
     return ds
-
-
-def read_shards(tars: list[str]) -> Dataset:
-    """Pair each key's image with its caption (key.txt, or a "caption"/"text" field in key.json) inside
-    each shard; index the image bytes' offsets. Keys follow webdataset: a member's key is its path up
-    to the first dot of its file name (a.b.jpg: key "a", suffix "b.jpg"). Bad members and shards are
-    skipped and counted, by reason."""
-    ds = Dataset([], [], tars[0] if len(tars) == 1 else f"{len(tars)} shards ({tars[0]}, ...)")
-    for t in tars:
-        try:
-            with tarfile.open(t) as tf:
-                members: dict = {}
-                for m in tf.getmembers():
-                    if m.isfile():
-                        folder, _, name = m.name.rpartition("/")
-                        stem, dot, suffix = name.partition(".")
-                        if not dot:
-                            continue
-                        members.setdefault(f"{folder}/{stem}" if folder else stem, {})["." + suffix.lower()] = m
-                for key, group in sorted(members.items()):
-                    _pair(ds, tf, t, key, group)
-        except FileNotFoundError:
-            ds.bad.append((t, "no such shard"))
-        except (tarfile.TarError, OSError, EOFError) as e:
-            ds.bad.append((t, f"unreadable tar shard ({e})"))
-    if not ds.samples:
-        raise UserError(f"{tars[0]}: no image + caption pairs in the shards ({len(ds.bad)} bad entries)")
-    return ds
-
-
-def _pair(ds: Dataset, tf: tarfile.TarFile, t: str, key: str, group: dict) -> None:
-    where = f"{t}:{key}"
-    img = next((group[e] for e in IMAGE_EXT if e in group), None)
-    if img is None:
-        if ".txt" in group or ".json" in group:
-            ds.bad.append((where, "no image member"))
-        return  # other members of no sample (a shard's __index__, .parquet): not samples
-    try:
-        cap = _caption(tf, group)
-    except UnicodeDecodeError:
-        ds.bad.append((where, "caption is not UTF-8"))
-        return
-    except (json.JSONDecodeError, ValueError):
-        ds.bad.append((where, "its .json is not valid JSON"))
-        return
-    if cap is None:
-        ds.bad.append((where, "no caption (.txt, or .json with a caption)"))
-    elif not cap:
-        ds.bad.append((where, "empty caption"))
-    else:
-        ds.samples.append(Sample(caption=cap, tar=t, offset=img.offset_data, size=img.size, ext=Path(img.name).suffix))
-
-
-def _caption(tf: tarfile.TarFile, group: dict) -> Optional[str]:
-    if ".txt" in group:
-        return tf.extractfile(group[".txt"]).read().decode("utf-8").strip()
-    if ".json" in group:
-        meta = json.loads(tf.extractfile(group[".json"]).read().decode("utf-8"))
-        cap = meta.get("caption", meta.get("text")) if isinstance(meta, dict) else None
-        return cap.strip() if isinstance(cap, str) else None
-    return None

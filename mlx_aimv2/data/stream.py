@@ -1,13 +1,19 @@
-"""The training stream: mlx-data threads decode and augment samples in a fixed order, then full batches.
+"""The training stream: samples read lazily from the sources, shuffled in a bounded buffer, decoded,
+augmented and tokenised by mlx-data threads in a fixed order, then full batches.
 
-Determinism is the point: each epoch's order is a permutation seeded by (seed, epoch), each
-sample's crop and flip by (seed, epoch, index), and `position` = (epoch, offset) says where a
-resume continues. Ranks take disjoint strided shares of each epoch. A sample that fails to decode
-is skipped and counted; the batch is filled from the next ones.
+Start-up and memory do not grow with the corpus: nothing is indexed up front; the stream holds one
+shard's headers, the shuffle buffer and the samples in flight. Determinism is the point: each
+epoch's shard order is a permutation seeded by (seed, epoch), the buffer's draws by
+(seed, epoch, stream), each sample's crop and flip by (seed, epoch, stream, ordinal), and `state()`
+records all of it (shard cursor, buffer, RNG, samples in flight), so a resumed run sees exactly the
+batches an uninterrupted one sees. Data-parallel ranks read disjoint shards; with fewer shards than
+ranks, every rank reads all of them and keeps every world-th sample. Bad samples are skipped and
+counted by reason; the batch is filled from the next ones.
 """
 
 from __future__ import annotations
 
+import collections
 import io
 import math
 import re
@@ -20,7 +26,9 @@ from PIL import Image
 from ..errors import UserError
 from ..formats import open_image  # the same decoders and guards as inference
 from ..preprocess import to_rgb
-from .sources import Dataset, Sample
+from .sources import Bad, Dataset, Sample, Source
+
+SHUFFLE = 4096  # samples in the shuffle buffer (open_clip's webdataset pipeline draws from ~5000)
 
 
 def random_resized_crop_box(rng: np.random.Generator, w: int, h: int, scale=(0.4, 1.0), ratio=(3 / 4, 4 / 3)):
@@ -63,13 +71,136 @@ def sample_image(s: Sample) -> Image.Image:
         raise UserError(f"{s.name}: cannot read the image ({e})") from None
 
 
+class Skips:
+    """Skipped samples, counted by reason ("reason (detail)" groups by what precedes " ("), with the
+    first one kept as an example."""
+
+    def __init__(self):
+        self.count, self.reasons, self.first = 0, collections.Counter(), None
+
+    def add(self, where: str, why: str) -> None:
+        self.count += 1
+        self.reasons[why.split(" (")[0]] += 1
+        if self.first is None:
+            self.first = (where, why)
+
+    def __len__(self) -> int:
+        return self.count
+
+    def summary(self) -> str:
+        """'N: a reason, b reason (first: where: why)'."""
+        counts = ", ".join(f"{n} {r}" for r, n in self.reasons.most_common())
+        return f"{self.count}: {counts} (first: {self.first[0]}: {self.first[1]})" if self.count else "0"
+
+    def to_json(self) -> dict:
+        return {"count": self.count, "reasons": dict(self.reasons), "first": self.first}
+
+    @classmethod
+    def from_json(cls, d: dict) -> "Skips":
+        s = cls()
+        s.count, s.reasons = d["count"], collections.Counter(d["reasons"])
+        s.first = tuple(d["first"]) if d["first"] else None
+        return s
+
+    def merge(self, other: "Skips") -> None:
+        self.count += other.count
+        self.reasons.update(other.reasons)
+        self.first = self.first or other.first
+
+
+class Reader:
+    """One stream of samples, in a resumable order: each epoch, the shards (of this stream) in an
+    order seeded by (seed, epoch), their entries in order through a shuffle buffer. Everything it
+    is in the middle of is in state()."""
+
+    def __init__(self, sources: list, seed: int, stream: int, share: tuple, shuffle: int, skips: Optional[Skips]):
+        self.sources, self.seed, self.stream, self.share = sources, seed, stream, share  # share: (rank, ranks)
+        self.size, self.skips = max(1, shuffle), skips  # skips: None where another stream counts bad entries
+        self.names = {s.name for s in sources}
+        self.failed: set = set()  # shards found bad (each counted once)
+        self._begin(0)
+
+    def _begin(self, epoch: int) -> None:
+        self.epoch, self.k, self.j, self.n, self.found = epoch, 0, 0, 0, 0
+        self.rng = np.random.default_rng([self.seed, epoch, self.stream])
+        self.buffer: list = []
+        self._it = None
+        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.sources))
+        self.mine = order[self.share[0] :: self.share[1]].tolist()
+
+    def _entry(self) -> Optional[Sample]:
+        """The next sample of this epoch's shards; bad entries on the way are counted. None: done."""
+        while self.k < len(self.mine):
+            if self._it is None:
+                self._it = self.sources[self.mine[self.k]].entries()
+                for _ in range(self.j):  # a resumed cursor: skip what was read before
+                    next(self._it, None)
+            for e in self._it:
+                self.j += 1
+                if isinstance(e, Sample):
+                    self.found += 1
+                    return e
+                if isinstance(e, Bad) and self.skips is not None and self._first_time(e):
+                    self.skips.add(e.where, e.why)
+            self.k, self.j, self._it = self.k + 1, 0, None
+        return None
+
+    def _first_time(self, e: Bad) -> bool:
+        """Bad entries count once: those of the first epoch, and a shard that goes bad later (one that
+        vanishes mid-run) when it is first found so."""
+        shard = e.where in self.names
+        if shard and e.where in self.failed:
+            return False
+        if shard:
+            self.failed.add(e.where)
+        return self.epoch == 0 or shard
+
+    def next(self) -> tuple:
+        """(epoch, ordinal in the epoch, sample), drawn at random from the buffer as it refills."""
+        while True:
+            while len(self.buffer) < self.size:
+                s = self._entry()
+                if s is None:
+                    break
+                self.buffer.append(s)
+            if self.buffer:
+                i = int(self.rng.integers(len(self.buffer)))
+                s = self.buffer[i]
+                self.buffer[i] = self.buffer[-1]
+                self.buffer.pop()
+                self.n += 1
+                return self.epoch, self.n - 1, s
+            if self.found == 0:
+                raise UserError(self._nothing())
+            self._begin(self.epoch + 1)
+
+    def _nothing(self) -> str:
+        names = ", ".join(self.sources[i].name for i in self.mine[:2]) or "no shards"
+        bad = f"; skipped {self.skips.summary()}" if self.skips is not None and len(self.skips) else ""
+        return f"no usable image + caption pair in {len(self.mine)} source(s) ({names}{', ...' if len(self.mine) > 2 else ''}){bad}"
+
+    def state(self) -> dict:
+        return {
+            "epoch": self.epoch, "k": self.k, "j": self.j, "n": self.n, "found": self.found,
+            "rng": self.rng.bit_generator.state, "buffer": [s.to_json() for s in self.buffer],
+            "failed": sorted(self.failed),
+        }  # fmt: skip
+
+    def restore(self, st: dict) -> None:
+        self._begin(st["epoch"])
+        self.k, self.j, self.n, self.found = st["k"], st["j"], st["n"], st["found"]
+        self.rng.bit_generator.state = st["rng"]
+        self.buffer = [Sample.from_json(r) for r in st["buffer"]]
+        self.failed = set(st["failed"])
+
+
 class TrainStream:
     field = "images"  # what a batch calls its inputs
 
     def __init__(
         self,
-        data: Dataset,
-        ids: np.ndarray,
+        sources: list[Source],
+        tokenizer,
         image_size: int,
         batch_size: int,
         seed: int = 0,
@@ -79,36 +210,61 @@ class TrainStream:
         augment: bool = True,
         scale=(0.4, 1.0),
         ratio=(3 / 4, 4 / 3),
-        mirrored_ids: Optional[np.ndarray] = None,
+        mirror: bool = False,
+        shuffle: int = SHUFFLE,
     ):
-        """ids: (len(data), L) int32 pre-tokenised captions; mirrored_ids: those of mirror_caption(),
-        used for flipped images (default: the same ids)."""
-        if len(data) < world * batch_size:
-            raise ValueError(f"{len(data)} samples cannot fill a batch of {batch_size} on {world} rank(s)")
-        self.data, self.ids = data, ids
-        self.mirrored_ids = ids if mirrored_ids is None else mirrored_ids
+        """tokenizer: captions -> (n, L) int32 ids, called in the loader threads; mirror: flipped
+        images get mirror_caption() of their caption."""
+        self.sources, self.tokenizer = sources, tokenizer
         self.size, self.batch_size, self.seed = image_size, batch_size, seed
         self.rank, self.world, self.threads = rank, world, threads
-        self.augment, self.scale, self.ratio = augment, scale, ratio
-        self.epoch, self.offset = 0, 0  # offset: samples of this rank's share consumed
-        self.skipped: list = []  # (sample name, why)
+        self.augment, self.scale, self.ratio, self.mirror = augment, scale, ratio, mirror
+        self.by_shards = len(sources) >= world  # else every rank reads all, keeping every world-th sample
+        self.skipped = Skips()
+        self.reader = Reader(
+            sources, seed, rank if self.by_shards else 0, (rank, world) if self.by_shards else (0, 1), shuffle,
+            self.skipped if self.by_shards or rank == 0 else None,
+        )  # fmt: skip
+        self.pending: collections.deque = collections.deque()  # (epoch, ordinal, sample) drawn, not yet in a batch
+        self.tally: dict = {}  # epoch -> [samples, readable]: an epoch with none readable stops the run
+        self.samples = 0  # samples that went into batches
+
+    def _draw(self) -> tuple:
+        while True:
+            epoch, n, s = self.reader.next()
+            if self.by_shards or n % self.world == self.rank:
+                return epoch, n, s
+
+    # -- where the stream is ---------------------------------------------------------------------------
+    def state(self) -> dict:
+        return {
+            "kind": "stream", "sources": [len(self.sources), self.sources[0].name], "ranks": self.world,
+            "reader": self.reader.state(), "pending": [[e, n, s.to_json()] for e, n, s in self.pending],
+            "skipped": self.skipped.to_json(), "tally": self.tally, "samples": self.samples,
+        }  # fmt: skip
+
+    def restore(self, st: dict) -> Optional[str]:
+        """Continue exactly where `st` was; a note when it cannot (other data, an older checkpoint)."""
+        if st.get("kind") != "stream" or st.get("sources") != [len(self.sources), self.sources[0].name]:
+            return "the data differs from the checkpoint's (or it records no stream): the stream starts over"
+        self.reader.restore(st["reader"])
+        self.pending = collections.deque((e, n, Sample.from_json(s)) for e, n, s in st["pending"])
+        self.skipped = Skips.from_json(st["skipped"])
+        if self.reader.skips is not None:
+            self.reader.skips = self.skipped
+        self.tally = {int(k): v for k, v in st["tally"].items()}
+        self.samples = st["samples"]
+        return None
 
     @property
-    def position(self) -> tuple[int, int]:
-        return self.epoch, self.offset
+    def epoch(self) -> int:
+        return self.pending[0][0] if self.pending else self.reader.epoch
 
-    def seek(self, epoch: int, offset: int) -> None:
-        self.epoch, self.offset = epoch, offset
-
-    def _share(self, epoch: int) -> np.ndarray:
-        order = np.random.default_rng([self.seed, epoch]).permutation(len(self.data))
-        return order[self.rank :: self.world]
-
-    def _load(self, sample: dict) -> dict:
-        i, epoch = int(sample["idx"]), int(sample["epoch"])
+    # -- the work of the loader threads -----------------------------------------------------------------
+    def _load(self, epoch: int, n: int, s: Sample) -> dict:
         try:
-            img = sample_image(self.data.samples[i])
-            rng = np.random.default_rng([self.seed, epoch, i])
+            img = sample_image(s)
+            rng = np.random.default_rng([self.seed, epoch, self.reader.stream, n])
             flip = False
             if self.augment:
                 l, t, w, h = random_resized_crop_box(rng, *img.size, self.scale, self.ratio)
@@ -118,59 +274,102 @@ class TrainStream:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
             else:
                 img = img.resize((self.size, self.size), Image.BICUBIC)
-            return {
-                "idx": sample["idx"],
-                "x": np.array(img, dtype=np.uint8),
-                "flip": np.array(int(flip), dtype=np.uint8),
-            }
-        except Exception as e:  # corrupt, truncated, unreadable: skip and count, never stop the run
-            return {"idx": sample["idx"], "error": np.frombuffer(str(e)[:200].encode(), np.uint8).copy()}
+            caption = mirror_caption(s.caption) if flip and self.mirror else s.caption
+            return {"x": np.array(img, dtype=np.uint8), "ids": self.tokenizer([caption])[0]}
+        except Exception as e:  # corrupt, truncated, vanished: skip and count, never stop the run
+            return {"error": np.frombuffer(str(e)[:300].encode(), np.uint8).copy()}
 
-    def _epoch_samples(self) -> Iterator[dict]:
-        share = self._share(self.epoch)[self.offset :]
-        buf = dx.buffer_from_vector([{"idx": np.array(i), "epoch": np.array(self.epoch)} for i in share])
-        yield from buf.sample_transform(self._load).ordered_prefetch(4 * self.batch_size, self.threads)
+    def _decoded(self) -> Iterator[dict]:
+        """Results for the pending samples, in order, from mlx-data threads (a chunk at a time)."""
+        chunk = max(32, 2 * self.batch_size)  # drawn ahead of decoding: cheap references, not images
+        while True:
+            while len(self.pending) < chunk:
+                self.pending.append(self._draw())
+            work = list(self.pending)
+            ahead = min(len(work), max(4 * self.threads, self.batch_size))
+            keys = dx.buffer_from_vector([{"k": np.array(i)} for i in range(len(work))])
+            yield from keys.sample_transform(lambda d, work=work: self._load(*work[int(d["k"])])).ordered_prefetch(
+                ahead, self.threads
+            )
 
     def __iter__(self) -> Iterator[dict]:
         """Endless full batches {"images": (B, S, S, 3) uint8, "ids": (B, L) int32} (`field` names the first)."""
         images, rows = [], []
-        while True:
-            good = pulled = 0
-            for s in self._epoch_samples():
-                self.offset += 1
-                pulled += 1
-                i = int(s["idx"])
-                if "error" in s:
-                    self.skipped.append((self.data.samples[i].name, bytes(s["error"]).decode(errors="replace")))
-                    continue
-                good += 1
-                images.append(s["x"])
-                rows.append(self.mirrored_ids[i] if "flip" in s and bool(s["flip"]) else self.ids[i])
-                if len(images) == self.batch_size:
-                    yield {self.field: np.stack(images), "ids": np.stack(rows)}
-                    images, rows = [], []
-            if good == 0 and pulled > 0:
-                name, why = self.skipped[-1]
-                raise UserError(f"no readable image in {pulled} samples (last: {name}: {why}); check the dataset")
-            self.epoch, self.offset = self.epoch + 1, 0
+        for r in self._decoded():
+            epoch, _, s = self.pending.popleft()
+            tally = self.tally.setdefault(epoch, [0, 0])
+            tally[0] += 1
+            if "error" in r:
+                if epoch == 0:  # each bad sample counts once
+                    self.skipped.add(s.name, "unreadable image (" + bytes(r["error"]).decode(errors="replace") + ")")
+                done = self.tally.get(epoch - 1)
+                if tally[1] == 0 and done is not None and done[1] == 0:
+                    raise UserError(
+                        f"no readable image in {done[0]} samples (last: {s.name}: "
+                        f"{bytes(r['error']).decode(errors='replace')}); check the dataset"
+                    )
+                continue
+            tally[1] += 1
+            self.tally = {e: t for e, t in self.tally.items() if e >= epoch - 1}
+            done = self.tally.get(epoch - 1)
+            if self.samples == 0 and done is not None and done[1] < self.batch_size:
+                share = f" per rank on {self.world} ranks" if self.world > 1 else ""
+                raise UserError(
+                    f"{done[1]} usable samples cannot fill a batch of {self.batch_size}{share}; "
+                    f"lower --batch-size or add data"
+                )
+            images.append(r["x"])
+            rows.append(r["ids"])
+            if len(images) == self.batch_size:
+                self.samples += len(images)
+                yield {self.field: np.stack(images), "ids": np.stack(rows)}
+                images, rows = [], []
 
 
-class TokenStream(TrainStream):
-    """LiT tuning's stream: the same order, shares and resume positions as TrainStream, over the frozen
-    encoder's tokens in a TokenCache instead of decoded images (no augmentation: tokens are fixed)."""
+class TokenStream:
+    """LiT tuning's stream: the frozen encoder's tokens in a TokenCache over an in-memory Dataset,
+    each epoch a permutation seeded by (seed, epoch), ranks taking strided shares (no augmentation:
+    the tokens are fixed)."""
 
     field = "tokens"
 
     def __init__(
         self, cache, data: Dataset, ids: np.ndarray, batch_size: int, seed: int = 0, rank: int = 0, world: int = 1
     ):
-        super().__init__(data, ids, 0, batch_size, seed, rank, world, augment=False)
-        self.cache = cache
+        if len(data) < world * batch_size:
+            raise UserError(f"{len(data)} samples cannot fill a batch of {batch_size} on {world} rank(s)")
+        self.cache, self.data, self.ids = cache, data, ids
+        self.batch_size, self.seed, self.rank, self.world = batch_size, seed, rank, world
+        self.epoch, self.offset, self.samples = 0, 0, 0  # offset: samples of this rank's share consumed
+        self.skipped = Skips()
 
-    def _epoch_samples(self) -> Iterator[dict]:
-        for i in self._share(self.epoch)[self.offset :]:
-            x = self.cache.get(int(i))
-            if x is None:
-                yield {"idx": i, "error": np.frombuffer(self.cache.why(int(i)).encode(), np.uint8)}
-            else:
-                yield {"idx": i, "x": x}
+    def state(self) -> dict:
+        return {"kind": "tokens", "epoch": self.epoch, "offset": self.offset, "skipped": self.skipped.to_json()}
+
+    def restore(self, st: dict) -> Optional[str]:
+        if st.get("kind") != "tokens":
+            return "the checkpoint records no token stream: the stream starts over"
+        self.epoch, self.offset, self.skipped = st["epoch"], st["offset"], Skips.from_json(st["skipped"])
+        return None
+
+    def __iter__(self) -> Iterator[dict]:
+        rows, tokens = [], []
+        while True:
+            good = 0
+            share = np.random.default_rng([self.seed, self.epoch]).permutation(len(self.data))[self.rank :: self.world]
+            for i in share[self.offset :].tolist():
+                self.offset += 1
+                x = self.cache.get(i)
+                if x is None:
+                    self.skipped.add(self.data.samples[i].name, self.cache.why(i))
+                    continue
+                good += 1
+                tokens.append(x)
+                rows.append(self.ids[i])
+                if len(tokens) == self.batch_size:
+                    self.samples += len(tokens)
+                    yield {self.field: np.stack(tokens), "ids": np.stack(rows)}
+                    rows, tokens = [], []
+            if good == 0:
+                raise UserError(f"no cached tokens in {len(share)} samples; check the dataset")
+            self.epoch, self.offset = self.epoch + 1, 0

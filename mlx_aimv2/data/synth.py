@@ -7,7 +7,9 @@ which is what probes of those attributes use)."""
 
 from __future__ import annotations
 
+import io
 import json
+import tarfile
 from pathlib import Path
 
 import numpy as np
@@ -83,20 +85,41 @@ def scene(rng: np.random.Generator, size: int = 128, max_objects: int = 3):
 
 
 def write_synthetic(
-    out: Path, n: int, size: int = 128, seed: int = 0, progress: bool = False, max_objects: int = 3
+    out: Path, n: int, size: int = 128, seed: int = 0, progress: bool = False, max_objects: int = 3, shards: int = 0
 ) -> Path:
-    """Write n scenes to out/images/*.jpg and out/captions.jsonl. Deterministic in its arguments."""
+    """Write n scenes to out/images/*.jpg and out/captions.jsonl, or with `shards`, to that many
+    webdataset tar shards as img2dataset writes them (out/00000.tar: key.jpg, key.txt, key.json).
+    Deterministic in its arguments."""
     out = Path(out)
-    (out / "images").mkdir(parents=True, exist_ok=True)
+    out.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(seed)
-    rows = []
     it = range(n)
     if progress:
         it = tqdm(it, desc="synth", unit="img")
-    for i in it:
-        img, caption, attrs = scene(rng, size, max_objects)
+    scenes = (scene(rng, size, max_objects) for _ in it)
+    if shards:
+        per = -(-n // shards)
+        for k in range(shards):
+            part = [(f"{k * per + i:09d}", next(scenes)) for i in range(min(per, n - k * per))]
+            write_file(out / f"{k:05d}.tar", lambda tmp, part=part: _write_shard(tmp, part))
+        return out
+    (out / "images").mkdir(exist_ok=True)
+    rows = []
+    for i, (img, caption, attrs) in enumerate(scenes):
         name = f"images/{i:06d}.jpg"
         img.save(out / name, quality=92)
         rows.append(json.dumps({"image": name, "caption": caption, "labels": attrs}))
     write_file(out / "captions.jsonl", lambda tmp: tmp.write_text("\n".join(rows) + "\n"))
     return out
+
+
+def _write_shard(path: Path, samples: list) -> None:
+    with tarfile.open(path, "w") as tf:
+        for key, (img, caption, attrs) in samples:
+            jpg = io.BytesIO()
+            img.save(jpg, format="JPEG", quality=92)
+            meta = json.dumps({"caption": caption, "labels": attrs}).encode()
+            for suffix, data in (("jpg", jpg.getvalue()), ("txt", caption.encode()), ("json", meta)):
+                info = tarfile.TarInfo(f"{key}.{suffix}")
+                info.size = len(data)
+                tf.addfile(info, io.BytesIO(data))

@@ -7,8 +7,8 @@ it trains is the objective's business (objectives/), what it says is the reporte
 
 from __future__ import annotations
 
-import collections
 import io
+import json
 import math
 import os
 import shutil
@@ -24,9 +24,11 @@ from PIL import Image
 from .. import cpu
 from ..atomic import remove_orphans
 from ..config import TrainConfig
-from ..data import mirror_caption, open_dataset
+from ..data.sources import Sample, find_sources, first_sample
+from ..data.stream import Skips
 from ..errors import UserError
 from . import checkpoint
+from .evaluate import KnnProbe
 from .objectives import objective_class
 from .optim import DecoupledAdamW, schedule
 from .reporter import Reporter
@@ -46,24 +48,26 @@ class Trainer:
             raise UserError(f"batch_size {cfg.batch_size} must be divisible by ranks x accum = {self.size * cfg.accum}")
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: is a file; give a folder for the run")
-        existed = self.out.is_dir()
-        before = set(os.listdir(self.out)) if existed else set()
+        self.existed = self.out.is_dir()
+        self.before = set(os.listdir(self.out)) if self.existed else set()
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = checkpoint.lock_run(self.out) if self.rank == 0 else None
         try:
             self._open(objective, resume)
         except BaseException:  # a run that could not start leaves nothing: no .lock, tokenizer or empty folder
-            if self.rank == 0:
-                self._discard_new(existed, before)
+            self._discard_new()
             raise
 
-    def _discard_new(self, existed: bool, before: set) -> None:
-        self.lock.close()
-        self.lock = None
-        if not existed:
+    def _discard_new(self) -> None:
+        if self.rank != 0:
+            return
+        if self.lock is not None:
+            self.lock.close()
+            self.lock = None
+        if not self.existed:
             shutil.rmtree(self.out, ignore_errors=True)
             return
-        for name in set(os.listdir(self.out)) - before:
+        for name in set(os.listdir(self.out)) - self.before:
             p = self.out / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
@@ -87,6 +91,10 @@ class Trainer:
         if cfg.warmup >= cfg.steps:
             self.say(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
         self._setup_data()
+        self.probe = None
+        if cfg.eval_every and self.rank == 0:  # the ranks' encoders are identical: one probes
+            self.probe = KnnProbe(cfg.eval_data, self.objective.image_size, cfg.mean, cfg.std)
+            self.say(f"eval: k-NN top-1 on {self.probe.about} every {cfg.eval_every} steps")
         mx.random.seed(cfg.seed)  # identical initial weights on every rank
         self.model = self.objective.build(self.tokenizer)
         mx.eval(self.model.parameters())
@@ -98,42 +106,28 @@ class Trainer:
 
     # -- set-up -----------------------------------------------------------------------------
     def _setup_data(self):
+        """Names the sources, reads one sample (the images' size; a corpus with none fails here, before
+        any step) and a bounded sample of captions (the run's BPE); nothing else is read up front."""
         cfg = self.cfg
         if not cfg.data:
             raise UserError(
                 "no training data; pass --data (a captions file, folder or tar shards), "
                 "e.g. from `mlx-aimv2 data synth data/synth --n 2000`"
             )
-        self.data = open_dataset(cfg.data, cfg.images)
-        if self.data.bad:
-            where, why = self.data.bad[0]
-            reasons = collections.Counter(w.split(" (")[0] for _, w in self.data.bad)
-            counts = ", ".join(f"{n} {r}" for r, n in reasons.most_common())
-            self.say(
-                f"data: skipped {len(self.data.bad)} bad entries of {self.data.root}: {counts} (first: {where}: {why})"
-            )
-        self._note_image_size()
-        self.tokenizer = self.objective.tokenizer(self.data)
-        ids = self.tokenizer([s.caption for s in self.data.samples])
-        mirrored = (  # for flipped images
-            self.tokenizer([mirror_caption(s.caption) for s in self.data.samples]) if cfg.mirror_captions else None
-        )
-        if len(self.data) < cfg.batch_size:
-            raise UserError(
-                f"{cfg.data}: {len(self.data)} usable samples cannot fill a batch of {cfg.batch_size}; "
-                f"lower --batch-size or add data"
-            )
+        self.sources = find_sources(cfg.data, cfg.images)
+        self._note_image_size(first_sample(self.sources, cfg.data))
+        self.tokenizer = self.objective.tokenizer(self.sources)
         per_rank = cfg.batch_size // self.size
-        self.stream = self.objective.stream(self.data, ids, mirrored, per_rank, self._barrier, self.progress)
+        self.stream = self.objective.stream(self.sources, self.tokenizer, per_rank, self._barrier, self.progress)
 
     def _barrier(self) -> None:
         if self.size > 1:
             mx.distributed.all_sum(mx.array([0]), group=self.world).item()
 
-    def _note_image_size(self):
+    def _note_image_size(self, sample: Sample):
         """Say so when the data's images are smaller than the training resolution (read from one header)."""
         try:
-            with Image.open(io.BytesIO(self.data.samples[0].read_bytes())) as im:
+            with Image.open(io.BytesIO(sample.read_bytes())) as im:
                 w, h = im.size
         except Exception:
             return  # an unreadable first image is counted later, like any other
@@ -160,23 +154,31 @@ class Trainer:
         state = checkpoint.read_state(ckpt)
         checkpoint.restore(ckpt, self.model, self.optimizer)
         self.step = int(state["step"])
-        positions = state.get("positions", [[0, 0]])
-        if len(positions) != self.size:
+        streams = state.get("streams") or [{}] * len(state.get("positions", [0]))  # older: positions only
+        if len(streams) != self.size:
             raise UserError(
-                f"{ckpt}: saved by {len(positions)} rank(s), resumed on {self.size}; resume with the same number of ranks"
+                f"{ckpt}: saved by {len(streams)} rank(s), resumed on {self.size}; resume with the same number of ranks"
             )
-        self.stream.seek(*positions[self.rank])
+        note = self.stream.restore(streams[self.rank])
+        if note:
+            self.say(f"note: {note}")
         self.say(f"resumed from {ckpt} at step {self.step}")
 
     # -- the loop ---------------------------------------------------------------------------
     def _key(self, step: int) -> mx.array:
         return mx.random.key((self.cfg.seed << 32) + step)
 
-    def _positions(self) -> list:
-        pos = mx.array(list(self.stream.position), dtype=mx.int32)
-        if self.size > 1:
-            pos = mx.distributed.all_gather(pos[None], group=self.world)
-        return np.array(pos).reshape(self.size, 2).tolist()
+    def _stream_states(self) -> list:
+        """Every rank's stream state (JSON of varying length), gathered as bytes padded to the longest."""
+        mine = np.frombuffer(json.dumps(self.stream.state()).encode(), np.uint8)
+        if self.size == 1:
+            return [json.loads(mine.tobytes())]
+        lengths = mx.distributed.all_gather(mx.array([len(mine)]), group=self.world)
+        lengths = np.array(lengths).reshape(-1).tolist()
+        padded = np.zeros(max(lengths), np.uint8)
+        padded[: len(mine)] = mine
+        every = np.array(mx.distributed.all_gather(mx.array(padded)[None], group=self.world))
+        return [json.loads(every[r, :n].tobytes()) for r, n in enumerate(lengths)]
 
     def _anyone_stops(self, mine: bool) -> bool:
         """Ranks stop together, at the same step boundary: a signal to one rank stops them all."""
@@ -187,17 +189,18 @@ class Trainer:
     def save(self) -> Optional[Path]:
         """Checkpoint now (rank 0 writes); weights that are not finite are never written, so the
         newest checkpoint is always one a run can resume from."""
-        positions = self._positions()  # a collective: every rank takes part
+        streams = self._stream_states()  # a collective: every rank takes part
+        self.skips = _all_skips(streams)
         if self.rank != 0:
             return None
         if not checkpoint.healthy([self.model.parameters(), self.optimizer.state]):
             self.log(f"step {self.step}: weights are not finite; not checkpointed")
             return checkpoint.latest(self.out)
         state = {
-            "positions": positions,
+            "streams": streams,
             "config": self.cfg.to_dict(),
             **self.objective.state(self.model),
-            "skipped_images": len(self.stream.skipped),
+            "skipped": self.skips.to_json(),
         }
         return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
 
@@ -205,8 +208,13 @@ class Trainer:
         """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export)."""
         if self.rank == 0 and self.lock is None:
             self.lock = checkpoint.lock_run(self.out)
+        start = self.step
         try:
             return self._run(progress, until)
+        except BaseException:
+            if self.resume_from is None and self.step == start == 0:
+                self._discard_new()  # failed before its first step (its data could not fill a batch)
+            raise
         finally:
             if self.lock is not None:
                 self.lock.close()  # releases the run folder
@@ -241,6 +249,10 @@ class Trainer:
                 if watchdog is not None:
                     watchdog.beat()
                 seen += cfg.batch_size
+                probed = {}
+                if self.probe is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
+                    probed = {"knn_top1": self.probe(self.model.encoder)}
+                    t0 += self.probe.seconds  # the probe's time is not the step's
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t0
                     last = {
@@ -249,10 +261,15 @@ class Trainer:
                         "lr": float(self.lr(self.step - 1)),
                         "grad_norm": round(norm.item(), 4),
                         "images_per_s": round(seen / dt, 2),
-                        "skipped_images": len(self.stream.skipped),
+                        "samples": self.stream.samples * self.size,
+                        "epoch": getattr(self.stream, "epoch", 0),
+                        "skipped": len(self.stream.skipped),
+                        **probed,
                     }
                     t0, seen = time.perf_counter(), 0
                     report.record(last)
+                elif probed:
+                    report.record({"step": self.step, **probed})
                 report.step(loss, float(self.lr(self.step - 1)), last.get("images_per_s", 0))
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
@@ -271,9 +288,8 @@ class Trainer:
                 signal.signal(sig, handler)
             report.close()
         report.finish()
-        if self.stream.skipped:
-            name, why = self.stream.skipped[0]
-            report.log(f"skipped {len(self.stream.skipped)} {self.objective.skipped} (first: {name}: {why})")
+        if self.skips.count:  # every rank's, from the final save
+            report.log(f"skipped {self.skips.summary()}")
         if stop["flag"]:
             report.log(f"interrupted at step {self.step}; saved {path}; continue with --resume")
         elif self.rank == 0:
@@ -288,6 +304,13 @@ class Trainer:
         """What the run trained, as a model folder: the encoder that `embed` loads; after LiT tuning,
         the LiT folder that `load`, `encode_text` and `search` read."""
         return self.objective.export(self.model, self.step, dst)
+
+
+def _all_skips(streams: list) -> Skips:
+    total = Skips()
+    for st in streams:
+        total.merge(Skips.from_json(st["skipped"]))
+    return total
 
 
 def _silent(message: str) -> None:

@@ -3,8 +3,8 @@
 The loop (train/trainer.py) and the compiled step (train/step.py) call only these methods, so a
 new objective is a new file here and one line in the registry (`__init__.py`):
 
-    set-up   tokenizer(data)        the caption tokenizer (default: the given one, else a BPE on the captions)
-             stream(...)            the batches: {inputs: ..., "ids": ...} per step
+    set-up   tokenizer(sources)     the caption tokenizer (default: the given one, else a BPE on a sample)
+             stream(...)            the batches: {inputs: ..., "ids": ...} per step, and state()/restore()
              build(tokenizer)       the nn.Module whose trainable parameters the optimiser updates
     step     prepare(inputs, ids, key, shard)   the step's inputs (inside mx.compile, outside the gradient)
              loss(model, batch, shard)          {"loss": ..., other named values} (inside the gradient)
@@ -14,13 +14,15 @@ new objective is a new file here and one line in the registry (`__init__.py`):
 
 from __future__ import annotations
 
+from itertools import islice
 from pathlib import Path
 
 import mlx.core as mx
 import mlx.nn as nn
 
 from ...config import TrainConfig
-from ...data import Dataset, TrainStream
+from ...data import TrainStream
+from ...data.sources import Sample, Source
 from ...tokenizer import BPE_SAMPLE, TextTokenizer, load_tokenizer, train_bpe
 
 
@@ -48,7 +50,6 @@ class Objective:
     name = ""
     result = "encoder"  # the run's subfolder that export() writes at the end of training
     inputs = "images"  # what the stream's batches call the step's first input
-    skipped = "unreadable image(s)"  # what the stream skips, in the run's closing line
     # parameters whose whole gradient every rank computes (divided back by the rank count)
     replicated: tuple = ()
     # each rank's named values already cover the global batch (else they are summed over ranks)
@@ -67,8 +68,8 @@ class Objective:
         return self.cfg.image_size
 
     # -- set-up ----------------------------------------------------------------------------------
-    def tokenizer(self, data: Dataset) -> TextTokenizer:
-        """The tokenizer given in the config, else the run's own BPE (trained on the captions once)."""
+    def tokenizer(self, sources: list[Source]) -> TextTokenizer:
+        """The tokenizer given in the config, else the run's own BPE (trained once, on a sample)."""
         cfg = self.cfg
         if cfg.tokenizer:
             return load_tokenizer(Path(cfg.tokenizer), cfg.context_length)
@@ -76,26 +77,26 @@ class Objective:
         if own.is_file():
             return load_tokenizer(own, cfg.context_length)
         dst = own if self.rank == 0 else self.out / f".tokenizer.rank{self.rank}.json"
-        # a bounded, evenly spread sample: a BPE's merges settle long before millions of captions
-        step = max(1, -(-len(data.samples) // BPE_SAMPLE))
-        sample = data.samples[::step]
-        tok = train_bpe((s.caption for s in sample), cfg.vocab_size, dst, cfg.context_length)
+        captions, used = caption_sample(sources, BPE_SAMPLE)
+        tok = train_bpe(captions, cfg.vocab_size, dst, cfg.context_length)
         if self.rank == 0:
             why = (
                 f" (asked for {cfg.vocab_size}: the captions hold no more distinct merges)"
                 if tok.vocab_size < cfg.vocab_size
                 else ""
             )
-            used = "" if step == 1 else f" (every {step}th of {len(data.samples):,})"
-            self.log(f"trained a {tok.vocab_size}-token BPE on {len(sample):,} captions{used}{why} -> {own}")
+            self.log(
+                f"trained a {tok.vocab_size}-token BPE on {len(captions):,} captions from {used} of "
+                f"{len(sources)} shard(s){why} -> {own}"
+            )
         return tok
 
-    def stream(self, data: Dataset, ids, mirrored, batch_size: int, barrier, progress: bool):
+    def stream(self, sources: list[Source], tokenizer, batch_size: int, barrier, progress: bool):
         """Endless batches of decoded, augmented images and their captions' ids, this rank's share."""
         cfg = self.cfg
         return TrainStream(
-            data, ids, cfg.image_size, batch_size, cfg.seed, self.rank, self.size, cfg.threads,
-            scale=cfg.crop_scale, mirrored_ids=mirrored,
+            sources, tokenizer, cfg.image_size, batch_size, cfg.seed, self.rank, self.size, cfg.threads,
+            scale=cfg.crop_scale, mirror=cfg.mirror_captions, shuffle=cfg.shuffle_buffer,
         )  # fmt: skip
 
     def build(self, tokenizer: TextTokenizer) -> nn.Module:
@@ -114,3 +115,19 @@ class Objective:
 
     def export(self, model: nn.Module, step: int, dst: Path, overwrite: bool = False) -> Path:
         raise NotImplementedError
+
+
+def caption_sample(sources: list[Source], limit: int) -> tuple[list[str], int]:
+    """At most `limit` captions, spread over the corpus: an equal share from each of up to 64 shards
+    evenly spaced over the list (a BPE's merges settle long before millions of captions). Returns
+    the captions and how many shards gave some."""
+    k = min(64, len(sources), limit)
+    picked = sorted({round(i * (len(sources) - 1) / max(1, k - 1)) for i in range(k)})
+    share = limit // len(picked)
+    captions: list[str] = []
+    gave = 0
+    for i in picked:
+        taken = [e.caption for e in islice((e for e in sources[i].entries() if isinstance(e, Sample)), share)]
+        captions += taken
+        gave += bool(taken)
+    return captions, gave

@@ -17,7 +17,7 @@ import mlx.nn as nn
 
 from ... import cpu
 from ...config import ModelConfig, TextConfig, swiglu_hidden
-from ...data import Dataset
+from ...data.sources import read_all
 from ...data.stream import TokenStream
 from ...errors import UserError
 from ...models.decoder import init_weights
@@ -31,7 +31,6 @@ class LiT(Objective):
     name = "lit"
     result = "lit"
     inputs = "tokens"
-    skipped = "uncached image(s)"
     replicated = ("log_logit_scale", "logit_bias")
     whole_batch = True
 
@@ -59,16 +58,21 @@ class LiT(Objective):
         """Whether init is a LiT model, whose own text side continues training."""
         return self.frozen.config.kind == "lit"
 
-    def tokenizer(self, data: Dataset):
+    def tokenizer(self, sources):
         if not self.tuning_lit:
-            return super().tokenizer(data)
+            return super().tokenizer(sources)
         if self.cfg.tokenizer:
             raise UserError(f"{self.cfg.init} is a LiT model with its own tokenizer; drop 'tokenizer'")
         return self.frozen.tokenizer
 
-    def stream(self, data: Dataset, ids, mirrored, batch_size: int, barrier, progress: bool):
-        """The frozen encoder's tokens of every sample (cached on disk), in TrainStream's order."""
+    def stream(self, sources, tokenizer, batch_size: int, barrier, progress: bool):
+        """The frozen encoder's tokens of every sample, computed once and cached on disk: LiT tuning
+        reads its whole (image-tuning sized) set up front, unlike pre-training's stream."""
         cfg, v = self.cfg, self.vision
+        data = read_all(sources, cfg.data)
+        if data.bad:
+            self.log(f"data: skipped {len(data.bad)} bad entries (first: {data.bad[0].where}: {data.bad[0].why})")
+        ids = tokenizer([s.caption for s in data.samples])
         key = {  # what the tokens are made from: a change to any of it rebuilds the cache
             "init": cfg.init, "encoder": self.frozen.config.name, "weights": self.frozen.fingerprint(),
             "preprocessing": repr(self.frozen.preprocessor), "data": cfg.data, "images": cfg.images,
