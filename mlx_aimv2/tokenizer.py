@@ -143,7 +143,7 @@ def _from_hub(repo: str, length: int) -> TextTokenizer:
     return TextTokenizer(tok, pad_id=vocab.get("<pad>", eos if eos is not None else 0), eos_id=eos, length=length)
 
 
-BPE_SAMPLE = 200_000  # captions a run's own BPE is trained on at most (spread over the whole set)
+BPE_SAMPLE = 20_000  # captions a run's own BPE learns from, spread over the corpus (ample for its 1024 tokens)
 
 
 def train_bpe(texts: Iterable[str], vocab_size: int, out: Path, length: int = 77) -> TextTokenizer:

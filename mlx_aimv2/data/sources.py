@@ -78,8 +78,9 @@ Entry = Union[Sample, Bad]
 
 class TarShard:
     """A webdataset shard. A member's key is its path up to the first dot of its file name (a.b.jpg:
-    key "a", suffix "b.jpg"); a key's image pairs with key.txt or a "caption"/"text" field of key.json.
-    Keys come in the order the shard first names them (webdataset writes each sample's members together)."""
+    key "a", suffix "b.jpg"); consecutive members with one key are a sample (webdataset writes them
+    together), whose image pairs with key.txt or a "caption"/"text" field of key.json. Read as a
+    stream: one sample's headers in memory at a time."""
 
     def __init__(self, path: str):
         self.path = path
@@ -88,9 +89,8 @@ class TarShard:
     def name(self) -> str:
         return self.path
 
-    def entries(self) -> Iterator[Entry]:
+    def entries(self) -> Iterator[Optional[Entry]]:
         t = self.path
-        groups: dict = {}
         try:
             end = os.path.getsize(t)
             tf = tarfile.open(t)
@@ -101,7 +101,7 @@ class TarShard:
             yield Bad(t, f"unreadable tar shard ({e})")
             return
         with tf:
-            broken = None
+            key, group, read, broken = None, {}, 0, None
             try:
                 for m in tf:  # headers only: tarfile seeks over the data
                     if not m.isfile():
@@ -111,17 +111,23 @@ class TarShard:
                         break
                     folder, _, name = m.name.rpartition("/")
                     stem, dot, suffix = name.partition(".")
-                    if dot:
-                        groups.setdefault(f"{folder}/{stem}" if folder else stem, {})["." + suffix.lower()] = m
+                    if not dot:
+                        continue
+                    k = f"{folder}/{stem}" if folder else stem
+                    if k != key and group:
+                        yield _pair(tf, t, key, group)
+                        read, group = read + 1, {}
+                    key = k
+                    group["." + suffix.lower()] = m
             except (tarfile.TarError, OSError, EOFError) as e:
                 broken = str(e)
-            if broken and not groups:
+            if broken and not read and not group:
                 yield Bad(t, f"unreadable tar shard ({broken})")
                 return
-            for key, group in groups.items():
+            if group:
                 yield _pair(tf, t, key, group)
         if broken:  # what came before the damage was used
-            yield Bad(t, f"truncated tar shard ({broken}; {len(groups)} keys before it were read)")
+            yield Bad(t, f"truncated tar shard ({broken}; {read} keys before it were read)")
 
 
 def _pair(tf: tarfile.TarFile, t: str, key: str, group: dict) -> Optional[Entry]:

@@ -282,6 +282,7 @@ class Trainer:
                 raise
             raise UserError(watchdog.lost_message(e)) from None
         finally:
+            batches.close()  # stops the loader threads now, not at interpreter exit
             if watchdog is not None:
                 watchdog.close()
             for sig, handler in old.items():

@@ -117,11 +117,15 @@ class Objective:
         raise NotImplementedError
 
 
+SPREAD = 8  # shards the run's BPE reads its captions from
+
+
 def caption_sample(sources: list[Source], limit: int) -> tuple[list[str], int]:
-    """At most `limit` captions, spread over the corpus: an equal share from each of up to 64 shards
-    evenly spaced over the list (a BPE's merges settle long before millions of captions). Returns
-    the captions and how many shards gave some."""
-    k = min(64, len(sources), limit)
+    """At most `limit` captions, spread over the corpus: an equal share from each of up to SPREAD
+    shards evenly spaced over the list. A fixed number of shards keeps start-up independent of the
+    corpus (a BPE's merges settle long before millions of captions). Returns the captions and how
+    many shards gave some."""
+    k = min(SPREAD, len(sources), limit)
     picked = sorted({round(i * (len(sources) - 1) / max(1, k - 1)) for i in range(k)})
     share = limit // len(picked)
     captions: list[str] = []
