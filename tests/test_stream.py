@@ -185,3 +185,24 @@ def test_kill_9_mid_run_then_resume_sees_the_same_batches(shards, tmp_path):
     b = [json.loads(l) for l in (tmp_path / "killed" / "metrics.jsonl").read_text().splitlines()]
     assert [r["step"] for r in b] == list(range(1, 15))
     assert [r["loss"] for r in a] == [r["loss"] for r in b]
+
+
+def test_a_run_over_a_corpus_with_bad_shards_mixed_in_trains_and_counts_them(shards, tmp_path):
+    import shutil
+
+    from mlx_aimv2.config import load_config
+    from mlx_aimv2.train.trainer import Trainer
+
+    d = tmp_path / "corpus"
+    shutil.copytree(shards, d)
+    (d / "00002.tar").write_bytes(b"not a tar" * 100)  # garbage
+    (d / "00005.tar").write_bytes((shards / "00005.tar").read_bytes()[:9000])  # truncated mid-shard
+    (d / "00006.tar").unlink()  # named by the pattern, missing
+    said = []
+    cfg = dict(data=str(d / "{00000..00007}.tar"), out=str(tmp_path / "run"), encoder="tiny", image_size=28)
+    cfg.update(batch_size=8, steps=20, warmup=2, vocab_size=300, log_every=5, save_every=1000)
+    r = Trainer(load_config(overrides=cfg), log=said.append).run(progress=False)
+    assert r["step"] == 20
+    line = next(l for l in said if l.startswith("skipped "))
+    for reason in ("1 unreadable tar shard", "1 truncated tar shard", "1 no such shard"):
+        assert reason in line, line

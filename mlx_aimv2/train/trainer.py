@@ -119,6 +119,11 @@ class Trainer:
         self.tokenizer = self.objective.tokenizer(self.sources)
         per_rank = cfg.batch_size // self.size
         self.stream = self.objective.stream(self.sources, self.tokenizer, per_rank, self._barrier, self.progress)
+        if self.size > 1 and not getattr(self.stream, "by_shards", True):
+            self.say(
+                f"note: {len(self.sources)} shard(s) for {self.size} ranks: every rank reads them all and keeps "
+                f"every {self.size}th sample; with at least as many shards as ranks each reads its own"
+            )
 
     def _barrier(self) -> None:
         if self.size > 1:
