@@ -91,6 +91,10 @@ def main():
                     two, four = per_sample(enc, dtype, ckpt, 2), per_sample(enc, dtype, ckpt, 4)
                     act, fixed, state = (x2 + (x4 - x2) * 11 for x2, x4 in zip(two, four))
                     how = "extrapolated from 2 and 4 blocks"
+                if act <= 0:  # the optimizer update, not the activations, set both peaks
+                    emit({"encoder": enc, "dtype": dtype, "checkpointing": ckpt, "how": how,
+                          "activation_gib_per_sample": None, "note": "below what batch 4 to 8 resolves"}, a.out)  # fmt: skip
+                    continue
                 fits = {f"{m}GB": int((m * 1e9 * 0.8 - fixed) // act) for m in (64, 128, 192)}
                 emit(
                     {
