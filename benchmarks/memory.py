@@ -91,17 +91,14 @@ def main():
                     two, four = per_sample(enc, dtype, ckpt, 2), per_sample(enc, dtype, ckpt, 4)
                     act, fixed, state = (x2 + (x4 - x2) * 11 for x2, x4 in zip(two, four))
                     how = "extrapolated from 2 and 4 blocks"
+                row = {"encoder": enc, "dtype": dtype, "checkpointing": ckpt, "how": how}
                 if act <= 0:  # the optimizer update, not the activations, set both peaks
-                    emit({"encoder": enc, "dtype": dtype, "checkpointing": ckpt, "how": how,
-                          "activation_gib_per_sample": None, "note": "below what batch 4 to 8 resolves"}, a.out)  # fmt: skip
+                    emit({**row, "activation_gib_per_sample": None, "note": "below what batch 4 to 8 resolves"}, a.out)
                     continue
                 fits = {f"{m}GB": int((m * 1e9 * 0.8 - fixed) // act) for m in (64, 128, 192)}
                 emit(
                     {
-                        "encoder": enc,
-                        "dtype": dtype,
-                        "checkpointing": ckpt,
-                        "how": how,
+                        **row,
                         "state_gib": round(state / gib, 2),
                         "fixed_gib": round(fixed / gib, 2),
                         "activation_gib_per_sample": round(act / gib, 3),
