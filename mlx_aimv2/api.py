@@ -20,14 +20,15 @@ import mlx.nn as nn
 import numpy as np
 from mlx.utils import tree_flatten
 
-from . import cpu, hub, owner
+from . import cpu, finetuned, hub, owner
 from .atomic import check_destination
 from .checkpoints import load_checkpoint, save, tokenizer_files
 from .config import ModelConfig
 from .environment import wire_memory_for
 from .errors import UserError, check_cancel
+from .models import lora
 from .preprocess import ImageLike, Preprocessor, decode_ahead
-from .quantize import quantize
+from .quantize import dequantize, quantize
 from .tokenizer import load_tokenizer
 
 POOLS = ("mean", "none", "attn")
@@ -69,6 +70,10 @@ def _load(name_or_path, revision, dtype, keep_quantized, text_only=False) -> "AI
     mx.eval(module.parameters())
     model = AIMv2(module, config, _preprocessor(config, folder), folder)
     model.text_only = text_only
+    if config.kind == "vision":  # a fine-tuned classifier's head (finetuned.py), if the folder has one
+        found = finetuned.read_classifier(folder, config.vision.hidden_size)
+        if found is not None:
+            model.head, model.classes = found
     return model
 
 
@@ -98,6 +103,7 @@ class AIMv2:
         self.module, self.config, self.preprocessor, self.folder = module, config, preprocessor, folder
         self._tokenizer = None
         self.text_only = False  # load(text_only=True): the image tower was not read
+        self.head, self.classes = None, None  # a fine-tuned classifier's head and its class names
 
     def _need_images(self):
         if self.text_only:
@@ -287,6 +293,25 @@ class AIMv2:
         mx.eval(res)
         return {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
 
+    # -- a fine-tuned classifier ----------------------------------------------------------------
+    def predict(self, images: Sequence[ImageLike], batch_size: int = 8) -> np.ndarray:
+        """Class probabilities (B, len(self.classes)) from a fine-tuned classifier's head
+        (`mlx-aimv2 train --objective classify`); `classes` names the columns."""
+        if self.head is None:
+            raise UserError(
+                f"{self.config.name or self.folder}: has no classifier head; fine-tune one with "
+                f"`mlx-aimv2 train --objective classify`, or give labels for zero-shot classification (a LiT model)"
+            )
+        items = _nonempty(images, "images", "an image")
+        rows = [
+            owner.run(self._head_probs, f["tokens"][None])[0]
+            for _, f in self.iter_embed(items, pool="none", batch_size=batch_size)
+        ]
+        return np.stack(rows)
+
+    def _head_probs(self, tokens: np.ndarray) -> np.ndarray:
+        return np.array(mx.softmax(self.head(mx.array(tokens)).astype(mx.float32), axis=-1))
+
     # -- LiT -------------------------------------------------------------------------------
     def _need_lit(self):
         if self.config.kind != "lit":
@@ -381,6 +406,9 @@ def convert(
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     check_destination(dst, overwrite)
     module, config, folder = load_checkpoint(src, revision, dtypes.get(dtype))
+    if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers
+        dequantize(lora.merge(module))
+        config.quantization = None
     if quantization is not None:
         if config.quantization:
             raise UserError(
@@ -392,4 +420,5 @@ def convert(
     pp = folder / "preprocessor_config.json"
     _preprocessor(config, folder)  # refuse an invalid one before writing anything
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
-    return save(module, config, Path(dst), preprocessor, tokenizer_files(folder), overwrite=overwrite)
+    extra = tokenizer_files(folder) + finetuned.classifier_files(folder)
+    return save(module, config, Path(dst), preprocessor, extra, overwrite=overwrite)

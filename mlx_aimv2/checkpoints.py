@@ -14,12 +14,12 @@ import pickle
 import re
 import shutil
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from . import hub
+from . import finetuned, hub
 from .atomic import write_folder
 from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .errors import UserError
@@ -424,6 +424,8 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     if config.quantization:
         quantize(module, config.quantization)  # the layers' shapes, before the weights go in
     load_into(module, weights, str(file), dtype)
+    if config.kind == "vision" and finetuned.apply_adapter(module, folder):  # LoRA kept beside the encoder
+        mx.eval(module.parameters())
     return module, config, folder
 
 
@@ -451,9 +453,12 @@ def save(
     extra_files: tuple = (),
     metadata: Optional[dict] = None,
     overwrite: bool = False,
+    weights: Optional[dict] = None,
+    more: Optional[Callable[[Path], None]] = None,
 ) -> Path:
-    """Write model.safetensors + config.json + preprocessor_config.json atomically (atomic.write_folder)."""
-    weights = dict(tree_flatten(model.parameters()))
+    """Write model.safetensors + config.json + preprocessor_config.json atomically (atomic.write_folder).
+    weights: these instead of the model's own; more(folder): writes further files into the folder."""
+    weights = dict(tree_flatten(model.parameters())) if weights is None else weights
 
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx", **(metadata or {})})
@@ -461,6 +466,8 @@ def save(
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
         copy_files(extra_files, tmp)
+        if more is not None:
+            more(tmp)
 
     return write_folder(out_dir, write, overwrite)
 

@@ -257,26 +257,36 @@ def _save_pca(m, names, out: Path):
 @user_errors
 def classify(
     image: Path = typer.Argument(...),
-    labels: str = typer.Option(..., help="comma-separated labels, e.g. 'a cat,a dog'"),
+    labels: Optional[str] = typer.Option(
+        None, help="comma-separated labels for zero-shot (a LiT model), e.g. 'a cat,a dog'; omit for a fine-tuned model"
+    ),
     model: Optional[str] = typer.Option(
         None,
         "--model",
         "-m",
         show_default=False,
-        help="a LiT model  \\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
+        help="a LiT model, or a fine-tuned classifier (train --objective classify)  "
+        "\\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
     ),
     template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label"),
+    top_k: int = typer.Option(5, "--top-k", min=1, help="how many classes to print"),
 ):
-    """Zero-shot classification with the LiT image-text model."""
+    """Classify an image: zero-shot over --labels with the LiT model, or with a fine-tuned classifier's own classes."""
     from .api import fill_template, load, load_default
 
-    names = [l.strip() for l in labels.split(",") if l.strip()]
-    if not names:
-        raise UserError("--labels is empty; give comma-separated labels")
-    fill_template(template, names)  # a bad template fails before the model loads
-    m = load_default("lit")[0] if model is None else load(model)
-    probs = m.classify([str(image)], names, template)[0]
-    for i in probs.argsort()[::-1]:
+    if labels is None:
+        if model is None:
+            raise UserError("give --labels for zero-shot classification, or --model a fine-tuned classifier")
+        m = load(model)
+        probs, names = m.predict([str(image)])[0], m.classes
+    else:
+        names = [l.strip() for l in labels.split(",") if l.strip()]
+        if not names:
+            raise UserError("--labels is empty; give comma-separated labels")
+        fill_template(template, names)  # a bad template fails before the model loads
+        m = load_default("lit")[0] if model is None else load(model)
+        probs = m.classify([str(image)], names, template)[0]
+    for i in probs.argsort()[::-1][:top_k]:
         typer.echo(f"{probs[i]:7.2%}  {names[i]}")
 
 
@@ -297,12 +307,22 @@ def data_synth(
     ),
     seed: int = typer.Option(0),
     shards: int = typer.Option(0, min=0, help="write N webdataset tar shards (key.jpg/.txt/.json) instead"),
+    classes: Optional[str] = typer.Option(
+        None, help="write a labelled image folder of one-object scenes by colour | shape | position | size instead"
+    ),
 ):
-    """Write a synthetic captioned set: coloured shapes, captions saying what is where."""
-    from .data.synth import write_synthetic
+    """Write a synthetic captioned set: coloured shapes, captions saying what is where (or, with
+    --classes, a labelled train/ val/ image folder for fine-tuning)."""
+    from .data.synth import write_labelled, write_synthetic
 
     if out.exists() and not out.is_dir():
         raise UserError(f"{out}: is a file; give a folder for the data set")
+    if classes is not None:
+        if shards:
+            raise UserError("--classes writes an image folder; drop --shards")
+        write_labelled(out, n, classes, size, seed, progress=n > 200)
+        typer.echo(f"wrote {n} one-object scenes by {classes} to {out}/train and {out}/val")
+        return
     if shards > n:
         raise UserError(f"--shards {shards} is more than --n {n}: each shard needs a sample")
     write_synthetic(out, n, size, seed, progress=n > 200, max_objects=max_objects, shards=shards)
@@ -345,15 +365,17 @@ def train(
     lr: Optional[float] = typer.Option(None, help=f"peak learning rate \\[default: {_TRAIN.lr}]"),
     objective: Optional[str] = typer.Option(
         None,
-        help=f"aimv2 | image | text | lit (LiT tuning of the frozen --init encoder) \\[default: {_TRAIN.objective}]",
+        help=f"aimv2 | image | text | lit (LiT tuning of the frozen --init encoder) | classify (fine-tune --init "
+        f"on a labelled --data) \\[default: {_TRAIN.objective}]",
     ),
     dtype: Optional[str] = typer.Option(None, help=f"float32 | bfloat16 compute \\[default: {_TRAIN.dtype}]"),
     set_: List[str] = typer.Option([], "--set", help="any config key, e.g. --set warmup=200 (README: Config)"),
     resume: bool = typer.Option(False, "--resume", help="continue the run in --out from its last checkpoint"),
     progress: bool = typer.Option(True, "--progress/--no-progress"),
 ):
-    """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init), or LiT-tune a
-    text side onto a frozen --init encoder (--objective lit)."""
+    """Pre-train an AIMv2 encoder with the paper's objective (from scratch or from --init), LiT-tune a
+    text side onto a frozen --init encoder (--objective lit), or fine-tune --init as a classifier
+    (--objective classify; --set tune=lora|full|head)."""
     from .config import build_config, read_config
     from .train.checkpoint import saved_config
     from .train.trainer import Trainer
@@ -384,8 +406,11 @@ def train(
         raise typer.Exit(130)
     if trainer.rank == 0:
         done = trainer.result_folder
-        use = f"mlx-aimv2 index PHOTOS --model {done}" if cfg.objective == "lit" else f"mlx-aimv2 embed --model {done}"
-        typer.echo(f"{'LiT model' if cfg.objective == 'lit' else 'encoder'} exported to {done} ({use})")
+        what, use = {
+            "lit": ("LiT model", f"mlx-aimv2 index PHOTOS --model {done}"),
+            "classify": ("classifier", f"mlx-aimv2 classify IMAGE --model {done}"),
+        }.get(cfg.objective, ("encoder", f"mlx-aimv2 embed --model {done}"))
+        typer.echo(f"{what} exported to {done} ({use})")
 
 
 @app.command()

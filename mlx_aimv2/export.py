@@ -30,6 +30,7 @@ from .checkpoints import (
 )
 from .config import ModelConfig
 from .errors import UserError
+from .models import lora
 from .quantize import dequantize
 from .train import runs
 
@@ -145,6 +146,7 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
     """A checkpoint (any layout we read, quantized too) or a training run -> a transformers folder."""
     dst = check_destination(dst, overwrite)
     module, config, preprocessor, extra = _source(src)
+    lora.merge(module)  # a fine-tuned folder's adapter, folded in
     dequantize(module)
     weights = transformers_weights(module, config)
     dtype = {mx.float32: "float32", mx.bfloat16: "bfloat16", mx.float16: "float16"}.get(

@@ -46,10 +46,15 @@ def save_pca(images: Sequence[Image.Image], tokens: Sequence[np.ndarray], grids,
     return out
 
 
+# what a run measures on held-out data (eval_every), as its panel beside the losses
+ACCURACY = {"knn_top1": "k-NN top-1 (%) on eval_data", "val_top1": "held-out top-1 (%)"}
+
+
 def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "loss_text")) -> Path:
     """Loss curves from metrics records (dicts with "step" and the keys), and beside them the k-NN
     probe's accuracy when the run evaluated (eval_every)."""
-    probe = [(r["step"], r["knn_top1"]) for r in records if r.get("knn_top1") is not None]
+    metric = next((k for k in ACCURACY if any(r.get(k) is not None for r in records)), None)
+    probe = [(r["step"], r[metric]) for r in records if r.get(metric) is not None] if metric else []
     fig = Figure(figsize=(11 if probe else 7, 4))  # no pyplot: an app's own matplotlib backend stays as it is
     axes = fig.subplots(1, 2 if probe else 1)
     ax = axes[0] if probe else axes
@@ -65,7 +70,7 @@ def plot_curves(records: list[dict], out: Path, keys=("loss", "loss_image", "los
     if probe:
         axes[1].plot(*zip(*probe), marker="o", color="tab:green")
         axes[1].set_xlabel("step")
-        axes[1].set_ylabel("k-NN top-1 (%) on eval_data")
+        axes[1].set_ylabel(ACCURACY[metric])
         axes[1].grid(alpha=0.3)
     fig.tight_layout()
     out = Path(out)

@@ -35,7 +35,15 @@ class TrainConfig:
     tokenizer: Optional[str] = None  # a tokenizer.json; default: train a BPE on the captions
     vocab_size: int = 1024  # for that BPE
     context_length: int = 77
-    objective: str = "aimv2"  # aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`)
+    objective: str = "aimv2"  # aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`) | classify
+    tune: str = "full"  # what trains: full | lora (adapters on the frozen encoder) | head (the encoder frozen)
+    lora_rank: int = 8
+    lora_alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
+    lora_layers: int = 0  # adapt the last N blocks (0: all)
+    lora_targets: tuple = ("qkv", "proj", "fc1", "fc2", "fc3")  # which linear layers of a block
+    merge_lora: bool = True  # the exported encoder: adapters merged in, or kept beside it (adapter.safetensors)
+    layer_decay: float = 1.0  # full fine-tuning: block i of d learns at lr * layer_decay ** (d - i)
+    classes: Optional[str] = None  # classify with a labels file: a .txt of class names (default: the file's labels)
     alpha: float = 0.4
     prefix_attention: bool = True
     batch_size: int = 32  # global batch (all ranks, all accumulation steps)
@@ -97,13 +105,34 @@ class TrainConfig:
             )
         for k, v in self.text.items():
             _check(f"text.{k}", v)
-        if self.eval_every and not self.eval_data:
+        if self.eval_every and not self.eval_data and self.objective != "classify":  # classify: val/ may do
             raise UserError(
                 f"eval_every = {self.eval_every} needs eval_data: a labelled folder (one subfolder per class) "
                 f"or a synthetic set"
             )
         if self.eval_every and self.objective == "lit":
             raise UserError("eval_every probes the encoder being pre-trained; objective 'lit' keeps it frozen")
+        bad = [t for t in self.lora_targets if t not in LORA_TARGETS]
+        if bad or not self.lora_targets:
+            raise UserError(
+                f"config key 'lora_targets' = {list(self.lora_targets)}: name some of {', '.join(LORA_TARGETS)}"
+            )
+        if self.tune != "full" and not self.init:
+            raise UserError(
+                f"tune = '{self.tune}' keeps the encoder's weights frozen: set init to a trained encoder "
+                f"(a checkpoint folder, a hub id, demo, or a training run)"
+            )
+        if self.tune != "full" and self.objective == "lit":
+            raise UserError("objective 'lit' keeps its encoder frozen already; drop tune")
+        if self.layer_decay != 1.0 and self.tune != "full":
+            raise UserError(
+                f"layer_decay scales the encoder's learning rates; tune = '{self.tune}' does not train them"
+            )
+        if self.objective == "classify" and not self.init:
+            raise UserError(
+                "objective 'classify' fine-tunes a trained encoder: set init to one "
+                "(a checkpoint folder, a hub id, demo, or a training run)"
+            )
         if self.objective == "lit" and not self.init:
             raise UserError(
                 "objective 'lit' tunes a text side onto a frozen encoder: set init to one "
@@ -123,6 +152,8 @@ class TrainConfig:
         return json.loads(json.dumps(dataclasses.asdict(self)))
 
 
+LORA_TARGETS = ("qkv", "proj", "fc1", "fc2", "fc3")  # a block's linear layers (models/layers.py)
+
 # key: (type, low, high) - inclusive bounds, None for none. Floats accept ints; ints refuse 3.5 and true.
 _SCHEMA = {
     "data": (str, None, None),
@@ -136,6 +167,14 @@ _SCHEMA = {
     "vocab_size": (int, 260, 1_000_000),
     "context_length": (int, 2, 4096),
     "objective": (str, None, None),  # a name in train/objectives (checked there)
+    "tune": (("full", "lora", "head"), None, None),
+    "lora_rank": (int, 1, 4096),
+    "lora_alpha": (float, 1e-6, None),
+    "lora_layers": (int, 0, None),
+    "lora_targets": ((list, tuple), None, None),
+    "merge_lora": (bool, None, None),
+    "layer_decay": (float, 1e-3, 1.0),
+    "classes": ((str, type(None)), None, None),
     "alpha": (float, 0.0, None),
     "prefix_attention": (bool, None, None),
     "batch_size": (int, 1, None),
@@ -302,7 +341,7 @@ def build_config(d: dict, saved: Optional[dict] = None) -> TrainConfig:
                 f"may change (or start a new run in another --out)"
             )
         d = {**{k: v for k, v in saved.items() if k in names}, **d}
-    for k in ("betas", "mean", "std", "crop_scale"):
+    for k in ("betas", "mean", "std", "crop_scale", "lora_targets"):
         if isinstance(d.get(k), list):
             d[k] = tuple(d[k])
     return TrainConfig(**d).validate()

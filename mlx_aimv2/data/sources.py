@@ -210,11 +210,11 @@ class CaptionRows:
             row = {"image": cells[i], "caption": cells[c]} if len(cells) > max(i, c) else None
         if not isinstance(row, dict):
             return Bad(where, "expected an image and a caption")
-        img, cap = row.get("image"), row.get("caption")
+        img, cap = row.get("image"), row.get("caption", row.get("label"))  # a labels file: the label
         if not isinstance(img, str) or not img.strip():
             return Bad(where, "no image path")
         if not isinstance(cap, str) or not cap.strip():
-            return Bad(where, "empty or missing caption")
+            return Bad(where, "empty or missing caption (or label)")
         path = self.root / img
         if not path.is_file():
             return Bad(where, f"image not found ({img})")
@@ -266,8 +266,9 @@ def caption_ranges(file: Path, images: Optional[str] = None) -> list[CaptionRows
             first = f.readline()
         cells = next(csv.reader([first.decode("utf-8", "replace")], delimiter="\t" if file.suffix == ".tsv" else ","))
         names = [h.strip().lower() for h in cells]
-        if "image" in names and "caption" in names:
-            columns, header = (names.index("image"), names.index("caption")), len(first)
+        text = "caption" if "caption" in names else "label"  # a labels file: its label column
+        if "image" in names and text in names:
+            columns, header = (names.index("image"), names.index(text)), len(first)
         else:
             columns = (0, 1)
     size = file.stat().st_size

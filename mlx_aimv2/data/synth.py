@@ -17,6 +17,7 @@ from PIL import Image, ImageDraw
 from tqdm import tqdm
 
 from ..atomic import write_file
+from ..errors import UserError
 
 COLOURS = {
     "red": (220, 40, 40),
@@ -110,6 +111,24 @@ def write_synthetic(
         img.save(out / name, quality=92)
         rows.append(json.dumps({"image": name, "caption": caption, "labels": attrs}))
     write_file(out / "captions.jsonl", lambda tmp: tmp.write_text("\n".join(rows) + "\n"))
+    return out
+
+
+def write_labelled(out: Path, n: int, attribute: str, size: int = 128, seed: int = 0, progress: bool = False) -> Path:
+    """n one-object scenes as a labelled image folder by `attribute` (colour, shape, position or
+    size): out/train/CLASS/*.jpg and out/val/CLASS/*.jpg, a seeded 80/20 split. For fine-tuning
+    (`train --objective classify`) and probes."""
+    if attribute not in ATTRIBUTES or attribute == "count":
+        raise UserError(f"--classes {attribute}: use one of {', '.join(a for a in ATTRIBUTES if a != 'count')}")
+    out = Path(out)
+    rng = np.random.default_rng(seed)
+    it = tqdm(range(n), desc="synth", unit="img") if progress else range(n)
+    for i in it:
+        img, _, attrs = scene(rng, size, max_objects=1)
+        split = "train" if rng.random() < 0.8 else "val"
+        folder = out / split / str(attrs[attribute])
+        folder.mkdir(parents=True, exist_ok=True)
+        write_file(folder / f"{i:06d}.jpg", lambda tmp, img=img: img.save(tmp, format="JPEG", quality=92))
     return out
 
 

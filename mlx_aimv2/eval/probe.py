@@ -21,6 +21,7 @@ from ..atomic import write_file
 from ..data.synth import ATTRIBUTES
 from ..errors import UserError
 from ..formats import IMAGE_EXT
+from ..models.classifier import AttentiveHead as AttentiveProbe
 from ..models.decoder import init_weights
 
 METHODS = ("attentive", "linear", "knn")
@@ -127,29 +128,6 @@ def features(
 
 
 # ------------------------------------------------------------------------------------ probes
-
-
-class AttentiveProbe(nn.Module):
-    """A learned query attends over the tokens (with key/value projections), then a linear classifier."""
-
-    def __init__(self, dim: int, classes: int, heads: int = 4):
-        super().__init__()
-        self.heads = heads if dim % heads == 0 else 1
-        self.query = mx.random.normal((1, 1, dim)) * 0.02
-        self.norm = nn.LayerNorm(dim)
-        self.k = nn.Linear(dim, dim)
-        self.v = nn.Linear(dim, dim)
-        self.head = nn.Linear(dim, classes)
-
-    def __call__(self, x):
-        b, n, d = x.shape
-        h, hd = self.heads, d // self.heads
-        x = self.norm(x)
-        q = mx.broadcast_to(self.query, (b, 1, d)).reshape(b, 1, h, hd).transpose(0, 2, 1, 3)
-        k = self.k(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        v = self.v(x).reshape(b, n, h, hd).transpose(0, 2, 1, 3)
-        o = mx.fast.scaled_dot_product_attention(q, k, v, scale=hd**-0.5)
-        return self.head(o.transpose(0, 2, 1, 3).reshape(b, d))
 
 
 class LinearProbe(nn.Module):

@@ -10,7 +10,7 @@ from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
-from mlx.utils import tree_flatten, tree_unflatten
+from mlx.utils import tree_flatten
 
 from ..atomic import write_file, write_folder
 from ..errors import UserError
@@ -128,7 +128,20 @@ def restore(ckpt: Path, model, optimizer) -> None:
             f"{ckpt}: this checkpoint is of another architecture ({' '.join(str(e).split())[:200]}); "
             f"resume with the config it was trained with"
         ) from None
-    optimizer.state.update(tree_unflatten(list(saved.items())))
+    try:  # leaf by leaf: a frozen submodule's empty branch of the state must stay (flattening drops it)
+        for key, value in saved.items():
+            *path, last = key.split(".")
+            node = optimizer.state
+            for k in path:
+                node = node[int(k)] if isinstance(node, list) else node[k]
+            if isinstance(node, list):
+                node[int(last)] = value
+            else:
+                node[last] = value
+    except (KeyError, IndexError, ValueError) as e:
+        raise UserError(
+            f"{ckpt}: its optimizer state does not fit this model ({e}); resume with the config it was trained with"
+        ) from None
 
 
 def healthy(tree) -> bool:

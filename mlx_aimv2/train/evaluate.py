@@ -1,9 +1,9 @@
-"""Evaluation while pre-training (`eval_every`): a quick k-NN probe of the encoder on a held-out
-labelled set, so a user sees whether the encoder is learning while the losses fall.
+"""Evaluation while training (`eval_every`): while pre-training, a quick k-NN probe of the encoder on
+a held-out labelled set, so a user sees whether the encoder is learning while the losses fall; while
+fine-tuning, the classifier's top-1 accuracy on the held-out images.
 
-The set is decoded once, at the training resolution, and kept in memory (at most LIMIT images);
-each evaluation is one forward pass over it and a cosine k-NN (eval/probe.knn) on the mean-pooled
-tokens, train split against held-out split."""
+The set is decoded once and kept in memory (at most LIMIT images); each evaluation is one forward
+pass over it. Each evaluator returns {metric: value} for metrics.jsonl."""
 
 from __future__ import annotations
 
@@ -14,11 +14,13 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
+from ..data.sources import Sample, entries
 from ..errors import UserError
 from ..eval.probe import image_folder, knn, synthetic_attribute
-from ..preprocess import load_image, to_rgb
+from ..preprocess import Preprocessor, load_image, to_rgb
 
 LIMIT = 2000  # images kept for the probe: enough for a stable accuracy, small enough to run often
+MEMORY = 256 << 20  # and at most this many bytes of preprocessed held-out images
 
 
 class KnnProbe:
@@ -50,7 +52,10 @@ class KnnProbe:
         self.seconds = 0.0
         self.mean = mx.array(mean, dtype=mx.float32) * 255.0
         self.std = mx.array(std, dtype=mx.float32) * 255.0
-        self.about = f"{folder} ({self.task}: {len(self.images)} images{f', {bad} unreadable skipped' if bad else ''})"
+        self.about = f"k-NN top-1 on {folder} ({self.task}: {len(self.images)} images{f', {bad} unreadable skipped' if bad else ''})"
+
+    def measure(self, model) -> dict:
+        return {"knn_top1": self(model.encoder)}
 
     def __call__(self, encoder) -> float:
         """Top-1 accuracy (%) of the k-NN probe on the encoder's mean-pooled tokens."""
@@ -64,3 +69,45 @@ class KnnProbe:
         pred = knn(f[tr], self.labels[tr], f[te], classes=self.classes)
         self.seconds = time.perf_counter() - t
         return round(float((pred == self.labels[te]).mean() * 100), 2)
+
+
+class HeldOut:
+    """A classifier's top-1 accuracy (%) on held-out images, preprocessed as inference does them
+    (resize, centre crop): the number a user of the exported model will see."""
+
+    def __init__(self, sources: list, classes: list, preprocessor: dict, image_size: int, about: str):
+        pre = Preprocessor.from_config(preprocessor, None, "the encoder's preprocessor_config.json", image_size)
+        index = {c: i for i, c in enumerate(classes)}
+        samples = [e for e in entries(sources) if isinstance(e, Sample)]
+        limit = min(LIMIT, MEMORY // (image_size * image_size * 3 * 2))  # float16 images
+        keep = np.random.default_rng(0).permutation(len(samples))[:limit]
+        images, labels, bad, unknown = [], [], 0, set()
+        for i in sorted(keep.tolist()):
+            s = samples[i]
+            if s.caption not in index:
+                unknown.add(s.caption)
+                continue
+            try:
+                images.append(pre(s.path).astype(np.float16))
+            except Exception:
+                bad += 1
+                continue
+            labels.append(index[s.caption])
+        if unknown:
+            raise UserError(
+                f"eval_data {about}: label(s) {', '.join(sorted(unknown)[:5])} are not among the training classes"
+            )
+        if not images:
+            raise UserError(f"eval_data {about}: no readable held-out image")
+        self.images, self.labels = np.stack(images), np.array(labels)
+        self.seconds = 0.0
+        self.about = f"held-out top-1 on {about}: {len(images)} images{f', {bad} unreadable skipped' if bad else ''}"
+
+    def measure(self, model) -> dict:
+        t = time.perf_counter()
+        pred = []
+        for i in range(0, len(self.images), 64):
+            logits = model(mx.array(self.images[i : i + 64]).astype(mx.float32))
+            pred.append(np.array(mx.argmax(logits, axis=-1)))
+        self.seconds = time.perf_counter() - t
+        return {"val_top1": round(float((np.concatenate(pred) == self.labels).mean() * 100), 2)}

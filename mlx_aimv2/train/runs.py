@@ -8,20 +8,24 @@ from __future__ import annotations
 import dataclasses
 import json
 from pathlib import Path
+from typing import Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .. import checkpoints, cpu
+from .. import checkpoints, cpu, finetuned
 from ..api import AIMv2, load
 from ..atomic import check_destination
 from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig, build_config
 from ..errors import UserError
-from ..models import AIMv2LiT, AIMv2VisionEncoder
+from ..models import AIMv2LiT, AIMv2VisionEncoder, lora
+from ..models import build as build_model
 from ..models.captioner import Captioner
+from ..models.classifier import Classifier
 from ..models.decoder import AIMv2PreTrainer
 from ..models.lit import LiTTuner
 from ..preprocess import Preprocessor
+from ..quantize import quantize
 from ..tokenizer import TextTokenizer, load_tokenizer
 from . import checkpoint
 
@@ -49,9 +53,12 @@ def encoder_preprocessor(vision: VisionConfig, mean, std) -> dict:
     return pp
 
 
-def save_encoder(encoder, vision: VisionConfig, pp: dict, name: str, dst: Path, overwrite: bool = False) -> Path:
-    """An encoder folder that `embed` and `load` read."""
-    return checkpoints.save(encoder, ModelConfig(vision=vision, name=name), Path(dst), pp, overwrite=overwrite)
+def save_encoder(
+    encoder, vision: VisionConfig, pp: dict, name: str, dst: Path, overwrite: bool = False, weights=None
+) -> Path:
+    """An encoder folder that `embed` and `load` read (weights: these instead of the encoder's own)."""
+    config = ModelConfig(vision=vision, name=name)
+    return checkpoints.save(encoder, config, Path(dst), pp, overwrite=overwrite, weights=weights)
 
 
 def load_encoder(run: Path):
@@ -67,10 +74,20 @@ def load_encoder(run: Path):
     weights = {
         k[len("encoder.") :]: v for k, v in mx.load(str(ckpt / "model.safetensors")).items() if k.startswith("encoder.")
     }
-    checkpoints.load_into(enc, weights, str(ckpt))
     cfg = state["config"]
+    if cfg.get("tune") == "lora":  # continued with adapters: load them, then fold them in
+        adapted = AIMv2VisionEncoder(vision)
+        add_run_lora(adapted, cfg)
+        checkpoints.load_into(adapted, weights, str(ckpt))
+        weights = lora.merged_weights(adapted)
+    checkpoints.load_into(enc, weights, str(ckpt))
     pp = encoder_preprocessor(vision, cfg["mean"], cfg["std"])
     return enc, vision, pp, f"{Path(run).resolve().name} step {state['step']}"
+
+
+def add_run_lora(encoder, cfg: dict) -> None:
+    """The adapters a run with tune = lora trained, on a fresh encoder (their weights come next)."""
+    lora.add_lora(encoder, cfg["lora_rank"], cfg["lora_alpha"], cfg["lora_layers"], cfg["lora_targets"])
 
 
 def frozen_encoder(init: str) -> AIMv2:
@@ -118,6 +135,8 @@ def load_pretrainer(run: Path, need: str) -> tuple[AIMv2PreTrainer, TextTokenize
     model = AIMv2PreTrainer(
         vision, cfg.decoder_config(tokenizer.vocab_size), pad_id=tokenizer.pad_id, objective=cfg.objective
     )
+    if cfg.tune == "lora":
+        add_run_lora(model.encoder, cfg.to_dict())
     checkpoints.load_into(model, dict(mx.load(str(ckpt / "model.safetensors"))), str(ckpt))
     mx.eval(model.parameters())
     cpu.use_kernels(model)
@@ -225,12 +244,62 @@ def save_lit(frozen: AIMv2, tuner: LiTTuner, name: str, files: tuple, dst: Path,
     return checkpoints.save(lit, config, Path(dst), lit_preprocessor(frozen), files, overwrite=overwrite)
 
 
+# ------------------------------------------------------------------------------ fine-tuning runs
+
+
+def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str, classes: list, cfg: TrainConfig,
+                    dst: Path, overwrite: bool = False) -> Path:  # fmt: skip
+    """A fine-tuned model folder: the encoder (LoRA merged in, or its frozen base with the adapter
+    beside it when merge_lora is off) and the classifier head; `classify`, `embed` and `export` read it."""
+    adapter = cfg.tune == "lora" and not cfg.merge_lora
+    keep = {
+        "rank": cfg.lora_rank,
+        "alpha": cfg.lora_alpha,
+        "layers": cfg.lora_layers,
+        "targets": list(cfg.lora_targets),
+    }
+    weights = lora.base_weights(model.encoder) if adapter else lora.merged_weights(model.encoder)
+    vision = dataclasses.replace(config.vision, use_head=False)
+    out = ModelConfig(vision=vision, name=name, quantization=config.quantization if adapter else None)
+
+    def more(folder: Path):
+        finetuned.write(folder, model.classifier, classes, keep if adapter else None, model.encoder)
+
+    return checkpoints.save(None, out, Path(dst), pp, weights=weights, more=more, overwrite=overwrite)
+
+
+def classifier_run(run: Path) -> tuple:
+    """(Classifier, ModelConfig of its encoder, preprocessor dict, classes, TrainConfig, step) of a
+    fine-tuning run's newest checkpoint; None for a run of another objective."""
+    ckpt, state = newest(run)
+    if "classes" not in state:
+        return None
+    cfg = build_config(dict(state["config"]))
+    config = ModelConfig(vision=VisionConfig.from_dict(state["vision"]), quantization=state.get("quantization"))
+    encoder = build_model(config)
+    if config.quantization and cfg.tune == "lora":
+        quantize(encoder, config.quantization)
+    model = Classifier(encoder, len(state["classes"]))
+    if cfg.tune == "lora":
+        add_run_lora(encoder, cfg.to_dict())
+    checkpoints.load_into(model, dict(mx.load(str(ckpt / "model.safetensors"))), str(ckpt))
+    if not (config.quantization and cfg.tune == "lora"):
+        config.quantization = None
+    return model, config, state["preprocessor"], state["classes"], cfg, state["step"]
+
+
 # ------------------------------------------------------------------------------ either kind
 
 
 def trained_model(run: Path) -> tuple:
     """(module, ModelConfig, preprocessor dict, extra files) of what a run trained: a LiT run's model in
     the published LiT layout (built in memory), else its encoder."""
+    fine = classifier_run(Path(run))
+    if fine is not None:  # the fine-tuned encoder, adapters merged (the head has no transformers form)
+        model, config, pp, _, cfg, step = fine
+        enc = build_model(dataclasses.replace(config, quantization=None))
+        enc.load_weights(list(lora.merged_weights(model.encoder).items()), strict=True)
+        return enc, dataclasses.replace(config, name=f"{Path(run).resolve().name} step {step}"), pp, ()
     tuned = load_lit(Path(run))
     if tuned is not None:
         frozen, tuner, name, files = tuned
@@ -240,8 +309,16 @@ def trained_model(run: Path) -> tuple:
     return enc, ModelConfig(vision=vision, name=name), pp, ()
 
 
-def export_run(run: Path, dst: Path, overwrite: bool = False) -> Path:
-    """The model folder of a run's newest checkpoint, without training (a LiT run: its LiT folder)."""
+def export_run(run: Path, dst: Path, overwrite: bool = False, merge_lora: Optional[bool] = None) -> Path:
+    """The model folder of a run's newest checkpoint, without training (a LiT run: its LiT folder).
+    merge_lora: a LoRA fine-tune's adapters merged in or kept beside (default: as the run was set)."""
     check_destination(dst, overwrite)
+    fine = classifier_run(Path(run))
+    if fine is not None:
+        model, config, pp, classes, cfg, step = fine
+        if merge_lora is not None:
+            cfg = dataclasses.replace(cfg, merge_lora=merge_lora)
+        name = f"mlx-aimv2 classifier ({cfg.init}, tune {cfg.tune}, {step} steps)"
+        return save_classifier(model, config, pp, name, classes, cfg, dst, overwrite)
     module, config, pp, files = trained_model(Path(run))
     return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite)

@@ -24,11 +24,10 @@ from PIL import Image
 from .. import cpu
 from ..atomic import remove_orphans
 from ..config import TrainConfig
-from ..data.sources import Sample, find_sources, first_sample
+from ..data.sources import Sample, first_sample
 from ..data.stream import Skips
 from ..errors import UserError
 from . import checkpoint
-from .evaluate import KnnProbe
 from .objectives import objective_class
 from .optim import DecoupledAdamW, schedule
 from .reporter import Reporter
@@ -91,15 +90,17 @@ class Trainer:
         if cfg.warmup >= cfg.steps:
             self.say(f"note: warmup ({cfg.warmup}) is not shorter than steps ({cfg.steps}): lr never reaches {cfg.lr}")
         self._setup_data()
-        self.probe = None
-        if cfg.eval_every and self.rank == 0:  # the ranks' encoders are identical: one probes
-            self.probe = KnnProbe(cfg.eval_data, self.objective.image_size, cfg.mean, cfg.std)
-            self.say(f"eval: k-NN top-1 on {self.probe.about} every {cfg.eval_every} steps")
+        self.probe = self.objective.evaluator() if self.rank == 0 else None  # the ranks' models are identical
+        if self.probe is not None:
+            when = f"every {cfg.eval_every} steps and at the end" if cfg.eval_every else "at the end"
+            self.say(f"eval: {self.probe.about}, {when}")
         mx.random.seed(cfg.seed)  # identical initial weights on every rank
         self.model = self.objective.build(self.tokenizer)
         mx.eval(self.model.parameters())
         self.lr = schedule(cfg.lr, cfg.warmup, cfg.steps, cfg.min_lr)
-        self.optimizer = DecoupledAdamW(self.lr, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps)
+        self.optimizer = DecoupledAdamW(
+            self.lr, cfg.lr, cfg.weight_decay, cfg.betas, cfg.eps, scale=self.objective.lr_scale
+        )
         self.optimizer.init(self.model.trainable_parameters())
         self.step = 0
         self.resume_from = self._resume(found) if resume else None
@@ -114,7 +115,7 @@ class Trainer:
                 "no training data; pass --data (a captions file, folder or tar shards), "
                 "e.g. from `mlx-aimv2 data synth data/synth --n 2000`"
             )
-        self.sources = find_sources(cfg.data, cfg.images)
+        self.sources = self.objective.sources(cfg.data, cfg.images)
         self._note_image_size(first_sample(self.sources, cfg.data))
         self.tokenizer = self.objective.tokenizer(self.sources)
         per_rank = cfg.batch_size // self.size
@@ -255,8 +256,10 @@ class Trainer:
                     watchdog.beat()
                 seen += cfg.batch_size
                 probed = {}
-                if self.probe is not None and (self.step % cfg.eval_every == 0 or self.step == cfg.steps):
-                    probed = {"knn_top1": self.probe(self.model.encoder)}
+                if self.probe is not None and (
+                    (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps
+                ):
+                    probed = self.probe.measure(self.model)
                     t0 += self.probe.seconds  # the probe's time is not the step's
                 if self.step % cfg.log_every == 0 or self.step == cfg.steps:
                     dt = time.perf_counter() - t0

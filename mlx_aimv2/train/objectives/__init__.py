@@ -4,9 +4,10 @@ line here."""
 from ...errors import UserError
 from .aimv2 import AIMv2, ImageOnly, TextOnly
 from .base import Objective, Shard
+from .classify import Classify
 from .lit import LiT
 
-REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (AIMv2, ImageOnly, TextOnly, LiT)}
+REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (AIMv2, ImageOnly, TextOnly, LiT, Classify)}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -15,4 +16,4 @@ def objective_class(name: str) -> type[Objective]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "AIMv2", "ImageOnly", "LiT", "Objective", "Shard", "TextOnly", "objective_class"]
+__all__ = ["REGISTRY", "AIMv2", "Classify", "ImageOnly", "LiT", "Objective", "Shard", "TextOnly", "objective_class"]

@@ -12,6 +12,7 @@ from mlx.utils import tree_flatten
 
 from ... import checkpoints, cpu
 from ...errors import UserError
+from ...models import lora
 from ...models.decoder import AIMv2PreTrainer, init_weights
 from ...quantize import dequantize
 from ..runs import encoder_preprocessor, save_encoder
@@ -36,6 +37,13 @@ class AIMv2(Objective):
         cpu.use_kernels(model)
         if init is not None:
             model.encoder.load_weights(list(init.items()), strict=True)
+        if cfg.tune == "head":  # the encoder frozen: only the decoder learns (e.g. a captioner for it)
+            model.encoder.freeze()
+        elif cfg.tune == "lora":
+            try:
+                lora.add_lora(model.encoder, cfg.lora_rank, cfg.lora_alpha, cfg.lora_layers, cfg.lora_targets)
+            except ValueError as e:
+                raise UserError(f"lora_rank {cfg.lora_rank}: {e}; lower lora_rank") from None
         model.encoder.trunk.set_checkpointing(cfg.checkpointing)
         model.decoder.trunk.set_checkpointing(cfg.checkpointing)
         self.mean = mx.array(cfg.mean, dtype=mx.float32) * 255.0
@@ -84,7 +92,7 @@ class AIMv2(Objective):
         cfg = self.cfg
         name = f"mlx-aimv2 pre-trained ({cfg.init or cfg.encoder}, {step} steps)"
         pp = encoder_preprocessor(self.vision, cfg.mean, cfg.std)
-        return save_encoder(model.encoder, self.vision, pp, name, dst, overwrite)
+        return save_encoder(model.encoder, self.vision, pp, name, dst, overwrite, lora.merged_weights(model.encoder))
 
 
 class ImageOnly(AIMv2):

@@ -3,9 +3,12 @@
 The loop (train/trainer.py) and the compiled step (train/step.py) call only these methods, so a
 new objective is a new file here and one line in the registry (`__init__.py`):
 
-    set-up   tokenizer(sources)     the caption tokenizer (default: the given one, else a BPE on a sample)
+    set-up   sources(data, images)  the data's shards, named only (default: data/sources.find_sources)
+             tokenizer(sources)     the caption tokenizer (default: the given one, else a BPE on a sample)
              stream(...)            the batches: {inputs: ..., "ids": ...} per step, and state()/restore()
              build(tokenizer)       the nn.Module whose trainable parameters the optimiser updates
+             evaluator()            None, or what eval_every measures: .measure(model) -> {metric: value}
+             lr_scale(path)         a parameter's learning-rate multiplier (default 1)
     step     prepare(inputs, ids, key, shard)   the step's inputs (inside mx.compile, outside the gradient)
              loss(model, batch, shard)          {"loss": ..., other named values} (inside the gradient)
     result   state(model)           what a checkpoint records besides weights and positions
@@ -22,8 +25,9 @@ import mlx.nn as nn
 
 from ...config import TrainConfig
 from ...data import TrainStream
-from ...data.sources import Sample, Source
+from ...data.sources import Sample, Source, find_sources
 from ...tokenizer import BPE_SAMPLE, TextTokenizer, load_tokenizer, train_bpe
+from ..evaluate import KnnProbe
 
 
 class Shard:
@@ -68,6 +72,9 @@ class Objective:
         return self.cfg.image_size
 
     # -- set-up ----------------------------------------------------------------------------------
+    def sources(self, data: str, images) -> list[Source]:
+        return find_sources(data, images)
+
     def tokenizer(self, sources: list[Source]) -> TextTokenizer:
         """The tokenizer given in the config, else the run's own BPE (trained once, on a sample)."""
         cfg = self.cfg
@@ -101,6 +108,15 @@ class Objective:
 
     def build(self, tokenizer: TextTokenizer) -> nn.Module:
         raise NotImplementedError
+
+    def evaluator(self):
+        """A k-NN probe of the encoder on eval_data, every eval_every steps."""
+        cfg = self.cfg
+        if not cfg.eval_every:
+            return None
+        return KnnProbe(cfg.eval_data, self.image_size, cfg.mean, cfg.std)
+
+    lr_scale = None  # or a function: parameter path -> learning-rate multiplier
 
     # -- the step --------------------------------------------------------------------------------
     def prepare(self, inputs: mx.array, ids: mx.array, key: mx.array, shard: Shard) -> tuple:

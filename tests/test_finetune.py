@@ -1,0 +1,218 @@
+"""Fine-tuning (objective classify): LoRA layers against numpy, the loss against numpy's cross-entropy,
+layer-wise decay, what each `tune` trains, exact resume, and the exported model in its merged and
+adapter forms (equal to 1e-5) read by classify, embed and export."""
+
+import json
+from pathlib import Path
+
+import mlx.core as mx
+import mlx.nn as nn
+import numpy as np
+import pytest
+from typer.testing import CliRunner
+
+import mlx_aimv2
+from mlx_aimv2 import checkpoints
+from mlx_aimv2.cli import app
+from mlx_aimv2.config import ModelConfig, load_config, vision_preset
+from mlx_aimv2.data.synth import write_labelled
+from mlx_aimv2.models import AIMv2VisionEncoder, lora
+from mlx_aimv2.quantize import quantize, spec
+from mlx_aimv2.train import runs
+from mlx_aimv2.train.trainer import Trainer
+
+QUIET = dict(log=lambda *a: None)
+runner = CliRunner()
+
+
+@pytest.fixture(scope="module")
+def shapes(tmp_path_factory):
+    return write_labelled(tmp_path_factory.mktemp("labelled"), 160, "colour", size=64, seed=2)
+
+
+@pytest.fixture(scope="module")
+def init(tmp_path_factory):
+    """A tiny trained-looking encoder folder (random weights) at 56 px."""
+    mx.random.seed(5)
+    vision = vision_preset("tiny", 56, 14)
+    enc = AIMv2VisionEncoder(vision)
+    mx.eval(enc.parameters())
+    return checkpoints.save(enc, ModelConfig(vision=vision, name="tiny init"), tmp_path_factory.mktemp("init") / "enc")
+
+
+def cfg(data, out, init, **kw):
+    base = dict(
+        data=str(data), out=str(out), init=str(init), objective="classify", batch_size=16, steps=6, warmup=2,
+        lr=2e-3, log_every=1, save_every=1000, threads=2, tune="lora", lora_rank=4,
+    )  # fmt: skip
+    return load_config(overrides={**base, **kw})
+
+
+def weights(folder) -> dict:
+    return dict(mx.load(str(Path(folder) / "model.safetensors")))
+
+
+# ------------------------------------------------------------------------------------ LoRA layers
+
+
+@pytest.mark.parametrize("quantized", [False, True])
+def test_lora_layer_is_base_plus_scaled_low_rank_update_and_merges_to_it(quantized):
+    mx.random.seed(0)
+    base = nn.Linear(64, 96, bias=False)
+    w = np.array(base.weight)
+    if quantized:  # QLoRA: the frozen base is quantized; the reference uses its dequantized weight
+        holder = nn.Module()
+        holder.blocks = [base]
+        quantize(holder, spec(8, 32))
+        base = holder.blocks[0]
+        w = np.array(mx.dequantize(base.weight, base.scales, base.biases, 32, 8))
+    layer = lora.LoRALinear(base, rank=4, alpha=8.0)
+    x = np.random.default_rng(0).standard_normal((3, 64)).astype(np.float32)
+    assert np.allclose(np.array(layer(mx.array(x))), x @ w.T, atol=1e-4)  # B = 0: exactly the base
+    layer.lora_b = mx.array(np.random.default_rng(1).standard_normal((4, 96)).astype(np.float32))
+    a, b = np.array(layer.lora_a), np.array(layer.lora_b)
+    want = x @ w.T + 2.0 * (x @ a) @ b  # alpha / rank = 2
+    assert np.abs(np.array(layer(mx.array(x))) - want).max() < 1e-4
+    fused = layer.fused()
+    assert isinstance(fused, nn.Linear) and np.abs(np.array(fused(mx.array(x))) - want).max() < 1e-4
+
+
+def test_lora_rank_larger_than_a_layer_is_refused():
+    with pytest.raises(ValueError, match="rank 40 exceeds this 32->64 layer"):
+        lora.LoRALinear(nn.Linear(32, 64), rank=40, alpha=1.0)
+
+
+# ------------------------------------------------------------------------------------ the objective
+
+
+def test_classify_loss_is_numpy_cross_entropy_and_accuracy(shapes, init, tmp_path):
+    t = Trainer(cfg(shapes, tmp_path / "run", init), **QUIET)
+    batch = next(iter(t.stream))
+    from mlx_aimv2.train.objectives import Shard
+
+    x, labels = t.objective.prepare(
+        mx.array(batch["images"]), mx.array(batch["ids"]), mx.random.key(0), Shard(mx.distributed.init())
+    )
+    parts = t.objective.loss(t.model, (x, labels), Shard(mx.distributed.init()))
+    logits = np.array(t.model(x)).astype(np.float64)
+    y = np.array(labels)
+    logp = logits - logits.max(1, keepdims=True)
+    logp -= np.log(np.exp(logp).sum(1, keepdims=True))
+    assert abs(parts["loss"].item() - (-logp[np.arange(len(y)), y].mean())) < 1e-5
+    assert abs(parts["accuracy"].item() - (logits.argmax(1) == y).mean()) < 1e-6
+    assert set(y.tolist()) <= set(range(len(t.objective.classes))) and len(set(y.tolist())) > 1
+
+
+def test_layer_decay_scales_each_blocks_step(shapes, init, tmp_path):
+    """One full fine-tuning step with layer_decay 0.5 moves block i by 0.5 ** (depth - i) of the
+    step it takes without decay (Adam's first step has the same size for every weight)."""
+    moves = {}
+    for decay in (1.0, 0.5):
+        t = Trainer(
+            cfg(shapes, tmp_path / f"d{decay}", init, tune="full", layer_decay=decay, steps=1, weight_decay=0.0),
+            **QUIET,
+        )
+        before = {k: np.array(v) for k, v in weights(init).items()}
+        t.run(progress=False)
+        after = dict(mx.load(str(t.out / "checkpoints" / "step_00000001" / "model.safetensors")))
+        moves[decay] = {k: np.abs(np.array(after["encoder." + k]) - v).max() for k, v in before.items()}
+    depth = vision_preset("tiny", 56, 14).depth
+    for i in range(depth):
+        k = f"trunk.blocks.{i}.attn.qkv.weight"
+        assert moves[0.5][k] / moves[1.0][k] == pytest.approx(0.5 ** (depth - i), rel=1e-3)
+    k = "preprocessor.patchifier.proj.weight"
+    assert moves[0.5][k] / moves[1.0][k] == pytest.approx(0.5 ** (depth + 1), rel=1e-3)
+
+
+@pytest.mark.parametrize("tune", ["head", "lora", "full"])
+def test_what_each_tune_trains(shapes, init, tmp_path, tune):
+    t = Trainer(cfg(shapes, tmp_path / tune, init, tune=tune, steps=2), **QUIET)
+    t.run(progress=False)
+    saved = dict(mx.load(str(t.out / "checkpoints" / "step_00000002" / "model.safetensors")))
+    base = weights(init)
+    same = [
+        mx.array_equal(
+            saved.get(f"encoder.{k}", saved.get("encoder." + k.replace(".weight", ".base.weight"))), v
+        ).item()
+        for k, v in base.items()
+    ]
+    assert all(same) if tune in ("head", "lora") else not any(s for k, s in zip(base, same) if "blocks" in k)
+    trainable = {k for k, _ in __import__("mlx.utils", fromlist=["x"]).tree_flatten(t.model.trainable_parameters())}
+    assert any(k.startswith("classifier.") for k in trainable)
+    assert any("lora_a" in k for k in trainable) == (tune == "lora")
+
+
+def test_resume_continues_exactly(shapes, init, tmp_path):
+    whole = Trainer(cfg(shapes, tmp_path / "whole", init), **QUIET)
+    whole.run(progress=False)
+    part = Trainer(cfg(shapes, tmp_path / "part", init), **QUIET)
+    part.run(progress=False, until=3)
+    again = Trainer(cfg(shapes, tmp_path / "part", init), resume=True, **QUIET)
+    again.run(progress=False)
+    a = weights(tmp_path / "whole" / "checkpoints" / "step_00000006")
+    b = weights(tmp_path / "part" / "checkpoints" / "step_00000006")
+    assert a.keys() == b.keys() and all(np.allclose(np.array(a[k]), np.array(b[k]), atol=1e-6) for k in a)
+
+
+# ------------------------------------------------------------------------------------ the result
+
+
+def test_merged_and_adapter_exports_agree_and_every_command_reads_them(shapes, init, tmp_path):
+    t = Trainer(cfg(shapes, tmp_path / "run", init, merge_lora=False), **QUIET)
+    t.run(progress=False)
+    adapter = tmp_path / "run" / "classifier"
+    assert {p.name for p in adapter.iterdir()} >= {"adapter.safetensors", "adapter_config.json", "classifier.json"}
+    base = weights(init)  # the adapter form keeps the frozen base exactly as it was given
+    assert all(mx.array_equal(weights(adapter)[k], v).item() for k, v in base.items())
+    merged = runs.export_run(tmp_path / "run", tmp_path / "merged", merge_lora=True)
+    assert not (merged / "adapter.safetensors").exists()
+    images = sorted(str(p) for p in (shapes / "val").rglob("*.jpg"))[:6]
+    m, a = mlx_aimv2.load(str(merged)), mlx_aimv2.load(str(adapter))
+    assert m.classes == a.classes == json.loads((adapter / "classifier.json").read_text())["classes"]
+    assert np.abs(m.embed(images) - a.embed(images)).max() < 1e-5
+    assert np.abs(m.predict(images) - a.predict(images)).max() < 1e-5
+    assert np.allclose(m.predict(images).sum(1), 1, atol=1e-5)
+    r = runner.invoke(app, ["classify", images[0], "--model", str(adapter), "--top-k", "2"])
+    assert r.exit_code == 0, r.output
+    rows = r.output.strip().splitlines()
+    probs = m.predict(images[:1])[0]
+    assert len(rows) == 2 and rows[0].split()[-1] == m.classes[int(probs.argmax())]
+    assert float(rows[0].split("%")[0]) == pytest.approx(probs.max() * 100, abs=0.01)
+    r = runner.invoke(app, ["embed", images[0], "--model", str(adapter), "-o", str(tmp_path / "e.npy")])
+    assert r.exit_code == 0, r.output
+    assert np.abs(np.load(tmp_path / "e.npy").reshape(-1) - m.embed(images[:1])[0]).max() < 1e-5
+
+
+def test_qlora_trains_adapters_over_a_frozen_quantized_base(shapes, init, tmp_path):
+    q = mlx_aimv2.convert(str(init), tmp_path / "q", quantization=spec(8, 64))
+    t = Trainer(cfg(shapes, tmp_path / "run", q, merge_lora=False, steps=3), **QUIET)
+    t.run(progress=False)
+    folder = tmp_path / "run" / "classifier"
+    saved, given = weights(folder), weights(q)
+    packed = [k for k in given if given[k].dtype == mx.uint32]
+    assert packed and all(mx.array_equal(saved[k], given[k]).item() for k in given)  # still quantized, unchanged
+    assert json.loads((folder / "config.json").read_text())["quantization"]["bits"] == 8
+    merged = runs.export_run(tmp_path / "run", tmp_path / "merged", merge_lora=True)
+    assert "quantization" not in json.loads((merged / "config.json").read_text())
+    images = sorted(str(p) for p in (shapes / "val").rglob("*.jpg"))[:4]
+    a = mlx_aimv2.load(str(folder), keep_quantized=True)
+    m = mlx_aimv2.load(str(merged))
+    assert np.abs(a.predict(images) - m.predict(images)).max() < 1e-4
+
+
+def test_the_export_reads_in_transformers(shapes, init, tmp_path):
+    torch = pytest.importorskip("torch")
+    from transformers import Aimv2VisionModel
+
+    Trainer(cfg(shapes, tmp_path / "run", init, steps=2), **QUIET).run(progress=False)
+    r = runner.invoke(
+        app, ["export", str(tmp_path / "run" / "classifier"), str(tmp_path / "hf"), "--format", "transformers"]
+    )
+    assert r.exit_code == 0, r.output
+    back, info = Aimv2VisionModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
+    assert not info["missing_keys"] and not info["unexpected_keys"]
+    x = np.random.default_rng(0).standard_normal((1, 56, 56, 3)).astype(np.float32)
+    ours = np.array(mlx_aimv2.load(str(tmp_path / "run" / "classifier")).vision(mx.array(x)))
+    with torch.no_grad():
+        got = back.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).last_hidden_state.numpy()
+    assert np.abs(got - ours).max() < 1e-4
