@@ -1,6 +1,6 @@
 """Run by test_distributed under `mlx.launch` (or alone): train a few steps, then each rank writes
 its own weights so the test can compare ranks and runs. Optional: steps, collective_timeout and a
-frozen encoder to LiT-tune instead of pre-training;
+frozen encoder to LiT-tune instead of pre-training, and "classify" to LoRA-fine-tune it on an image folder;
 each rank writes its pid to <out>/pid.rank<r> so a test can signal one rank."""
 
 import os
@@ -28,23 +28,27 @@ lit = (
     if len(sys.argv) > 6
     else {}
 )
+if len(sys.argv) > 7 and sys.argv[7] == "classify":  # LoRA fine-tuning of the frozen init on an image folder
+    lit = dict(objective="classify", init=sys.argv[6], tune="lora", lora_rank=4, image_size=112)
 cfg = load_config(
-    overrides=dict(
-        data=data,
-        out=out,
-        encoder="tiny",
-        image_size=56,
-        batch_size=8,
-        steps=steps,
-        warmup=2,
-        lr=2e-3,
-        log_every=1,
-        save_every=1000,
-        tokenizer=tokenizer,
-        threads=1,
-        collective_timeout=timeout,
+    overrides={
+        **dict(
+            data=data,
+            out=out,
+            encoder="tiny",
+            image_size=56,
+            batch_size=8,
+            steps=steps,
+            warmup=2,
+            lr=2e-3,
+            log_every=1,
+            save_every=1000,
+            tokenizer=tokenizer,
+            threads=1,
+            collective_timeout=timeout,
+        ),
         **lit,
-    )
+    }
 )
 rank = mx.distributed.init().rank()
 t = Trainer(cfg, log=lambda *a: None)

@@ -263,3 +263,38 @@ def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
     losses = [json.loads(l)["loss"] for l in (tmp_path / "one" / "metrics.jsonl").read_text().splitlines()]
     two_losses = [json.loads(l)["loss"] for l in (tmp_path / "two" / "metrics.jsonl").read_text().splitlines()]
     assert np.allclose(losses, two_losses, atol=1e-4), (losses, two_losses)
+
+
+def test_lora_fine_tuning_on_two_ranks_matches_one_process(tmp_path):
+    """Fine-tuning's loss is each rank's share of the global batch: two ranks == one process."""
+    from mlx_aimv2.data.synth import write_labelled
+
+    _, tok, env = _setup(tmp_path)
+    data = write_labelled(tmp_path / "labelled", 48, "colour", size=64, seed=3)
+    demo = str(Path(__file__).parent.parent / "weights" / "demo")
+    args = [str(data), None, str(tok), "4", "600", demo, "classify"]
+    one = subprocess.run(
+        [sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert one.returncode == 0, one.stderr[-2000:]
+    port = 20000 + (os.getpid() * 5) % 20000
+    two = subprocess.run(
+        [_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--", sys.executable, str(WORKER)]
+        + [str(tmp_path / "two") if a is None else a for a in args],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
+    r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
+    r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
+    ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
+    assert any("lora_a" in k for k in ref) and any(k.startswith("classifier.") for k in ref)
+    for k in r0:
+        assert mx.array_equal(r0[k], r1[k]).item(), k
+        assert np.allclose(np.array(r0[k]), np.array(ref[k]), atol=3e-5), k

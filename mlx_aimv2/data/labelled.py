@@ -131,8 +131,8 @@ def _labels_file(file: Path, images: Optional[str], classes_file: Optional[str])
         unknown = [c for c in seen if c not in listed]
         if unknown:
             raise UserError(
-                f"{seen[unknown[0]]}: unknown label '{unknown[0]}' ({len(unknown)} label(s) not in {classes_file}); "
-                f"add them there or fix the rows"
+                f"{file}: unknown label '{unknown[0]}' (the row of {seen[unknown[0]]}; {len(unknown)} label(s) not "
+                f"in {classes_file}); add them there or fix the rows"
             )
         classes = listed
     else:
