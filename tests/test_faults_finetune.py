@@ -27,7 +27,8 @@ def err(*args):
 
 
 def train(data, out, *sets, steps=2):
-    args = ["train", "--objective", "classify", "--data", data, "--init", DEMO, "--out", out, "-b", "8", "--steps", steps]
+    args = ["train", "--objective", "classify", "--data", data, "--init", DEMO, "--out", out, "-b", "8"]
+    args += ["--steps", steps]
     for s in sets:
         args += ["--set", s]
     return args
@@ -72,7 +73,7 @@ def test_a_lora_rank_larger_than_the_layer(folder, tmp_path):
     "sets, says",
     [
         (["tune=half"], "config key 'tune' = 'half': use one of full, lora, head"),
-        (["lora_targets=[\"mlp\"]"], "'lora_targets' = ['mlp']: name some of qkv, proj, fc1, fc2, fc3"),
+        (['lora_targets=["mlp"]'], "'lora_targets' = ['mlp']: name some of qkv, proj, fc1, fc2, fc3"),
         (["tune=lora", "layer_decay=0.7"], "layer_decay scales the encoder's learning rates; tune = 'lora'"),
         (["lora_rank=0"], "'lora_rank' = 0"),
     ],
