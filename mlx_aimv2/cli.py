@@ -399,8 +399,9 @@ def train(
     result = trainer.run(progress=progress)
     last = result["last"]
     if trainer.rank == 0:  # the rank that writes checkpoints and the export
+        held = f"; held-out top-1 {last['val_top1']} %" if "val_top1" in last else ""
         typer.echo(
-            f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}; checkpoint {result['checkpoint']}"
+            f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}{held}; checkpoint {result['checkpoint']}"
         )
     if result["interrupted"]:
         raise typer.Exit(130)
@@ -422,11 +423,16 @@ def export(
     overwrite: bool = typer.Option(
         False, "--overwrite", help="write into a non-empty folder (only our files are replaced)"
     ),
+    decoder: bool = typer.Option(
+        False, "--decoder", help="a pre-training run: its decoder and tokenizer too, for caption / complete"
+    ),
+    dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (--format mlx) \\[default: as is]"),
 ):
-    """Export a model: a run's encoder for `embed`, or any model for transformers' from_pretrained."""
+    """Export a model: a run's encoder for `embed` (with --decoder, a folder that captions), or any model
+    for transformers' from_pretrained."""
     from .export import export as run
 
-    done = run(src, out, format, overwrite)
+    done = run(src, out, format, overwrite, decoder, dtype)
     typer.echo(f"wrote {done}" + (" (transformers: from_pretrained)" if format == "transformers" else ""))
 
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 import json
 import re
 from pathlib import Path
+from typing import Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
@@ -130,16 +131,36 @@ def transformers_config(config: ModelConfig, dtype: str) -> dict:
 FORMATS = ("mlx", "transformers")
 
 
-def export(src: str, dst: Path, format: str = "mlx", overwrite: bool = False) -> Path:
+def export(
+    src: str,
+    dst: Path,
+    format: str = "mlx",
+    overwrite: bool = False,
+    decoder: bool = False,
+    dtype: Optional[str] = None,
+) -> Path:
     """A model as `format`: mlx (a run's trained model, or any checkpoint converted, for `embed` and
-    `load`) or transformers (for from_pretrained)."""
+    `load`; with `decoder`, a pre-training run's decoder beside it for caption / complete) or
+    transformers (for from_pretrained). dtype: float32 | bfloat16 | float16 (default: as it is)."""
     if format not in FORMATS:
         raise UserError(f"--format {format}: use mlx or transformers")
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
+    is_run = runs.is_run(Path(src))
+    if decoder and (format != "mlx" or not is_run):
+        raise UserError(
+            "--decoder exports a pre-training run's decoder beside its encoder: give a run and --format mlx"
+        )
     if format == "transformers":
+        if dtype is not None:
+            raise UserError("--dtype applies to --format mlx; a transformers export keeps the weights' type")
         return export_transformers(src, dst, overwrite)
-    if runs.is_run(Path(src)):
-        return runs.export_run(Path(src), dst, overwrite)
-    return convert(src, dst, overwrite=overwrite)
+    if is_run:
+        return runs.export_run(Path(src), dst, overwrite, decoder=decoder, dtype=DTYPES.get(dtype))
+    return convert(src, dst, dtype=dtype, overwrite=overwrite)
+
+
+DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
 def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:

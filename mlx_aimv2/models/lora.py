@@ -117,3 +117,14 @@ def merged_weights(module: nn.Module) -> dict[str, mx.array]:
                 weights.pop(f"{path}.{k}", None)
             weights[f"{path}.weight"] = float_weight(m)
     return weights
+
+
+def count_parameters(module: nn.Module) -> int:
+    """Weights as a float model has them: a quantized layer counts its out x in weights, not its
+    packed words, scales and biases."""
+    total = sum(v.size for _, v in tree_flatten(module.parameters()))
+    for _, m in module.named_modules():
+        if isinstance(m, nn.QuantizedLinear):
+            out, inp = linear_shape(m)
+            total += out * inp - sum(m[k].size for k in ("weight", "scales", "biases") if k in m)
+    return total

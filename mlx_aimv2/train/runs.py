@@ -13,10 +13,10 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .. import checkpoints, cpu, finetuned
+from .. import checkpoints, cpu, finetuned, hub
 from ..api import AIMv2, load
 from ..atomic import check_destination
-from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig, build_config
+from ..config import DecoderConfig, ModelConfig, TextConfig, TrainConfig, VisionConfig, build_config
 from ..errors import UserError
 from ..models import AIMv2LiT, AIMv2VisionEncoder, lora
 from ..models import build as build_model
@@ -115,20 +115,28 @@ def frozen_encoder(init: str) -> AIMv2:
     return model
 
 
-def load_pretrainer(run: Path, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Preprocessor, TrainConfig]:
+DECODER, DECODER_WEIGHTS = "decoder.json", "decoder.safetensors"
+
+
+def load_pretrainer(run, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Preprocessor, TrainConfig]:
     """A pre-training run's encoder and decoder (its newest checkpoint), tokenizer, preprocessing and
-    config. need: "text" (captions) or "image" (next patches): refused in one line when the run's
+    config; or those of a model folder exported with its decoder (`export RUN DIR --decoder`, the
+    bundled demo). need: "text" (captions) or "image" (next patches): refused in one line when the
     objective never trained that side."""
-    if not is_run(run):
-        raise UserError(f"{run}: not a pre-training run folder; this needs a run's decoder (`mlx-aimv2 train`)")
+    if not is_run(Path(run)):
+        folder = _decoder_folder(str(run))
+        if folder is None:
+            raise UserError(
+                f"{run}: not a pre-training run folder, nor a model folder with its decoder; this needs a run's "
+                f"decoder (`mlx-aimv2 train`, or `mlx-aimv2 export RUN DIR --decoder`)"
+            )
+        return _folder_pretrainer(folder, need)
     ckpt, state = newest(run)
-    if "lit" in state or "vision" not in state:
-        raise UserError(f"{run} is a LiT tuning run: it has no decoder; give a pre-training run")
+    if "lit" in state or "vision" not in state or "classes" in state:
+        kind = "a fine-tuning run" if "classes" in state else "a LiT tuning run"
+        raise UserError(f"{run} is {kind}: it has no decoder; give a pre-training run")
     cfg = build_config(dict(state["config"]))
-    other = {"text": "image", "image": "text"}[need]
-    if cfg.objective == other:
-        learned = "text" if other == "text" else "patches"
-        raise UserError(f"{run} was trained with objective '{other}': its decoder learned only {learned}")
+    _check_learned(run, cfg.objective, need)
     own = Path(run) / "tokenizer.json"
     tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
     vision = VisionConfig.from_dict(state["vision"])
@@ -142,6 +150,75 @@ def load_pretrainer(run: Path, need: str) -> tuple[AIMv2PreTrainer, TextTokenize
     cpu.use_kernels(model)
     pp = encoder_preprocessor(vision, cfg.mean, cfg.std)
     return model, tokenizer, Preprocessor.from_config(pp, None, f"{run} (its training config)", vision.image_size), cfg
+
+
+def _check_learned(where, objective: str, need: str) -> None:
+    other = {"text": "image", "image": "text"}[need]
+    if objective == other:
+        learned = "text" if other == "text" else "patches"
+        raise UserError(f"{where} was trained with objective '{other}': its decoder learned only {learned}")
+
+
+def _decoder_folder(name: str):
+    """The model folder `name` names (a path, or a bundled name such as demo) when it holds a decoder."""
+    try:
+        folder = hub.resolve(name) if name in hub.BUNDLED or Path(name).exists() else None
+    except UserError:
+        return None
+    return folder if folder is not None and (Path(folder) / DECODER).is_file() else None
+
+
+def save_decoder(run: Path, folder: Path, dtype=None) -> None:
+    """A pre-training run's decoder, beside its exported encoder in `folder`: decoder.safetensors,
+    decoder.json (what rebuilds it) and the run's tokenizer.json, so caption / complete can use the
+    folder alone."""
+    ckpt, state = newest(run)
+    if "vision" not in state or "lit" in state or "classes" in state:
+        raise UserError(f"{run}: --decoder needs a pre-training run (aimv2, image or text objective)")
+    cfg = build_config(dict(state["config"]))
+    own = Path(run) / "tokenizer.json"
+    tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
+    weights = {
+        k[len("decoder.") :]: v.astype(dtype or v.dtype)
+        for k, v in mx.load(str(ckpt / "model.safetensors")).items()
+        if k.startswith("decoder.")
+    }
+    spec = {
+        "objective": cfg.objective,
+        "decoder": dataclasses.asdict(cfg.decoder_config(tokenizer.vocab_size)),
+        "pad_id": tokenizer.pad_id,
+        "trained": f"{Path(run).resolve().name} step {state['step']}",
+    }
+    mx.save_safetensors(str(Path(folder) / DECODER_WEIGHTS), weights)
+    (Path(folder) / DECODER).write_text(json.dumps(spec, indent=1) + "\n")
+    checkpoints.copy_files([(own if own.is_file() else Path(cfg.tokenizer), "tokenizer.json")], Path(folder))
+
+
+def _folder_pretrainer(folder: Path, need: str):
+    """load_pretrainer for a model folder with its decoder beside the encoder."""
+    try:
+        spec = json.loads((folder / DECODER).read_text())
+        dec = DecoderConfig(**spec["decoder"])
+        objective, pad_id = spec["objective"], int(spec["pad_id"])
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise UserError(f"{folder / DECODER}: unreadable ({e}); export the run again with --decoder") from None
+    _check_learned(folder, objective, need)
+    encoder, config, _ = checkpoints.load_checkpoint(str(folder), dtype=mx.float32)
+    model = AIMv2PreTrainer(config.vision, dec, pad_id=pad_id, objective=objective)
+    model.encoder = encoder
+    try:
+        weights = mx.load(str(folder / DECODER_WEIGHTS))
+    except Exception as e:
+        raise UserError(f"{folder / DECODER_WEIGHTS}: unreadable ({' '.join(str(e).split())[:160]})") from None
+    checkpoints.load_into(model.decoder, dict(weights), str(folder / DECODER_WEIGHTS), dtype=mx.float32)
+    cpu.use_kernels(model)
+    tokenizer = load_tokenizer(folder / "tokenizer.json", dec.context_length)
+    pp = Preprocessor.from_folder(folder, image_size=config.vision.image_size)
+    cfg = TrainConfig(
+        image_size=config.vision.image_size, patch_size=config.vision.patch_size, mean=pp.mean, std=pp.std,
+        objective=objective, context_length=dec.context_length,
+    )  # fmt: skip
+    return model, tokenizer, pp, cfg
 
 
 def load_captioner(run: Path, max_tokens: int = 32) -> tuple[Captioner, TextTokenizer, Preprocessor]:
@@ -309,10 +386,16 @@ def trained_model(run: Path) -> tuple:
     return enc, ModelConfig(vision=vision, name=name), pp, ()
 
 
-def export_run(run: Path, dst: Path, overwrite: bool = False, merge_lora: Optional[bool] = None) -> Path:
+def export_run(
+    run: Path, dst: Path, overwrite: bool = False, merge_lora: Optional[bool] = None, decoder: bool = False, dtype=None
+) -> Path:
     """The model folder of a run's newest checkpoint, without training (a LiT run: its LiT folder).
-    merge_lora: a LoRA fine-tune's adapters merged in or kept beside (default: as the run was set)."""
+    merge_lora: a LoRA fine-tune's adapters merged in or kept beside (default: as the run was set).
+    decoder: a pre-training run's decoder and tokenizer go beside the encoder (caption, complete).
+    dtype: the weights' float type (default: as trained)."""
     check_destination(dst, overwrite)
+    if decoder and (load_lit(Path(run)) is not None or classifier_run(Path(run)) is not None):
+        raise UserError(f"{run}: --decoder needs a pre-training run (aimv2, image or text objective)")
     fine = classifier_run(Path(run))
     if fine is not None:
         model, config, pp, classes, cfg, step = fine
@@ -321,4 +404,10 @@ def export_run(run: Path, dst: Path, overwrite: bool = False, merge_lora: Option
         name = f"mlx-aimv2 classifier ({cfg.init}, tune {cfg.tune}, {step} steps)"
         return save_classifier(model, config, pp, name, classes, cfg, dst, overwrite)
     module, config, pp, files = trained_model(Path(run))
-    return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite)
+    if dtype is not None:
+        module.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
+    if decoder:
+        files = tuple(f for f in files if Path(f if not isinstance(f, tuple) else f[1]).name != "tokenizer.json")
+        newest(run)  # a run with no checkpoint fails here, before anything is written
+    more = (lambda folder: save_decoder(Path(run), folder, dtype)) if decoder else None
+    return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite, more=more)

@@ -101,7 +101,7 @@ class Classify(Objective):
         mean, std = self.preprocessor["image_mean"], self.preprocessor["image_std"]
         self.mean = mx.array(mean, dtype=mx.float32) * 255.0
         self.std = mx.array(std, dtype=mx.float32) * 255.0
-        total = sum(v.size for _, v in tree_flatten(model.parameters()))
+        total = lora.count_parameters(model)
         trained = sum(v.size for _, v in tree_flatten(model.trainable_parameters()))
         self.log(f"training {trained:,} of {total:,} parameters ({100 * trained / total:.2f} %, tune = {cfg.tune})")
         return model
