@@ -10,7 +10,8 @@ held-out top-1, trainable parameters, peak memory and time per step, side by sid
 
 The probe is eval/probe.py's attentive probe on the frozen encoder's cached tokens (its own
 schedule, no augmentation); the fine-tunes are `mlx-aimv2 train --objective classify` runs with the
-same head, on augmented images, for --steps steps each.
+same head, on augmented images (flips, crops of 80-100 % of the area: a smaller crop can cut a
+synthetic scene's only object out), for --steps steps each, the trainer's defaults otherwise.
 """
 
 from __future__ import annotations
@@ -50,7 +51,7 @@ def fine_tune(data: str, init: str, name: str, steps: int, batch: int, seed: int
             overrides=dict(
                 objective="classify", data=data, init=init, out=out, steps=steps, batch_size=batch,
                 warmup=max(1, steps // 10), min_lr=1e-6, log_every=5, save_every=10**6, seed=seed,
-                weight_decay=0.05, **VARIANTS[name],
+                crop_scale=(0.8, 1.0), **VARIANTS[name],
             )
         )  # fmt: skip
         mx.reset_peak_memory()

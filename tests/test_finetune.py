@@ -9,6 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from mlx.utils import tree_flatten
 from typer.testing import CliRunner
 
 import mlx_aimv2
@@ -137,7 +138,7 @@ def test_what_each_tune_trains(shapes, init, tmp_path, tune):
         for k, v in base.items()
     ]
     assert all(same) if tune in ("head", "lora") else not any(s for k, s in zip(base, same) if "blocks" in k)
-    trainable = {k for k, _ in __import__("mlx.utils", fromlist=["x"]).tree_flatten(t.model.trainable_parameters())}
+    trainable = {k for k, _ in tree_flatten(t.model.trainable_parameters())}
     assert any(k.startswith("classifier.") for k in trainable)
     assert any("lora_a" in k for k in trainable) == (tune == "lora")
 
@@ -216,3 +217,17 @@ def test_the_export_reads_in_transformers(shapes, init, tmp_path):
     with torch.no_grad():
         got = back.eval()(torch.from_numpy(x.transpose(0, 3, 1, 2))).last_hidden_state.numpy()
     assert np.abs(got - ours).max() < 1e-4
+
+
+def test_init_from_a_pre_training_run(shapes, tmp_path):
+    """--init a pre-training run folder: its newest checkpoint's encoder is what fine-tuning starts from."""
+    from mlx_aimv2.data import write_synthetic
+
+    data = write_synthetic(tmp_path / "synth", 16, size=64, seed=1)
+    pre = dict(data=str(data), out=str(tmp_path / "pre"), encoder="tiny", image_size=56, batch_size=8, steps=2,
+               warmup=1, save_every=1000, vocab_size=300, threads=1)  # fmt: skip
+    Trainer(load_config(overrides=pre), **QUIET).run(progress=False)
+    t = Trainer(cfg(shapes, tmp_path / "run", tmp_path / "pre", tune="head", steps=1), **QUIET)
+    enc, *_ = runs.load_encoder(tmp_path / "pre")
+    mine = dict(tree_flatten(t.model.encoder.parameters()))
+    assert all(mx.array_equal(mine[k], v).item() for k, v in tree_flatten(enc.parameters()))

@@ -19,6 +19,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from ... import checkpoints, cpu
+from ...config import ModelConfig
 from ...data.labelled import LabelIds, open_labelled
 from ...data.stream import TrainStream
 from ...errors import UserError
@@ -26,7 +27,7 @@ from ...models import lora
 from ...models.classifier import Classifier
 from ...quantize import dequantize
 from ..evaluate import HeldOut
-from ..runs import save_classifier
+from ..runs import is_run, load_encoder, save_classifier
 from .base import Objective, Shard
 
 
@@ -36,7 +37,7 @@ class Classify(Objective):
 
     def __init__(self, cfg, out: Path, rank: int = 0, size: int = 1, log=print):
         super().__init__(cfg, out, rank, size, log)
-        self.encoder, self.config, folder = checkpoints.load_checkpoint(cfg.init, dtype=mx.float32)
+        self.encoder, self.config, self.preprocessor = _init_encoder(cfg.init)
         self.quantized = self.config.quantization
         if self.config.kind == "lit":
             self.encoder = self.encoder.image_encoder
@@ -51,10 +52,6 @@ class Classify(Objective):
         if "head" in self.encoder:  # the published pooling head is replaced by the classifier's own
             del self.encoder["head"]
         self.vision.use_head = False
-        pp = folder / "preprocessor_config.json"
-        self.preprocessor = (
-            json.loads(pp.read_text()) if pp.is_file() else checkpoints.default_preprocessor(self.config)
-        )
         self.data = open_labelled(cfg.data, cfg.images, cfg.classes)
         self.classes = self.data.classes
 
@@ -159,3 +156,14 @@ class Classify(Objective):
     def export(self, model: nn.Module, step: int, dst: Path, overwrite: bool = False) -> Path:
         name = f"mlx-aimv2 classifier ({self.cfg.init}, tune {self.cfg.tune}, {step} steps)"
         return save_classifier(model, self.config, self.preprocessor, name, self.classes, self.cfg, dst, overwrite)
+
+
+def _init_encoder(init: str) -> tuple:
+    """(encoder module, ModelConfig, preprocessor dict) of `init`: anything `load` reads, or a
+    pre-training run's newest checkpoint."""
+    if is_run(Path(init)):
+        enc, vision, pp, name = load_encoder(Path(init))
+        return enc, ModelConfig(vision=vision, name=name), pp
+    module, config, folder = checkpoints.load_checkpoint(init, dtype=mx.float32)
+    pp = folder / "preprocessor_config.json"
+    return module, config, json.loads(pp.read_text()) if pp.is_file() else checkpoints.default_preprocessor(config)
