@@ -5,7 +5,7 @@ held-out top-1, trainable parameters, peak memory and time per step, side by sid
     mlx-aimv2 data synth shapes --n 2400 --size 112 --classes shape --seed 7
     python benchmarks/finetune.py --data shapes --out benchmarks/results/finetune.jsonl
     python benchmarks/finetune.py --make-digits digits        # a small real set: sklearn's scanned digits
-    python benchmarks/finetune.py --data digits --out benchmarks/results/finetune.jsonl
+    python benchmarks/finetune.py --data digits --no-flip --out benchmarks/results/finetune.jsonl
     python benchmarks/finetune.py --plot benchmarks/results/finetune.jsonl --figure docs/finetune.png
 
 The probe is eval/probe.py's attentive probe on the frozen encoder's cached tokens (its own
@@ -45,13 +45,13 @@ VARIANTS = {  # name: the run's settings
 }
 
 
-def fine_tune(data: str, init: str, name: str, steps: int, batch: int, seed: int) -> dict:
+def fine_tune(data: str, init: str, name: str, steps: int, batch: int, seed: int, hflip: bool) -> dict:
     with tempfile.TemporaryDirectory() as out:
         cfg = load_config(
             overrides=dict(
                 objective="classify", data=data, init=init, out=out, steps=steps, batch_size=batch,
                 warmup=max(1, steps // 10), min_lr=1e-6, log_every=5, save_every=10**6, seed=seed,
-                crop_scale=(0.8, 1.0), **VARIANTS[name],
+                crop_scale=(0.8, 1.0), hflip=hflip, **VARIANTS[name],
             )
         )  # fmt: skip
         mx.reset_peak_memory()
@@ -124,10 +124,11 @@ def main():
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--data", help="a labelled image folder with train/ and val/")
     ap.add_argument("--init", default="demo")
-    ap.add_argument("--steps", type=int, default=150)
+    ap.add_argument("--steps", type=int, default=400)
     ap.add_argument("--batch", type=int, default=32)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--variants", nargs="*", default=["frozen probe", *VARIANTS])
+    ap.add_argument("--no-flip", action="store_true", help="no horizontal flips (digits: a flip changes them)")
     ap.add_argument("--out", default=None)
     ap.add_argument("--make-digits", default=None, help="write sklearn's digits as a labelled folder here")
     ap.add_argument("--plot", default=None, help="a results .jsonl to plot")
@@ -135,15 +136,16 @@ def main():
     a = ap.parse_args()
     if a.make_digits:
         return make_digits(Path(a.make_digits), a.seed)
+    mx.random.seed(a.seed)  # the probe's head starts from the global generator
     if a.plot:
         return plot(Path(a.plot), Path(a.figure))
     for name in a.variants:
         if name == "frozen probe":
             got = frozen_probe(a.data, a.init, a.seed)
         else:
-            got = fine_tune(a.data, a.init, name, a.steps, a.batch, a.seed)
+            got = fine_tune(a.data, a.init, name, a.steps, a.batch, a.seed, not a.no_flip)
         emit({"bench": "finetune", "data": a.data, "init": a.init, "variant": name, "steps": a.steps,
-              "batch": a.batch, **got}, a.out)  # fmt: skip
+              "batch": a.batch, "hflip": not a.no_flip, **got}, a.out)  # fmt: skip
 
 
 if __name__ == "__main__":

@@ -206,3 +206,14 @@ def test_a_run_over_a_corpus_with_bad_shards_mixed_in_trains_and_counts_them(sha
     line = next(l for l in said if l.startswith("skipped "))
     for reason in ("1 unreadable tar shard", "1 truncated tar shard", "1 no such shard"):
         assert reason in line, line
+
+
+def test_hflip_off_keeps_the_crops_and_never_mirrors(synth):
+    """hflip = false (labels a flip would change): the same crops as with flips, none of them mirrored."""
+    sources = find_sources(str(synth))
+    flipped = next(iter(TrainStream(sources, spell, 32, 16, seed=3, shuffle=8)))
+    plain = next(iter(TrainStream(sources, spell, 32, 16, seed=3, shuffle=8, hflip=False)))
+    assert captions(flipped) == captions(plain)
+    same = [np.array_equal(a, b) for a, b in zip(flipped["images"], plain["images"])]
+    mirrored = [np.array_equal(a[:, ::-1], b) for a, b in zip(flipped["images"], plain["images"])]
+    assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)

@@ -69,6 +69,7 @@ class TrainConfig:
     crop_scale: tuple = (0.4, 1.0)  # random resized crop: fraction of the image area kept
     collective_timeout: float = 600.0  # data parallel: seconds without a finished step before a rank gives up
     mirror_captions: bool = False  # flipped images get left/right swapped in their caption (synthetic sets)
+    hflip: bool = True  # random horizontal flips; off for labels that a flip changes (digits, text, left/right)
     lit_loss: str = "softmax"  # LiT tuning: softmax (CLIP, as the published LiT) | sigmoid (SigLIP)
     text: dict = field(
         default_factory=dict
@@ -198,6 +199,7 @@ _SCHEMA = {
     "eval_data": ((str, type(None)), None, None),
     "collective_timeout": (float, 1.0, None),
     "mirror_captions": (bool, None, None),
+    "hflip": (bool, None, None),
     "decoder": (dict, None, None),
     "betas": ((float, 2), 0.0, 0.9999999),
     "crop_scale": ((float, 2), 1e-6, 1.0),

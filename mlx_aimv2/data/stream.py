@@ -211,14 +211,15 @@ class TrainStream:
         scale=(0.4, 1.0),
         ratio=(3 / 4, 4 / 3),
         mirror: bool = False,
+        hflip: bool = True,
         shuffle: int = SHUFFLE,
     ):
         """tokenizer: captions -> (n, L) int32 ids, called in the loader threads; mirror: flipped
-        images get mirror_caption() of their caption."""
+        images get mirror_caption() of their caption; hflip: whether augmentation flips at all."""
         self.sources, self.tokenizer = sources, tokenizer
         self.size, self.batch_size, self.seed = image_size, batch_size, seed
         self.rank, self.world, self.threads = rank, world, threads
-        self.augment, self.scale, self.ratio, self.mirror = augment, scale, ratio, mirror
+        self.augment, self.scale, self.ratio, self.mirror, self.hflip = augment, scale, ratio, mirror, hflip
         self.by_shards = len(sources) >= world  # else every rank reads all, keeping every world-th sample
         self.skipped = Skips()
         self.reader = Reader(
@@ -269,7 +270,7 @@ class TrainStream:
             if self.augment:
                 l, t, w, h = random_resized_crop_box(rng, *img.size, self.scale, self.ratio)
                 img = img.resize((self.size, self.size), Image.BICUBIC, box=(l, t, l + w, t + h))
-                flip = rng.random() < 0.5
+                flip = rng.random() < 0.5 and self.hflip  # drawn either way: the crops stay the same
                 if flip:
                     img = img.transpose(Image.FLIP_LEFT_RIGHT)
             else:

@@ -394,11 +394,14 @@ def export_run(
     decoder: a pre-training run's decoder and tokenizer go beside the encoder (caption, complete).
     dtype: the weights' float type (default: as trained)."""
     check_destination(dst, overwrite)
-    if decoder and (load_lit(Path(run)) is not None or classifier_run(Path(run)) is not None):
+    state = newest(Path(run))[1]
+    if decoder and ("lit" in state or "classes" in state):
         raise UserError(f"{run}: --decoder needs a pre-training run (aimv2, image or text objective)")
     fine = classifier_run(Path(run))
     if fine is not None:
         model, config, pp, classes, cfg, step = fine
+        if dtype is not None:
+            model.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
         if merge_lora is not None:
             cfg = dataclasses.replace(cfg, merge_lora=merge_lora)
         name = f"mlx-aimv2 classifier ({cfg.init}, tune {cfg.tune}, {step} steps)"
@@ -406,8 +409,5 @@ def export_run(
     module, config, pp, files = trained_model(Path(run))
     if dtype is not None:
         module.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
-    if decoder:
-        files = tuple(f for f in files if Path(f if not isinstance(f, tuple) else f[1]).name != "tokenizer.json")
-        newest(run)  # a run with no checkpoint fails here, before anything is written
     more = (lambda folder: save_decoder(Path(run), folder, dtype)) if decoder else None
     return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite, more=more)

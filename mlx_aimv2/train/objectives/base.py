@@ -103,7 +103,7 @@ class Objective:
         cfg = self.cfg
         return TrainStream(
             sources, tokenizer, cfg.image_size, batch_size, cfg.seed, self.rank, self.size, cfg.threads,
-            scale=cfg.crop_scale, mirror=cfg.mirror_captions, shuffle=cfg.shuffle_buffer,
+            scale=cfg.crop_scale, mirror=cfg.mirror_captions, shuffle=cfg.shuffle_buffer, hflip=cfg.hflip,
         )  # fmt: skip
 
     def build(self, tokenizer: TextTokenizer) -> nn.Module:

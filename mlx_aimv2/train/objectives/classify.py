@@ -79,7 +79,7 @@ class Classify(Objective):
         cfg = self.cfg
         return TrainStream(
             sources, tokenizer, self.image_size, batch_size, cfg.seed, self.rank, self.size, cfg.threads,
-            scale=cfg.crop_scale, shuffle=cfg.shuffle_buffer,
+            scale=cfg.crop_scale, shuffle=cfg.shuffle_buffer, hflip=cfg.hflip,
         )  # fmt: skip
 
     def build(self, tokenizer) -> nn.Module:
