@@ -4,9 +4,10 @@ held-out top-1, trainable parameters, peak memory and time per step, side by sid
 
     mlx-aimv2 data synth shapes --n 2400 --size 112 --classes shape --seed 7
     python benchmarks/finetune.py --data shapes --out benchmarks/results/finetune.jsonl
-    python benchmarks/finetune.py --make-digits digits        # a small real set: sklearn's scanned digits
+    python benchmarks/finetune.py --make-digits digits   # a small real set: scikit-learn's scanned digits (pip install scikit-learn)
     python benchmarks/finetune.py --data digits --no-flip --out benchmarks/results/finetune.jsonl
     python benchmarks/finetune.py --plot benchmarks/results/finetune.jsonl --figure docs/finetune.png
+    python benchmarks/finetune.py --table benchmarks/results/finetune.jsonl
 
 The probe is eval/probe.py's attentive probe on the frozen encoder's cached tokens (its own
 schedule, no augmentation); the fine-tunes are `mlx-aimv2 train --objective classify` runs with the
@@ -100,24 +101,46 @@ def plot(results: Path, figure: Path) -> None:
     rows = [json.loads(line) for line in Path(results).read_text().splitlines() if line.strip()]
     sets = list(dict.fromkeys(r["data"] for r in rows))
     names = ["frozen probe", *VARIANTS]
-    fig = Figure(figsize=(11, 4))
-    acc, cost = fig.subplots(1, 2)
+    fig = Figure(figsize=(14, 4))
+    panels = fig.subplots(1, 3)
     width = 0.8 / len(sets)
+    measures = (
+        ("held-out top-1 (%)", lambda r, whole: r.get("val_top1", 0)),
+        ("trainable parameters (% of the model)", lambda r, whole: 100 * r.get("trainable", 0) / whole),
+        ("seconds per step, batch 32 (probe: cached tokens)", lambda r, whole: r.get("seconds_per_step", 0)),
+    )
     for j, s in enumerate(sets):
         got = {r["variant"]: r for r in rows if r["data"] == s}
+        whole = got["head"]["parameters"]
         xs = [i + j * width for i in range(len(names))]
-        acc.bar(xs, [got.get(n, {}).get("val_top1", 0) for n in names], width, label=Path(s).name)
-        cost.bar(xs, [100 * got.get(n, {}).get("trainable", 0) / max(1, got["head"]["parameters"]) for n in names],
-                 width, label=Path(s).name)  # fmt: skip
-    for ax, label in ((acc, "held-out top-1 (%)"), (cost, "trainable parameters (% of the model)")):
-        ax.set_xticks([i + width * (len(sets) - 1) / 2 for i in range(len(names))], names)
+        for ax, (_, value) in zip(panels, measures):
+            ax.bar(xs, [value(got[n], whole) if n in got else 0 for n in names], width, label=Path(s).name)
+    for ax, (label, _) in zip(panels, measures):
+        ax.set_xticks([i + width * (len(sets) - 1) / 2 for i in range(len(names))], names, fontsize=8)
         ax.set_ylabel(label)
         ax.grid(alpha=0.3, axis="y")
         ax.legend()
-    cost.set_yscale("log")
+    panels[1].set_yscale("log")
     fig.tight_layout()
     fig.savefig(figure, dpi=110)
     print(f"saved {figure}")
+
+
+def table(results: Path) -> str:
+    """The results as a markdown table, one row per data set and variant."""
+    rows = [json.loads(line) for line in Path(results).read_text().splitlines() if line.strip()]
+    out = [
+        "| data | variant | held-out top-1 | trainable parameters | peak MLX memory | time per step (batch 32) |",
+        "|---|---|---|---|---|---|",
+    ]
+    for r in rows:
+        share = f" ({100 * r['trainable'] / r['parameters']:.1f} %)" if "parameters" in r else ""
+        step = f"{r['seconds_per_step']:.2f} s" if "seconds_per_step" in r else "(cached tokens)"
+        out.append(
+            f"| {Path(r['data']).name} | {r['variant']} | {r['val_top1']:.1f} % | {r['trainable']:,}{share} "
+            f"| {r['peak_memory_mib']} MiB | {step} |"
+        )
+    return "\n".join(out)
 
 
 def main():
@@ -133,12 +156,15 @@ def main():
     ap.add_argument("--make-digits", default=None, help="write sklearn's digits as a labelled folder here")
     ap.add_argument("--plot", default=None, help="a results .jsonl to plot")
     ap.add_argument("--figure", default="docs/finetune.png")
+    ap.add_argument("--table", default=None, help="a results .jsonl to print as a markdown table")
     a = ap.parse_args()
     if a.make_digits:
         return make_digits(Path(a.make_digits), a.seed)
     mx.random.seed(a.seed)  # the probe's head starts from the global generator
     if a.plot:
         return plot(Path(a.plot), Path(a.figure))
+    if a.table:
+        return print(table(Path(a.table)))
     for name in a.variants:
         if name == "frozen probe":
             got = frozen_probe(a.data, a.init, a.seed)
