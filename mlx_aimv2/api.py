@@ -303,11 +303,13 @@ class AIMv2:
                 f"`mlx-aimv2 train --objective classify`, or give labels for zero-shot classification (a LiT model)"
             )
         items = _nonempty(images, "images", "an image")
-        rows = [
-            owner.run(self._head_probs, f["tokens"][None])[0]
-            for _, f in self.iter_embed(items, pool="none", batch_size=batch_size)
-        ]
-        return np.stack(rows)
+        tokens = [f["tokens"] for _, f in self.iter_embed(items, pool="none", batch_size=batch_size)]
+        return np.concatenate(
+            [
+                owner.run(self._head_probs, np.stack(tokens[i : i + batch_size]))
+                for i in range(0, len(tokens), batch_size)
+            ]
+        )
 
     def _head_probs(self, tokens: np.ndarray) -> np.ndarray:
         return np.array(mx.softmax(self.head(mx.array(tokens)).astype(mx.float32), axis=-1))
