@@ -106,12 +106,15 @@ def plot(results: Path, figure: Path) -> None:
     width = 0.8 / len(sets)
     measures = (
         ("held-out top-1 (%)", lambda r, whole: r.get("val_top1", 0)),
-        ("trainable parameters (% of the model)", lambda r, whole: 100 * r.get("trainable", 0) / whole),
+        (
+            "trainable parameters (% of the model)",
+            lambda r, whole: 100 * r.get("trainable", 0) / r.get("parameters", whole),
+        ),
         ("seconds per step, batch 32 (probe: cached tokens)", lambda r, whole: r.get("seconds_per_step", 0)),
     )
     for j, s in enumerate(sets):
         got = {r["variant"]: r for r in rows if r["data"] == s}
-        whole = got["head"]["parameters"]
+        whole = next(r["parameters"] for r in got.values() if "parameters" in r)
         xs = [i + j * width for i in range(len(names))]
         for ax, (_, value) in zip(panels, measures):
             ax.bar(xs, [value(got[n], whole) if n in got else 0 for n in names], width, label=Path(s).name)
