@@ -231,3 +231,14 @@ def test_init_from_a_pre_training_run(shapes, tmp_path):
     enc, *_ = runs.load_encoder(tmp_path / "pre")
     mine = dict(tree_flatten(t.model.encoder.parameters()))
     assert all(mx.array_equal(mine[k], v).item() for k, v in tree_flatten(enc.parameters()))
+
+
+def test_bfloat16_lora_over_a_quantized_base_trains_and_exports(shapes, init, tmp_path):
+    q = mlx_aimv2.convert(str(init), tmp_path / "q", quantization=spec(4, 64))
+    t = Trainer(cfg(shapes, tmp_path / "run", q, dtype="bfloat16", steps=3), **QUIET)
+    result = t.run(progress=False)
+    assert np.isfinite(result["last"]["loss"])
+    probs = mlx_aimv2.load(str(tmp_path / "run" / "classifier")).predict(
+        sorted(str(p) for p in shapes.rglob("*.jpg"))[:2]
+    )
+    assert probs.shape == (2, 8) and np.allclose(probs.sum(1), 1, atol=1e-4)
