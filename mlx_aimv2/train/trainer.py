@@ -139,7 +139,8 @@ class Trainer:
             return  # an unreadable first image is counted later, like any other
         size = self.objective.image_size
         if min(w, h) < size:
-            hint = "; set --image-size to train nearer their size" if self.objective.inputs == "images" else ""
+            own = self.objective.inputs == "images" and not self.cfg.init  # an init fixes the size
+            hint = "; set --image-size to train nearer their size" if own else ""
             self.say(
                 f"note: the images are about {w}x{h} px and training runs at {size} px, so they are upsampled{hint}"
             )
