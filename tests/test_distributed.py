@@ -15,6 +15,7 @@ import numpy as np
 import pytest
 
 from mlx_aimv2.data import open_dataset, write_synthetic
+from mlx_aimv2.data.synth import write_labelled
 from mlx_aimv2.tokenizer import train_bpe
 from mlx_aimv2.train.checkpoint import latest as checkpoint_latest
 
@@ -159,42 +160,37 @@ def test_a_killed_rank_is_named_within_seconds_with_the_checkpoint_to_resume(tmp
     assert "Traceback" not in errs, errs[-3000:]
 
 
-def test_two_ranks_match_each_other_and_one_process(tmp_path):
-    data, tok, env = _setup(tmp_path)
+def _one_and_two_ranks(tmp_path, env, args, salt):
+    """Run the worker in one process (out: tmp_path/one) and as two ranks (tmp_path/two) with the same
+    arguments (None marks the out folder); returns rank 0's, rank 1's and the one process's weights."""
     one = subprocess.run(
-        [sys.executable, str(WORKER), str(data), str(tmp_path / "one"), str(tok)],
+        [sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
     assert one.returncode == 0, one.stderr[-2000:]
-    port = 20000 + os.getpid() % 20000
+    port = 20000 + (os.getpid() * salt) % 20000
     two = subprocess.run(
-        [
-            _launcher(),
-            "-n",
-            "2",
-            "--backend",
-            "ring",
-            "--starting-port",
-            str(port),
-            "--",
-            sys.executable,
-            str(WORKER),
-            str(data),
-            str(tmp_path / "two"),
-            str(tok),
-        ],
+        [_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--", sys.executable, str(WORKER)]
+        + [str(tmp_path / "two") if a is None else a for a in args],
         env=env,
         capture_output=True,
         text=True,
         timeout=300,
     )
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
-    r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
-    r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
-    ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
+    assert two.returncode == 0 and (tmp_path / "two" / "weights.rank1.safetensors").is_file(), (
+        two.stdout[-2000:] + two.stderr[-2000:]
+    )
+    return tuple(
+        mx.load(str(tmp_path / run / f"weights.rank{r}.safetensors")) for run, r in (("two", 0), ("two", 1), ("one", 0))
+    )
+
+
+def test_two_ranks_match_each_other_and_one_process(tmp_path):
+    data, tok, env = _setup(tmp_path)
+    r0, r1, ref = _one_and_two_ranks(tmp_path, env, [str(data), None, str(tok)], 1)
     assert r0.keys() == r1.keys() == ref.keys()
     for k in r0:
         assert mx.array_equal(r0[k], r1[k]).item(), k  # ranks agree exactly
@@ -217,41 +213,7 @@ def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
     """The contrastive loss needs every rank's embeddings: gathered, with exact gradients."""
     data, tok, env = _setup(tmp_path)
     demo = str(Path(__file__).parent.parent / "weights" / "demo")
-    args = [str(data), None, str(tok), "6", "600", demo]
-    one = subprocess.run(
-        [sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-2000:]
-    port = 20000 + (os.getpid() * 3) % 20000
-    two = subprocess.run(
-        [
-            _launcher(),
-            "-n",
-            "2",
-            "--backend",
-            "ring",
-            "--starting-port",
-            str(port),
-            "--",
-            sys.executable,
-            str(WORKER),
-            *[str(tmp_path / "two") if a is None else a for a in args],
-        ],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0 and (tmp_path / "two" / "weights.rank1.safetensors").is_file(), (
-        two.stdout[-2000:] + two.stderr[-2000:]
-    )
-    r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
-    r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
-    ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
+    r0, r1, ref = _one_and_two_ranks(tmp_path, env, [str(data), None, str(tok), "6", "600", demo], 3)
     saved = mx.load(str(tmp_path / "one" / "checkpoints" / "step_00000006" / "model.safetensors"))
     assert r0.keys() == r1.keys() == ref.keys() == saved.keys() and "log_logit_scale" in ref
     assert all(mx.array_equal(saved[k], ref[k]).item() for k in ref)  # the checkpoint is the final tuner
@@ -267,33 +229,10 @@ def test_lit_tuning_on_two_ranks_matches_one_process(tmp_path):
 
 def test_lora_fine_tuning_on_two_ranks_matches_one_process(tmp_path):
     """Fine-tuning's loss is each rank's share of the global batch: two ranks == one process."""
-    from mlx_aimv2.data.synth import write_labelled
-
     _, tok, env = _setup(tmp_path)
     data = write_labelled(tmp_path / "labelled", 48, "colour", size=64, seed=3)
     demo = str(Path(__file__).parent.parent / "weights" / "demo")
-    args = [str(data), None, str(tok), "4", "600", demo, "classify"]
-    one = subprocess.run(
-        [sys.executable, str(WORKER), *[str(tmp_path / "one") if a is None else a for a in args]],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert one.returncode == 0, one.stderr[-2000:]
-    port = 20000 + (os.getpid() * 5) % 20000
-    two = subprocess.run(
-        [_launcher(), "-n", "2", "--backend", "ring", "--starting-port", str(port), "--", sys.executable, str(WORKER)]
-        + [str(tmp_path / "two") if a is None else a for a in args],
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=300,
-    )
-    assert two.returncode == 0, two.stdout[-2000:] + two.stderr[-2000:]
-    r0 = mx.load(str(tmp_path / "two" / "weights.rank0.safetensors"))
-    r1 = mx.load(str(tmp_path / "two" / "weights.rank1.safetensors"))
-    ref = mx.load(str(tmp_path / "one" / "weights.rank0.safetensors"))
+    r0, r1, ref = _one_and_two_ranks(tmp_path, env, [str(data), None, str(tok), "4", "600", demo, "classify"], 5)
     assert any("lora_a" in k for k in ref) and any(k.startswith("classifier.") for k in ref)
     for k in r0:
         assert mx.array_equal(r0[k], r1[k]).item(), k
