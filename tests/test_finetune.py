@@ -242,3 +242,15 @@ def test_bfloat16_lora_over_a_quantized_base_trains_and_exports(shapes, init, tm
         sorted(str(p) for p in shapes.rglob("*.jpg"))[:2]
     )
     assert probs.shape == (2, 8) and np.allclose(probs.sum(1), 1, atol=1e-4)
+
+
+def test_predict_from_several_threads_at_once_equals_one_thread(shapes, init, tmp_path):
+    from concurrent.futures import ThreadPoolExecutor
+
+    Trainer(cfg(shapes, tmp_path / "run", init, tune="head", steps=1), **QUIET).run(progress=False)
+    model = mlx_aimv2.load(str(tmp_path / "run" / "classifier"))
+    images = sorted(str(p) for p in shapes.rglob("*.jpg"))[:8]
+    alone = model.predict(images)
+    with ThreadPoolExecutor(4) as pool:
+        got = list(pool.map(lambda i: model.predict(images[i : i + 2]), range(0, 8, 2)))
+    assert np.abs(np.concatenate(got) - alone).max() < 1e-6
