@@ -75,7 +75,7 @@ def decode_only(files, reps: int, out) -> None:
 
 
 def end_to_end(name: str, m, files, reps: int, out) -> None:
-    import mlx_aimv2.api as api
+    import mlx_aimv2.inference as api
 
     ahead = api.decode_ahead
     variants = [

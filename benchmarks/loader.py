@@ -64,7 +64,7 @@ def step_need(encoder: str, image_size: int = 224) -> tuple[float, float]:
     from train import train_flops_per_image
 
     from mlx_aimv2.config import TrainConfig
-    from mlx_aimv2.train.objectives import AIMv2
+    from mlx_aimv2.train.objectives import AIMv2Objective as AIMv2
 
     cfg = TrainConfig(encoder=encoder, image_size=image_size)
     model = AIMv2(cfg, out=".").build(SimpleNamespace(vocab_size=1024, pad_id=0))  # lazy: never evaluated

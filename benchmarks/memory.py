@@ -27,7 +27,7 @@ import json, sys
 import mlx.core as mx
 import numpy as np
 from mlx_aimv2.config import TrainConfig
-from mlx_aimv2.train.objectives import AIMv2
+from mlx_aimv2.train.objectives import AIMv2Objective as AIMv2
 from mlx_aimv2.train.optim import DecoupledAdamW, schedule
 from mlx_aimv2.train.step import make_step
 

@@ -1,4 +1,4 @@
-"""Search over an index: the exact brute force that mlx-aimv2 uses (index/search.py top_k) at 10k,
+"""Search over an index: the exact brute force that mlx-aimv2 uses (index/ranking.py top_k) at 10k,
 100k and 1M random unit vectors, the cost of reading the vectors out of the SQLite store when a
 search process starts, and, when faiss-cpu is installed (pip install faiss-cpu), an HNSW graph for
 comparison: its query time, its build time and its recall@10 against the exact answer.
@@ -23,7 +23,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
 from common import emit, median, timed  # noqa: E402
 
-from mlx_aimv2.index.search import top_k  # noqa: E402
+from mlx_aimv2.index.ranking import top_k  # noqa: E402
 from mlx_aimv2.index.store import Row, Store  # noqa: E402
 
 

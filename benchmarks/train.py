@@ -54,7 +54,7 @@ def main():
     from mlx_aimv2.data import TrainStream, find_sources, open_dataset, write_synthetic
     from mlx_aimv2.environment import backend
     from mlx_aimv2.tokenizer import train_bpe
-    from mlx_aimv2.train.objectives import AIMv2
+    from mlx_aimv2.train.objectives import AIMv2Objective as AIMv2
     from mlx_aimv2.train.optim import DecoupledAdamW, schedule
     from mlx_aimv2.train.step import make_step
 

@@ -1,6 +1,9 @@
 """mlx-aimv2: AIMv2 vision encoders in MLX - feature extraction, conversion and pre-training.
 
-`import mlx_aimv2` stays light (no torch, no transformers) and has no side effects.
+`import mlx_aimv2` stays light (no torch, no transformers, no mlx-data) and changes nothing outside
+the package: no thread starts, no signal handler, no logging set-up (the one owner thread that runs
+MLX work starts at the first call that needs it). Without MLX's compute backend, the `mlx-aimv2`
+command says what to install in one line and exits 1; a program importing us gets an ImportError.
 """
 
 __version__ = "0.1.0"
@@ -25,7 +28,7 @@ except ImportError:
         raise SystemExit(1) from None
     raise ImportError(_NO_MLX) from None
 
-from .api import AIMv2, convert, load  # noqa: E402
+from .api import AIMv2, Encoder, ImageClassifier, LiTModel, convert, load  # noqa: E402
 from .config import PRESETS, ModelConfig, TextConfig, VisionConfig  # noqa: E402
 from .cpu import SlowBLASWarning  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -36,6 +39,9 @@ __all__ = [
     "load",
     "convert",
     "AIMv2",
+    "Encoder",
+    "LiTModel",
+    "ImageClassifier",
     "AIMv2VisionEncoder",
     "AIMv2LiT",
     "ModelConfig",

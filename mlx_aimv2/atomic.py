@@ -3,14 +3,15 @@ so that nothing we did not write is ever deleted."""
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
 from pathlib import Path
 from typing import Callable
 
+from . import kinds
 from .errors import UserError, write_failed
+from .paths import children, is_empty
 
 TMP_PREFIX = ".tmp-mlx-aimv2-"  # every temporary file and folder we make; only these are cleaned up
 
@@ -48,20 +49,13 @@ def write_file(path: Path, write: Callable[[Path], None]) -> Path:
     return path
 
 
-def is_checkpoint_of_ours(folder: Path) -> bool:
-    try:
-        return json.loads((Path(folder) / "config.json").read_text()).get("format") == "mlx_aimv2"
-    except (OSError, ValueError, AttributeError):
-        return False
-
-
 def check_destination(dst: Path, overwrite: bool = False) -> Path:
     """The folder a checkpoint may be written to: new, empty, one of ours, or (with overwrite) any
     folder, where only the files we write are replaced. Checked before any work is done."""
     dst = Path(dst).expanduser().resolve()
     if dst.exists() and not dst.is_dir():
         raise UserError(f"{dst}: exists and is a file; give a folder to write the checkpoint into")
-    if dst.is_dir() and any(dst.iterdir()) and not overwrite and not is_checkpoint_of_ours(dst):
+    if dst.is_dir() and not is_empty(dst) and not overwrite and not kinds.is_ours(dst):
         raise UserError(
             f"{dst}: exists and holds files that are not an mlx-aimv2 checkpoint; choose a new or "
             f"empty folder, or pass --overwrite to write ours beside them (nothing else is deleted)"
@@ -86,7 +80,7 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
         write(tmp)
         _usual_mode(tmp, folder=True)
         if existing:
-            for f in sorted(tmp.iterdir()):
+            for f in children(tmp):
                 os.replace(f, dst / f.name)
         else:
             os.replace(tmp, dst)
@@ -134,7 +128,7 @@ def process_alive(pid: int) -> bool:
 def remove_orphans(folder: Path) -> list[Path]:
     """Temporary files and folders that a killed process of ours left in `folder` (its pid is gone)."""
     gone = []
-    for p in Path(folder).glob(TMP_PREFIX + "*"):
+    for p in children(folder, TMP_PREFIX + "*"):
         pid = p.name[len(TMP_PREFIX) :].split("-", 1)[0]
         if pid.isdigit() and (int(pid) == os.getpid() or process_alive(int(pid))):
             continue

@@ -19,11 +19,12 @@ from typing import Callable, Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from . import finetuned, hub
+from . import finetuned, hub, kinds
 from .atomic import write_folder
 from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .errors import UserError
 from .models import build
+from .paths import children
 from .preprocess import CLIP_MEAN, CLIP_STD
 from .quantize import is_quantized_weight, quantize, read_spec
 
@@ -51,7 +52,7 @@ def find_weights(path: Path) -> Path:
     for name in WEIGHT_FILES:
         if (path / name).is_file():
             return path / name
-    candidates = sorted(p for p in path.iterdir() if p.suffix in (".safetensors", ".bin", ".pt", ".pth"))
+    candidates = [p for p in children(path, kind="file") if p.suffix in (".safetensors", ".bin", ".pt", ".pth")]
     if len(candidates) == 1:
         return candidates[0]
     raise UserError(
@@ -357,7 +358,7 @@ _TEXT_KEYS = [
 
 def _section(h: dict, ours: str, theirs: str, where: str) -> tuple[dict, bool]:
     """The vision / text part of a config.json (ours or transformers'), and whether it is ours."""
-    mine = h.get("format") == "mlx_aimv2"
+    mine = h.get("format") == kinds.FORMAT
     sec = h.get(ours) if mine else (h.get(theirs) or (h if ours == "vision" else {}))
     if not isinstance(sec, dict) or (mine and not sec):
         raise UserError(f"{where}: '{ours if mine else theirs}' must be a table of keys; re-convert the checkpoint")
@@ -411,14 +412,14 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     hints = read_config_json(folder) or {}
     config = infer_config(weights, hints, str(folder / "config.json"))
     packed = any(is_quantized_weight(k, weights) for k in weights)
-    if hints.get("format") == "mlx_aimv2" and "quantization" in hints:
+    if hints.get("format") == kinds.FORMAT and "quantization" in hints:
         config.quantization = read_spec(hints["quantization"], str(folder / "config.json"))
     elif packed:
         raise UserError(
             f"{file}: holds quantized weights but {folder / 'config.json'} does not say how they were "
             f"quantized; keep the config.json that convert -q wrote beside it"
         )
-    given = hints.get("name") if hints.get("format") == "mlx_aimv2" and isinstance(hints.get("name"), str) else None
+    given = hints.get("name") if hints.get("format") == kinds.FORMAT and isinstance(hints.get("name"), str) else None
     config.name = given or (str(name_or_path) if hub.is_hub_id(str(name_or_path)) else architecture_name(config))
     module = build(config)
     if config.quantization:
@@ -455,14 +456,18 @@ def save(
     overwrite: bool = False,
     weights: Optional[dict] = None,
     more: Optional[Callable[[Path], None]] = None,
+    kind: Optional[str] = None,
 ) -> Path:
     """Write model.safetensors + config.json + preprocessor_config.json atomically (atomic.write_folder).
-    weights: these instead of the model's own; more(folder): writes further files into the folder."""
+    weights: these instead of the model's own; more(folder): writes further files into the folder.
+    kind: what the folder is (kinds.MODEL_KINDS), recorded in its config.json; by default an encoder
+    or a LiT model, by the config."""
     weights = dict(tree_flatten(model.parameters())) if weights is None else weights
+    kind = kind or (kinds.LIT if config.kind == "lit" else kinds.ENCODER)
 
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx", **(metadata or {})})
-        (tmp / "config.json").write_text(json.dumps(config.to_dict(), indent=2) + "\n")
+        (tmp / "config.json").write_text(json.dumps(kinds.record(config.to_dict(), kind), indent=2) + "\n")
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
         copy_files(extra_files, tmp)

@@ -15,7 +15,7 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .api import convert
+from . import finetuned, kinds, owner
 from .atomic import check_destination, write_folder
 from .checkpoints import (
     HF_BLOCK,
@@ -27,12 +27,14 @@ from .checkpoints import (
     copy_files,
     default_preprocessor,
     load_checkpoint,
+    save,
     tokenizer_files,
 )
 from .config import ModelConfig
 from .errors import UserError
+from .inference import preprocessor_of
 from .models import lora
-from .quantize import dequantize
+from .quantize import dequantize, quantize
 from .train import runs
 
 
@@ -146,7 +148,7 @@ def export(
         raise UserError(f"--format {format}: use mlx or transformers")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
-    is_run = runs.is_run(Path(src))
+    is_run = kinds.is_run(src)
     if decoder and (format != "mlx" or not is_run):
         raise UserError(
             "--decoder exports a pre-training run's decoder beside its encoder: give a run and --format mlx"
@@ -186,9 +188,47 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
 
 def _source(src: str):
     """(float or quantized module, config, preprocessor dict, extra files) of a run or a checkpoint."""
-    if runs.is_run(Path(src)):
+    if kinds.is_run(src):
         return runs.trained_model(Path(src))
     module, config, folder = load_checkpoint(src)
     f = folder / "preprocessor_config.json"
     pp = json.loads(f.read_text()) if f.is_file() else default_preprocessor(config)
     return module, config, pp, tokenizer_files(folder)
+
+
+@owner.owned
+def convert(
+    src: str,
+    dst: Path,
+    dtype: Optional[str] = None,
+    revision: Optional[str] = None,
+    overwrite: bool = False,
+    quantization: Optional[dict] = None,
+) -> Path:
+    """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json).
+    dtype: float32 | bfloat16 | float16, default the source's own. quantization: quantize.spec(...) to
+    quantize the blocks' linear layers. An existing destination must be empty or one of our
+    checkpoints unless `overwrite` (which replaces only the files we write)."""
+    if dtype is not None and dtype not in DTYPES:
+        raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
+    check_destination(dst, overwrite)
+    module, config, folder = load_checkpoint(src, revision, DTYPES.get(dtype))
+    if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers
+        dequantize(lora.merge(module))
+        config.quantization = None
+    if quantization is not None:
+        if config.quantization:
+            raise UserError(
+                f"{src}: already quantized ({config.quantization['bits']}-bit); convert from the float "
+                f"checkpoint it was made from"
+            )
+        quantize(module, quantization)
+        config.quantization = quantization
+    pp = folder / "preprocessor_config.json"
+    preprocessor_of(config, folder)  # refuse an invalid one before writing anything
+    preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
+    extra = tokenizer_files(folder) + finetuned.classifier_files(folder)
+    kind = kinds.model_kind(folder) or (kinds.LIT if config.kind == "lit" else kinds.ENCODER)
+    if kind == kinds.CAPTIONER:  # the decoder stays behind: the copy is the encoder
+        kind = kinds.ENCODER
+    return save(module, config, Path(dst), preprocessor, extra, overwrite=overwrite, kind=kind)

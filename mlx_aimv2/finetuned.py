@@ -17,11 +17,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
+from . import kinds
 from .errors import UserError
 from .models import lora
 from .models.classifier import AttentiveHead
 
-CLASSIFIER, CLASSIFIER_WEIGHTS = "classifier.json", "classifier.safetensors"
+CLASSIFIER, CLASSIFIER_WEIGHTS = kinds.CLASSIFIER_FILE, "classifier.safetensors"
 ADAPTER, ADAPTER_WEIGHTS = "adapter_config.json", "adapter.safetensors"
 
 

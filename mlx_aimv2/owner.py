@@ -36,11 +36,10 @@ def _serve(q: queue.SimpleQueue) -> None:
             future.set_exception(e)
 
 
-def run(fn, *args, **kwargs):
-    """fn(*args, **kwargs) on the owner thread; its result or its exception, in the caller's thread."""
+def submit(fn, *args, **kwargs) -> Future:
+    """Queue fn(*args, **kwargs) for the owner thread and return at once: a Future of its result
+    (a server's batcher hands its batches over this way, without a thread of its own waiting)."""
     global _queue
-    if on_owner():
-        return fn(*args, **kwargs)
     with _lock:
         if _queue is None:
             # A daemon thread, never joined: MLX's per-thread state is not torn down while the
@@ -49,7 +48,14 @@ def run(fn, *args, **kwargs):
             threading.Thread(target=_serve, args=(_queue,), name="mlx-aimv2-mlx", daemon=True).start()
     future: Future = Future()
     _queue.put((future, fn, args, kwargs))
-    return future.result()
+    return future
+
+
+def run(fn, *args, **kwargs):
+    """fn(*args, **kwargs) on the owner thread; its result or its exception, in the caller's thread."""
+    if on_owner():
+        return fn(*args, **kwargs)
+    return submit(fn, *args, **kwargs).result()
 
 
 def owned(fn):

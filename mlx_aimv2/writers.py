@@ -22,20 +22,28 @@ FORMATS = (".npy", ".safetensors", ".jsonl")
 RAGGED_FORMATS = (".safetensors", ".jsonl")  # these keep one tensor per file when sizes differ
 
 
-def check_output(path: Path) -> Path:
-    """Refuse, before any work, a destination that cannot be written."""
+def check_output(path: Path, suffixes: tuple = FORMATS, option: str = "") -> Path:
+    """Refuse, before any work, an output file that cannot be one: a wrong extension, a folder, a
+    file in the way of its folder, a place this user cannot write. The one check for every output
+    file (embeddings, pictures, JSON, a tokenizer); `option` names the flag in the message."""
     path = Path(path).expanduser()
-    if path.suffix not in FORMATS:
-        raise UserError(f"{path}: unknown output format; use one of {', '.join(FORMATS)}")
+    said = f"{option} {path}" if option else str(path)
+    endings = " or ".join(suffixes)
     if path.is_dir():
-        raise UserError(f"{path}: is a folder; give a file name ending in {', '.join(FORMATS)}")
+        raise UserError(f"{said}: is a folder; give a file name ending in {endings}")
+    if path.suffix.lower() not in suffixes:
+        what = "unknown output format; use one of" if suffixes == FORMATS else "give a file name ending in"
+        raise UserError(f"{said}: {what} {', '.join(suffixes) if suffixes == FORMATS else endings}")
     folder = path.resolve().parent
     existing = next(p for p in (folder, *folder.parents) if p.exists())
     if not existing.is_dir():
-        raise UserError(f"{path}: {existing} is a file, so no folder can be made there")
+        raise UserError(f"{said}: {existing} is a file, so no folder can be made there")
     if not os.access(existing, os.W_OK | os.X_OK) or (path.exists() and not os.access(path, os.W_OK)):
-        raise UserError(f"{path}: permission denied; choose a folder you can write to")
+        raise UserError(f"{said}: permission denied; choose a folder you can write to")
     return path
+
+
+PICTURES = (".png", ".jpg", ".jpeg", ".webp")
 
 
 def partial_path(path: Path) -> Path:

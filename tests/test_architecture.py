@@ -146,8 +146,9 @@ def test_imports_are_at_the_top_but_for_the_lazy_seams():
             for node in ast.walk(fn):
                 if isinstance(node, (ast.Import, ast.ImportFrom)):
                     what = node.module if isinstance(node, ast.ImportFrom) else node.names[0].name
-                    seam = LAZY_SEAMS.get(name, False)
-                    if name in LAZY_SEAMS and (seam is None or (what or "").startswith(seam)):
+                    owner = "mlx_aimv2.cli" if name.startswith("mlx_aimv2.cli.") else name
+                    seam = LAZY_SEAMS.get(owner, False)
+                    if owner in LAZY_SEAMS and (seam is None or (what or "").startswith(seam)):
                         continue
                     found.append(f"{name}: {ast.unparse(node)}")
     assert found == []
@@ -265,3 +266,108 @@ def test_the_interpreter_flags_seam_still_works():
     flags = r.stdout.strip()
     assert re.search(r"'-X', 'utf8'", flags) and "ignore::DeprecationWarning" in flags, r.stdout + r.stderr
     assert isinstance(cpu.interpreter_flags(), list)
+
+
+# -- one home per idea ----------------------------------------------------------------------------
+
+# how a folder is listed: only the walker (paths.py) may call these
+_WALKING = {("os", "walk"), ("os", "listdir"), ("os", "scandir"), ("glob", "glob"), ("glob", "iglob")}
+_WALKING_METHODS = {"rglob", "glob", "iterdir"}
+
+
+def test_one_walker_lists_folders():
+    """Every folder, glob and shard list is listed by paths.py, which skips what macOS leaves there."""
+    found = []
+    for name, f in MODULES.items():
+        if name == "mlx_aimv2.paths":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute):
+                owner = node.func.value.id if isinstance(node.func.value, ast.Name) else None
+                if (owner, node.func.attr) in _WALKING or (
+                    owner not in ("os", "glob") and node.func.attr in _WALKING_METHODS
+                ):
+                    found.append(f"{name}: {ast.unparse(node)}")
+    assert found == []
+
+
+def test_no_two_classes_share_a_name():
+    seen: dict = {}
+    for name, f in MODULES.items():
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.ClassDef):
+                seen.setdefault(node.name, []).append(name)
+    assert {k: v for k, v in seen.items() if len(v) > 1} == {}
+
+
+def test_no_kind_is_sniffed_outside_the_kinds_module():
+    """What a folder is, is asked of kinds.py: no other module tests a state's keys for "lit" /
+    "classes" / "vision", reads config.json's format, or looks for the marker files."""
+    markers = {"classifier.json", "decoder.json", "mlx_aimv2_kind"}
+    found = []
+    for name, f in MODULES.items():
+        if name == "mlx_aimv2.kinds":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Compare) and isinstance(node.left, ast.Constant):
+                if (
+                    node.left.value in ("lit", "classes", "vision")
+                    and any(isinstance(op, (ast.In, ast.NotIn)) for op in node.ops)
+                    and "state" in ast.unparse(node.comparators[0])
+                ):
+                    found.append(f"{name}: {ast.unparse(node)}")
+            if isinstance(node, ast.Constant) and node.value in markers:
+                found.append(f"{name}: the marker {node.value!r}")
+            if isinstance(node, ast.Compare) and any(
+                isinstance(x, ast.Constant) and x.value == "mlx_aimv2" for x in [node.left, *node.comparators]
+            ):
+                found.append(f"{name}: {ast.unparse(node)}")
+    assert found == []
+
+
+def test_the_cli_is_a_short_dispatcher_over_a_module_per_group():
+    from mlx_aimv2 import cli
+
+    assert (PACKAGE / "cli").is_dir() and len((PACKAGE / "cli" / "__init__.py").read_text().splitlines()) <= 90
+    groups = {g.__name__.rsplit(".", 1)[1] for g in cli.GROUPS}
+    assert groups == {"models", "images", "training", "evaluation", "library", "serving"}
+    for g in cli.GROUPS:  # each command is registered once, wrapped in user_errors by the dispatcher
+        assert g.COMMANDS and all(c.__module__ == g.__name__ for c in g.COMMANDS)
+    registered = {c.name for c in cli.app.registered_commands} | {t.name for t in cli.app.registered_groups}
+    assert registered == set(cli.ORDER)
+    # no tensors in the CLI: it imports neither MLX nor numpy
+    for name in MODULES:
+        if name.startswith("mlx_aimv2.cli"):
+            imported = [
+                n for n in ast.walk(ast.parse(MODULES[name].read_text())) if isinstance(n, (ast.Import, ast.ImportFrom))
+            ]
+            what = {(n.module or "") if isinstance(n, ast.ImportFrom) else n.names[0].name for n in imported}
+            assert not {w for w in what if w.split(".")[0] in ("mlx", "numpy")}, (name, what)
+
+
+def test_load_gives_one_class_per_kind(tmp_path):
+    """An encoder, a LiT model and a classifier are three classes over one base, and each folder we
+    write records its kind."""
+    from mlx_aimv2 import AIMv2, Encoder, ImageClassifier, LiTModel, kinds, load
+
+    enc, lit = load("demo"), load("demo-lit")
+    assert type(enc) is Encoder and type(lit) is LiTModel and issubclass(ImageClassifier, AIMv2)
+    assert not hasattr(enc, "encode_text") and not hasattr(enc, "predict") and hasattr(lit, "encode_text")
+    out = mlx_aimv2.convert("demo-lit", tmp_path / "lit")
+    assert kinds.model_kind(out) == kinds.LIT and type(load(str(out))) is LiTModel
+
+
+def test_an_older_folder_without_a_recorded_kind_is_told_by_the_fallback(tmp_path):
+    import json
+    import shutil
+
+    from mlx_aimv2 import kinds
+
+    old = tmp_path / "old"
+    shutil.copytree(hub.BUNDLED["demo"], old)
+    config = json.loads((old / "config.json").read_text())
+    config.pop(kinds.KIND_KEY, None)
+    (old / "config.json").write_text(json.dumps(config))
+    expected = kinds.CAPTIONER if (old / "decoder.json").is_file() else kinds.ENCODER
+    assert kinds.model_kind(old) == expected
+    assert kinds.model_kind(tmp_path) is None  # not ours

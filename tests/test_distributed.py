@@ -16,8 +16,8 @@ import pytest
 
 from mlx_aimv2.data import open_dataset, write_synthetic
 from mlx_aimv2.data.synth import write_labelled
+from mlx_aimv2.kinds import newest_checkpoint as checkpoint_latest
 from mlx_aimv2.tokenizer import train_bpe
-from mlx_aimv2.train.checkpoint import latest as checkpoint_latest
 
 WORKER = Path(__file__).parent / "dist_worker.py"
 

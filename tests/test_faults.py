@@ -91,7 +91,7 @@ def test_embed_into_a_missing_folder_makes_it(ckpt, tmp_path):
 def test_ctrl_c_keeps_what_is_done(ckpt, tmp_path, monkeypatch, fmt):
     _, _, model, imgs = ckpt
     files = [imgs / "a.jpg"] * 3 + [imgs / "b.png"]
-    real, calls = mlx_aimv2.api.AIMv2.features, []
+    real, calls = mlx_aimv2.api.AIMv2._numpy_features, []
 
     def interrupted_at_the_third_batch(self, *a, **k):
         calls.append(1)
@@ -99,7 +99,7 @@ def test_ctrl_c_keeps_what_is_done(ckpt, tmp_path, monkeypatch, fmt):
             raise KeyboardInterrupt
         return real(self, *a, **k)
 
-    monkeypatch.setattr(mlx_aimv2.api.AIMv2, "features", interrupted_at_the_third_batch)
+    monkeypatch.setattr(mlx_aimv2.api.AIMv2, "_numpy_features", interrupted_at_the_third_batch)
     out = tmp_path / f"e{fmt}"
     r = run("embed", *files, "--model", model, "-o", out, "-b", 1)
     assert r.exit_code == 130, r.output

@@ -192,9 +192,9 @@ def test_disk_full_at_a_training_checkpoint_keeps_the_earlier_ones(tmp_path):
     weights = (run / "checkpoints" / "step_00000002" / "model.safetensors").stat().st_size
     r = _cli_limited([*args, "--steps", "4", "--resume"], weights + 4096, tmp_path)  # the optimizer file: no room
     _clean_failure(r, "disk is full")
-    from mlx_aimv2.train import checkpoint
+    from mlx_aimv2 import kinds
 
-    assert checkpoint.latest(run).name == "step_00000002"  # the earlier checkpoint is intact and newest
+    assert kinds.newest_checkpoint(run).name == "step_00000002"  # the earlier checkpoint is intact and newest
     assert not list(run.rglob(".tmp-mlx-aimv2-*"))
 
 

@@ -9,12 +9,12 @@ import pytest
 from helpers import cli
 from typer.testing import CliRunner
 
+from mlx_aimv2 import kinds
 from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.cli import app
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
-from mlx_aimv2.train import checkpoint
 from mlx_aimv2.train.trainer import Trainer
 
 runner = CliRunner()
@@ -112,7 +112,7 @@ def test_a_second_trainer_on_the_same_folder_is_refused(synth, tmp_path):
 def test_resume_falls_back_to_the_newest_intact_checkpoint(synth, tmp_path):
     out = tmp_path / "r"
     Trainer(cfg(synth, out, steps=4, keep=3), **QUIET).run(progress=False)
-    newest = checkpoint.latest(out)
+    newest = kinds.newest_checkpoint(out)
     assert newest.name == "step_00000004"
     data = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
@@ -134,11 +134,11 @@ def test_non_finite_weights_are_never_checkpointed(synth, tmp_path):
     out = tmp_path / "r"
     t = Trainer(cfg(synth, out, steps=2, save_every=1000), **QUIET)
     t.run(progress=False)
-    good = checkpoint.latest(out)
+    good = kinds.newest_checkpoint(out)
     w = t.model.encoder.trunk.blocks[0].mlp.fc2.weight
     t.model.encoder.trunk.blocks[0].mlp.fc2.weight = mx.full(w.shape, float("nan"))
     t.step = 3
-    assert t.save() == good and checkpoint.latest(out) == good
+    assert t.save() == good and kinds.newest_checkpoint(out) == good
     t.model.encoder.trunk.blocks[0].mlp.fc2.weight = mx.full(w.shape, 6e29)
     assert t.save() == good
 
@@ -156,7 +156,7 @@ def test_sigterm_checkpoints_like_ctrl_c(synth, tmp_path, monkeypatch):
     monkeypatch.setattr(t, "_key", key)
     r = t.run(progress=False)
     assert r["interrupted"] and 2 <= r["step"] < 50
-    assert checkpoint.latest(out).name == f"step_{r['step']:08d}"
+    assert kinds.newest_checkpoint(out).name == f"step_{r['step']:08d}"
 
 
 def test_orphans_of_killed_runs_are_cleaned_up(synth, tmp_path):
@@ -197,7 +197,7 @@ def test_resume_from_the_saved_config(synth, tmp_path):
     assert r.exit_code == 0, r.output
     r = runner.invoke(app, ["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"])
     assert r.exit_code == 0, r.output
-    assert "step 3:" in r.output and checkpoint.latest(out).name == "step_00000003"
+    assert "step 3:" in r.output and kinds.newest_checkpoint(out).name == "step_00000003"
     assert "keeps its batch_size" in err("train", "--out", out, "--resume", "-b", "16", "--steps", "4")
 
 

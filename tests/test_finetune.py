@@ -89,12 +89,12 @@ def test_lora_rank_larger_than_a_layer_is_refused():
 def test_classify_loss_is_numpy_cross_entropy_and_accuracy(shapes, init, tmp_path):
     t = Trainer(cfg(shapes, tmp_path / "run", init), **QUIET)
     batch = next(iter(t.stream))
-    from mlx_aimv2.train.objectives import Shard
+    from mlx_aimv2.train.objectives import RankShare
 
     x, labels = t.objective.prepare(
-        mx.array(batch["images"]), mx.array(batch["ids"]), mx.random.key(0), Shard(mx.distributed.init())
+        mx.array(batch["images"]), mx.array(batch["ids"]), mx.random.key(0), RankShare(mx.distributed.init())
     )
-    parts = t.objective.loss(t.model, (x, labels), Shard(mx.distributed.init()))
+    parts = t.objective.loss(t.model, (x, labels), RankShare(mx.distributed.init()))
     logits = np.array(t.model(x)).astype(np.float64)
     y = np.array(labels)
     logp = logits - logits.max(1, keepdims=True)

@@ -23,7 +23,7 @@ import mlx_aimv2
 from mlx_aimv2.cli import app
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
-from mlx_aimv2.index.search import top_k
+from mlx_aimv2.index.ranking import top_k
 
 ROOT = Path(__file__).parent.parent
 PHOTO = ROOT / "examples" / "grace_hopper.jpg"

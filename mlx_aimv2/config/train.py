@@ -22,61 +22,143 @@ except ImportError:  # Python 3.10
 from ..preprocess import CLIP_MEAN, CLIP_STD
 
 
+def key(default, kind, low=None, high=None, help: str = "", objectives: tuple = (), needs: tuple = (), resumable=False):
+    """A config key: its default, type (a type, a tuple of types, a tuple of choices, or (float, n)
+    for n numbers), inclusive bounds, help, the objectives that read it (none: every one), the
+    setting it only makes sense with (`needs`: (key, value)), and whether a resumed run may change it."""
+    meta = dict(kind=kind, low=low, high=high, help=help, objectives=objectives, needs=needs, resumable=resumable)
+    if default is dict:
+        return field(default_factory=dict, metadata=meta)
+    return field(default=default, metadata=meta)
+
+
 @dataclass
 class TrainConfig:
-    data: str = ""  # captions file / folder / tar shards
-    images: Optional[str] = None  # root for relative image paths (default: the captions file's folder)
-    out: str = "runs/aimv2"
-    encoder: str = "tiny"  # a preset in ENCODERS, ignored when `init` is given
-    init: Optional[str] = None  # start the encoder from this checkpoint (hub id, folder, file)
-    image_size: int = 224
-    patch_size: int = 14
-    decoder: dict = field(default_factory=dict)  # DecoderConfig fields overriding the preset's
-    tokenizer: Optional[str] = None  # a tokenizer.json; default: train a BPE on the captions
-    vocab_size: int = 1024  # for that BPE
-    context_length: int = 77
-    objective: str = "aimv2"  # aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`) | classify
-    tune: str = "full"  # what trains: full | lora (adapters on the frozen encoder) | head (the encoder frozen)
-    lora_rank: int = 8
-    lora_alpha: float = 16.0  # the adapters' output is scaled by alpha / rank
-    lora_layers: int = 0  # adapt the last N blocks (0: all)
-    lora_targets: tuple = ("qkv", "proj", "fc1", "fc2", "fc3")  # which linear layers of a block
-    merge_lora: bool = True  # the exported encoder: adapters merged in, or kept beside it (adapter.safetensors)
-    layer_decay: float = 1.0  # full fine-tuning: block i of d learns at lr * layer_decay ** (d - i)
-    classes: Optional[str] = None  # classify with a labels file: a .txt of class names (default: the file's labels)
-    alpha: float = 0.4
-    prefix_attention: bool = True
-    batch_size: int = 32  # global batch (all ranks, all accumulation steps)
-    accum: int = 1
-    steps: int = 1000
-    lr: float = 1e-3
-    min_lr: float = 1e-5
-    warmup: int = 100
-    weight_decay: float = 1e-4
-    betas: tuple = (0.9, 0.95)
-    eps: float = 1e-8
-    clip: float = 1.0
-    dtype: str = "float32"  # float32 | bfloat16 (compute; master weights stay fp32)
-    checkpointing: bool = False  # recompute blocks in the backward pass to save memory
-    save_every: int = 500
-    keep: int = 2
-    log_every: int = 10
-    seed: int = 0
-    threads: int = 2  # loader threads: decode, augment and tokenise
-    shuffle_buffer: int = 4096  # samples the stream draws from at random (shard order is reshuffled each epoch)
-    eval_every: int = 0  # steps between k-NN probes of the encoder on eval_data (0: none)
-    eval_data: Optional[str] = None  # a labelled folder (one folder per class), or a synthetic set
-    crop_scale: tuple = (0.4, 1.0)  # random resized crop: fraction of the image area kept
-    collective_timeout: float = 600.0  # data parallel: seconds without a finished step before a rank gives up
-    mirror_captions: bool = False  # flipped images get left/right swapped in their caption (synthetic sets)
-    hflip: bool = True  # random horizontal flips; off for labels that a flip changes (digits, text, left/right)
-    lit_loss: str = "softmax"  # LiT tuning: softmax (CLIP, as the published LiT) | sigmoid (SigLIP)
-    text: dict = field(
-        default_factory=dict
-    )  # LiT tuning: the new text tower's hidden_size, depth, num_heads, mlp_hidden
-    projection_dim: int = 256  # LiT tuning: the shared embedding's width (a LiT init keeps its own)
-    mean: tuple = CLIP_MEAN
-    std: tuple = CLIP_STD
+    """Every training key, each with its type, range and help in one place (key())."""
+
+    data: str = key("", str, help="captions file / folder / tar shards", resumable=True)
+    images: Optional[str] = key(
+        None,
+        (str, type(None)),
+        help="root for relative image paths (default: the captions file's folder)",
+        resumable=True,
+    )
+    out: str = key("runs/aimv2", str, resumable=True)
+    encoder: str = key("tiny", str, help="a preset in ENCODERS, ignored when `init` is given")
+    init: Optional[str] = key(
+        None, (str, type(None)), help="start the encoder from this checkpoint (hub id, folder, file)"
+    )
+    image_size: int = key(224, int, 2, 4096)
+    patch_size: int = key(14, int, 1, 64)
+    decoder: dict = key(
+        dict, dict, help="DecoderConfig fields overriding the preset's", objectives=("aimv2", "image", "text")
+    )
+    tokenizer: Optional[str] = key(
+        None, (str, type(None)), help="a tokenizer.json; default: train a BPE on the captions"
+    )
+    vocab_size: int = key(1024, int, 260, 1_000_000, help="for that BPE")
+    context_length: int = key(77, int, 2, 4096)
+    objective: str = key(
+        "aimv2", str, help="aimv2 | image (AIMv1-like) | text (captioning) | lit (LiT tuning of `init`) | classify"
+    )
+    tune: str = key(
+        "full",
+        ("full", "lora", "head"),
+        help="what trains: full | lora (adapters on the frozen encoder) | head (the encoder frozen)",
+    )
+    lora_rank: int = key(8, int, 1, 4096, needs=("tune", "lora"))
+    lora_alpha: float = key(
+        16.0, float, 1e-6, help="the adapters' output is scaled by alpha / rank", needs=("tune", "lora")
+    )
+    lora_layers: int = key(0, int, 0, help="adapt the last N blocks (0: all)", needs=("tune", "lora"))
+    lora_targets: tuple = key(
+        ("qkv", "proj", "fc1", "fc2", "fc3"),
+        (list, tuple),
+        help="which linear layers of a block",
+        needs=("tune", "lora"),
+    )
+    merge_lora: bool = key(
+        True,
+        bool,
+        help="the exported encoder: adapters merged in, or kept beside it (adapter.safetensors)",
+        needs=("tune", "lora"),
+    )
+    layer_decay: float = key(
+        1.0,
+        float,
+        1e-3,
+        1.0,
+        help="full fine-tuning: block i of d learns at lr * layer_decay ** (d - i)",
+        needs=("tune", "full"),
+    )
+    classes: Optional[str] = key(
+        None,
+        (str, type(None)),
+        help="classify with a labels file: a .txt of class names (default: the file's labels)",
+        objectives=("classify",),
+    )
+    alpha: float = key(0.4, float, 0.0, objectives=("aimv2",))
+    prefix_attention: bool = key(True, bool, objectives=("aimv2", "image", "text"))
+    batch_size: int = key(32, int, 1, help="global batch (all ranks, all accumulation steps)")
+    accum: int = key(1, int, 1)
+    steps: int = key(1000, int, 1, resumable=True)
+    lr: float = key(1e-3, float, 1e-12, 10.0, resumable=True)
+    min_lr: float = key(1e-5, float, 0.0, 10.0, resumable=True)
+    warmup: int = key(100, int, 0, resumable=True)
+    weight_decay: float = key(1e-4, float, 0.0)
+    betas: tuple = key((0.9, 0.95), (float, 2), 0.0, 0.9999999)
+    eps: float = key(1e-8, float, 1e-30, 1.0)
+    clip: float = key(1.0, float, 0.0)
+    dtype: str = key("float32", ("float32", "bfloat16"), help="float32 | bfloat16 (compute; master weights stay fp32)")
+    checkpointing: bool = key(False, bool, help="recompute blocks in the backward pass to save memory")
+    save_every: int = key(500, int, 1, resumable=True)
+    keep: int = key(2, int, 1, resumable=True)
+    log_every: int = key(10, int, 1, resumable=True)
+    seed: int = key(0, int, 0, 2**31 - 1)
+    threads: int = key(2, int, 1, 256, help="loader threads: decode, augment and tokenise", resumable=True)
+    shuffle_buffer: int = key(
+        4096, int, 1, 10_000_000, help="samples the stream draws from at random (shard order is reshuffled each epoch)"
+    )
+    eval_every: int = key(
+        0, int, 0, help="steps between k-NN probes of the encoder on eval_data (0: none)", resumable=True
+    )
+    eval_data: Optional[str] = key(
+        None, (str, type(None)), help="a labelled folder (one folder per class), or a synthetic set", resumable=True
+    )
+    crop_scale: tuple = key(
+        (0.4, 1.0), (float, 2), 1e-6, 1.0, help="random resized crop: fraction of the image area kept"
+    )
+    collective_timeout: float = key(
+        600.0, float, 1.0, help="data parallel: seconds without a finished step before a rank gives up", resumable=True
+    )
+    mirror_captions: bool = key(
+        False, bool, help="flipped images get left/right swapped in their caption (synthetic sets)"
+    )
+    hflip: bool = key(
+        True, bool, help="random horizontal flips; off for labels that a flip changes (digits, text, left/right)"
+    )
+    lit_loss: str = key(
+        "softmax",
+        ("softmax", "sigmoid"),
+        help="LiT tuning: softmax (CLIP, as the published LiT) | sigmoid (SigLIP)",
+        objectives=("lit",),
+    )
+    text: dict = key(
+        dict,
+        dict,
+        help="LiT tuning: the new text tower's hidden_size, depth, num_heads, mlp_hidden",
+        objectives=("lit",),
+    )
+    projection_dim: int = key(
+        256,
+        int,
+        1,
+        65536,
+        help="LiT tuning: the shared embedding's width (a LiT init keeps its own)",
+        objectives=("lit",),
+    )
+    mean: tuple = key(CLIP_MEAN, (float, 3), 0.0, 1.0)
+    std: tuple = key(CLIP_STD, (float, 3), 1e-6, 10.0)
 
     def validate(self) -> "TrainConfig":
         """One schema check for every key (type and range), then the rules that tie keys together."""
@@ -155,56 +237,8 @@ class TrainConfig:
 
 LORA_TARGETS = ("qkv", "proj", "fc1", "fc2", "fc3")  # a block's linear layers (models/layers.py)
 
-# key: (type, low, high) - inclusive bounds, None for none. Floats accept ints; ints refuse 3.5 and true.
-_SCHEMA = {
-    "data": (str, None, None),
-    "images": ((str, type(None)), None, None),
-    "out": (str, None, None),
-    "encoder": (str, None, None),
-    "init": ((str, type(None)), None, None),
-    "tokenizer": ((str, type(None)), None, None),
-    "image_size": (int, 2, 4096),
-    "patch_size": (int, 1, 64),
-    "vocab_size": (int, 260, 1_000_000),
-    "context_length": (int, 2, 4096),
-    "objective": (str, None, None),  # a name in train/objectives (checked there)
-    "tune": (("full", "lora", "head"), None, None),
-    "lora_rank": (int, 1, 4096),
-    "lora_alpha": (float, 1e-6, None),
-    "lora_layers": (int, 0, None),
-    "lora_targets": ((list, tuple), None, None),
-    "merge_lora": (bool, None, None),
-    "layer_decay": (float, 1e-3, 1.0),
-    "classes": ((str, type(None)), None, None),
-    "alpha": (float, 0.0, None),
-    "prefix_attention": (bool, None, None),
-    "batch_size": (int, 1, None),
-    "accum": (int, 1, None),
-    "steps": (int, 1, None),
-    "lr": (float, 1e-12, 10.0),
-    "min_lr": (float, 0.0, 10.0),
-    "warmup": (int, 0, None),
-    "weight_decay": (float, 0.0, None),
-    "eps": (float, 1e-30, 1.0),
-    "clip": (float, 0.0, None),
-    "dtype": (("float32", "bfloat16"), None, None),
-    "checkpointing": (bool, None, None),
-    "save_every": (int, 1, None),
-    "keep": (int, 1, None),
-    "log_every": (int, 1, None),
-    "seed": (int, 0, 2**31 - 1),
-    "threads": (int, 1, 256),
-    "shuffle_buffer": (int, 1, 10_000_000),
-    "eval_every": (int, 0, None),
-    "eval_data": ((str, type(None)), None, None),
-    "collective_timeout": (float, 1.0, None),
-    "mirror_captions": (bool, None, None),
-    "hflip": (bool, None, None),
-    "decoder": (dict, None, None),
-    "betas": ((float, 2), 0.0, 0.9999999),
-    "crop_scale": ((float, 2), 1e-6, 1.0),
-    "mean": ((float, 3), 0.0, 1.0),
-    "std": ((float, 3), 1e-6, 10.0),
+# the nested tables' keys: (type, low, high), as key() takes them
+_NESTED = {
     "decoder.width": (int, 8, 65536),
     "decoder.depth": (int, 1, 256),
     "decoder.num_heads": (int, 1, 512),
@@ -212,9 +246,6 @@ _SCHEMA = {
     "decoder.ratio": ((float, type(None)), 1e-3, 100.0),
     "decoder.vocab_size": (int, 2, None),
     "decoder.context_length": (int, 2, None),
-    "lit_loss": (("softmax", "sigmoid"), None, None),
-    "text": (dict, None, None),
-    "projection_dim": (int, 1, 65536),
     "text.hidden_size": (int, 8, 65536),
     "text.depth": (int, 1, 256),
     "text.num_heads": (int, 1, 512),
@@ -232,7 +263,7 @@ def _is(v, t) -> bool:
 
 def _check(key: str, v) -> None:
     """Raise one UserError naming `key` when v has the wrong type or lies out of range."""
-    kind, lo, hi = _SCHEMA[key]
+    kind, lo, hi = _schema(key)
     shown = list(v) if isinstance(v, tuple) else v
     if isinstance(kind, tuple) and all(isinstance(k, str) for k in kind):  # a choice
         if v not in kind:
@@ -257,23 +288,16 @@ def _check(key: str, v) -> None:
             raise UserError(f"config key '{key}' = {shown!r}: must be {span}")
 
 
+def _schema(name: str) -> tuple:
+    """(type, low, high) of a key: the field's own, or a nested table's."""
+    if name in _NESTED:
+        return _NESTED[name]
+    meta = TrainConfig.__dataclass_fields__[name].metadata
+    return meta["kind"], meta["low"], meta["high"]
+
+
 # What a resumed run may change; everything else is fixed by the checkpoint it continues.
-RESUMABLE = {
-    "data",
-    "images",
-    "out",
-    "steps",
-    "lr",
-    "min_lr",
-    "warmup",
-    "save_every",
-    "keep",
-    "log_every",
-    "threads",
-    "collective_timeout",
-    "eval_every",
-    "eval_data",
-}
+RESUMABLE = {f.name for f in dataclasses.fields(TrainConfig) if f.metadata["resumable"]}
 
 
 def _parse_value(text: str):
@@ -342,8 +366,34 @@ def build_config(d: dict, saved: Optional[dict] = None) -> TrainConfig:
                 f"a resumed run keeps its {', '.join(changed)}; only {', '.join(sorted(RESUMABLE))} "
                 f"may change (or start a new run in another --out)"
             )
+    given = dict(d)
+    if saved is not None:
         d = {**{k: v for k, v in saved.items() if k in names}, **d}
     for k in ("betas", "mean", "std", "crop_scale", "lora_targets"):
         if isinstance(d.get(k), list):
             d[k] = tuple(d[k])
-    return TrainConfig(**d).validate()
+    cfg = TrainConfig(**d).validate()
+    _check_given(cfg, given)
+    return cfg
+
+
+def _check_given(cfg: TrainConfig, given: dict) -> None:
+    """A key given for another objective, or without the setting it works with, is refused in one
+    line: never silently ignored (`lora_rank` alone would otherwise train every weight)."""
+    fields = TrainConfig.__dataclass_fields__
+    for name, value in given.items():
+        meta, f = fields[name].metadata, fields[name]
+        default = f.default_factory() if f.default is dataclasses.MISSING else f.default
+        if json.loads(json.dumps(value)) == json.loads(json.dumps(default)):
+            continue
+        if meta["objectives"] and cfg.objective not in meta["objectives"]:
+            raise UserError(
+                f"config key '{name}' is read only by objective {' / '.join(meta['objectives'])}, and this run's "
+                f"objective is '{cfg.objective}'; drop it, or set objective = {meta['objectives'][0]}"
+            )
+        if meta["needs"] and getattr(cfg, meta["needs"][0]) != meta["needs"][1]:
+            k, v = meta["needs"]
+            raise UserError(
+                f"config key '{name}' applies to {k} = {v}, and this run has {k} = {getattr(cfg, k)}; "
+                f'add --set {k}={v} (or `{k} = "{v}"` in the config file)'
+            )

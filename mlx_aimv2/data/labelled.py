@@ -21,6 +21,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..formats import IMAGE_EXT
+from ..paths import files_under, subfolders
 from .sources import Sample, Source, caption_ranges, entries
 
 FILES_PER_SOURCE = 1000  # an image folder is cut into sources of this many files (its "shards")
@@ -84,12 +85,8 @@ def open_labelled(path: str, images: Optional[str] = None, classes_file: Optiona
     return Labelled(_folder_sources(p, classes), classes, None, f"{p} ({len(classes)} classes)")
 
 
-def _images(folder: Path) -> list[Path]:
-    return sorted(f for f in folder.rglob("*") if f.suffix.lower() in IMAGE_EXT and f.is_file())
-
-
 def _class_folders(root: Path, need: int = 2) -> list[str]:
-    classes = sorted(d.name for d in root.iterdir() if d.is_dir() and not d.name.startswith("."))
+    classes = [d.name for d in subfolders(root)]
     if len(classes) < need:
         found = f" ({classes[0]})" if classes else ""
         raise UserError(
@@ -101,7 +98,7 @@ def _class_folders(root: Path, need: int = 2) -> list[str]:
 def _folder_sources(root: Path, classes: list[str], empty_ok: bool = False) -> list[Source]:
     items, empty = [], []
     for c in classes:
-        found = _images(root / c) if (root / c).is_dir() else []
+        found = files_under(root / c) if (root / c).is_dir() else []
         if not found:
             empty.append(c)
         items += [(str(f), c) for f in found]

@@ -9,8 +9,8 @@ never fatal). `open_dataset` reads them all into memory, for what needs the whol
 from __future__ import annotations
 
 import csv
-import glob
 import json
+import math
 import os
 import re
 import tarfile
@@ -20,6 +20,7 @@ from typing import Iterator, Optional, Union
 
 from ..errors import UserError
 from ..formats import IMAGE_EXT
+from ..paths import children, glob_files, has_magic, is_mac_litter_path, listed_lines
 
 CHUNK_BYTES = 1 << 20  # a captions file is read as ranges of this many bytes (~10k rows): its "shards"
 
@@ -104,7 +105,7 @@ class TarShard:
             key, group, read, broken = None, {}, 0, None
             try:
                 for m in tf:  # headers only: tarfile seeks over the data
-                    if not m.isfile():
+                    if not m.isfile() or is_mac_litter_path(m.name):  # a Mac's tar adds ._ twins
                         continue
                     if m.offset_data + m.size > end:
                         broken = "it ends inside a member"
@@ -235,7 +236,7 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
         for name in ("captions.jsonl", "captions.csv", "captions.tsv"):
             if (p / name).is_file():
                 return caption_ranges(p / name, images)
-        tars = sorted(p.glob("*.tar"))
+        tars = children(p, "*.tar", kind="file")
         if tars:
             return [TarShard(str(t)) for t in tars]
         raise UserError(
@@ -244,8 +245,7 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
         )
     if p.is_file() and p.suffix == ".txt":  # a list of shards
         root = p.parent
-        lines = [line.strip() for line in p.read_text(errors="replace").splitlines()]
-        tars = [str(root / line) for line in lines if line and not line.startswith("#")]
+        tars = [str(root / line) for line in listed_lines(p.read_text(errors="replace").splitlines())]
         if not tars:
             raise UserError(f"{path}: the shard list is empty; write one tar path per line")
         return [TarShard(t) for t in tars]
@@ -280,29 +280,104 @@ _RANGE = re.compile(r"\{(\d+)\.\.(\d+)\}")
 _LIST = re.compile(r"\{([^{}]*,[^{}]*)\}")
 
 
-def braces(pattern: str) -> list[str]:
-    """Expand webdataset's brace patterns left to right: {000..123} (zero-padded as written), {a,b,c}."""
-    found = [m for m in (_RANGE.search(pattern), _LIST.search(pattern)) if m]
-    if not found:
-        return [pattern]
-    m = min(found, key=lambda m: m.start())
-    head, tail = pattern[: m.start()], pattern[m.end() :]
-    if m.re is _LIST:
-        return [x for part in m.group(1).split(",") for x in braces(head + part + tail)]
-    lo, hi = m.group(1), m.group(2)
-    if int(hi) < int(lo):
-        raise UserError(f"{pattern}: the range {{{lo}..{hi}}} counts down; write the smaller number first")
-    width = len(lo) if lo.startswith("0") else 0
-    return [x for i in range(int(lo), int(hi) + 1) for x in braces(head + str(i).zfill(width) + tail)]
+MAX_NAMED = 100_000  # a brace pattern naming more shards than this is matched against the disk instead
+
+
+def _groups(pattern: str) -> list[tuple]:
+    """The brace groups of a pattern, left to right: (start, end, the names it stands for)."""
+    out, pos = [], 0
+    while True:
+        found = [m for m in (_RANGE.search(pattern, pos), _LIST.search(pattern, pos)) if m]
+        if not found:
+            return out
+        m = min(found, key=lambda m: m.start())
+        if m.re is _LIST:
+            out.append((m.start(), m.end(), m.group(1).split(",")))
+        else:
+            lo, hi = m.group(1), m.group(2)
+            if int(hi) < int(lo):
+                raise UserError(f"{pattern}: the range {{{lo}..{hi}}} counts down; write the smaller number first")
+            width = len(lo) if lo.startswith("0") else 0
+            out.append((m.start(), m.end(), _Range(int(lo), int(hi), width)))
+        pos = m.end()
+
+
+class _Range:
+    """{lo..hi} as a sequence, never expanded: {00000..99999999} is 100 million names."""
+
+    def __init__(self, lo: int, hi: int, width: int):
+        self.lo, self.hi, self.width = lo, hi, width
+
+    def __len__(self) -> int:
+        return self.hi - self.lo + 1
+
+    def __iter__(self):
+        return (str(i).zfill(self.width) for i in range(self.lo, self.hi + 1))
+
+    def regex(self) -> str:
+        return r"(\d{%d,})" % max(self.width, 1)
+
+    def holds(self, text: str) -> bool:
+        return (not self.width or len(text) == self.width) and self.lo <= int(text) <= self.hi
+
+
+def braces(pattern: str) -> Iterator[str]:
+    """Webdataset's brace patterns expanded left to right, lazily: {000..123} (zero-padded as
+    written), {a,b,c}."""
+    groups = _groups(pattern)
+
+    def expand(i: int, head: str):
+        if i == len(groups):
+            yield head
+            return
+        start, end, names = groups[i]
+        rest_start = end
+        literal = pattern[rest_start : groups[i + 1][0]] if i + 1 < len(groups) else pattern[rest_start:]
+        for name in names:
+            yield from expand(i + 1, head + name + literal)
+
+    first = groups[0][0] if groups else len(pattern)
+    return expand(0, pattern[:first]) if groups else iter([pattern])
+
+
+def brace_count(pattern: str) -> int:
+    """How many names a brace pattern stands for, without naming them."""
+    return math.prod(len(names) for _, _, names in _groups(pattern))
 
 
 def expand_shards(pattern: str) -> list[str]:
     """Shards named by a brace pattern and/or glob, in order. A brace pattern names its shards
-    exactly, so one that is missing is kept and counted as bad where it is read."""
+    exactly, so one that is missing is kept and counted as bad where it is read; one that names more
+    than MAX_NAMED is matched against the disk, and refused in one line when it names more than exist."""
+    if brace_count(pattern) > MAX_NAMED:
+        return _matched_on_disk(pattern)
     out = []
     for p in braces(pattern):
-        out += sorted(glob.glob(p)) if any(ch in p for ch in "*?[") else [p]
+        out += [str(h) for h in glob_files(p)] if has_magic(p) else [p]
     return out
+
+
+def _matched_on_disk(pattern: str) -> list[str]:
+    groups, parts, pos = _groups(pattern), [], 0
+    globbed = ""
+    for start, end, names in groups:
+        parts.append(re.escape(pattern[pos:start]))
+        globbed += pattern[pos:start] + "*"
+        parts.append(names.regex() if isinstance(names, _Range) else "(" + "|".join(map(re.escape, names)) + ")")
+        pos = end
+    parts.append(re.escape(pattern[pos:]))
+    globbed += pattern[pos:]
+    rx = re.compile("".join(parts))
+    found = []
+    for h in glob_files(globbed):
+        m = rx.fullmatch(str(h))
+        if m and all(not isinstance(n, _Range) or n.holds(m.group(i + 1)) for i, (_, _, n) in enumerate(groups)):
+            found.append(str(h))
+    named = brace_count(pattern)
+    if len(found) < named:
+        hint = f"; these run from {found[0]} to {found[-1]}: name that range" if found else ""
+        raise UserError(f"{pattern}: names {named:,} shards but {len(found):,} exist{hint} (or give their folder)")
+    return found
 
 
 def entries(sources: list[Source]) -> Iterator[Entry]:

@@ -20,9 +20,9 @@ from tqdm import tqdm
 from ..atomic import write_file
 from ..data.synth import ATTRIBUTES
 from ..errors import UserError
-from ..formats import IMAGE_EXT
 from ..models.classifier import AttentiveHead as AttentiveProbe
 from ..models.decoder import init_weights
+from ..paths import files_under, subfolders
 
 METHODS = ("attentive", "linear", "knn")
 
@@ -46,17 +46,16 @@ def image_folder(root: Path, seed: int = 0) -> LabelledSet:
         parts = [(root / "train", True), (root / "val", False)]
     else:
         parts = [(root, None)]
-    classes = sorted({d.name for base, _ in parts for d in base.iterdir() if d.is_dir()})
+    classes = sorted({d.name for base, _ in parts for d in subfolders(base)})
     if len(classes) < 2:
         raise UserError(f"{root}: an image-folder dataset needs one subfolder per class (found {len(classes)})")
     files, labels, split = [], [], []
     for base, is_train in parts:
         for ci, c in enumerate(classes):
-            for f in sorted((base / c).rglob("*")) if (base / c).is_dir() else []:
-                if f.suffix.lower() in IMAGE_EXT:
-                    files.append(str(f))
-                    labels.append(ci)
-                    split.append(is_train)
+            for f in files_under(base / c) if (base / c).is_dir() else []:
+                files.append(str(f))
+                labels.append(ci)
+                split.append(is_train)
     split = np.array(split)
     if parts[0][1] is None:
         split = np.random.default_rng(seed).random(len(files)) < 0.8

@@ -1,5 +1,5 @@
 """The photo-library index and search: a store (sqlite3), the embed pipeline, exact search."""
 
-from .library import Hit, Index, Summary
+from .index import Hit, Index, Summary
 
 __all__ = ["Hit", "Index", "Summary"]

@@ -17,7 +17,7 @@ from watchdog.observers import Observer
 
 from ..errors import UserError
 from ..formats import IMAGE_EXT
-from .library import Index, Summary
+from .index import Index, Summary
 
 
 class _Changes(FileSystemEventHandler):

@@ -1,81 +1,104 @@
 """Dynamic batching: requests that arrive together share one model call.
 
-Each request's items wait in a queue; a single worker takes whatever is waiting (up to `max_batch`
-items, after at most `max_wait` seconds for more to arrive) and runs one batch on the library's
-MLX thread, then hands each request its rows. So 16 clients sending one image each are served as
-batches of 16, at nearly the offline batch throughput (benchmarks/serve.py), with the results the
-library gives for the same inputs one call at a time.
+One queue: each request's items wait in it, and the thread that owns MLX (owner.py) drains it,
+taking whatever is waiting (up to `max_batch` items, after at most `max_wait` seconds for more to
+arrive) as one batch per kind of input, and hands each request its rows back on the event loop.
+No second queue and no thread of the server's own wait in between, as mlx-lm's server does it. So
+16 clients sending one image each are served as batches of 16, at nearly the offline batch
+throughput (benchmarks/serve.py), with the results the library gives for the same inputs one call
+at a time.
 """
 
 from __future__ import annotations
 
 import asyncio
-from dataclasses import dataclass, field
+import queue
+import threading
+import time
+from dataclasses import dataclass
 from typing import Callable
 
 import numpy as np
 
+from .. import owner
+
 
 @dataclass
 class _Job:
+    kind: str
     items: list
     future: asyncio.Future
-    rows: list = field(default_factory=list)
 
 
 class Batcher:
-    """One queue per kind of input (text, image); `run(kind, items)` -> (len(items), D) numpy."""
+    """`await run(kind, items)` -> (len(items), D) numpy, batched with whatever else is waiting."""
 
     def __init__(self, encoders: dict[str, Callable[[list], np.ndarray]], max_batch: int = 32, max_wait: float = 0.005):
         self.encoders, self.max_batch, self.max_wait = encoders, max_batch, max_wait
-        self.queues: dict[str, asyncio.Queue] = {}
-        self.tasks: list[asyncio.Task] = []
+        self.jobs: queue.SimpleQueue = queue.SimpleQueue()
+        self._draining = False
+        self._lock = threading.Lock()
+        self.loop = None
         self.batches, self.inputs = 0, 0  # how many model calls served how many inputs (GET /health)
 
     def start(self) -> None:
-        for kind in self.encoders:
-            self.queues[kind] = asyncio.Queue()
-            self.tasks.append(asyncio.get_running_loop().create_task(self._serve(kind)))
+        self.loop = asyncio.get_running_loop()
 
     async def stop(self) -> None:
-        for t in self.tasks:
-            t.cancel()
-        await asyncio.gather(*self.tasks, return_exceptions=True)
+        self.loop = None  # a drain still running settles nothing more
 
     async def run(self, kind: str, items: list) -> np.ndarray:
-        job = _Job(items, asyncio.get_running_loop().create_future())
-        await self.queues[kind].put(job)
+        job = _Job(kind, items, asyncio.get_running_loop().create_future())
+        self.jobs.put(job)
+        with self._lock:
+            if not self._draining:
+                self._draining = True
+                owner.submit(self._drain)
         return await job.future
 
-    async def _serve(self, kind: str) -> None:
-        queue, encode = self.queues[kind], self.encoders[kind]
+    def _drain(self) -> None:
+        """On the owner thread: batches until the queue is empty."""
         while True:
-            jobs = [await queue.get()]
+            with self._lock:
+                if self.jobs.empty():
+                    self._draining = False
+                    return
+            jobs = [self.jobs.get()]
             size = len(jobs[0].items)
-            deadline = asyncio.get_running_loop().time() + self.max_wait
+            deadline = time.monotonic() + self.max_wait
             while size < self.max_batch:  # gather what arrives within max_wait
-                timeout = deadline - asyncio.get_running_loop().time()
                 try:
-                    job = await asyncio.wait_for(queue.get(), timeout) if timeout > 0 else queue.get_nowait()
-                except (asyncio.TimeoutError, asyncio.QueueEmpty):
+                    jobs.append(self.jobs.get(timeout=max(deadline - time.monotonic(), 0)))
+                except queue.Empty:
                     break
-                jobs.append(job)
-                size += len(job.items)
-            live = [j for j in jobs if not j.future.cancelled()]  # a client that went away
-            if not live:
-                continue
-            batch = [x for j in live for x in j.items]
-            self.batches += 1
-            self.inputs += len(batch)
-            try:  # off the event loop: the library's MLX thread does the work
-                rows = await asyncio.to_thread(encode, batch)
-            except Exception as e:  # one bad batch fails its requests, not the server
-                for j in live:
-                    if not j.future.done():
-                        j.future.set_exception(e)
-                continue
-            start = 0
+                size += len(jobs[-1].items)
+            for kind in dict.fromkeys(j.kind for j in jobs):
+                self._encode(kind, [j for j in jobs if j.kind == kind and not j.future.cancelled()])
+
+    def _encode(self, kind: str, live: list) -> None:
+        if not live:  # every client of this batch went away
+            return
+        batch = [x for j in live for x in j.items]
+        self.batches += 1
+        self.inputs += len(batch)
+        try:
+            rows = self.encoders[kind](batch)
+        except Exception as e:  # one bad batch fails its requests, not the server
             for j in live:
-                if not j.future.done():
-                    j.future.set_result(rows[start : start + len(j.items)])
-                start += len(j.items)
+                self._settle(j.future, error=e)
+            return
+        start = 0
+        for j in live:
+            self._settle(j.future, rows[start : start + len(j.items)])
+            start += len(j.items)
+
+    def _settle(self, future: asyncio.Future, result=None, error=None) -> None:
+        loop = self.loop
+        if loop is None or loop.is_closed():
+            return
+
+        def settle():
+            if not future.done():
+                future.set_exception(error) if error is not None else future.set_result(result)
+
+        loop.call_soon_threadsafe(settle)

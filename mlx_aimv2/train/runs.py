@@ -13,11 +13,11 @@ from typing import Optional
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .. import checkpoints, cpu, finetuned, hub
-from ..api import AIMv2, load
+from .. import checkpoints, cpu, finetuned, hub, kinds
 from ..atomic import check_destination
 from ..config import DecoderConfig, ModelConfig, TextConfig, TrainConfig, VisionConfig, build_config
 from ..errors import UserError
+from ..inference import AIMv2, Encoder, LiTModel, open_model
 from ..models import AIMv2LiT, AIMv2VisionEncoder, lora
 from ..models import build as build_model
 from ..models.captioner import Captioner
@@ -27,20 +27,26 @@ from ..models.lit import LiTTuner
 from ..preprocess import Preprocessor
 from ..quantize import quantize
 from ..tokenizer import TextTokenizer, load_tokenizer
-from . import checkpoint
+
+is_run = kinds.is_run
 
 
-def is_run(path) -> bool:
-    """Whether `path` is a training run folder (or one of its checkpoints)."""
-    return checkpoint.latest(Path(path)) is not None
-
-
-def newest(run: Path) -> tuple[Path, dict]:
-    """A run's newest checkpoint and its state."""
-    ckpt = checkpoint.latest(Path(run))
+def newest(run: Path, want: tuple = (), what: str = "") -> tuple[Path, dict]:
+    """A run's newest checkpoint and its state; refused in one line when the run is not of a kind
+    in `want` (kinds.*_RUN), saying what it is and `what` the command needs."""
+    ckpt = kinds.newest_checkpoint(Path(run))
     if ckpt is None:
         raise UserError(f"{run}: no checkpoint found")
-    return ckpt, checkpoint.read_state(ckpt)
+    state = kinds.read_run_state(ckpt)
+    if want and kinds.run_kind(state) not in want:
+        raise UserError(f"{run} is {kinds.describe(kinds.run_kind(state))}: {what}")
+    return ckpt, state
+
+
+def _weights(ckpt: Path, prefix: str = "") -> dict:
+    """A checkpoint's tensors (those under `prefix`, without it), read once, guarded."""
+    w = checkpoints.read_weights(Path(ckpt) / "model.safetensors")
+    return {k[len(prefix) :]: v for k, v in w.items() if k.startswith(prefix)} if prefix else dict(w)
 
 
 # ------------------------------------------------------------------------------ pre-training runs
@@ -63,17 +69,15 @@ def save_encoder(
 
 def load_encoder(run: Path):
     """(encoder, VisionConfig, preprocessor dict, name) from a pre-training run's newest checkpoint."""
-    ckpt, state = newest(run)
-    if "lit" in state:
-        raise UserError(
-            f"{run} is a LiT tuning run, not a pre-training run: use its LiT model {Path(run) / 'lit'} "
-            f"(`mlx-aimv2 export {run} DIR` writes one from the latest checkpoint)"
-        )
+    ckpt, state = newest(
+        run,
+        (kinds.PRETRAINING_RUN, kinds.CLASSIFIER_RUN),
+        f"its encoder stays frozen; use its LiT model {Path(run) / 'lit'} "
+        f"(`mlx-aimv2 export {run} DIR` writes one from the latest checkpoint)",
+    )
     vision = VisionConfig.from_dict(state["vision"])
     enc = AIMv2VisionEncoder(vision)
-    weights = {
-        k[len("encoder.") :]: v for k, v in mx.load(str(ckpt / "model.safetensors")).items() if k.startswith("encoder.")
-    }
+    weights = _weights(ckpt, "encoder.")
     cfg = state["config"]
     if cfg.get("tune") == "lora":  # continued with adapters: load them, then fold them in
         adapted = AIMv2VisionEncoder(vision)
@@ -94,19 +98,19 @@ def frozen_encoder(init: str) -> AIMv2:
     """LiT tuning's frozen encoder: anything `load` reads (hub id, folder, file, demo, a quantized
     folder: dequantized, since tokens are computed once) or a pre-training run's newest checkpoint."""
     run = Path(init)
-    if (run / "checkpoints").is_dir() and not any((run / f).is_file() for f in ("model.safetensors", "config.json")):
+    if kinds.is_run(run):
         enc, vision, pp, name = load_encoder(run)
-        mx.eval(enc.parameters())  # computed, not lazy: the owner thread may use them (api.load does the same)
+        mx.eval(enc.parameters())  # computed, not lazy: the owner thread may use them (open_model does the same)
         cpu.use_kernels(enc)
         where = f"{run} (its training config)"
-        model = AIMv2(
+        model = Encoder(
             enc,
             ModelConfig(vision=vision, name=name),
             Preprocessor.from_config(pp, None, where, vision.image_size),
             run,
         )
     else:
-        model = load(init, dtype=mx.float32, keep_quantized=False)
+        model = open_model(init, dtype=mx.float32, keep_quantized=False)
     if model.config.vision.native:
         raise UserError(
             f"{init}: a native-resolution encoder gives each image its own token count; LiT tuning "
@@ -115,7 +119,7 @@ def frozen_encoder(init: str) -> AIMv2:
     return model
 
 
-DECODER, DECODER_WEIGHTS = "decoder.json", "decoder.safetensors"
+DECODER, DECODER_WEIGHTS = kinds.DECODER_FILE, "decoder.safetensors"
 
 
 def load_pretrainer(run, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Preprocessor, TrainConfig]:
@@ -131,10 +135,7 @@ def load_pretrainer(run, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Pre
                 f"decoder (`mlx-aimv2 train`, or `mlx-aimv2 export RUN DIR --decoder`)"
             )
         return _folder_pretrainer(folder, need)
-    ckpt, state = newest(run)
-    if "lit" in state or "vision" not in state or "classes" in state:
-        kind = "a fine-tuning run" if "classes" in state else "a LiT tuning run"
-        raise UserError(f"{run} is {kind}: it has no decoder; give a pre-training run")
+    ckpt, state = newest(run, (kinds.PRETRAINING_RUN,), "it has no decoder; give a pre-training run")
     cfg = build_config(dict(state["config"]))
     _check_learned(run, cfg.objective, need)
     own = Path(run) / "tokenizer.json"
@@ -145,7 +146,7 @@ def load_pretrainer(run, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Pre
     )
     if cfg.tune == "lora":
         add_run_lora(model.encoder, cfg.to_dict())
-    checkpoints.load_into(model, dict(mx.load(str(ckpt / "model.safetensors"))), str(ckpt))
+    checkpoints.load_into(model, _weights(ckpt), str(ckpt))
     mx.eval(model.parameters())
     cpu.use_kernels(model)
     pp = encoder_preprocessor(vision, cfg.mean, cfg.std)
@@ -165,24 +166,20 @@ def _decoder_folder(name: str):
         folder = hub.resolve(name) if name in hub.BUNDLED or Path(name).exists() else None
     except UserError:
         return None
-    return folder if folder is not None and (Path(folder) / DECODER).is_file() else None
+    return folder if folder is not None and kinds.model_kind(folder) == kinds.CAPTIONER else None
 
 
 def save_decoder(run: Path, folder: Path, dtype=None) -> None:
     """A pre-training run's decoder, beside its exported encoder in `folder`: decoder.safetensors,
     decoder.json (what rebuilds it) and the run's tokenizer.json, so caption / complete can use the
     folder alone."""
-    ckpt, state = newest(run)
-    if "vision" not in state or "lit" in state or "classes" in state:
-        raise UserError(f"{run}: --decoder needs a pre-training run (aimv2, image or text objective)")
+    ckpt, state = newest(
+        run, (kinds.PRETRAINING_RUN,), "--decoder needs a pre-training run (aimv2, image or text objective)"
+    )
     cfg = build_config(dict(state["config"]))
     own = Path(run) / "tokenizer.json"
     tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
-    weights = {
-        k[len("decoder.") :]: v.astype(dtype or v.dtype)
-        for k, v in mx.load(str(ckpt / "model.safetensors")).items()
-        if k.startswith("decoder.")
-    }
+    weights = {k: v.astype(dtype or v.dtype) for k, v in _weights(ckpt, "decoder.").items()}
     spec = {
         "objective": cfg.objective,
         "decoder": dataclasses.asdict(cfg.decoder_config(tokenizer.vocab_size)),
@@ -206,10 +203,7 @@ def _folder_pretrainer(folder: Path, need: str):
     encoder, config, _ = checkpoints.load_checkpoint(str(folder), dtype=mx.float32)
     model = AIMv2PreTrainer(config.vision, dec, pad_id=pad_id, objective=objective)
     model.encoder = encoder
-    try:
-        weights = mx.load(str(folder / DECODER_WEIGHTS))
-    except Exception as e:
-        raise UserError(f"{folder / DECODER_WEIGHTS}: unreadable ({' '.join(str(e).split())[:160]})") from None
+    weights = checkpoints.read_weights(folder / DECODER_WEIGHTS)
     checkpoints.load_into(model.decoder, dict(weights), str(folder / DECODER_WEIGHTS), dtype=mx.float32)
     cpu.use_kernels(model)
     tokenizer = load_tokenizer(folder / "tokenizer.json", dec.context_length)
@@ -242,16 +236,16 @@ def load_tuner(ckpt: Path, state: dict, vision: VisionConfig) -> LiTTuner:
         max_logit_scale=d["max_logit_scale"],
     )
     tuner = LiTTuner(vision.hidden_size, vision.num_heads, config, state["config"].get("lit_loss", "softmax"))
-    tuner.load_weights(str(ckpt / "model.safetensors"), strict=True)
+    tuner.load_weights(list(_weights(ckpt).items()), strict=True)
     return tuner
 
 
 def load_lit(run: Path):
     """(frozen encoder, tuner, name, tokenizer files) of a LiT tuning run's newest checkpoint; None for
     a run of another objective (or no run)."""
-    ckpt = checkpoint.latest(Path(run))
-    state = checkpoint.read_state(ckpt) if ckpt is not None else {}
-    if "lit" not in state:
+    ckpt = kinds.newest_checkpoint(Path(run))
+    state = kinds.read_run_state(ckpt) if ckpt is not None else None
+    if state is None or kinds.run_kind(state) != kinds.LIT_RUN:
         return None
     cfg = TrainConfig(**{k: tuple(v) if isinstance(v, list) else v for k, v in state["config"].items()})
     frozen = frozen_encoder(cfg.init)
@@ -262,7 +256,7 @@ def load_lit(run: Path):
 
 def lit_tokenizer_files(cfg: TrainConfig, run: Path, frozen: AIMv2) -> tuple:
     """The files a LiT folder carries for its text side: the LiT init's, the given one, or the run's BPE."""
-    if frozen.config.kind == "lit":
+    if isinstance(frozen, LiTModel):
         return checkpoints.tokenizer_files(frozen.folder)
     if cfg.tokenizer:
         t = Path(cfg.tokenizer)
@@ -318,7 +312,9 @@ def lit_preprocessor(frozen: AIMv2) -> dict:
 def save_lit(frozen: AIMv2, tuner: LiTTuner, name: str, files: tuple, dst: Path, overwrite: bool = False) -> Path:
     """A LiT folder that load / encode_text / classify / export read like the published one."""
     lit, config = lit_module(frozen, tuner, name)
-    return checkpoints.save(lit, config, Path(dst), lit_preprocessor(frozen), files, overwrite=overwrite)
+    return checkpoints.save(
+        lit, config, Path(dst), lit_preprocessor(frozen), files, overwrite=overwrite, kind=kinds.LIT
+    )
 
 
 # ------------------------------------------------------------------------------ fine-tuning runs
@@ -342,14 +338,16 @@ def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str,
     def more(folder: Path):
         finetuned.write(folder, model.classifier, classes, keep if adapter else None, model.encoder)
 
-    return checkpoints.save(None, out, Path(dst), pp, weights=weights, more=more, overwrite=overwrite)
+    return checkpoints.save(
+        None, out, Path(dst), pp, weights=weights, more=more, overwrite=overwrite, kind=kinds.CLASSIFIER
+    )
 
 
 def classifier_run(run: Path) -> tuple:
     """(Classifier, ModelConfig of its encoder, preprocessor dict, classes, TrainConfig, step) of a
     fine-tuning run's newest checkpoint; None for a run of another objective."""
     ckpt, state = newest(run)
-    if "classes" not in state:
+    if kinds.run_kind(state) != kinds.CLASSIFIER_RUN:
         return None
     cfg = build_config(dict(state["config"]))
     config = ModelConfig(vision=VisionConfig.from_dict(state["vision"]), quantization=state.get("quantization"))
@@ -359,7 +357,7 @@ def classifier_run(run: Path) -> tuple:
     model = Classifier(encoder, len(state["classes"]))
     if cfg.tune == "lora":
         add_run_lora(encoder, cfg.to_dict())
-    checkpoints.load_into(model, dict(mx.load(str(ckpt / "model.safetensors"))), str(ckpt))
+    checkpoints.load_into(model, _weights(ckpt), str(ckpt))
     if not (config.quantization and cfg.tune == "lora"):
         config.quantization = None
     return model, config, state["preprocessor"], state["classes"], cfg, state["step"]
@@ -394,9 +392,10 @@ def export_run(
     decoder: a pre-training run's decoder and tokenizer go beside the encoder (caption, complete).
     dtype: the weights' float type (default: as trained)."""
     check_destination(dst, overwrite)
-    state = newest(Path(run))[1]
-    if decoder and ("lit" in state or "classes" in state):
-        raise UserError(f"{run}: --decoder needs a pre-training run (aimv2, image or text objective)")
+    if decoder:
+        newest(
+            Path(run), (kinds.PRETRAINING_RUN,), "--decoder needs a pre-training run (aimv2, image or text objective)"
+        )
     fine = classifier_run(Path(run))
     if fine is not None:
         model, config, pp, classes, cfg, step = fine
@@ -410,4 +409,5 @@ def export_run(
     if dtype is not None:
         module.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
     more = (lambda folder: save_decoder(Path(run), folder, dtype)) if decoder else None
-    return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite, more=more)
+    kind = kinds.CAPTIONER if decoder else None  # else an encoder or a LiT model, by the config
+    return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite, more=more, kind=kind)

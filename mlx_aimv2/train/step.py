@@ -3,7 +3,7 @@ grads -> (data parallel) average -> clip -> AdamW.
 
 Everything random arrives as an mx.array (a per-step key), so the step traces once and a resumed
 run draws exactly what the uninterrupted one would. Under mx.distributed each rank's loss is its
-part of the global one (objectives/base.py: Shard), the gradients are averaged inside the step,
+part of the global one (objectives/base.py: RankShare), the gradients are averaged inside the step,
 and N ranks compute what one process does on the whole batch.
 """
 
@@ -16,13 +16,13 @@ import mlx.nn as nn
 import mlx.optimizers as optim
 from mlx.utils import tree_map
 
-from .objectives import Objective, Shard
+from .objectives import Objective, RankShare
 
 
 def make_step(objective: Objective, model: nn.Module, optimizer, cfg, world):
     """Returns step(inputs, ids, key) -> (named values, grad norm) over one global batch's share of
     this rank, in cfg.accum micro-batches."""
-    shard = Shard(world, mx.bfloat16 if cfg.dtype == "bfloat16" else mx.float32)
+    shard = RankShare(world, mx.bfloat16 if cfg.dtype == "bfloat16" else mx.float32)
     size = shard.size
 
     def loss_fn(params, batch):

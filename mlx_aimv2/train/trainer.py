@@ -10,7 +10,6 @@ from __future__ import annotations
 import io
 import json
 import math
-import os
 import shutil
 import signal
 import time
@@ -21,13 +20,14 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from .. import cpu
+from .. import cpu, kinds
 from ..atomic import remove_orphans
 from ..config import TrainConfig
 from ..data.sources import Sample, first_sample
 from ..data.stream import Skips
 from ..errors import UserError
-from . import checkpoint
+from ..paths import children
+from . import snapshots
 from .objectives import objective_class
 from .optim import DecoupledAdamW, schedule
 from .reporter import Reporter
@@ -48,9 +48,9 @@ class Trainer:
         if self.out.exists() and not self.out.is_dir():
             raise UserError(f"--out {self.out}: is a file; give a folder for the run")
         self.existed = self.out.is_dir()
-        self.before = set(os.listdir(self.out)) if self.existed else set()
+        self.before = {p.name for p in children(self.out)} if self.existed else set()
         self.out.mkdir(parents=True, exist_ok=True)
-        self.lock = checkpoint.lock_run(self.out) if self.rank == 0 else None
+        self.lock = snapshots.lock_run(self.out, self.log) if self.rank == 0 else None
         try:
             self._open(objective, resume)
         except BaseException:  # a run that could not start leaves nothing: no .lock, tokenizer or empty folder
@@ -66,13 +66,13 @@ class Trainer:
         if not self.existed:
             shutil.rmtree(self.out, ignore_errors=True)
             return
-        for name in set(os.listdir(self.out)) - self.before:
+        for name in {p.name for p in children(self.out)} - self.before:
             p = self.out / name
             shutil.rmtree(p, ignore_errors=True) if p.is_dir() else p.unlink(missing_ok=True)
 
     def _open(self, objective, resume: bool) -> None:
         cfg = self.cfg
-        found = checkpoint.candidates(self.out)
+        found = kinds.run_checkpoints(self.out)
         if resume and not found:
             raise UserError(f"{self.out}: no checkpoint to resume from; start without --resume")
         if not resume and found:
@@ -158,8 +158,8 @@ class Trainer:
         raise UserError(f"none of the {len(found)} checkpoint(s) in {self.out} can be resumed; the newest: {errors[0]}")
 
     def _restore(self, ckpt: Path):
-        state = checkpoint.read_state(ckpt)
-        checkpoint.restore(ckpt, self.model, self.optimizer)
+        state = kinds.read_run_state(ckpt)
+        snapshots.restore(ckpt, self.model, self.optimizer)
         self.step = int(state["step"])
         streams = state.get("streams") or [{}] * len(state.get("positions", [0]))  # older: positions only
         if len(streams) != self.size:
@@ -200,21 +200,22 @@ class Trainer:
         self.skips = _all_skips(streams)
         if self.rank != 0:
             return None
-        if not checkpoint.healthy([self.model.parameters(), self.optimizer.state]):
+        if not snapshots.healthy([self.model.parameters(), self.optimizer.state]):
             self.log(f"step {self.step}: weights are not finite; not checkpointed")
-            return checkpoint.latest(self.out)
+            return kinds.newest_checkpoint(self.out)
         state = {
+            "kind": kinds.RUN_OF_OBJECTIVE[self.cfg.objective],
             "streams": streams,
             "config": self.cfg.to_dict(),
             **self.objective.state(self.model),
             "skipped": self.skips.to_json(),
         }
-        return checkpoint.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
+        return snapshots.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
 
     def run(self, progress: bool = True, until: Optional[int] = None) -> dict:
         """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export)."""
         if self.rank == 0 and self.lock is None:
-            self.lock = checkpoint.lock_run(self.out)
+            self.lock = snapshots.lock_run(self.out, self.log)
         start = self.step
         try:
             return self._run(progress, until)
@@ -247,7 +248,7 @@ class Trainer:
                 mx.eval(parts, norm, self.model.state, self.optimizer.state)
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
-                    good = checkpoint.latest(self.out)  # only finite weights are ever checkpointed
+                    good = kinds.newest_checkpoint(self.out)  # only finite weights are ever checkpointed
                     raise UserError(
                         f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
                         f"{good or 'none'}. Lower lr or raise warmup, then --resume"

@@ -17,8 +17,8 @@ import threading
 import time
 from pathlib import Path
 
+from .. import kinds
 from ..atomic import process_alive
-from . import checkpoint
 
 
 class Watchdog:
@@ -59,7 +59,7 @@ class Watchdog:
         return self.dead_peer() or (f"rank {1 - self.rank}" if self.size == 2 else "another rank")
 
     def lost_message(self, e=None) -> str:
-        good = checkpoint.latest(self.run)
+        good = kinds.newest_checkpoint(self.run)
         cause = f" ({e})" if e else ""
         return (
             f"rank {self.rank}: lost {self.lost_rank()}{cause}; stopped. Restart every rank with --resume, "

@@ -2,12 +2,12 @@
 line here."""
 
 from ...errors import UserError
-from .aimv2 import AIMv2, ImageOnly, TextOnly
-from .base import Objective, Shard
+from .aimv2 import AIMv2Objective, ImageOnly, TextOnly
+from .base import Objective, RankShare
 from .classify import Classify
 from .lit import LiT
 
-REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (AIMv2, ImageOnly, TextOnly, LiT, Classify)}
+REGISTRY: dict[str, type[Objective]] = {o.name: o for o in (AIMv2Objective, ImageOnly, TextOnly, LiT, Classify)}
 
 
 def objective_class(name: str) -> type[Objective]:
@@ -16,4 +16,14 @@ def objective_class(name: str) -> type[Objective]:
     return REGISTRY[name]
 
 
-__all__ = ["REGISTRY", "AIMv2", "Classify", "ImageOnly", "LiT", "Objective", "Shard", "TextOnly", "objective_class"]
+__all__ = [
+    "REGISTRY",
+    "AIMv2Objective",
+    "Classify",
+    "ImageOnly",
+    "LiT",
+    "Objective",
+    "RankShare",
+    "TextOnly",
+    "objective_class",
+]

@@ -16,10 +16,10 @@ from ...models import lora
 from ...models.decoder import AIMv2PreTrainer, init_weights
 from ...quantize import dequantize
 from ..runs import encoder_preprocessor, save_encoder
-from .base import Objective, Shard
+from .base import Objective, RankShare
 
 
-class AIMv2(Objective):
+class AIMv2Objective(Objective):
     name = "aimv2"
 
     def build(self, tokenizer) -> nn.Module:
@@ -73,14 +73,14 @@ class AIMv2(Objective):
         weights = {k: v for k, v in tree_flatten(enc.parameters()) if not k.startswith("head.")}
         return vision, weights
 
-    def prepare(self, images: mx.array, ids: mx.array, key: mx.array, shard: Shard) -> tuple:
+    def prepare(self, images: mx.array, ids: mx.array, key: mx.array, shard: RankShare) -> tuple:
         """uint8 images -> normalised pixels; prefix lengths drawn once for the global micro-batch (the
         same on every rank), of which this rank takes its strided share."""
         x = (images.astype(mx.float32) - self.mean) / self.std
         every = mx.random.randint(1, self.num_patches, (images.shape[0] * shard.size,), key=key)
         return x.astype(shard.dtype), ids, every[shard.rank :: shard.size]
 
-    def loss(self, model: nn.Module, batch: tuple, shard: Shard) -> dict:
+    def loss(self, model: nn.Module, batch: tuple, shard: RankShare) -> dict:
         """Each rank scores its share against the global counts of scored patches and tokens."""
         x, ids, prefix = batch
         return model.losses(x, ids, prefix, shard.sum)
@@ -95,13 +95,13 @@ class AIMv2(Objective):
         return save_encoder(model.encoder, self.vision, pp, name, dst, overwrite, lora.merged_weights(model.encoder))
 
 
-class ImageOnly(AIMv2):
+class ImageOnly(AIMv2Objective):
     """Only the next-patch regression (AIMv1-like)."""
 
     name = "image"
 
 
-class TextOnly(AIMv2):
+class TextOnly(AIMv2Objective):
     """Only the caption's next token (captioning)."""
 
     name = "text"

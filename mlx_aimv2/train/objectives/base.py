@@ -26,11 +26,11 @@ import mlx.nn as nn
 from ...config import TrainConfig
 from ...data import TrainStream
 from ...data.sources import Sample, Source, find_sources
+from ...eval.knn import KnnProbe
 from ...tokenizer import BPE_SAMPLE, TextTokenizer, load_tokenizer, train_bpe
-from ..evaluate import KnnProbe
 
 
-class Shard:
+class RankShare:
     """This rank's part of a data-parallel step and the collectives a loss may need. On one process
     every collective is the identity."""
 
@@ -119,10 +119,10 @@ class Objective:
     lr_scale = None  # or a function: parameter path -> learning-rate multiplier
 
     # -- the step --------------------------------------------------------------------------------
-    def prepare(self, inputs: mx.array, ids: mx.array, key: mx.array, shard: Shard) -> tuple:
+    def prepare(self, inputs: mx.array, ids: mx.array, key: mx.array, shard: RankShare) -> tuple:
         raise NotImplementedError
 
-    def loss(self, model: nn.Module, batch: tuple, shard: Shard) -> dict:
+    def loss(self, model: nn.Module, batch: tuple, shard: RankShare) -> dict:
         raise NotImplementedError
 
     # -- the result ------------------------------------------------------------------------------

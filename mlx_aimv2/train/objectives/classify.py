@@ -23,12 +23,13 @@ from ...config import ModelConfig
 from ...data.labelled import LabelIds, open_labelled
 from ...data.stream import TrainStream
 from ...errors import UserError
+from ...eval.knn import HeldOut
+from ...kinds import is_run
 from ...models import lora
 from ...models.classifier import Classifier
 from ...quantize import dequantize
-from ..evaluate import HeldOut
-from ..runs import is_run, load_encoder, save_classifier
-from .base import Objective, Shard
+from ..runs import load_encoder, save_classifier
+from .base import Objective, RankShare
 
 
 class Classify(Objective):
@@ -133,11 +134,11 @@ class Classify(Objective):
         return 1.0
 
     # -- the step --------------------------------------------------------------------------------
-    def prepare(self, images: mx.array, ids: mx.array, key: mx.array, shard: Shard) -> tuple:
+    def prepare(self, images: mx.array, ids: mx.array, key: mx.array, shard: RankShare) -> tuple:
         x = (images.astype(mx.float32) - self.mean) / self.std
         return x.astype(shard.dtype), ids[:, 0]
 
-    def loss(self, model: nn.Module, batch: tuple, shard: Shard) -> dict:
+    def loss(self, model: nn.Module, batch: tuple, shard: RankShare) -> dict:
         """Cross-entropy and top-1 accuracy, this rank's share of the global batch's mean."""
         x, labels = batch
         logits = model(x).astype(mx.float32)

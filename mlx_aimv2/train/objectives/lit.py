@@ -24,7 +24,7 @@ from ...models.decoder import init_weights
 from ...models.lit import LiTTuner
 from ..runs import frozen_encoder, lit_tokenizer_files, save_lit
 from ..token_cache import TokenCache, files_fingerprint
-from .base import Objective, Shard
+from .base import Objective, RankShare
 
 
 class LiT(Objective):
@@ -102,11 +102,11 @@ class LiT(Objective):
         cpu.use_kernels(tuner)
         return tuner
 
-    def prepare(self, tokens: mx.array, ids: mx.array, key: mx.array, shard: Shard) -> tuple:
+    def prepare(self, tokens: mx.array, ids: mx.array, key: mx.array, shard: RankShare) -> tuple:
         """The frozen encoder's tokens, stored as float16."""
         return tokens.astype(mx.float32).astype(shard.dtype), ids
 
-    def loss(self, model: nn.Module, batch: tuple, shard: Shard) -> dict:
+    def loss(self, model: nn.Module, batch: tuple, shard: RankShare) -> dict:
         tokens, ids = batch
         return model.losses(tokens, ids, shard.gather)
 

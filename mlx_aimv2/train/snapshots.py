@@ -1,19 +1,22 @@
-"""Training checkpoints: model, optimizer, step, data positions and config, written atomically
-(a temp folder renamed into place), with a `latest` pointer and the last K kept."""
+"""A training run's snapshots (its checkpoints): model, optimizer, step, data positions and config,
+written atomically (a temp folder renamed into place), with a `latest` pointer and the last K kept;
+the run folder's lock. kinds.py reads the layout back (newest_checkpoint, read_run_state)."""
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
 from pathlib import Path
-from typing import Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
+from .. import kinds
 from ..atomic import write_file, write_folder
 from ..errors import UserError
+from ..paths import children
 
 try:
     import fcntl
@@ -35,14 +38,16 @@ def save(run: Path, step: int, model, optimizer, state: dict, keep: int = 2) -> 
 
     write_folder(final, write)
     write_file(ckpts / "latest", lambda tmp: tmp.write_text(final.name))
-    for old in sorted(p for p in ckpts.glob("step_*") if p.is_dir())[:-keep]:
+    for old in children(ckpts, "step_*", kind="dir")[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return final
 
 
-def lock_run(run: Path):
+def lock_run(run: Path, warn=None):
     """Hold an OS lock on the run folder for this process's life: a second `train` on the same
-    --out is refused. The OS drops it when the process dies, so a killed run never blocks a resume."""
+    --out is refused. The OS drops it when the process dies, so a killed run never blocks a resume.
+    Only EWOULDBLOCK / EAGAIN mean "held": a volume that cannot lock (SMB and some NAS shares answer
+    ENOTSUP, NFS without lockd ENOLCK) gets a warning (`warn`) and the run goes on unlocked."""
     run = Path(run)
     run.mkdir(parents=True, exist_ok=True)
     f = open(run / ".lock", "a+")
@@ -50,7 +55,14 @@ def lock_run(run: Path):
         return f
     try:
         fcntl.flock(f.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-    except OSError:
+    except OSError as e:
+        if e.errno not in (errno.EWOULDBLOCK, errno.EAGAIN, errno.EACCES):
+            if warn is not None:
+                warn(
+                    f"note: {run}: this volume cannot lock files ({os.strerror(e.errno or 0)}); "
+                    f"the run goes on unlocked, so start no second `train` on this folder"
+                )
+            return f
         f.close()
         raise UserError(
             f"{run}: another training process is using this run folder; wait for it to end or choose another --out"
@@ -62,52 +74,14 @@ def lock_run(run: Path):
     return f
 
 
-def candidates(run: Path) -> list[Path]:
-    """A run's complete checkpoints, newest first (the `latest` pointer's one first), or the
-    checkpoint folder itself."""
-    run = Path(run)
-    if (run / "state.json").is_file():
-        return [run]
-    ckpts = run / "checkpoints"
-    done = sorted((p for p in ckpts.glob("step_*") if (p / "state.json").is_file()), reverse=True)
-    pointer = ckpts / "latest"
-    if pointer.is_file():
-        named = ckpts / pointer.read_text().strip()
-        if named in done:
-            done.remove(named)
-            done.insert(0, named)
-    return done
-
-
-def latest(run: Path) -> Optional[Path]:
-    """The newest complete checkpoint of a run folder (or the checkpoint folder itself)."""
-    found = candidates(run)
-    return found[0] if found else None
-
-
-def read_state(ckpt: Path) -> dict:
-    f = Path(ckpt) / "state.json"
-    try:
-        state = json.loads(f.read_text())
-    except (OSError, json.JSONDecodeError) as e:
-        raise UserError(f"{f}: unreadable checkpoint state ({e})") from None
-    if (
-        not isinstance(state, dict)
-        or not isinstance(state.get("step"), int)
-        or not isinstance(state.get("config"), dict)
-    ):
-        raise UserError(f"{f}: not a checkpoint state of ours (needs an integer 'step' and a 'config')")
-    return state
-
-
 def saved_config(run: Path) -> dict:
     """The training config stored in a run's newest readable checkpoint."""
-    found = candidates(run)
+    found = kinds.run_checkpoints(run)
     if not found:
         raise UserError(f"{run}: no checkpoint to resume from; start without --resume (or give the run's --out)")
     for ckpt in found:
         try:
-            return read_state(ckpt)["config"]
+            return kinds.read_run_state(ckpt)["config"]
         except UserError:
             continue
     raise UserError(f"{run}: no checkpoint has a readable state.json; start a new run")

@@ -16,8 +16,8 @@ from PIL import Image
 
 from ..data.sources import Sample, entries
 from ..errors import UserError
-from ..eval.probe import image_folder, knn, synthetic_attribute
 from ..preprocess import Preprocessor, load_image, to_rgb
+from .probe import image_folder, knn, synthetic_attribute
 
 LIMIT = 2000  # images kept for the probe: enough for a stable accuracy, small enough to run often
 MEMORY = 256 << 20  # and at most this many bytes of preprocessed held-out images

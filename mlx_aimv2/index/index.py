@@ -31,7 +31,7 @@ from ..preprocess import load_image
 from . import vectors
 from .dupes import DEFAULT_THRESHOLD, groups, pair_scores
 from .query import Term, combine, terms_of
-from .search import top_k
+from .ranking import top_k
 from .store import Row, Store, db_error
 
 
