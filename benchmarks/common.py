@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import json
+import os
 import statistics
+import subprocess
+import sys
 import time
 
 import mlx.core as mx
@@ -52,3 +55,42 @@ def emit(record: dict, path=None):
     if path:
         with open(path, "a") as f:
             f.write(line + "\n")
+
+
+# -- memory, in MiB on Linux and macOS alike ----------------------------------------------------------
+# Linux reports ru_maxrss in KiB and has /proc; macOS reports ru_maxrss in bytes and has no /proc.
+RU_MAXRSS_UNIT = 1 if sys.platform == "darwin" else 1024  # bytes per ru_maxrss unit
+
+
+def peak_rss_mib(who: str = "self") -> float:
+    """The peak resident memory of this process ("self") or of its waited-for children ("children")."""
+    import resource
+
+    usage = resource.getrusage(resource.RUSAGE_SELF if who == "self" else resource.RUSAGE_CHILDREN)
+    return usage.ru_maxrss * RU_MAXRSS_UNIT / 2**20
+
+
+def rss_mib(pid: int | None = None) -> float:
+    """The resident memory of a process now: /proc on Linux, `ps` (KiB) on macOS and elsewhere."""
+    pid = os.getpid() if pid is None else pid
+    try:
+        for line in open(f"/proc/{pid}/status"):
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+    except OSError:
+        pass
+    out = subprocess.run(["ps", "-o", "rss=", "-p", str(pid)], capture_output=True, text=True).stdout.strip()
+    return int(out) / 1024 if out else float("nan")
+
+
+# For a child process's code: its own peak in MiB. Linux's VmHWM is this process image's own peak
+# (ru_maxrss would carry a large parent's over fork + exec); macOS has no /proc and gives ru_maxrss
+# in bytes, for this process since its exec.
+PEAK_MIB_CODE = """
+import resource as _r, sys as _s
+def _peak_mib():
+    try:
+        return next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024
+    except OSError:
+        return _r.getrusage(_r.RUSAGE_SELF).ru_maxrss / (2**20 if _s.platform == "darwin" else 1024)
+"""

@@ -23,7 +23,7 @@ import tempfile
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import L14, emit, encoder_flops, median  # noqa: E402
+from common import L14, PEAK_MIB_CODE, emit, encoder_flops, median  # noqa: E402
 
 SMALL = dict(L14, hidden_size=256, intermediate_size=768, num_hidden_layers=4, num_attention_heads=2)
 
@@ -55,8 +55,7 @@ else:
     import mlx.core as mx, mlx_aimv2
     m = mlx_aimv2.load(folder)
     mx.eval(m.features(mx.array(x), pool="none"))
-# VmHWM is this process image's own peak; ru_maxrss would carry the (large) parent's over fork + exec
-print(next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
+print(_peak_mib())  # common.PEAK_MIB_CODE: VmHWM on Linux, ru_maxrss (bytes) on macOS
 """
 
 
@@ -155,7 +154,7 @@ def main():
             rss = (
                 child
                 and subprocess.run(
-                    [sys.executable, "-c", MEMORY_CHILD, child, str(folder), str(b)],
+                    [sys.executable, "-c", PEAK_MIB_CODE + MEMORY_CHILD, child, str(folder), str(b)],
                     env=env,
                     capture_output=True,
                     text=True,

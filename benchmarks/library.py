@@ -28,26 +28,12 @@ from tqdm import tqdm
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from common import emit  # noqa: E402
+from common import emit, rss_mib  # noqa: E402
 
 import mlx_aimv2  # noqa: E402
 from mlx_aimv2 import formats  # noqa: E402
 from mlx_aimv2.data import write_synthetic  # noqa: E402
 from mlx_aimv2.index import vectors  # noqa: E402
-
-
-def rss_mib() -> float:
-    """Resident memory now (Linux /proc; elsewhere the peak, from resource)."""
-    try:
-        for line in open("/proc/self/status"):
-            if line.startswith("VmRSS:"):
-                return int(line.split()[1]) / 1024
-    except OSError:
-        pass
-    import resource
-
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
-    return peak / (2**20 if sys.platform == "darwin" else 1024)
 
 
 def make_library(root: Path, n: int, heic: float, seed: int = 0) -> None:

@@ -20,7 +20,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import L14, emit  # noqa: E402
+from common import L14, PEAK_MIB_CODE, emit  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
 VARIANTS = [
@@ -42,7 +42,7 @@ mx.eval(m.features(x[:1], pool="none"))
 t = time.perf_counter()
 mx.eval(m.features(x, pool="none"))
 dt = time.perf_counter() - t
-print(dt, next(int(l.split()[1]) for l in open("/proc/self/status") if l.startswith("VmHWM")) / 1024)
+print(dt, _peak_mib())  # common.PEAK_MIB_CODE
 """
 
 
@@ -151,7 +151,7 @@ def main():
         for label, folder, keep in runs:
             b = 8 if keep == "0" else 1  # the quantized kernels are slow on the CPU: one image
             out = subprocess.run(
-                [sys.executable, "-c", MEMORY_CHILD, str(folder), keep, str(b)],
+                [sys.executable, "-c", PEAK_MIB_CODE + MEMORY_CHILD, str(folder), keep, str(b)],
                 env=dict(os.environ),
                 capture_output=True,
                 text=True,

@@ -22,18 +22,11 @@ import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
 sys.path.insert(0, str(Path(__file__).parent.parent))
-from common import emit  # noqa: E402
+from common import emit, rss_mib  # noqa: E402
 
 import mlx_aimv2  # noqa: E402
 
 ROOT = Path(__file__).parent.parent
-
-
-def rss_mib(pid: int) -> float:
-    for line in open(f"/proc/{pid}/status"):
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    return float("nan")
 
 
 def offline_images_per_s(model: str, images: list, seconds: float, batch: int) -> float:

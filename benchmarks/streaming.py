@@ -32,7 +32,8 @@ import resource, subprocess, sys, time
 t = time.perf_counter()
 code = subprocess.run(sys.argv[1:], stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
 wall = time.perf_counter() - t
-print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss, code.returncode)
+# ru_maxrss: KiB on Linux, bytes on macOS; printed as KiB either way
+print(wall, resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss // (1024 if sys.platform == "darwin" else 1), code.returncode)
 sys.stderr.write(code.stderr[-2000:] if code.returncode else "")
 """
 

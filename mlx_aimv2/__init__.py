@@ -1,15 +1,32 @@
 """mlx-aimv2: AIMv2 vision encoders in MLX - feature extraction, conversion and pre-training.
 
-`import mlx_aimv2` stays light (no torch, no transformers, no mlx-data) and changes nothing outside
-the package: no thread starts, no signal handler, no logging set-up (the one owner thread that runs
-MLX work starts at the first call that needs it). Without MLX's compute backend, the `mlx-aimv2`
-command says what to install in one line and exits 1; a program importing us gets an ImportError.
+`import mlx_aimv2` stays light (no torch, no transformers, no mlx-data) and, in a program that
+imports it, changes nothing outside the package: no thread starts, no signal handler, no logging
+set-up (the one owner thread that runs MLX work starts at the first call that needs it; an atexit
+hook lets it finish and clear MLX's streams). Only as the `mlx-aimv2` command does it act at import:
+a Ctrl-C while the libraries load exits 130 quietly, and without MLX's compute backend it says what
+to install in one line and exits 1 (a program importing us gets the ImportError instead).
 """
 
 __version__ = "0.1.0"
 
 import os as _os
+import signal as _signal
 import sys as _sys
+
+_argv = getattr(_sys, "orig_argv", _sys.argv)
+_AS_COMMAND = _os.path.basename(_sys.argv[0]) == "mlx-aimv2" or ["-m", "mlx_aimv2"] in [
+    _argv[i : i + 2] for i in range(len(_argv))
+]
+
+
+def _interrupted_while_loading(*_):
+    _sys.stderr.write("interrupted\n")
+    _os._exit(130)  # nothing has started that could be lost; cli.console() puts Ctrl-C back
+
+
+if _AS_COMMAND and _signal.getsignal(_signal.SIGINT) is _signal.default_int_handler:
+    _signal.signal(_signal.SIGINT, _interrupted_while_loading)
 
 try:
     import mlx.core  # noqa: F401
@@ -20,10 +37,7 @@ except ImportError:
     )
     # the `mlx-aimv2` command (or python -m mlx_aimv2) says it in one line; a program importing us gets
     # the ImportError it can catch
-    _argv = getattr(_sys, "orig_argv", _sys.argv)
-    if _os.path.basename(_sys.argv[0]) == "mlx-aimv2" or ["-m", "mlx_aimv2"] in [
-        _argv[i : i + 2] for i in range(len(_argv))
-    ]:
+    if _AS_COMMAND:
         print(f"error: {_NO_MLX}", file=_sys.stderr)
         raise SystemExit(1) from None
     raise ImportError(_NO_MLX) from None

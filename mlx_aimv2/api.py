@@ -35,7 +35,8 @@ def load(
     On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster), and a quantized
     checkpoint runs with its layers dequantized (MLX's CPU quantized matmul is ~60x slower; pass
     keep_quantized=True to keep them). On Metal, a model over 1 GiB has its weights wired
-    (mx.set_wired_limit), as mlx-lm does. Safe from any thread (owner.py).
+    (mx.set_wired_limit) while it computes, and the limit restored after each call, as mlx-lm does.
+    Safe from any thread (owner.py).
     text_only: for a LiT model, read only what encode_text needs (and the patch embedding that
     fingerprints it): MLX loads lazily, so the image tower is never read; image methods then refuse."""
     cpu.warn_if_slow_blas()

@@ -18,11 +18,12 @@ from typing import Callable, Optional
 
 import mlx.core as mx
 from mlx.utils import tree_flatten
+from safetensors.numpy import load_file as numpy_safetensors
 
 from . import finetuned, hub, kinds
 from .atomic import write_folder
 from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
-from .errors import UserError
+from .errors import UserError, is_file_fault
 from .models import build
 from .paths import children
 from .preprocess import CLIP_MEAN, CLIP_STD
@@ -72,17 +73,32 @@ def read_weights(file: Path) -> dict[str, mx.array]:
                 out.update(read_weights(file.parent / shard))
             return out
         if file.suffix == ".safetensors":
-            return mx.load(str(file))
+            return _read_safetensors(file)
         if file.suffix in (".bin", ".pt", ".pth"):
             return _read_torch_pickle(file)
     except UserError:
         raise
     except Exception as e:  # a truncated or foreign file: say which and why, in one line
+        if not is_file_fault(e):
+            raise
         raise UserError(
             f"{file}: cannot read checkpoint ({type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}); "
             f"is it a complete .safetensors / .bin file?"
         ) from None
     raise UserError(f"{file}: unknown checkpoint type '{file.suffix}'; use .safetensors, .bin or .pt")
+
+
+def _read_safetensors(file: Path) -> dict[str, mx.array]:
+    """MLX reads every safetensors dtype but float64 (F64: what a `.double()` PyTorch model saves);
+    such a file is read through numpy and its float64 tensors become float32 (Metal has no float64)."""
+    with open(file, "rb") as f:
+        n = int.from_bytes(f.read(8), "little")
+        header = json.loads(f.read(n)) if 0 < n < 100_000_000 else {}
+    if not any(isinstance(v, dict) and v.get("dtype") == "F64" for v in header.values()):
+        return mx.load(str(file))
+    return {
+        k: mx.array(v.astype("float32") if v.dtype == "float64" else v) for k, v in numpy_safetensors(str(file)).items()
+    }
 
 
 def _read_torch_pickle(file: Path) -> dict[str, mx.array]:
@@ -441,6 +457,8 @@ def load_into(model, weights: dict[str, mx.array], source: str, dtype=None):
         raise UserError(f"{source}: checkpoint does not fit the model: {msg}") from None
     if dtype is None:  # the source's own float type (quantized layers' packed weights are integers)
         dtype = next((v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)), mx.float32)
+        if dtype == mx.float64:  # Metal has no float64: the first op on the GPU would fail
+            dtype = mx.float32
     model.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
     mx.eval(model.parameters())
     return model

@@ -3,6 +3,7 @@ Everything about running fast on a CPU (the BLAS included) lives in cpu.py."""
 
 from __future__ import annotations
 
+import contextlib
 import os
 import platform
 import sys
@@ -29,16 +30,43 @@ def gemm_gflops(n: int = 512, reps: int = 3) -> float:
 WIRED_THRESHOLD = 1 << 30
 
 
-def wire_memory_for(nbytes: int) -> bool:
-    """On Metal, raise the wired-memory limit to the recommended working set for a large model.
-    Returns whether it did (never on the CPU or CUDA)."""
+def wired_limit_for(nbytes: int) -> int:
+    """The wired-memory limit a model of `nbytes` runs best under on Metal (its weights kept resident,
+    as mlx-lm does): the recommended working set for a model over WIRED_THRESHOLD; 0 for no change
+    (smaller models, the CPU and CUDA)."""
     if nbytes < WIRED_THRESHOLD or not mx.metal.is_available():
-        return False
-    limit = mx.device_info().get("max_recommended_working_set_size")
+        return 0
+    return int(mx.device_info().get("max_recommended_working_set_size") or 0)
+
+
+@contextlib.contextmanager
+def wired(limit: int):
+    """The wired limit raised for the calls inside, and restored after: an idle app or server keeps
+    nothing pinned (mlx-lm's wired_limit does the same around generation). Inert when limit is 0."""
     if not limit:
-        return False
-    mx.set_wired_limit(limit)
-    return True
+        yield
+        return
+    old = mx.set_wired_limit(limit)
+    try:
+        yield
+    finally:
+        mx.synchronize()  # the work that needed the pages is done before they are unpinned
+        mx.set_wired_limit(old)
+
+
+# a long-lived process (serve, index --watch, an app) keeps at most this much freed memory for reuse
+CACHE_LIMIT = 1 << 30
+
+
+def release_cache() -> None:
+    """Give MLX's cached buffers back (an index pass or a burst of requests is over)."""
+    mx.clear_cache()
+
+
+def limit_cache() -> None:
+    """Cap MLX's buffer cache for a long-lived process: freed buffers beyond CACHE_LIMIT go back to the
+    system instead of piling up across requests of many shapes."""
+    mx.set_cache_limit(min(CACHE_LIMIT, int(mx.device_info().get("memory_size", CACHE_LIMIT * 8)) // 8))
 
 
 def report() -> list[tuple[str, str]]:

@@ -8,7 +8,37 @@ import os
 
 
 class UserError(Exception):
-    """Bad input from the user: a file, a name, a config. The message says what and what to do."""
+    """Bad input from the user: a file, a name, a config. The message says what and what to do.
+    Only input at fault raises one: a bug keeps its own exception, and its traceback."""
+
+
+class IndexFault(UserError):
+    """The photo index on disk is at fault (damaged, or of another format): one line to the CLI, a
+    5xx from the server, since a request did nothing wrong."""
+
+
+class ModelChanged(IndexFault):
+    """The index's model is not the one it was built with: its vectors no longer compare (409)."""
+
+
+# What a reader raises for a file that is bad (truncated, foreign, not UTF-8, not JSON / TOML / YAML,
+# damaged safetensors or pickle), as opposed to a bug in our code (TypeError, AttributeError, ...).
+# MLX words a bad file as RuntimeError("[load] ..."); tokenizers raises plain Exception.
+_FILE_FAULTS = (OSError, ValueError, EOFError, SyntaxError, KeyError, RuntimeError)
+# the decoders' and parsers' own exception classes (rawpy's LibRawFileUnsupportedError, ...)
+_FILE_READERS = ("rawpy", "pillow_heif", "PIL", "safetensors", "yaml", "tomllib", "tomli", "tokenizers")
+
+
+def is_file_fault(e: BaseException) -> bool:
+    """Whether an exception from reading a file says the file is bad (so a UserError may name it),
+    not that our code is wrong (which must keep its traceback)."""
+    return (
+        isinstance(e, _FILE_FAULTS)
+        or type(e) is Exception
+        or type(e).__module__.split(".")[0] in _FILE_READERS
+        or type(e).__name__ in ("SafetensorError", "UnpicklingError", "YAMLError", "ScannerError", "ParserError")
+        or any(c.__name__ == "YAMLError" for c in type(e).__mro__)
+    )
 
 
 class Cancelled(Exception):

@@ -18,7 +18,7 @@ import mlx.nn as nn
 from mlx.utils import tree_flatten
 
 from . import kinds
-from .errors import UserError
+from .errors import UserError, is_file_fault
 from .models import lora
 from .models.classifier import AttentiveHead
 
@@ -52,6 +52,8 @@ def _weights(file: Path) -> dict:
     try:
         return dict(mx.load(str(file)))
     except Exception as e:
+        if not is_file_fault(e):
+            raise
         raise UserError(
             f"{file}: unreadable weights ({' '.join(str(e).split())[:160]}); export the model again"
         ) from None

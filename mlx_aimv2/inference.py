@@ -27,7 +27,7 @@ from mlx.utils import tree_flatten
 from . import cpu, finetuned, kinds, owner
 from .checkpoints import load_checkpoint
 from .config import ModelConfig
-from .environment import wire_memory_for
+from .environment import wired, wired_limit_for
 from .errors import UserError, check_cancel
 from .preprocess import ImageLike, Preprocessor, decode_ahead
 from .tokenizer import load_tokenizer
@@ -41,6 +41,8 @@ class AIMv2:
 
     def __init__(self, module, config: ModelConfig, preprocessor: Preprocessor, folder: Optional[Path] = None):
         self.module, self.config, self.preprocessor, self.folder = module, config, preprocessor, folder
+        # on Metal, a model over 1 GiB keeps its weights wired while it computes, and only then
+        self.wired_limit = wired_limit_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
 
     def __repr__(self) -> str:
         v = self.config.vision
@@ -126,9 +128,10 @@ class AIMv2:
 
     @owner.owned
     def _numpy_features(self, pixels: np.ndarray, pool: str, layers) -> dict:
-        res = self._features(mx.array(pixels), pool, layers)
-        mx.eval(res)
-        return {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
+        with wired(self.wired_limit):
+            res = self._features(mx.array(pixels), pool, layers)
+            mx.eval(res)
+            return {k: np.array(v.astype(mx.float32)) for k, v in res.items()}
 
     def embed(
         self,
@@ -314,7 +317,8 @@ class LiTModel(AIMv2):
     @owner.owned
     def _text_embeddings(self, texts: list) -> np.ndarray:
         ids = mx.array(self.tokenizer(texts))
-        return np.array(self.module.encode_text(ids).astype(mx.float32))
+        with wired(self.wired_limit):
+            return np.array(self.module.encode_text(ids).astype(mx.float32))
 
     @owner.owned
     def logit_scale(self) -> float:
@@ -360,7 +364,6 @@ def open_model(name_or_path, revision=None, dtype=None, keep_quantized=None, tex
         module.image_encoder = nn.Module()  # the tower is dropped unread; the fingerprint's tensors stay
         module.image_encoder.preprocessor = nn.Module()
         module.image_encoder.preprocessor.patchifier = patch
-    wire_memory_for(sum(v.nbytes for _, v in tree_flatten(module.parameters())))
     # evaluated here: a lazy array belongs to the owner thread's stream, a computed one to no thread,
     # so the module's weights may then be used directly from any (one) thread too
     mx.eval(module.parameters())

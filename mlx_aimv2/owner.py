@@ -10,14 +10,18 @@ SQLite stay on the caller's threads; only MLX work queues here.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import queue
 import threading
 from concurrent.futures import Future
 
+import mlx.core as mx
+
 _local = threading.local()
 _lock = threading.Lock()
 _queue: queue.SimpleQueue | None = None
+_closed = False  # set by quiesce() at exit
 
 
 def on_owner() -> bool:
@@ -41,6 +45,8 @@ def submit(fn, *args, **kwargs) -> Future:
     (a server's batcher hands its batches over this way, without a thread of its own waiting)."""
     global _queue
     with _lock:
+        if _closed:
+            raise RuntimeError("mlx-aimv2: the process is exiting; no more MLX work is taken")
         if _queue is None:
             # A daemon thread, never joined: MLX's per-thread state is not torn down while the
             # process exits (a joined MLX thread can abort the exit in MLX's C++ destructors).
@@ -56,6 +62,38 @@ def run(fn, *args, **kwargs):
     if on_owner():
         return fn(*args, **kwargs)
     return submit(fn, *args, **kwargs).result()
+
+
+def quiesce(timeout: float = 30.0) -> None:
+    """Before the interpreter ends (registered with atexit; a Ctrl-C's exit runs it too): the owner
+    thread finishes the job it is on, waits for MLX's queued work (synchronize) and clears its
+    thread-local streams, as MLX asks of threads that used it (clear_streams, ml-explore/mlx #3395);
+    then the main thread does the same for its own. The owner thread is not ended: a thread that
+    ran compiled MLX work must not run MLX's thread-exit destructors (it stays parked, a daemon).
+    Later calls are refused: the process is ending."""
+    global _closed
+    with _lock:
+        q, _closed = _queue, True
+    if q is not None:
+        done: Future = Future()
+        q.put((done, _release_mlx, (), {}))
+        try:
+            done.result(timeout)
+        except Exception:  # a wedged or failed device: the exit goes on regardless
+            pass
+    _release_mlx()
+
+
+def _release_mlx() -> None:
+    try:
+        mx.synchronize()
+        if hasattr(mx, "clear_streams"):
+            mx.clear_streams()
+    except Exception:  # at exit, nothing here may stop the exit
+        pass
+
+
+atexit.register(quiesce)
 
 
 def owned(fn):

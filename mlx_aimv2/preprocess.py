@@ -19,7 +19,7 @@ from typing import Optional, Union
 import numpy as np
 from PIL import Image
 
-from .errors import UserError
+from .errors import UserError, is_file_fault
 from .formats import MAX_PIXELS, ImageSizeError, MissingExtra, check_image_size, open_image
 
 CLIP_MEAN = (0.48145466, 0.4578275, 0.40821073)  # the normalisation every AIMv2 checkpoint was trained with
@@ -228,6 +228,8 @@ def load_image(src: ImageLike, draft: Optional[int] = None) -> Image.Image:
     except PermissionError:
         raise UserError(f"{path}: permission denied; make it readable (chmod +r)") from None
     except Exception as e:
+        if not is_file_fault(e):
+            raise
         kind = "truncated or corrupt image" if isinstance(e, (OSError, SyntaxError)) else type(e).__name__
         raise UserError(f"{path}: cannot decode ({kind}: {e}); re-export it as JPEG or PNG") from None
 

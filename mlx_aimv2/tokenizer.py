@@ -23,7 +23,7 @@ from tokenizers import (
 )
 
 from .atomic import write_file
-from .errors import UserError
+from .errors import UserError, is_file_fault
 from .hub import fetch_file, is_hub_id
 
 # A caption longer than this is cut before tokenizing: 77 tokens never need more, and BPE training
@@ -71,6 +71,8 @@ def clip_tokenizer(folder: Path, length: int = 77) -> TextTokenizer:
             str(vocab), str(merges), unk_token="<|endoftext|>", end_of_word_suffix="</w>", continuing_subword_prefix=""
         )
     except Exception as e:
+        if not is_file_fault(e):
+            raise
         raise UserError(f"{vocab.parent}: cannot build the CLIP tokenizer ({e})") from None
     tok = Tokenizer(bpe)
     tok.normalizer = normalizers.Sequence(
@@ -112,6 +114,8 @@ def load_tokenizer(path: Path, length: int = 77) -> TextTokenizer:
     try:
         tok = Tokenizer.from_file(str(f))
     except Exception as e:
+        if not is_file_fault(e):
+            raise
         raise UserError(f"{f}: not a valid tokenizer.json ({e})") from None
     vocab = tok.get_vocab()
     pad = next((vocab[t] for t in ("<pad>", "[PAD]", "<|pad|>") if t in vocab), None)
@@ -135,6 +139,8 @@ def _from_hub(repo: str, length: int) -> TextTokenizer:
     try:
         tok = SentencePieceUnigramTokenizer.from_spm(str(spm))
     except Exception as e:
+        if not is_file_fault(e) and not isinstance(e, ImportError):
+            raise
         raise UserError(
             f"{spm}: cannot convert the SentencePiece model ({e}); pip install protobuf, or give a tokenizer.json"
         ) from None

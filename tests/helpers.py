@@ -23,6 +23,10 @@ TINY_VISION = dict(
     use_head=False,
 )
 
+ROOT = Path(__file__).parent.parent  # the checkout
+PHOTO = ROOT / "examples" / "grace_hopper.jpg"  # the one real photo the tests share
+QUIET = dict(log=lambda *a: None, progress=False)  # a Trainer that says nothing
+
 
 def randomize(model, seed=0):
     """Re-draw every weight so nothing is an identity (norm gains around 1, small linears)."""

@@ -8,13 +8,11 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import cli, one_clear_line
+from helpers import QUIET, cli, one_clear_line
 
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.train.trainer import Trainer
-
-QUIET = dict(log=lambda *a: None, progress=False)
 
 
 def _run(data, out, **kw):

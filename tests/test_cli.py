@@ -7,20 +7,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, hf_lit, hf_vision, save_safetensors, state_dict_np, tiny_clip_vocab, to_mlaim_keys
+from helpers import PHOTO, hf_lit, hf_vision, save_safetensors, state_dict_np, tiny_clip_vocab, to_mlaim_keys
+from helpers import cli as run
 from PIL import Image
-from typer.testing import CliRunner
 
 import mlx_aimv2
 
 torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
-
-PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
-runner = CliRunner()
-
-
-def run(*args, **kw):
-    return cli(*args, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -6,20 +6,16 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import hf_lit, hf_vision, torch_pixels
-from typer.testing import CliRunner
+from helpers import cli, hf_lit, hf_vision, torch_pixels
 
 import mlx_aimv2
-from mlx_aimv2.cli import app
 from mlx_aimv2.quantize import spec
 
 torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
 
-runner = CliRunner()
-
 
 def _export(src, dst):
-    r = runner.invoke(app, ["export", str(src), str(dst), "--format", "transformers"])
+    r = cli(*["export", str(src), str(dst), "--format", "transformers"])
     assert r.exit_code == 0, r.output
     assert {p.name for p in dst.iterdir()} >= {"model.safetensors", "config.json", "preprocessor_config.json"}
     assert not list(dst.glob("*.bin"))
@@ -79,9 +75,8 @@ def test_a_training_run_exports_for_pytorch(tmp_path):
     from mlx_aimv2.data import write_synthetic
 
     data = write_synthetic(tmp_path / "s", 16, size=64)
-    r = runner.invoke(
-        app,
-        [
+    r = cli(
+        *[
             "train",
             "--data",
             str(data),
@@ -121,9 +116,8 @@ def test_a_lit_tuning_run_exports_for_pytorch(tmp_path):
 
     root = Path(__file__).parent.parent
     data = write_synthetic(tmp_path / "s", 16, size=112)
-    r = runner.invoke(
-        app,
-        [
+    r = cli(
+        *[
             "train",
             "--objective",
             "lit",

@@ -12,20 +12,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import cli, hf_vision, one_clear_line
+from helpers import PHOTO, hf_vision, one_clear_line
+from helpers import cli as run
 from PIL import Image
-from typer.testing import CliRunner
 
 import mlx_aimv2
 from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.errors import UserError
-
-PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
-runner = CliRunner()
-
-
-def run(*args, **kw):
-    return cli(*args, **kw)
 
 
 def no_temporaries(folder: Path):

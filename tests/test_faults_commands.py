@@ -13,16 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, read_only_folder
+from helpers import PHOTO, cli, read_only_folder
 from helpers import one_clear_line as one_line
 from PIL import Image
 
 import mlx_aimv2
 from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.errors import UserError
-
-ROOT = Path(__file__).parent.parent
-PHOTO = ROOT / "examples" / "grace_hopper.jpg"
 
 
 @pytest.fixture

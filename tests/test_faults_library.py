@@ -14,15 +14,12 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, read_only_folder
+from helpers import PHOTO, cli, read_only_folder
 from helpers import one_clear_line as one_line
 from PIL import Image
 
 import mlx_aimv2
 from mlx_aimv2.errors import UserError
-
-ROOT = Path(__file__).parent.parent
-PHOTO = ROOT / "examples" / "grace_hopper.jpg"
 
 
 def _digest(path: Path) -> str:

@@ -7,19 +7,16 @@ import signal
 import mlx.core as mx
 import pytest
 from helpers import cli
-from typer.testing import CliRunner
 
 from mlx_aimv2 import kinds
 from mlx_aimv2.atomic import TMP_PREFIX
-from mlx_aimv2.cli import app
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.train.trainer import Trainer
 
-runner = CliRunner()
 logs: list = []
-QUIET = dict(log=logs.append)
+LOGGED = dict(log=logs.append)
 
 
 @pytest.fixture(scope="module")
@@ -102,22 +99,22 @@ def test_out_naming_a_file(synth, tmp_path):
 
 
 def test_a_second_trainer_on_the_same_folder_is_refused(synth, tmp_path):
-    first = Trainer(cfg(synth, tmp_path / "r"), **QUIET)
+    first = Trainer(cfg(synth, tmp_path / "r"), **LOGGED)
     with pytest.raises(UserError, match="another training process"):
-        Trainer(cfg(synth, tmp_path / "r"), **QUIET)
+        Trainer(cfg(synth, tmp_path / "r"), **LOGGED)
     first.run(progress=False)  # and the lock goes with the run
-    Trainer(cfg(synth, tmp_path / "r", steps=6), resume=True, **QUIET).run(progress=False)
+    Trainer(cfg(synth, tmp_path / "r", steps=6), resume=True, **LOGGED).run(progress=False)
 
 
 def test_resume_falls_back_to_the_newest_intact_checkpoint(synth, tmp_path):
     out = tmp_path / "r"
-    Trainer(cfg(synth, out, steps=4, keep=3), **QUIET).run(progress=False)
+    Trainer(cfg(synth, out, steps=4, keep=3), **LOGGED).run(progress=False)
     newest = kinds.newest_checkpoint(out)
     assert newest.name == "step_00000004"
     data = (newest / "model.safetensors").read_bytes()
     (newest / "model.safetensors").write_bytes(data[: len(data) // 2])  # truncated
     logs.clear()
-    t = Trainer(cfg(synth, out, steps=6), resume=True, **QUIET)
+    t = Trainer(cfg(synth, out, steps=6), resume=True, **LOGGED)
     assert t.step == 2 and t.resume_from.name == "step_00000002"
     assert any("cannot resume from step_00000004" in line for line in logs)
     state = json.loads((t.resume_from / "state.json").read_text())
@@ -127,12 +124,12 @@ def test_resume_falls_back_to_the_newest_intact_checkpoint(synth, tmp_path):
     with pytest.raises(
         UserError, match="none of the 2 checkpoint.* can be resumed; the newest: .*unreadable checkpoint files"
     ):
-        Trainer(cfg(synth, out, steps=6), resume=True, **QUIET)
+        Trainer(cfg(synth, out, steps=6), resume=True, **LOGGED)
 
 
 def test_non_finite_weights_are_never_checkpointed(synth, tmp_path):
     out = tmp_path / "r"
-    t = Trainer(cfg(synth, out, steps=2, save_every=1000), **QUIET)
+    t = Trainer(cfg(synth, out, steps=2, save_every=1000), **LOGGED)
     t.run(progress=False)
     good = kinds.newest_checkpoint(out)
     w = t.model.encoder.trunk.blocks[0].mlp.fc2.weight
@@ -145,7 +142,7 @@ def test_non_finite_weights_are_never_checkpointed(synth, tmp_path):
 
 def test_sigterm_checkpoints_like_ctrl_c(synth, tmp_path, monkeypatch):
     out = tmp_path / "r"
-    t = Trainer(cfg(synth, out, steps=50, save_every=1000), **QUIET)
+    t = Trainer(cfg(synth, out, steps=50, save_every=1000), **LOGGED)
     real = t._key
 
     def key(step):
@@ -161,21 +158,20 @@ def test_sigterm_checkpoints_like_ctrl_c(synth, tmp_path, monkeypatch):
 
 def test_orphans_of_killed_runs_are_cleaned_up(synth, tmp_path):
     out = tmp_path / "r"
-    Trainer(cfg(synth, out, steps=2), **QUIET).run(progress=False)
+    Trainer(cfg(synth, out, steps=2), **LOGGED).run(progress=False)
     (out / "checkpoints" / f"{TMP_PREFIX}abc").mkdir()
     (out / f"{TMP_PREFIX}def").mkdir()
     (out / f"{TMP_PREFIX}999999999-ghi").mkdir()  # its writer's pid is gone
     (out / "checkpoints" / "user-notes").mkdir()
-    Trainer(cfg(synth, out, steps=3), resume=True, **QUIET)
+    Trainer(cfg(synth, out, steps=3), resume=True, **LOGGED)
     assert not list(out.rglob(f"{TMP_PREFIX}*")) and (out / "checkpoints" / "user-notes").is_dir()
 
 
 def test_resume_from_the_saved_config(synth, tmp_path):
     """The README's form: only --out and --resume; the run's own config does the rest."""
     out = tmp_path / "r"
-    r = runner.invoke(
-        app,
-        [
+    r = cli(
+        *[
             "train",
             "--data",
             str(synth),
@@ -195,15 +191,15 @@ def test_resume_from_the_saved_config(synth, tmp_path):
         ],
     )
     assert r.exit_code == 0, r.output
-    r = runner.invoke(app, ["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"])
+    r = cli(*["train", "--out", str(out), "--resume", "--steps", "3", "--no-progress"])
     assert r.exit_code == 0, r.output
     assert "step 3:" in r.output and kinds.newest_checkpoint(out).name == "step_00000003"
     assert "keeps its batch_size" in err("train", "--out", out, "--resume", "-b", "16", "--steps", "4")
 
 
 def test_mirrored_captions_only_when_asked(synth, tmp_path):
-    assert not Trainer(cfg(synth, tmp_path / "a"), **QUIET).stream.mirror
-    assert Trainer(cfg(synth, tmp_path / "b", mirror_captions=True), **QUIET).stream.mirror
+    assert not Trainer(cfg(synth, tmp_path / "a"), **LOGGED).stream.mirror
+    assert Trainer(cfg(synth, tmp_path / "b", mirror_captions=True), **LOGGED).stream.mirror
 
 
 def test_huge_captions_do_not_stall_the_tokenizer(tmp_path):

@@ -9,21 +9,17 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
+from helpers import QUIET, cli
 from mlx.utils import tree_flatten
-from typer.testing import CliRunner
 
 import mlx_aimv2
 from mlx_aimv2 import checkpoints
-from mlx_aimv2.cli import app
 from mlx_aimv2.config import ModelConfig, load_config, vision_preset
 from mlx_aimv2.data.synth import write_labelled
 from mlx_aimv2.models import AIMv2VisionEncoder, lora
 from mlx_aimv2.quantize import quantize, spec
 from mlx_aimv2.train import runs
 from mlx_aimv2.train.trainer import Trainer
-
-QUIET = dict(log=lambda *a: None)
-runner = CliRunner()
 
 
 @pytest.fixture(scope="module")
@@ -44,8 +40,10 @@ def init(tmp_path_factory):
 def cfg(data, out, init, **kw):
     base = dict(
         data=str(data), out=str(out), init=str(init), objective="classify", batch_size=16, steps=6, warmup=2,
-        lr=2e-3, log_every=1, save_every=1000, threads=2, tune="lora", lora_rank=4,
+        lr=2e-3, log_every=1, save_every=1000, threads=2, tune="lora",
     )  # fmt: skip
+    if kw.get("tune", "lora") == "lora":  # lora_rank alone (another tune) is refused: it would do nothing
+        base["lora_rank"] = 4
     return load_config(overrides={**base, **kw})
 
 
@@ -173,13 +171,13 @@ def test_merged_and_adapter_exports_agree_and_every_command_reads_them(shapes, i
     assert np.abs(m.embed(images) - a.embed(images)).max() < 1e-5
     assert np.abs(m.predict(images) - a.predict(images)).max() < 1e-5
     assert np.allclose(m.predict(images).sum(1), 1, atol=1e-5)
-    r = runner.invoke(app, ["classify", images[0], "--model", str(adapter), "--top-k", "2"])
+    r = cli(*["classify", images[0], "--model", str(adapter), "--top-k", "2"])
     assert r.exit_code == 0, r.output
     rows = r.output.strip().splitlines()
     probs = m.predict(images[:1])[0]
     assert len(rows) == 2 and rows[0].split()[-1] == m.classes[int(probs.argmax())]
     assert float(rows[0].split("%")[0]) == pytest.approx(probs.max() * 100, abs=0.01)
-    r = runner.invoke(app, ["embed", images[0], "--model", str(adapter), "-o", str(tmp_path / "e.npy")])
+    r = cli(*["embed", images[0], "--model", str(adapter), "-o", str(tmp_path / "e.npy")])
     assert r.exit_code == 0, r.output
     assert np.abs(np.load(tmp_path / "e.npy").reshape(-1) - m.embed(images[:1])[0]).max() < 1e-5
 
@@ -206,9 +204,7 @@ def test_the_export_reads_in_transformers(shapes, init, tmp_path):
     from transformers import Aimv2VisionModel
 
     Trainer(cfg(shapes, tmp_path / "run", init, steps=2), **QUIET).run(progress=False)
-    r = runner.invoke(
-        app, ["export", str(tmp_path / "run" / "classifier"), str(tmp_path / "hf"), "--format", "transformers"]
-    )
+    r = cli(*["export", str(tmp_path / "run" / "classifier"), str(tmp_path / "hf"), "--format", "transformers"])
     assert r.exit_code == 0, r.output
     back, info = Aimv2VisionModel.from_pretrained(tmp_path / "hf", output_loading_info=True)
     assert not info["missing_keys"] and not info["unexpected_keys"]

@@ -16,17 +16,14 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+from helpers import PHOTO, ROOT
+from helpers import cli as run
 from PIL import Image
-from typer.testing import CliRunner
 
 import mlx_aimv2
-from mlx_aimv2.cli import app
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.index.ranking import top_k
-
-ROOT = Path(__file__).parent.parent
-PHOTO = ROOT / "examples" / "grace_hopper.jpg"
 
 
 @pytest.fixture(scope="module")
@@ -189,10 +186,6 @@ def test_a_killed_run_resumes_without_redoing_committed_work(tmp_path):
     assert again.returncode == 0, again.stderr[-2000:]
     assert f"{300 - done} new, 0 changed, {done} unchanged" in again.stdout, (done, again.stdout)
     assert _count(db) == 300
-
-
-def run(*args):
-    return CliRunner().invoke(app, [str(a) for a in args])
 
 
 def test_cli_index_then_search_by_text_and_image(photos, tmp_path):

@@ -13,16 +13,13 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli
+from helpers import PHOTO, cli
 from PIL import Image, ImageEnhance
 
 import mlx_aimv2
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.index import vectors
-
-ROOT = Path(__file__).parent.parent
-PHOTO = ROOT / "examples" / "grace_hopper.jpg"
 
 
 @pytest.fixture(scope="module")

@@ -7,6 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
+from helpers import QUIET, ROOT
 
 import mlx_aimv2
 from mlx_aimv2.config import load_config
@@ -17,9 +18,7 @@ from mlx_aimv2.models.losses import clip_loss, sigmoid_loss
 from mlx_aimv2.quantize import spec
 from mlx_aimv2.train.trainer import Trainer
 
-ROOT = Path(__file__).parent.parent
 DEMO = str(ROOT / "weights" / "demo")
-QUIET = dict(log=lambda *a: None, progress=False)
 
 
 @pytest.fixture(scope="module")

@@ -5,23 +5,14 @@ import json
 import os
 import subprocess
 import sys
-from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import cli, hf_lit, hf_vision, tiny_clip_vocab
+from helpers import PHOTO, ROOT, hf_lit, hf_vision, tiny_clip_vocab
+from helpers import cli as run
 from PIL import Image
-from typer.testing import CliRunner
 
 import mlx_aimv2
-
-ROOT = Path(__file__).parent.parent
-PHOTO = ROOT / "examples" / "grace_hopper.jpg"
-runner = CliRunner()
-
-
-def run(*args, **kw):
-    return cli(*args, **kw)
 
 
 @pytest.fixture(scope="module")

@@ -9,10 +9,10 @@ from pathlib import Path
 
 import mlx.core as mx
 import pytest
+from helpers import ROOT
 
 from mlx_aimv2 import cpu, environment
 
-ROOT = Path(__file__).parent.parent
 needs_openblas = pytest.mark.skipif(
     sys.platform != "linux" or not os.path.exists(cpu.OPENBLAS), reason="Debian's OpenBLAS is not installed"
 )
@@ -119,11 +119,22 @@ def test_slow_blas_is_a_warning_an_app_can_filter(tmp_path):
     assert r.stderr.strip() == ""  # the import says nothing, the filtered load says nothing
 
 
-def test_wired_limit_only_for_large_models_on_metal(monkeypatch):
-    assert not environment.wire_memory_for(10 << 30) or mx.metal.is_available()
-    limits = []
+def test_wired_limit_only_for_large_models_on_metal_and_only_while_they_compute(monkeypatch):
+    assert not environment.wired_limit_for(10 << 30) or mx.metal.is_available()
+    limits = [0]
+
+    def set_wired_limit(n):  # as MLX's: sets the limit, returns the one before
+        limits.append(n)
+        return limits[-2]
+
     monkeypatch.setattr(mx.metal, "is_available", lambda: True)
     monkeypatch.setattr(mx, "device_info", lambda: {"max_recommended_working_set_size": 48 << 30})
-    monkeypatch.setattr(mx, "set_wired_limit", lambda n: limits.append(n))
-    assert not environment.wire_memory_for(100 << 20)
-    assert environment.wire_memory_for(4 << 30) and limits == [48 << 30]
+    monkeypatch.setattr(mx, "set_wired_limit", set_wired_limit)
+    assert not environment.wired_limit_for(100 << 20)
+    assert environment.wired_limit_for(4 << 30) == 48 << 30
+    with environment.wired(environment.wired_limit_for(4 << 30)):
+        assert limits == [0, 48 << 30]  # raised for the call
+    assert limits == [0, 48 << 30, 0]  # and restored after: an idle app pins nothing
+    with environment.wired(environment.wired_limit_for(100 << 20)):
+        pass
+    assert limits == [0, 48 << 30, 0]  # a small model never touches it

@@ -1,15 +1,12 @@
 """Our preprocessing against transformers' PIL-backend CLIPImageProcessor, on a real photo and odd modes."""
 
-from pathlib import Path
-
 import numpy as np
 import pytest
+from helpers import PHOTO
 from PIL import Image
 
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.preprocess import Preprocessor, load_image
-
-PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
 
 
 def _reference(img, size=224):

@@ -6,9 +6,8 @@ import shutil
 from pathlib import Path
 
 import numpy as np
-from typer.testing import CliRunner
+from helpers import cli
 
-from mlx_aimv2.cli import app
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.eval.probe import image_folder, knn
@@ -33,13 +32,11 @@ def test_trained_encoder_beats_random_init(tmp_path):
         )
     )
     Trainer(cfg, log=lambda *a: None).run(progress=False)
-    runner = CliRunner()
     scores = {}
     for name, extra in (("trained", []), ("random", ["--random-init"])):
         out = tmp_path / f"{name}.json"
-        r = runner.invoke(
-            app,
-            [
+        r = cli(
+            *[
                 "probe",
                 "-m",
                 str(tmp_path / "run" / "encoder"),

@@ -6,17 +6,13 @@ import json
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import hf_lit, hf_vision, torch_pixels
-from typer.testing import CliRunner
+from helpers import cli, hf_lit, hf_vision, torch_pixels
 
 import mlx_aimv2
-from mlx_aimv2.cli import app
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.quantize import is_quantized, spec
 
 torch = pytest.importorskip("torch", reason="compares against PyTorch/transformers: pip install -e '.[test]'")
-
-runner = CliRunner()
 
 
 def _pixels(seed=1):
@@ -43,9 +39,8 @@ def _dequantized_state(folder):
 )
 def test_quantized_encoder_equals_transformers_on_the_dequantized_weights(tmp_path, bits, group, mode):
     model, folder = hf_vision(tmp_path)
-    r = runner.invoke(
-        app,
-        [
+    r = cli(
+        *[
             "convert",
             str(folder),
             str(tmp_path / "q"),
@@ -142,10 +137,10 @@ def test_bad_quantization_options_are_one_line(tmp_path):
         (["--q-group-size", "48"], "--q-group-size 48"),
         (["--q-mode", "int3"], "--q-mode int3"),
     ):
-        r = runner.invoke(app, ["convert", str(folder), str(tmp_path / "q"), "-q", *args])
+        r = cli(*["convert", str(folder), str(tmp_path / "q"), "-q", *args])
         assert r.exit_code == 1 and word in r.output.strip().splitlines()[-1], r.output
     assert not (tmp_path / "q").exists()
-    r = runner.invoke(app, ["convert", "demo", str(tmp_path / "q"), "-q", "--q-group-size", "128"])  # 192 wide
+    r = cli(*["convert", "demo", str(tmp_path / "q"), "-q", "--q-group-size", "128"])  # 192 wide
     assert r.exit_code == 1 and "does not divide this model's 192-wide layers; use 32 or 64" in r.output, r.output
     assert not (tmp_path / "q").exists()
 

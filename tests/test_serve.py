@@ -22,12 +22,11 @@ from PIL import Image
 import mlx_aimv2
 
 pytest.importorskip("starlette", reason="the server needs the serve extra: pip install -e '.[serve]'")
+from helpers import PHOTO, ROOT
 from starlette.testclient import TestClient  # noqa: E402
 
 from mlx_aimv2.serve import build_app, open_settings  # noqa: E402
 
-ROOT = Path(__file__).parent.parent
-PHOTO = ROOT / "examples" / "grace_hopper.jpg"
 TOKEN = "a-long-enough-test-token-123"
 
 
@@ -147,6 +146,8 @@ def test_bad_requests_are_one_line_4xx(client, library, tmp_path):
         ("get", "/v1/dupes?threshold=abc", None, 400),
         ("get", "/v1/embeddings", None, 405),
         ("get", "/nowhere", None, 404),
+        ("post", "/v1/embeddings", b"[" * 200_000 + b"]" * 200_000, 400),  # nested past the parser's depth
+        ("post", "/v1/embeddings", b'{"input": ' + b"[" * 200_000 + b"]" * 200_000 + b"}", 400),
     ]
     for method, path, payload, status in cases:
         if method == "get":
@@ -316,3 +317,24 @@ def test_the_page_in_a_real_headless_browser(server, library, tmp_path):
     finally:
         browser.quit()
     json.dumps(want)  # the API's answer is plain JSON
+
+
+def test_the_index_at_fault_is_a_5xx_or_409_not_a_4xx(library, monkeypatch):
+    """A damaged index is the server's fault (500) and an index whose model changed a conflict (409):
+    the request did nothing wrong, so neither is a 400."""
+    from mlx_aimv2.errors import IndexFault, ModelChanged
+
+    db, photos = library
+    settings = open_settings(db=db, allow=[photos])
+    with TestClient(build_app(settings)) as c:
+        for fault, status in (
+            (IndexFault("lib.aimv2: the index is damaged"), 500),
+            (ModelChanged("built with x"), 409),
+        ):
+
+            def failing(*a, fault=fault, **k):
+                raise fault
+
+            monkeypatch.setattr(settings.index, "search", failing)
+            r = c.post("/v1/search", json={"text": "a red circle"})
+            assert r.status_code == status and str(fault) in r.json()["error"]["message"], r.text

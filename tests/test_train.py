@@ -7,18 +7,13 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import write_shard
+from helpers import PHOTO, QUIET, cli, write_shard
 from mlx.utils import tree_flatten
-from typer.testing import CliRunner
 
-from mlx_aimv2.cli import app
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.train.trainer import Trainer
-
-PHOTO = Path(__file__).parent.parent / "examples" / "grace_hopper.jpg"
-QUIET = dict(log=lambda *a: None)
 
 
 @pytest.fixture(scope="module")
@@ -104,21 +99,18 @@ def test_start_from_a_converted_checkpoint_then_embed_the_export(tmp_path):
     from helpers import hf_vision
 
     synth = write_synthetic(tmp_path / "synth", 48, size=64)
-    runner = CliRunner()
     _, hf = hf_vision(tmp_path)
-    assert runner.invoke(app, ["convert", str(hf), str(tmp_path / "conv")]).exit_code == 0
+    assert cli(*["convert", str(hf), str(tmp_path / "conv")]).exit_code == 0
     t = Trainer(cfg(synth, tmp_path / "run", init=str(tmp_path / "conv"), steps=3), **QUIET)
     src = mx.load(str(tmp_path / "conv" / "model.safetensors"))
     ours = dict(tree_flatten(t.model.encoder.parameters()))
     assert src.keys() == ours.keys()
     assert all(mx.array_equal(src[k], ours[k]).item() for k in src)
     t.run(progress=False)
-    r = runner.invoke(
-        app, ["embed", str(PHOTO), "--model", str(tmp_path / "run" / "encoder"), "-o", str(tmp_path / "e.npy")]
-    )
+    r = cli(*["embed", str(PHOTO), "--model", str(tmp_path / "run" / "encoder"), "-o", str(tmp_path / "e.npy")])
     assert r.exit_code == 0, r.output
     assert np.load(tmp_path / "e.npy").shape == (1, 256)
-    r = runner.invoke(app, ["export", str(tmp_path / "run"), str(tmp_path / "exp")])
+    r = cli(*["export", str(tmp_path / "run"), str(tmp_path / "exp")])
     assert r.exit_code == 0, r.output
     a = mx.load(str(tmp_path / "exp" / "model.safetensors"))
     b = mx.load(str(tmp_path / "run" / "encoder" / "model.safetensors"))
@@ -126,10 +118,9 @@ def test_start_from_a_converted_checkpoint_then_embed_the_export(tmp_path):
 
 
 def test_user_errors(synth, tmp_path):
-    runner = CliRunner()
 
     def err(*args):
-        r = runner.invoke(app, [str(a) for a in args])
+        r = cli(*[str(a) for a in args])
         assert r.exit_code == 1, r.output
         assert "Traceback" not in r.output
         return r.output.strip().splitlines()[-1]

@@ -9,6 +9,8 @@ matplotlib.
 
 from __future__ import annotations
 
+import signal
+
 import typer
 
 from . import evaluation, images, library, models, serving, training
@@ -70,10 +72,14 @@ def main():
 def console():
     """The `mlx-aimv2` command (and `python -m mlx_aimv2`): on Linux's CPU backend it first restarts
     itself with Debian's OpenBLAS when that is installed but not loaded (cpu.restart_with_openblas)."""
+    signal.signal(signal.SIGINT, signal.default_int_handler)  # loaded: Ctrl-C is KeyboardInterrupt again
     try:
         from ..cpu import restart_with_openblas
 
         restart_with_openblas()
     except KeyboardInterrupt:
         raise SystemExit(130) from None
-    main()
+    try:
+        main()
+    finally:  # the command is over (done, or exiting 130): a Ctrl-C during the exit itself changes nothing
+        signal.signal(signal.SIGINT, signal.SIG_IGN)

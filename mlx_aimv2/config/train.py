@@ -12,7 +12,7 @@ from typing import Optional
 
 import yaml
 
-from ..errors import UserError
+from ..errors import UserError, is_file_fault
 from .model import ENCODERS, DecoderConfig, VisionConfig, vision_preset
 
 try:
@@ -330,6 +330,8 @@ def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets
             else:
                 d = json.loads(file.read_text())
         except Exception as e:
+            if not is_file_fault(e):
+                raise
             raise UserError(f"{file}: cannot parse config ({e})") from None
         if not isinstance(d, dict):
             raise UserError(f"{file}: the config must be a table of keys")

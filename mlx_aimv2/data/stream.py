@@ -16,15 +16,18 @@ from __future__ import annotations
 import collections
 import io
 import math
+import queue
 import re
+import sys
+import threading
+from concurrent.futures import Future
 from typing import Iterator, Optional
 
-import mlx.data as dx
 import numpy as np
 from PIL import Image
 
-from ..errors import UserError
-from ..formats import open_image  # the same decoders and guards as inference
+from ..errors import UserError, is_file_fault
+from ..formats import HEIF_EXT, RAW_EXT, open_image  # the same decoders and guards as inference
 from ..preprocess import to_rgb
 from .sources import Bad, Dataset, Sample, Source
 
@@ -62,12 +65,72 @@ _SWAP = {"left": "right", "right": "left"}
 _LR = re.compile(r"\b(left|right|Left|Right)\b")
 
 
+try:  # the stream's worker threads; mlx-data has no wheel for every Python (none for 3.14 yet)
+    import mlx.data as dx
+except ImportError:
+    dx = None
+NO_MLX_DATA = (
+    "training needs mlx-data, which has no wheel for this Python ({version}); use Python 3.10 to 3.13 for "
+    "`train` (e.g. `uv venv -p 3.13` or `brew install python@3.13`), then pip install mlx-aimv2 there. "
+    "embed, index, search, serve, classify, convert and export work on this Python"
+)
+
+
+def require_mlx_data() -> None:
+    """One line, before any run folder is made, where mlx-data cannot be imported."""
+    if dx is None:
+        raise UserError(NO_MLX_DATA.format(version=".".join(map(str, sys.version_info[:2]))))
+
+
+# HEIC and RAW decoders (libheif, LibRaw) recurse deeply; mlx-data's worker threads are C++ threads
+# with the platform's default stack (512 KiB on macOS), so these files are decoded on a Python thread,
+# whose stack is set here (CPython's own default on macOS is 16 MiB; on Linux 8 MiB).
+HEAVY_EXT = HEIF_EXT + RAW_EXT
+DECODE_STACK = 16 << 20
+DECODE_THREADS = 2
+_heavy_lock = threading.Lock()
+_heavy_jobs: Optional[queue.SimpleQueue] = None
+
+
+def _decode_heavy(data: bytes, suffix: str) -> Image.Image:
+    """to_rgb(open_image(...)) on one of DECODE_THREADS daemon threads started with DECODE_STACK bytes
+    of stack; its result or its exception here."""
+    global _heavy_jobs
+    with _heavy_lock:
+        if _heavy_jobs is None:
+            _heavy_jobs = queue.SimpleQueue()
+            old = threading.stack_size(DECODE_STACK)
+            try:
+                for i in range(DECODE_THREADS):
+                    threading.Thread(
+                        target=_heavy_worker, args=(_heavy_jobs,), name=f"mlx-aimv2-decode-{i}", daemon=True
+                    ).start()
+            finally:
+                threading.stack_size(old)
+    done: Future = Future()
+    _heavy_jobs.put((done, data, suffix))
+    return done.result()
+
+
+def _heavy_worker(jobs: queue.SimpleQueue) -> None:
+    while True:
+        done, data, suffix = jobs.get()
+        try:
+            done.set_result(to_rgb(open_image(io.BytesIO(data), suffix)))
+        except BaseException as e:  # handed to the loader thread that asked
+            done.set_exception(e)
+
+
 def sample_image(s: Sample) -> Image.Image:
     """A sample's image, oriented by EXIF and in RGB, with the size guards of inference; any failure is
-    one UserError naming the sample."""
+    one UserError naming the sample. HEIC and RAW are decoded on a thread of known stack (above)."""
     try:
+        if s.suffix.lower() in HEAVY_EXT:
+            return _decode_heavy(s.read_bytes(), s.suffix)
         return to_rgb(open_image(io.BytesIO(s.read_bytes()), s.suffix))
     except Exception as e:
+        if not is_file_fault(e) and not isinstance(e, UserError):
+            raise
         raise UserError(f"{s.name}: cannot read the image ({e})") from None
 
 

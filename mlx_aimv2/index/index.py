@@ -24,9 +24,11 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
+from .. import owner
 from ..api import load, load_default
-from ..errors import UserError
-from ..paths import expand_paths
+from ..environment import release_cache
+from ..errors import ModelChanged, UserError
+from ..paths import canonical, canonical_all, expand_paths
 from ..preprocess import load_image
 from . import vectors
 from .dupes import DEFAULT_THRESHOLD, groups, pair_scores
@@ -63,6 +65,9 @@ class Summary:
         return s + (f"; {len(self.bad)} bad file(s) recorded" if self.bad else "")
 
 
+KEYS = "canonical"  # how rows are keyed (meta "keys"): paths.canonical, since 0.1.1
+
+
 def _model_ref(name: str) -> str:
     """What to store to load the model again: a local path made absolute, a name as given."""
     p = Path(name).expanduser()
@@ -93,11 +98,24 @@ class Index:
             other = load(model)  # the same weights under another name (a path for "demo-lit") are fine
             if other.fingerprint() != stored["fingerprint"]:
                 self.store.close()
-                raise UserError(
+                raise ModelChanged(
                     f"{self.path} was built with {stored['ref']}, not {model}; leave out --model to "
                     f"use the index's own, or index into another --db"
                 )
             self._model = other
+        self._canonical_keys()
+
+    def _canonical_keys(self) -> None:
+        """An index whose rows were keyed by the path as typed (before KEYS) is re-keyed once by the
+        canonical path; two rows of one photo (a path and its alias) become one."""
+        if self.store.read_only or self.store.get_meta("keys") == KEYS:
+            return
+        old = list(self.store.stats())
+        moves = {o: n for o, n in zip(old, canonical_all(old)) if o != n}
+        if moves:
+            self.store.rekey(moves)
+        self.store.set_meta("keys", KEYS)
+        self.store.commit()
 
     def close(self) -> None:
         with self._lock:
@@ -149,7 +167,7 @@ class Index:
     def _stored_model(self, stored: dict, text_only: bool = False):
         model = load(stored["ref"], text_only=text_only)
         if model.fingerprint() != stored["fingerprint"]:
-            raise UserError(
+            raise ModelChanged(
                 f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
                 f"its vectors no longer compare with new ones - re-index into a new --db"
             )
@@ -213,6 +231,7 @@ class Index:
                 raise db_error(self.path, e) from None
             finally:
                 self._refresh_if_changed(generation)  # even after a cancel: what was committed
+                owner.run(release_cache)  # a pass over photos of many shapes leaves no cache behind
             return summary
 
     def _refresh_if_changed(self, generation: int) -> None:
@@ -230,8 +249,8 @@ class Index:
         out = Summary(missing=missing)
         known = self.store.stats()
         todo = []
-        for f in files:
-            key = os.path.abspath(f)
+        keys = canonical_all(files)  # one photo, one row: `~/pictures` and `~/Pictures`, an alias and its target
+        for key in dict.fromkeys(keys):
             try:
                 st = os.stat(key)
             except OSError as e:
@@ -242,8 +261,8 @@ class Index:
                 out.unchanged += 1
             else:
                 todo.append((key, st.st_size, st.st_mtime_ns, old))
-        roots = [os.path.join(os.path.abspath(p), "") for p in paths if Path(p).is_dir()]
-        seen = {os.path.abspath(f) for f in files}
+        roots = [os.path.join(r, "") for r in canonical_all(p for p in paths if Path(p).is_dir())]
+        seen = set(keys)
         gone = [p for p in known if p not in seen and any(p.startswith(r) for r in roots)]
         todo = self._reuse_moved(todo, gone, known, out)
         if todo:
@@ -428,7 +447,7 @@ class Index:
         """The k images nearest an indexed one ("more like this"), from its stored vector: no model."""
         paths, matrix = self._vectors()
         try:
-            row = paths.index(str(path))
+            row = paths.index(str(path)) if str(path) in paths else paths.index(canonical(path))
         except ValueError:
             raise UserError(f"{path}: not an image of {self.path}") from None
         idx, scores = top_k(matrix, matrix[row], k)

@@ -20,13 +20,13 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..errors import UserError
+from ..errors import IndexFault, UserError
 
 SCHEMA_VERSION = 1
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (key TEXT PRIMARY KEY, value TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS images (
-    path TEXT PRIMARY KEY,      -- absolute path as indexed
+    path TEXT PRIMARY KEY,      -- the file's canonical path (paths.canonical; meta "keys")
     size INTEGER NOT NULL,      -- bytes
     mtime_ns INTEGER NOT NULL,
     sha1 TEXT,                  -- of the file's bytes; NULL for a file that could not be read
@@ -54,8 +54,8 @@ SQLITE_MAGIC = b"SQLite format 3\x00"
 REBUILD = "rebuild it with `mlx-aimv2 index PHOTOS --db NEW.aimv2` (the photos are untouched)"
 
 
-def damaged(path: Path, e) -> UserError:
-    return UserError(f"{path}: the index is damaged ({e}); {REBUILD}")
+def damaged(path: Path, e) -> IndexFault:
+    return IndexFault(f"{path}: the index is damaged ({e}); {REBUILD}")
 
 
 def db_error(path: Path, e: sqlite3.DatabaseError) -> UserError:
@@ -132,7 +132,11 @@ class Store:
             if not read_only:
                 self.db.execute("PRAGMA journal_mode=WAL")
                 self.db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: safe against a killed process
-                self.db.executescript(_SCHEMA)
+                # the tables and the schema's version in one transaction: a kill between them would
+                # leave a file that reads as another program's
+                self.db.executescript(
+                    f"BEGIN; {_SCHEMA} INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
+                )
             version = self.get_meta("schema")
         except sqlite3.DatabaseError as e:
             if not exists:
@@ -142,7 +146,7 @@ class Store:
             self.set_meta("schema", SCHEMA_VERSION)
             self.db.commit()
         elif version != SCHEMA_VERSION:
-            raise UserError(
+            raise IndexFault(
                 f"{self.path}: index format {version}, this mlx-aimv2 reads {SCHEMA_VERSION}; re-index into a new --db"
             )
 
@@ -170,9 +174,11 @@ class Store:
             raise db_error(self.path, e) from None
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            ours = {"meta", "images"} <= tables and db.execute(
-                "SELECT COUNT(*) FROM meta WHERE key = 'schema'"
-            ).fetchone()[0]
+            ours = {"meta", "images"} <= tables and (
+                db.execute("SELECT COUNT(*) FROM meta WHERE key = 'schema'").fetchone()[0]
+                # our tables, empty, made by an earlier version killed before it wrote the schema row
+                or not db.execute("SELECT COUNT(*) FROM images").fetchone()[0]
+            )
             if ours:
                 columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
                 ours = {"path", "size", "mtime_ns", "sha1", "vector", "error"} <= columns
@@ -252,6 +258,16 @@ class Store:
         if paths:
             self._changed = True
             self.db.executemany("DELETE FROM images WHERE path = ?", paths)
+
+    def rekey(self, moves: dict) -> None:
+        """Rows renamed old path -> new; where the new path has a row already (one photo under two
+        spellings), the old row is dropped. The caller commits."""
+        self._changed = True
+        for old, new in moves.items():
+            if self.db.execute("SELECT 1 FROM images WHERE path = ?", (_db_path(new),)).fetchone():
+                self.db.execute("DELETE FROM images WHERE path = ?", (_db_path(old),))
+            else:
+                self.db.execute("UPDATE images SET path = ? WHERE path = ?", (_db_path(new), _db_path(old)))
 
     def commit(self) -> None:
         """Commit, raising the generation when rows changed (in the same transaction)."""

@@ -4,6 +4,7 @@ Input is NHWC (MLX's conv layout). With `prefix_len` the trunk uses the pre-trai
 mask; without it attention is bidirectional, as at inference.
 """
 
+import collections
 from typing import Optional, Sequence
 
 import mlx.core as mx
@@ -11,6 +12,8 @@ import mlx.nn as nn
 
 from ..config import VisionConfig
 from .layers import Transformer, causal_mask
+
+POSITION_SHAPES = 8  # image shapes whose 2-D positions a native-resolution encoder keeps (cheap to remake)
 
 
 def sincos_2d(h: int, w: int, dim: int) -> mx.array:
@@ -49,7 +52,7 @@ class ViTPreprocessor(nn.Module):
         self.patchifier = PatchEmbed(c)
         if not c.native:
             self.pos_embed = mx.zeros((1, c.num_patches, c.hidden_size))
-        self._sincos_cache = {}
+        self._sincos_cache = collections.OrderedDict()  # (h, w) -> positions, the POSITION_SHAPES latest
 
     def _positions(self, h: int, w: int, dim: int) -> mx.array:
         if "pos_embed" in self:
@@ -60,9 +63,16 @@ class ViTPreprocessor(nn.Module):
                     f"patches. Resize to {int(n**0.5) * self.patch_size} px."
                 )
             return self.pos_embed
-        if (h, w) not in self._sincos_cache:
-            self._sincos_cache[(h, w)] = sincos_2d(h, w, dim)[None]
-        return self._sincos_cache[(h, w)]
+        # a native model sees a new shape with nearly every photo: the cache is bounded, so a long-lived
+        # process (an index of thousands of photos, a server) holds memory flat
+        cache = self._sincos_cache
+        if (h, w) in cache:
+            cache.move_to_end((h, w))
+        else:
+            cache[(h, w)] = sincos_2d(h, w, dim)[None]
+            while len(cache) > POSITION_SHAPES:
+                cache.popitem(last=False)
+        return cache[(h, w)]
 
     def __call__(self, x: mx.array) -> mx.array:
         _, hh, ww, _ = x.shape

@@ -32,7 +32,7 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import UserError
+from ..errors import IndexFault, ModelChanged, UserError
 from ..index.query import Term, parse
 from .batcher import Batcher
 from .inputs import MAX_BODY, BadRequest, decode_image, looks_like_image, parse_json, text_list
@@ -54,7 +54,8 @@ class Settings:
 
 
 def error(status: int, message: str) -> JSONResponse:
-    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found", 413: "request_too_large"}
+    kind = {401: "authentication_error", 403: "permission_error", 404: "not_found", 409: "conflict", 413: "request_too_large",
+            500: "server_error"}  # fmt: skip
     return JSONResponse({"error": {"message": message, "type": kind.get(status, "invalid_request_error")}}, status)
 
 
@@ -296,6 +297,11 @@ async def _bad(request, e: BadRequest):
 
 
 async def _user(request, e: UserError):
+    """A request's fault is a 4xx; the index's (damaged: 500, built with another model: 409) is not."""
+    if isinstance(e, ModelChanged):
+        return error(409, str(e))
+    if isinstance(e, IndexFault):
+        return error(500, str(e))
     return error(400, str(e))
 
 

@@ -21,6 +21,7 @@ from typing import Callable
 import numpy as np
 
 from .. import owner
+from ..environment import release_cache
 
 
 @dataclass
@@ -62,6 +63,7 @@ class Batcher:
             with self._lock:
                 if self.jobs.empty():
                     self._draining = False
+                    release_cache()  # idle again: the buffers of this burst's shapes go back
                     return
             jobs = [self.jobs.get()]
             size = len(jobs[0].items)

@@ -38,6 +38,8 @@ def parse_json(body: bytes) -> dict:
         data = json.loads(body)
     except (json.JSONDecodeError, UnicodeDecodeError) as e:
         raise BadRequest(400, f"the body is not valid JSON ({e})") from None
+    except RecursionError:  # [[[[...]]]] nested past the parser's depth: the client's doing
+        raise BadRequest(400, "the body's JSON is nested too deeply; send a flat object") from None
     if not isinstance(data, dict):
         raise BadRequest(400, "the body must be a JSON object")
     return data

@@ -8,7 +8,9 @@ from typing import Optional, Sequence
 
 import uvicorn
 
+from .. import owner
 from ..api import load, load_default
+from ..environment import limit_cache
 from ..errors import UserError
 from ..index import Index
 from .app import Settings, build_app
@@ -26,6 +28,7 @@ def open_settings(
 ) -> Settings:
     """The served model: --model, else the index's own (so search and embeddings agree), else the
     default LiT model (offline: demo-lit). The index opens read-only: `index` may keep adding to it."""
+    owner.run(limit_cache)  # a long-lived process: freed buffers beyond the cap go back to the system
     index = Index(db, create=False, read_only=True) if db is not None else None
     if model is not None:
         served, name = load(model), model
@@ -63,3 +66,5 @@ def run(settings: Settings, host: str = "127.0.0.1", port: int = 8000) -> None:
         server.run()
     except OSError as e:
         raise UserError(f"cannot listen on {host}:{port} ({e.strerror}); choose another --port") from None
+    if server.should_exit:  # stopped by Ctrl-C (or SIGTERM) after a graceful shutdown: 130, as every command
+        raise KeyboardInterrupt

@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 
 from .. import kinds
 from ..atomic import write_file, write_folder
-from ..errors import UserError
+from ..errors import UserError, is_file_fault
 from ..paths import children
 
 try:
@@ -94,6 +94,8 @@ def restore(ckpt: Path, model, optimizer) -> None:
         weights = mx.load(str(ckpt / "model.safetensors"))
         saved = mx.load(str(ckpt / "optimizer.safetensors"))
     except Exception as e:  # truncated, missing or unreadable: the caller falls back to an older one
+        if not is_file_fault(e):
+            raise
         raise UserError(f"{ckpt}: unreadable checkpoint files ({' '.join(str(e).split())[:160]})") from None
     try:
         model.load_weights(list(weights.items()), strict=True)

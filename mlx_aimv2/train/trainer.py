@@ -12,9 +12,10 @@ import json
 import math
 import shutil
 import signal
+import threading
 import time
 from pathlib import Path
-from typing import Optional
+from typing import Callable, Optional
 
 import mlx.core as mx
 import numpy as np
@@ -24,7 +25,7 @@ from .. import cpu, kinds
 from ..atomic import remove_orphans
 from ..config import TrainConfig
 from ..data.sources import Sample, first_sample
-from ..data.stream import Skips
+from ..data.stream import Skips, require_mlx_data
 from ..errors import UserError
 from ..paths import children
 from . import snapshots
@@ -36,8 +37,14 @@ from .watchdog import Watchdog
 
 
 class Trainer:
+    """One training run. Safe to drive from any one thread (a macOS app's worker thread): signal
+    handlers are installed only on the main thread; elsewhere `run(stop=event)` stops it at a step
+    boundary with a checkpoint, and `on_step(record)` reports progress. progress=False here silences
+    every bar of the run (run(progress=...) may override it for the loop's own bar)."""
+
     def __init__(self, cfg: TrainConfig, resume: bool = False, log=print, progress: bool = True):
         self.cfg, self.log, self.progress = cfg, log, progress
+        require_mlx_data()  # before anything is made: one line on a Python without its wheel
         cpu.warn_if_slow_blas()
         self.world = mx.distributed.init()
         self.rank, self.size = self.world.rank(), self.world.size()
@@ -212,8 +219,20 @@ class Trainer:
         }
         return snapshots.save(self.out, self.step, self.model, self.optimizer, state, self.cfg.keep)
 
-    def run(self, progress: bool = True, until: Optional[int] = None) -> dict:
-        """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export)."""
+    def run(
+        self,
+        progress: Optional[bool] = None,
+        until: Optional[int] = None,
+        stop=None,
+        on_step: Optional[Callable[[dict], None]] = None,
+    ) -> dict:
+        """Train to cfg.steps; `until` stops earlier as an interrupt would (checkpoint, no export).
+        stop: anything with is_set() (a threading.Event): once set, the run ends at the next step
+        boundary with a checkpoint, as Ctrl-C does. on_step(record): after every step, with "step",
+        "loss", "lr" and, on logged steps, the logged values. progress: the loop's bar (default:
+        as the Trainer was made)."""
+        progress = self.progress if progress is None else progress
+        self._stop_event, self._on_step = stop, on_step
         if self.rank == 0 and self.lock is None:
             self.lock = snapshots.lock_run(self.out, self.log)
         start = self.step
@@ -235,13 +254,17 @@ class Trainer:
         report = Reporter(self.out, self.rank, cfg.steps, self.log, progress)
         report.start(self.step)
         stop = {"flag": False}
-        # Ctrl-C and SIGTERM (what `kill` and schedulers send) both end at a step boundary with a checkpoint
-        old = {sig: signal.signal(sig, lambda *_: stop.update(flag=True)) for sig in (signal.SIGINT, signal.SIGTERM)}
+        # Ctrl-C and SIGTERM (what `kill` and schedulers send) both end at a step boundary with a checkpoint;
+        # Python lets only the main thread set handlers: from an app's worker thread, stop= does this
+        on_main = threading.current_thread() is threading.main_thread()
+        sigs = (signal.SIGINT, signal.SIGTERM) if on_main else ()
+        old = {sig: signal.signal(sig, lambda *_: stop.update(flag=True)) for sig in sigs}
+        event = self._stop_event
         batches = iter(self.stream)
         t0, seen, last = time.perf_counter(), 0, {}
         watchdog = Watchdog(self.rank, self.size, cfg.collective_timeout, self.out) if self.size > 1 else None
         try:
-            while self.step < cfg.steps and not self._anyone_stops(stop["flag"]):
+            while self.step < cfg.steps and not self._anyone_stops(stop["flag"] or bool(event and event.is_set())):
                 batch = next(batches)
                 inputs = mx.array(batch[self.objective.inputs])
                 parts, norm = step_fn(inputs, mx.array(batch["ids"]), self._key(self.step))
@@ -281,11 +304,14 @@ class Trainer:
                 elif probed:
                     report.record({"step": self.step, **probed})
                 report.step(loss, float(self.lr(self.step - 1)), last.get("images_per_s", 0))
+                if self._on_step is not None:
+                    logged = last if last.get("step") == self.step else {}
+                    self._on_step({**logged, "step": self.step, "loss": loss, "lr": float(self.lr(self.step - 1))})
                 if self.step % cfg.save_every == 0 and self.step < cfg.steps:
                     self.save()
                 if until is not None and self.step >= until:
                     stop["flag"] = True
-            stop["flag"] = stop["flag"] or self.step < cfg.steps  # a peer asked: this rank stops too
+            stop["flag"] = stop["flag"] or self.step < cfg.steps  # a peer asked (or stop=): this rank stops too
             path = self.save()  # a collective too, still under the watchdog
         except RuntimeError as e:
             if watchdog is None or not _peer_lost(e):
