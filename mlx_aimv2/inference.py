@@ -249,10 +249,19 @@ class ImageClassifier(Encoder):
     def predict(self, images: Sequence[ImageLike], batch_size: int = 8) -> np.ndarray:
         """Class probabilities (B, len(self.classes)); `classes` names the columns."""
         items = nonempty(images, "images", "an image")
-        tokens = [f["tokens"] for _, f in self.iter_embed(items, pool="none", batch_size=batch_size)]
-        return np.concatenate(
-            [self._head_probs(np.stack(tokens[i : i + batch_size])) for i in range(0, len(tokens), batch_size)]
-        )
+        return np.stack([p for _, p in self.iter_predict(items, batch_size)])
+
+    def iter_predict(self, items: Iterable[ImageLike], batch_size: int = 8, errors: Optional[list] = None):
+        """Yields (item, class probabilities) in input order; with an `errors` list, unreadable images
+        go there as (item, why) and the rest go on (iter_embed)."""
+        pending: list = []
+        for item, f in self.iter_embed(items, pool="none", batch_size=batch_size, errors=errors):
+            pending.append((item, f["tokens"]))
+            if len(pending) == batch_size:
+                yield from zip([i for i, _ in pending], self._head_probs(np.stack([t for _, t in pending])))
+                pending = []
+        if pending:
+            yield from zip([i for i, _ in pending], self._head_probs(np.stack([t for _, t in pending])))
 
     @owner.owned
     def _head_probs(self, tokens: np.ndarray) -> np.ndarray:
@@ -328,12 +337,19 @@ class LiTModel(AIMv2):
         self, images: Sequence[ImageLike], labels: Sequence[str], template: str = "a photo of {}."
     ) -> np.ndarray:
         """Zero-shot label probabilities (B_images, len(labels))."""
+        items = nonempty(images, "images", "an image")
+        return np.stack([p for _, p in self.iter_classify(items, labels, template)])
+
+    def iter_classify(self, items: Iterable[ImageLike], labels: Sequence[str], template: str = "a photo of {}.",
+                      errors: Optional[list] = None, batch_size: int = 8):  # fmt: skip
+        """Yields (item, zero-shot label probabilities) in input order; bad images go to `errors`."""
         labels = nonempty(labels, "labels", "a label")
-        prompts = fill_template(template, labels)
-        img = self.encode_image(images)
-        logits = self.logit_scale() * img @ self.encode_text(prompts).T
-        e = np.exp(logits - logits.max(axis=1, keepdims=True))
-        return e / e.sum(axis=1, keepdims=True)
+        text = self.encode_text(fill_template(template, labels))
+        scale = self.logit_scale()
+        for item, f in self.iter_embed(items, pool="attn", batch_size=batch_size, errors=errors):
+            logits = scale * f["embedding"] @ text.T
+            e = np.exp(logits - logits.max())
+            yield item, e / e.sum()
 
 
 def needs(model: AIMv2, cls: type, what: str) -> None:

@@ -6,6 +6,8 @@ from __future__ import annotations
 import contextlib
 import functools
 import logging
+import os
+import sys
 import warnings
 from typing import Optional
 
@@ -37,6 +39,9 @@ def user_errors(fn):
         except UserError as e:
             typer.echo(f"error: {shown(e)}", err=True)
             raise typer.Exit(1) from None
+        except BrokenPipeError:  # `mlx-aimv2 embed ... | head -1`: the reader left; end quietly, as Unix tools do
+            _stdout_to_devnull()
+            raise typer.Exit(141) from None  # 128 + SIGPIPE, what a shell reports for `yes | head -1`
         except OSError as e:  # the file system refused (a full or read-only disk, a file in the way)
             typer.echo(f"error: {os_error_line(e)}", err=True)
             raise typer.Exit(1) from None
@@ -74,6 +79,15 @@ def report_bad(bad: list) -> None:
             typer.echo(f"  {shown(line)}", err=True)
         if len(rest) > 20:
             typer.echo(f"  ... and {len(rest) - 20} more", err=True)
+
+
+def _stdout_to_devnull() -> None:
+    """Point stdout at /dev/null, so that the interpreter's last flush at exit has nowhere to fail."""
+    try:
+        fd = os.open(os.devnull, os.O_WRONLY)
+        os.dup2(fd, sys.stdout.fileno())
+    except (OSError, ValueError, AttributeError):  # not a real file (a test runner's buffer)
+        pass
 
 
 def report_skipped(errors: list, done: int) -> None:

@@ -116,7 +116,7 @@ def _save_pca(m, names, out: Path):
 
 
 def classify(
-    image: Path = typer.Argument(...),
+    paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
     labels: Optional[str] = typer.Option(
         None, help="comma-separated labels for zero-shot (a LiT model), e.g. 'a cat,a dog'; omit for a fine-tuned model"
     ),
@@ -125,36 +125,61 @@ def classify(
         "--model",
         "-m",
         show_default=False,
-        help="a LiT model, or a fine-tuned classifier (train --objective classify)  "
+        help="a LiT model, or a fine-tuned classifier (its folder, or the `train --objective classify` run)  "
         "\\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
     ),
     template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label"),
     top_k: int = typer.Option(5, "--top-k", min=1, help="how many classes to print"),
+    as_json: bool = typer.Option(False, "--json", help="print [{path, labels, probabilities}] as JSON"),
 ):
-    """Classify an image: zero-shot over --labels with the LiT model, or with a fine-tuned classifier's own classes."""
+    """Classify images: zero-shot over --labels with the LiT model, or with a fine-tuned classifier's own
+    classes. One image prints its top classes a line each; several print a line per image."""
     from ..api import ImageClassifier, LiTModel, fill_template, load, load_default
     from ..inference import needs
+    from ..train.runs import classifier_folder
 
+    files, errors = expand_paths(paths)
+    if not files:
+        raise UserError("no images to classify: " + "; ".join(f"{p}: {why}" for p, why in errors))
     if labels is None:
         if model is None:
             raise UserError("give --labels for zero-shot classification, or --model a fine-tuned classifier")
-        m = load(model)
+        m = load(str(classifier_folder(model)))
         needs(m, ImageClassifier, "classify without --labels")
-        probs, names = m.predict([str(image)])[0], m.classes
+        rows = m.iter_predict([str(f) for f in files], errors=errors)
     else:
         names = [l.strip() for l in labels.split(",") if l.strip()]
         if not names:
             raise UserError("--labels is empty; give comma-separated labels")
         fill_template(template, names)  # a bad template fails before the model loads
-        m = load_default("lit")[0] if model is None else load(model)
+        m = load_default("lit")[0] if model is None else load(str(classifier_folder(model)))
         if isinstance(m, ImageClassifier):
             raise UserError(
                 f"{model}: a fine-tuned classifier has its own classes ({', '.join(m.classes[:4])}...); drop --labels"
             )
         needs(m, LiTModel, "zero-shot classification over --labels")
-        probs = m.classify([str(image)], names, template)[0]
-    for i in probs.argsort()[::-1][:top_k]:
-        typer.echo(f"{probs[i]:7.2%}  {names[i]}")
+        rows = m.iter_classify([str(f) for f in files], names, template, errors=errors)
+    names = m.classes if labels is None else names
+    done = []
+    for path, probs in rows:
+        top = probs.argsort()[::-1][:top_k]
+        done.append(
+            {
+                "path": shown(path),
+                "labels": [names[i] for i in top],
+                "probabilities": [round(float(probs[i]), 6) for i in top],
+            }
+        )
+        if as_json:
+            continue
+        if len(files) == 1:
+            for i in top:
+                typer.echo(f"{probs[i]:7.2%}  {names[i]}")
+        else:
+            typer.echo(f"{shown(path)}: " + ", ".join(f"{probs[i]:.1%} {names[i]}" for i in top))
+    if as_json:
+        typer.echo(json.dumps(done, indent=1))
+    report_skipped(errors, len(done))
 
 
 def caption(
@@ -193,6 +218,8 @@ def complete(
     from ..viz import save_completion
 
     check_output(out, PICTURES, "--out")
+    if not image.is_file():
+        raise UserError(f"{image}: no such image; give an image file")
     c = predict(model, str(image), prefix)
     save_completion(c.real, c.filled, c.error, prefix, out)
     typer.echo(f"next-patch MSE after {prefix} of {c.patches} patches: {c.mse:.4f}; saved {out}")

@@ -19,7 +19,7 @@ from .model import (
     swiglu_hidden,
     vision_preset,
 )
-from .train import RESUMABLE, TrainConfig, build_config, load_config, read_config
+from .train import RESUMABLE, TrainConfig, build_config, load_config, read_config, saved_run_config
 
 __all__ = [
     "ENCODERS",
@@ -35,6 +35,7 @@ __all__ = [
     "architecture_name",
     "block_linear_params",
     "build_config",
+    "saved_run_config",
     "checkpoint_bytes",
     "count_params",
     "count_vision_params",

@@ -359,7 +359,13 @@ def read_config(file: Optional[Path] = None, overrides: dict | None = None, sets
     return d
 
 
-def build_config(d: dict, saved: Optional[dict] = None) -> TrainConfig:
+def saved_run_config(d: dict) -> TrainConfig:
+    """A run's config as its checkpoint recorded it (every key, defaults included): checked for type
+    and range, not for keys given without their setting (none of them was given now)."""
+    return build_config(d, given_now=False)
+
+
+def build_config(d: dict, saved: Optional[dict] = None, given_now: bool = True) -> TrainConfig:
     names = {f.name for f in dataclasses.fields(TrainConfig)}
     if saved is not None:
         changed = sorted(k for k, v in d.items() if k not in RESUMABLE and json.loads(json.dumps(v)) != saved.get(k))
@@ -375,7 +381,8 @@ def build_config(d: dict, saved: Optional[dict] = None) -> TrainConfig:
         if isinstance(d.get(k), list):
             d[k] = tuple(d[k])
     cfg = TrainConfig(**d).validate()
-    _check_given(cfg, given)
+    if given_now:
+        _check_given(cfg, given)
     return cfg
 
 
@@ -386,8 +393,8 @@ def _check_given(cfg: TrainConfig, given: dict) -> None:
     for name, value in given.items():
         meta, f = fields[name].metadata, fields[name]
         default = f.default_factory() if f.default is dataclasses.MISSING else f.default
-        if json.loads(json.dumps(value)) == json.loads(json.dumps(default)):
-            continue
+        if meta["objectives"] and json.loads(json.dumps(value)) == json.loads(json.dumps(default)):
+            continue  # an objective's key at its default (a shared config file) changes nothing
         if meta["objectives"] and cfg.objective not in meta["objectives"]:
             raise UserError(
                 f"config key '{name}' is read only by objective {' / '.join(meta['objectives'])}, and this run's "

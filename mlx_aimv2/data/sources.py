@@ -230,6 +230,7 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
     glob, a brace pattern as webdataset writes it (shards/{00000..01023}.tar), or a .txt file listing
     them one per line. Nothing is read but names (and a captions file's size and header)."""
     p = Path(path)
+    _refuse_compressed(path)
     if p.is_file() and p.suffix in (".jsonl", ".csv", ".tsv"):
         return caption_ranges(p, images)
     if p.is_dir():
@@ -239,6 +240,9 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
         tars = children(p, "*.tar", kind="file")
         if tars:
             return [TarShard(str(t)) for t in tars]
+        packed = [c for c in children(p, kind="file") if c.name.lower().endswith(COMPRESSED)]
+        if packed:
+            _refuse_compressed(str(packed[0]), len(packed))
         raise UserError(
             f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
             f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`"
@@ -246,6 +250,9 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
     if p.is_file() and p.suffix == ".txt":  # a list of shards
         root = p.parent
         tars = [str(root / line) for line in listed_lines(p.read_text(errors="replace").splitlines())]
+        packed = [t for t in tars if t.lower().endswith(COMPRESSED)]
+        if packed:
+            _refuse_compressed(packed[0], len(packed))
         if not tars:
             raise UserError(f"{path}: the shard list is empty; write one tar path per line")
         return [TarShard(t) for t in tars]
@@ -255,6 +262,21 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
             raise UserError(f"{path}: no tar shards match")
         return [TarShard(t) for t in tars]
     raise UserError(f"{path}: no such dataset; give a captions file (.jsonl/.csv/.tsv), a folder or tar shards")
+
+
+COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.zstd")
+
+
+def _refuse_compressed(path: str, count: int = 1) -> None:
+    """A compressed shard is refused in one line: the stream reads a sample's image by its byte offset
+    in the tar (a resumable, seekable stream), which a compressed file does not have."""
+    if not str(path).lower().endswith(COMPRESSED):
+        return
+    many = f" (and {count - 1} more)" if count > 1 else ""
+    raise UserError(
+        f"{path}{many}: a compressed shard; the stream seeks into plain .tar shards, so unpack them first, "
+        f"e.g. `gunzip -k shard.tar.gz` (or `zstd -d`, `xz -dk`), and give the .tar files"
+    )
 
 
 def caption_ranges(file: Path, images: Optional[str] = None) -> list[CaptionRows]:

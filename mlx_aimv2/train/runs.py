@@ -15,7 +15,7 @@ from mlx.utils import tree_flatten
 
 from .. import checkpoints, cpu, finetuned, hub, kinds
 from ..atomic import check_destination
-from ..config import DecoderConfig, ModelConfig, TextConfig, TrainConfig, VisionConfig, build_config
+from ..config import DecoderConfig, ModelConfig, TextConfig, TrainConfig, VisionConfig, saved_run_config
 from ..errors import UserError
 from ..inference import AIMv2, Encoder, LiTModel, open_model
 from ..models import AIMv2LiT, AIMv2VisionEncoder, lora
@@ -136,7 +136,7 @@ def load_pretrainer(run, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Pre
             )
         return _folder_pretrainer(folder, need)
     ckpt, state = newest(run, (kinds.PRETRAINING_RUN,), "it has no decoder; give a pre-training run")
-    cfg = build_config(dict(state["config"]))
+    cfg = saved_run_config(dict(state["config"]))
     _check_learned(run, cfg.objective, need)
     own = Path(run) / "tokenizer.json"
     tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
@@ -176,7 +176,7 @@ def save_decoder(run: Path, folder: Path, dtype=None) -> None:
     ckpt, state = newest(
         run, (kinds.PRETRAINING_RUN,), "--decoder needs a pre-training run (aimv2, image or text objective)"
     )
-    cfg = build_config(dict(state["config"]))
+    cfg = saved_run_config(dict(state["config"]))
     own = Path(run) / "tokenizer.json"
     tokenizer = load_tokenizer(own if own.is_file() else Path(cfg.tokenizer), cfg.context_length)
     weights = {k: v.astype(dtype or v.dtype) for k, v in _weights(ckpt, "decoder.").items()}
@@ -343,13 +343,28 @@ def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str,
     )
 
 
+def classifier_folder(name) -> Path:
+    """What `classify --model` names: a fine-tuning run stands for the classifier it exported
+    (RUN/classifier); anything else is itself."""
+    path = Path(name)
+    if kinds.is_run(path) and kinds.path_kind(path) == kinds.CLASSIFIER_RUN:
+        done = path / "classifier"
+        if kinds.model_kind(done) != kinds.CLASSIFIER:
+            raise UserError(
+                f"{path}: this fine-tuning run has not exported its classifier yet (it is running or was "
+                f"stopped); `mlx-aimv2 export {path} DIR` writes one from its newest checkpoint"
+            )
+        return done
+    return path
+
+
 def classifier_run(run: Path) -> tuple:
     """(Classifier, ModelConfig of its encoder, preprocessor dict, classes, TrainConfig, step) of a
     fine-tuning run's newest checkpoint; None for a run of another objective."""
     ckpt, state = newest(run)
     if kinds.run_kind(state) != kinds.CLASSIFIER_RUN:
         return None
-    cfg = build_config(dict(state["config"]))
+    cfg = saved_run_config(dict(state["config"]))
     config = ModelConfig(vision=VisionConfig.from_dict(state["vision"]), quantization=state.get("quantization"))
     encoder = build_model(config)
     if config.quantization and cfg.tune == "lora":
