@@ -132,13 +132,17 @@ def test_state_resumes_exactly_mid_buffer_and_mid_shard(shards):
     state = json.loads(json.dumps(stream_a.state()))  # what a checkpoint stores
     assert state["pending"] and state["reader"]["buffer"]
     rest = [next(a) for _ in range(14)]  # across the epoch boundary (96 samples)
-    b = make()
-    assert b.restore(state) is None
-    resumed = iter(b)
-    for want in rest:
-        got = next(resumed)
-        assert captions(got) == captions(want)
-        assert (got["images"] == want["images"]).all()
+    older = json.loads(json.dumps(state))  # a checkpoint written before the cursor's keys were named
+    reader = older["reader"]
+    reader["k"], reader["j"], reader["n"] = reader.pop("shard"), reader.pop("entry"), reader.pop("drawn")
+    for saved in (state, older):
+        b = make()
+        assert b.restore(saved) is None
+        resumed = iter(b)
+        for want in rest:
+            got = next(resumed)
+            assert captions(got) == captions(want)
+            assert (got["images"] == want["images"]).all()
 
 
 def test_a_shard_that_vanishes_mid_run_is_counted_once(shards, tmp_path):

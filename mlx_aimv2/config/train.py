@@ -1,5 +1,6 @@
-"""Training configuration: one dataclass, read from TOML / YAML and `--set key=value` flags, plus
-the encoder presets from a tiny test model to AIMv2-L and beyond."""
+"""Training configuration: TrainConfig, one table of keys (each with its type, range, help, the
+objectives that read it and whether a resumed run may change it), read from TOML / YAML / JSON and
+`--set key=value` flags. The encoder presets it names live in config/model.py."""
 
 from __future__ import annotations
 

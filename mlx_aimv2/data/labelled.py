@@ -152,8 +152,9 @@ def _read_classes(path: str) -> list[str]:
     return names
 
 
-class LabelIds:
-    """Class names -> (n, 1) int32 ids: the stream's "tokenizer" for labelled samples."""
+class ClassLabelEncoder:
+    """Class names -> (n, 1) int32 class labels. The stream carries a labelled sample's class name where a
+    captioned one has its caption, and encodes it with this in the text encoder's place."""
 
     def __init__(self, classes: list[str]):
         self.classes = list(classes)

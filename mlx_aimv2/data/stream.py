@@ -184,7 +184,8 @@ class Reader:
         self._begin(0)
 
     def _begin(self, epoch: int) -> None:
-        self.epoch, self.k, self.j, self.n, self.found = epoch, 0, 0, 0, 0
+        # where the reader is: the shard (its index in `mine`), the entry within it, samples drawn
+        self.epoch, self.shard, self.entry, self.drawn, self.found = epoch, 0, 0, 0, 0
         self.rng = np.random.default_rng([self.seed, epoch, self.stream])
         self.buffer: list = []
         self._it = None
@@ -193,19 +194,19 @@ class Reader:
 
     def _entry(self) -> Optional[Sample]:
         """The next sample of this epoch's shards; bad entries on the way are counted. None: done."""
-        while self.k < len(self.mine):
+        while self.shard < len(self.mine):
             if self._it is None:
-                self._it = self.sources[self.mine[self.k]].entries()
-                for _ in range(self.j):  # a resumed cursor: skip what was read before
+                self._it = self.sources[self.mine[self.shard]].entries()
+                for _ in range(self.entry):  # a resumed cursor: skip what was read before
                     next(self._it, None)
             for e in self._it:
-                self.j += 1
+                self.entry += 1
                 if isinstance(e, Sample):
                     self.found += 1
                     return e
                 if isinstance(e, Bad) and self.skips is not None and self._first_time(e):
                     self.skips.add(e.where, e.why)
-            self.k, self.j, self._it = self.k + 1, 0, None
+            self.shard, self.entry, self._it = self.shard + 1, 0, None
         return None
 
     def _first_time(self, e: Bad) -> bool:
@@ -231,8 +232,8 @@ class Reader:
                 s = self.buffer[i]
                 self.buffer[i] = self.buffer[-1]
                 self.buffer.pop()
-                self.n += 1
-                return self.epoch, self.n - 1, s
+                self.drawn += 1
+                return self.epoch, self.drawn - 1, s
             if self.found == 0:
                 raise UserError(self._nothing())
             self._begin(self.epoch + 1)
@@ -244,14 +245,16 @@ class Reader:
 
     def state(self) -> dict:
         return {
-            "epoch": self.epoch, "k": self.k, "j": self.j, "n": self.n, "found": self.found,
+            "epoch": self.epoch, "shard": self.shard, "entry": self.entry, "drawn": self.drawn, "found": self.found,
             "rng": self.rng.bit_generator.state, "buffer": [s.to_json() for s in self.buffer],
             "failed": sorted(self.failed),
         }  # fmt: skip
 
     def restore(self, st: dict) -> None:
         self._begin(st["epoch"])
-        self.k, self.j, self.n, self.found = st["k"], st["j"], st["n"], st["found"]
+        old = "k" in st  # checkpoints before these keys were named
+        self.shard, self.entry = st["k" if old else "shard"], st["j" if old else "entry"]
+        self.drawn, self.found = st["n" if old else "drawn"], st["found"]
         self.rng.bit_generator.state = st["rng"]
         self.buffer = [Sample.from_json(r) for r in st["buffer"]]
         self.failed = set(st["failed"])

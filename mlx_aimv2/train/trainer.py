@@ -1,8 +1,9 @@
-"""The training loop: data -> compiled step -> reporter, checkpoints, export. Short on purpose; what
-it trains is the objective's business (objectives/), what it says is the reporter's.
+"""The training loop: data -> compiled step -> reporter, checkpoints, export. What it trains is the
+objective's business (objectives/), what it says is the reporter's, where it writes is snapshots'.
 
     trainer = Trainer(cfg)          # builds the objective, data, tokenizer, model, optimizer (and resumes)
     trainer.run()                   # trains to cfg.steps, checkpointing every cfg.save_every
+    trainer.run(stop=event, on_step=fn)  # from an app's worker thread: its Stop button, its progress
 """
 
 from __future__ import annotations

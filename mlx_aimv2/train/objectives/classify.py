@@ -20,7 +20,7 @@ from mlx.utils import tree_flatten
 
 from ... import checkpoints, cpu
 from ...config import ModelConfig
-from ...data.labelled import LabelIds, open_labelled
+from ...data.labelled import ClassLabelEncoder, open_labelled
 from ...data.stream import TrainStream
 from ...errors import UserError
 from ...eval.knn import HeldOut
@@ -74,7 +74,7 @@ class Classify(Objective):
         return self.data.sources
 
     def tokenizer(self, sources):
-        return LabelIds(self.classes)
+        return ClassLabelEncoder(self.classes)
 
     def stream(self, sources, tokenizer, batch_size: int, barrier, progress: bool):
         cfg = self.cfg
@@ -134,9 +134,9 @@ class Classify(Objective):
         return 1.0
 
     # -- the step --------------------------------------------------------------------------------
-    def prepare(self, images: mx.array, ids: mx.array, key: mx.array, shard: RankShare) -> tuple:
+    def prepare(self, images: mx.array, labels: mx.array, key: mx.array, shard: RankShare) -> tuple:
         x = (images.astype(mx.float32) - self.mean) / self.std
-        return x.astype(shard.dtype), ids[:, 0]
+        return x.astype(shard.dtype), labels[:, 0]  # the (n, 1) class labels (ClassLabelEncoder)
 
     def loss(self, model: nn.Module, batch: tuple, shard: RankShare) -> dict:
         """Cross-entropy and top-1 accuracy, this rank's share of the global batch's mean."""
