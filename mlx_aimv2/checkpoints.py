@@ -20,7 +20,7 @@ import mlx.core as mx
 from mlx.utils import tree_flatten
 from safetensors.numpy import load_file as numpy_safetensors
 
-from . import finetuned, hub, kinds
+from . import finetuned, hub, kinds, modelcard
 from .atomic import write_folder
 from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .errors import UserError, is_file_fault
@@ -475,24 +475,94 @@ def save(
     weights: Optional[dict] = None,
     more: Optional[Callable[[Path], None]] = None,
     kind: Optional[str] = None,
+    max_shard_size: Optional[int] = None,
+    card: Optional[dict] = None,
 ) -> Path:
-    """Write model.safetensors + config.json + preprocessor_config.json atomically (atomic.write_folder).
+    """Write the weights (write_weights: one file, or shards over max_shard_size) + config.json +
+    preprocessor_config.json atomically (atomic.write_folder).
     weights: these instead of the model's own; more(folder): writes further files into the folder.
     kind: what the folder is (kinds.MODEL_KINDS), recorded in its config.json; by default an encoder
-    or a LiT model, by the config."""
+    or a LiT model, by the config. card: base_model / fidelity / repo for the README.md model card
+    every folder gets (modelcard.py)."""
     weights = dict(tree_flatten(model.parameters())) if weights is None else weights
     kind = kind or (kinds.LIT if config.kind == "lit" else kinds.ENCODER)
+    written: list = []
 
     def write(tmp: Path):
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "mlx", **(metadata or {})})
+        written.extend(write_weights(tmp, weights, {"format": "mlx", **(metadata or {})}, max_shard_size))
         (tmp / "config.json").write_text(json.dumps(kinds.record(config.to_dict(), kind), indent=2) + "\n")
         pp = preprocessor or default_preprocessor(config)
         (tmp / "preprocessor_config.json").write_text(json.dumps(pp, indent=2) + "\n")
         copy_files(extra_files, tmp)
+        modelcard.write(tmp, config, kind, **(card or {}))
         if more is not None:
             more(tmp)
 
-    return write_folder(out_dir, write, overwrite)
+    out = write_folder(out_dir, write, overwrite)
+    drop_stale_weights(out, written)
+    return out
+
+
+# -- weights, whole or in shards -------------------------------------------------------------------------
+
+DEFAULT_SHARD_SIZE = 5 * 10**9  # transformers' and mlx-lm's default (bytes): a 3B checkpoint in 3 files
+SHARD_NAME = "model-{:05d}-of-{:05d}.safetensors"
+SHARD_INDEX = "model.safetensors.index.json"
+_UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
+
+
+def parse_size(text) -> int:
+    """'5GB', '500MB', '2GiB' or a number of bytes -> bytes (transformers' max_shard_size spelling)."""
+    if isinstance(text, int) and not isinstance(text, bool):
+        size = text
+    else:
+        m = re.fullmatch(r"\s*([0-9]*\.?[0-9]+)\s*([A-Za-z]*)\s*", str(text))
+        unit = m.group(2).upper() if m else None
+        if m is None or unit not in _UNITS:
+            raise UserError(f"--max-shard-size {text!r}: give a size such as 5GB, 500MB or 2GiB")
+        size = int(float(m.group(1)) * _UNITS[unit])
+    if size < 1:
+        raise UserError(f"--max-shard-size {text!r}: must be above zero")
+    return size
+
+
+def write_weights(folder: Path, weights: dict, metadata: dict, max_shard_size: Optional[int] = None) -> list[str]:
+    """model.safetensors, or when the weights are over max_shard_size, model-0000k-of-0000n.safetensors
+    shards (in the weights' order, a tensor never split) with model.safetensors.index.json, as
+    transformers and mlx-lm write them. Returns the names written."""
+    limit = DEFAULT_SHARD_SIZE if max_shard_size is None else max_shard_size
+    total = sum(v.nbytes for v in weights.values())
+    if total <= limit:
+        mx.save_safetensors(str(folder / "model.safetensors"), weights, metadata=metadata)
+        return ["model.safetensors"]
+    shards, size = [[]], 0
+    for k, v in weights.items():
+        if shards[-1] and size + v.nbytes > limit:
+            shards.append([])
+            size = 0
+        shards[-1].append(k)
+        size += v.nbytes
+    names = [SHARD_NAME.format(i + 1, len(shards)) for i in range(len(shards))]
+    for name, keys in zip(names, shards):
+        mx.save_safetensors(str(folder / name), {k: weights[k] for k in keys}, metadata=metadata)
+    index = {"metadata": {"total_size": total}, "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
+    (folder / SHARD_INDEX).write_text(json.dumps(index, indent=2) + "\n")
+    return [*names, SHARD_INDEX]
+
+
+def drop_stale_weights(folder: Path, written: list) -> None:
+    """After writing into an existing folder: weight files of ours the new ones replace (a single file
+    where shards were written, or older shards), so no reader finds the old weights first."""
+    if not written:
+        return
+    ours = [
+        *children(folder, "model-*-of-*.safetensors", kind="file"),
+        folder / "model.safetensors",
+        folder / SHARD_INDEX,
+    ]
+    for f in ours:
+        if f.name not in written and f.is_file():
+            f.unlink()
 
 
 def tokenizer_files(folder: Path) -> tuple:

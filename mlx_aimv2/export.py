@@ -13,9 +13,10 @@ from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
+import numpy as np
 from mlx.utils import tree_flatten
 
-from . import finetuned, kinds, owner
+from . import finetuned, hub, kinds, modelcard, owner
 from .atomic import check_destination, write_folder
 from .checkpoints import (
     HF_BLOCK,
@@ -26,9 +27,11 @@ from .checkpoints import (
     HF_VISION,
     copy_files,
     default_preprocessor,
+    drop_stale_weights,
     load_checkpoint,
     save,
     tokenizer_files,
+    write_weights,
 )
 from .config import ModelConfig
 from .errors import UserError
@@ -140,6 +143,8 @@ def export(
     overwrite: bool = False,
     decoder: bool = False,
     dtype: Optional[str] = None,
+    max_shard_size: Optional[int] = None,
+    command: Optional[str] = None,
 ) -> Path:
     """A model as `format`: mlx (a run's trained model, or any checkpoint converted, for `embed` and
     `load`; with `decoder`, a pre-training run's decoder beside it for caption / complete) or
@@ -156,16 +161,20 @@ def export(
     if format == "transformers":
         if dtype is not None:
             raise UserError("--dtype applies to --format mlx; a transformers export keeps the weights' type")
-        return export_transformers(src, dst, overwrite)
+        return export_transformers(src, dst, overwrite, max_shard_size, command)
     if is_run:
-        return runs.export_run(Path(src), dst, overwrite, decoder=decoder, dtype=DTYPES.get(dtype))
-    return convert(src, dst, dtype=dtype, overwrite=overwrite)
+        return runs.export_run(
+            Path(src), dst, overwrite, decoder=decoder, dtype=DTYPES.get(dtype), max_shard_size=max_shard_size
+        )
+    return convert(src, dst, dtype=dtype, overwrite=overwrite, max_shard_size=max_shard_size, command=command)
 
 
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
-def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
+def export_transformers(
+    src: str, dst: Path, overwrite: bool = False, max_shard_size: Optional[int] = None, command: Optional[str] = None
+) -> Path:
     """A checkpoint (any layout we read, quantized too) or a training run -> a transformers folder."""
     dst = check_destination(dst, overwrite)
     module, config, preprocessor, extra = _source(src)
@@ -177,13 +186,19 @@ def export_transformers(src: str, dst: Path, overwrite: bool = False) -> Path:
     )
     cfg = transformers_config(config, dtype)
 
+    written: list = []
+
     def write(tmp: Path):
-        mx.save_safetensors(str(tmp / "model.safetensors"), weights, metadata={"format": "pt"})
+        written.extend(write_weights(tmp, weights, {"format": "pt"}, max_shard_size))
+        kind = kinds.LIT if config.kind == "lit" else kinds.ENCODER
+        modelcard.write(tmp, config, kind, hub.repo_of(str(src)), library="transformers", command=command)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         copy_files(extra, tmp)
 
-    return write_folder(dst, write, overwrite)
+    out = write_folder(dst, write, overwrite)
+    drop_stale_weights(out, written)
+    return out
 
 
 def _source(src: str):
@@ -204,6 +219,8 @@ def convert(
     revision: Optional[str] = None,
     overwrite: bool = False,
     quantization: Optional[dict] = None,
+    max_shard_size: Optional[int] = None,
+    command: Optional[str] = None,
 ) -> Path:
     """Any supported checkpoint -> an MLX folder (model.safetensors, config.json, preprocessor_config.json).
     dtype: float32 | bfloat16 | float16, default the source's own. quantization: quantize.spec(...) to
@@ -216,14 +233,18 @@ def convert(
     if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers
         dequantize(lora.merge(module))
         config.quantization = None
+    fidelity = None
     if quantization is not None:
         if config.quantization:
             raise UserError(
                 f"{src}: already quantized ({config.quantization['bits']}-bit); convert from the float "
                 f"checkpoint it was made from"
             )
+        pixels = sample_pixels(config, folder)
+        before = _pooled(module, config, pixels)
         quantize(module, quantization)
         config.quantization = quantization
+        fidelity = _cosines(before, _pooled(module, config, pixels))
     pp = folder / "preprocessor_config.json"
     preprocessor_of(config, folder)  # refuse an invalid one before writing anything
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
@@ -231,4 +252,37 @@ def convert(
     kind = kinds.model_kind(folder) or (kinds.LIT if config.kind == "lit" else kinds.ENCODER)
     if kind == kinds.CAPTIONER:  # the decoder stays behind: the copy is the encoder
         kind = kinds.ENCODER
-    return save(module, config, Path(dst), preprocessor, extra, overwrite=overwrite, kind=kind)
+    card = dict(base_model=hub.repo_of(str(src)) or modelcard.base_model_of(folder), fidelity=fidelity, command=command)
+    return save(module, config, Path(dst), preprocessor, extra, overwrite=overwrite, kind=kind,
+                max_shard_size=max_shard_size, card=card)  # fmt: skip
+
+
+FIDELITY_IMAGES = 8  # seeded pictures a quantized folder's card measures its fidelity on
+
+
+def sample_pixels(config: ModelConfig, folder: Path) -> np.ndarray:
+    """FIDELITY_IMAGES pictures (a colour gradient, noise and a few boxes each, seeded), preprocessed
+    as the model's own inputs."""
+    pre = preprocessor_of(config, folder)
+    rng, ramp = np.random.default_rng(0), np.linspace(0, 1, 256)
+    out = []
+    for _ in range(FIDELITY_IMAGES):
+        px = rng.uniform(0, 255, 3) * ramp[:, None, None] + rng.uniform(0, 255, 3) * ramp[None, :, None] / 2
+        px = px + rng.normal(0, 12, (256, 256, 3))
+        for _ in range(3):
+            y, x, h, w = rng.integers(0, 200, 2).tolist() + rng.integers(16, 56, 2).tolist()
+            px[y : y + h, x : x + w] = rng.uniform(0, 255, 3)
+        out.append(pre(np.clip(px, 0, 255).astype(np.uint8)))
+    return np.stack(out)
+
+
+def _pooled(module, config: ModelConfig, pixels: np.ndarray) -> np.ndarray:
+    vision = module.image_encoder if config.kind == "lit" else module
+    dtype = vision.preprocessor.patchifier.proj.weight.dtype
+    dtype = dtype if mx.issubdtype(dtype, mx.floating) else mx.float32
+    return np.array(vision(mx.array(pixels).astype(dtype)).mean(axis=1).astype(mx.float32))
+
+
+def _cosines(a: np.ndarray, b: np.ndarray) -> dict:
+    cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
+    return {"images": len(cos), "mean": float(cos.mean()), "min": float(cos.min())}

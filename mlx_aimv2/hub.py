@@ -204,3 +204,36 @@ def fetch_file(repo: str, filename: str, revision: Optional[str] = None) -> Path
         f"{repo}/{filename} is neither in the local Hugging Face cache nor reachable; "
         f"connect once, or give a local path"
     )
+
+
+def repo_of(name: str) -> Optional[str]:
+    """The hub repo a model name stands for (a published short name is Apple's), or None for a path."""
+    if name in BUNDLED or Path(name).expanduser().exists() or not is_hub_id(name):
+        return None
+    return name if "/" in name else f"apple/{name}"
+
+
+def upload(folder: Path, repo: str, private: bool = False) -> str:
+    """Push a folder to the hub as the model repo `repo` (made if missing); its URL. The folder stays
+    as it is whatever happens; a refusal (no token, no network, offline) is one line saying how to
+    upload it later."""
+    from huggingface_hub import HfApi  # the lazy seam (see download)
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    later = f"the folder is written at {folder}; upload it later with `hf upload {repo} {folder}`"
+    if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
+        raise UserError(f"HF_HUB_OFFLINE is set, so nothing was uploaded; {later}")
+    api = HfApi()
+    try:
+        api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
+        info = api.upload_folder(
+            folder_path=str(folder), repo_id=repo, repo_type="model", commit_message="Upload with mlx-aimv2"
+        )
+    except HFValidationError:
+        raise UserError(f"--upload-repo '{repo}': give a hub id OWNER/NAME; {later}") from None
+    except HfHubHTTPError as e:
+        why = {401: "not logged in (`hf auth login` or HF_TOKEN)", 403: "this token may not write there"}
+        raise UserError(f"{repo}: the hub refused the upload ({why.get(_status(e), _status(e))}); {later}") from None
+    except (OSError, ValueError) as e:  # no network, a timeout, a connection reset
+        raise UserError(f"{repo}: the hub cannot be reached ({type(e).__name__}); {later}") from None
+    return str(getattr(info, "commit_url", None) or f"{api.endpoint}/{repo}")

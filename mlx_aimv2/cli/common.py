@@ -81,6 +81,22 @@ def report_bad(bad: list) -> None:
             typer.echo(f"  ... and {len(rest) - 20} more", err=True)
 
 
+def typed_command(ctx) -> str:
+    """The running command (its typer.Context) as a user would type it: its name, its arguments, the
+    options given away from their defaults (for a model card's "made with")."""
+    import shlex
+
+    words = [ctx.command_path.split(" ", 1)[-1] if " " in ctx.command_path else ctx.info_name]
+    for p in ctx.command.params:
+        value = ctx.params.get(p.name)
+        if p.param_type_name == "argument":
+            words += [str(v) for v in (value if isinstance(value, (list, tuple)) else [value])]
+        elif value != p.default and value is not None and p.opts:
+            flag = max(p.opts, key=len)
+            words += [flag] if isinstance(value, bool) else [flag, str(value)]
+    return "mlx-aimv2 " + shlex.join(words)
+
+
 def _stdout_to_devnull() -> None:
     """Point stdout at /dev/null, so that the interpreter's last flush at exit has nowhere to fail."""
     try:

@@ -7,6 +7,9 @@ from typing import Optional
 
 import typer
 
+from ..errors import UserError
+from .common import typed_command
+
 
 def doctor():
     """Report the MLX version, backend, device, memory and (on Linux) the BLAS in use."""
@@ -33,6 +36,7 @@ def models():
 
 
 def convert(
+    ctx: typer.Context,
     src: str = typer.Argument(..., help="hub id, model name, local folder or weight file"),
     dst: Path = typer.Argument(..., help="output folder"),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 [default: the source's]"),
@@ -44,18 +48,30 @@ def convert(
     q_bits: int = typer.Option(8, "--q-bits", help="bits per weight: 4, 6 or 8 (affine also 2, 3, 5)"),
     q_group_size: int = typer.Option(64, "--q-group-size", help="weights per scale: 32, 64 or 128"),
     q_mode: str = typer.Option("affine", "--q-mode", help="affine | mxfp4 | mxfp8 | nvfp4"),
+    max_shard_size: str = typer.Option(
+        "5GB", "--max-shard-size", help="weights over this go in shards with an index, as transformers writes them"
+    ),
+    upload_repo: Optional[str] = typer.Option(
+        None, "--upload-repo", help="then push the folder to the Hugging Face hub as OWNER/NAME (`hf auth login` first)"
+    ),
+    private: bool = typer.Option(False, "--private", help="with --upload-repo: make the hub repo private"),
 ):
     """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX, optionally
     quantized (docs/quantization.md: what it costs in fidelity, size and speed)."""
     from ..api import convert as run
+    from ..checkpoints import parse_size
     from ..quantize import spec
 
     q = spec(q_bits, q_group_size, q_mode) if quantize else None
-    out = run(src, dst, dtype, revision, overwrite, q)
-    typer.echo(f"wrote {out}/model.safetensors, config.json, preprocessor_config.json")
+    shard = parse_size(max_shard_size)  # a bad size fails before any work
+    _check_repo(upload_repo)
+    out = run(src, dst, dtype, revision, overwrite, q, max_shard_size=shard, command=typed_command(ctx))
+    typer.echo(f"wrote {out}: the weights, config.json, preprocessor_config.json and a model card (README.md)")
+    _upload(out, upload_repo, private)
 
 
 def export(
+    ctx: typer.Context,
     src: str = typer.Argument(..., help="a training run folder or checkpoint, or any checkpoint we load"),
     out: Path = typer.Argument(..., help="output folder"),
     format: str = typer.Option("mlx", "--format", help="mlx (for embed) | transformers (for PyTorch)"),
@@ -66,13 +82,38 @@ def export(
         False, "--decoder", help="a pre-training run: its decoder and tokenizer too, for caption / complete"
     ),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (--format mlx) \\[default: as is]"),
+    max_shard_size: str = typer.Option(
+        "5GB", "--max-shard-size", help="weights over this go in shards with an index, as transformers writes them"
+    ),
+    upload_repo: Optional[str] = typer.Option(
+        None, "--upload-repo", help="then push the folder to the Hugging Face hub as OWNER/NAME (`hf auth login` first)"
+    ),
+    private: bool = typer.Option(False, "--private", help="with --upload-repo: make the hub repo private"),
 ):
     """Export a model: a run's encoder for `embed` (with --decoder, a folder that captions), or any model
     for transformers' from_pretrained."""
+    from ..checkpoints import parse_size
     from ..export import export as run
 
-    done = run(src, out, format, overwrite, decoder, dtype)
+    shard = parse_size(max_shard_size)
+    _check_repo(upload_repo)
+    done = run(src, out, format, overwrite, decoder, dtype, max_shard_size=shard, command=typed_command(ctx))
     typer.echo(f"wrote {done}" + (" (transformers: from_pretrained)" if format == "transformers" else ""))
+    _upload(done, upload_repo, private)
+
+
+def _check_repo(repo: Optional[str]) -> None:
+    """A malformed --upload-repo is refused before any work."""
+    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
+        raise UserError(f"--upload-repo '{repo}': give a hub id OWNER/NAME, e.g. mlx-community/aimv2-large-8bit")
+
+
+def _upload(folder, repo: Optional[str], private: bool) -> None:
+    if repo is None:
+        return
+    from ..hub import upload
+
+    typer.echo(f"uploaded {folder} to {upload(folder, repo, private)}")
 
 
 COMMANDS = [doctor, models, convert, export]

@@ -321,7 +321,7 @@ def save_lit(frozen: AIMv2, tuner: LiTTuner, name: str, files: tuple, dst: Path,
 
 
 def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str, classes: list, cfg: TrainConfig,
-                    dst: Path, overwrite: bool = False) -> Path:  # fmt: skip
+                    dst: Path, overwrite: bool = False, max_shard_size=None) -> Path:  # fmt: skip
     """A fine-tuned model folder: the encoder (LoRA merged in, or its frozen base with the adapter
     beside it when merge_lora is off) and the classifier head; `classify`, `embed` and `export` read it."""
     adapter = cfg.tune == "lora" and not cfg.merge_lora
@@ -339,7 +339,15 @@ def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str,
         finetuned.write(folder, model.classifier, classes, keep if adapter else None, model.encoder)
 
     return checkpoints.save(
-        None, out, Path(dst), pp, weights=weights, more=more, overwrite=overwrite, kind=kinds.CLASSIFIER
+        None,
+        out,
+        Path(dst),
+        pp,
+        weights=weights,
+        more=more,
+        overwrite=overwrite,
+        kind=kinds.CLASSIFIER,
+        max_shard_size=max_shard_size,
     )
 
 
@@ -400,7 +408,13 @@ def trained_model(run: Path) -> tuple:
 
 
 def export_run(
-    run: Path, dst: Path, overwrite: bool = False, merge_lora: Optional[bool] = None, decoder: bool = False, dtype=None
+    run: Path,
+    dst: Path,
+    overwrite: bool = False,
+    merge_lora: Optional[bool] = None,
+    decoder: bool = False,
+    dtype=None,
+    max_shard_size: Optional[int] = None,
 ) -> Path:
     """The model folder of a run's newest checkpoint, without training (a LiT run: its LiT folder).
     merge_lora: a LoRA fine-tune's adapters merged in or kept beside (default: as the run was set).
@@ -419,10 +433,12 @@ def export_run(
         if merge_lora is not None:
             cfg = dataclasses.replace(cfg, merge_lora=merge_lora)
         name = f"mlx-aimv2 classifier ({cfg.init}, tune {cfg.tune}, {step} steps)"
-        return save_classifier(model, config, pp, name, classes, cfg, dst, overwrite)
+        return save_classifier(model, config, pp, name, classes, cfg, dst, overwrite, max_shard_size)
     module, config, pp, files = trained_model(Path(run))
     if dtype is not None:
         module.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
     more = (lambda folder: save_decoder(Path(run), folder, dtype)) if decoder else None
     kind = kinds.CAPTIONER if decoder else None  # else an encoder or a LiT model, by the config
-    return checkpoints.save(module, config, Path(dst), pp, files, overwrite=overwrite, more=more, kind=kind)
+    return checkpoints.save(
+        module, config, Path(dst), pp, files, overwrite=overwrite, more=more, kind=kind, max_shard_size=max_shard_size
+    )

@@ -1,0 +1,122 @@
+"""The model card (README.md) every folder `convert` and `export` write carries, as the MLX community
+writes them on the Hub (mlx-lm, mlx-vlm): front matter that huggingface_hub's ModelCard reads
+(`library_name: mlx`, `base_model`, `pipeline_tag`, tags, license), the command that made the folder,
+a quantized folder's measured fidelity, and how to use it from the CLI and from Python."""
+
+from __future__ import annotations
+
+import json
+import shlex
+import sys
+from pathlib import Path
+from typing import Optional
+
+from . import kinds
+from .config import ModelConfig
+
+CARD = "README.md"
+PIPELINES = {
+    kinds.LIT: "zero-shot-image-classification",
+    kinds.CLASSIFIER: "image-classification",
+}
+USE = {  # the CLI line that shows the folder's kind at work
+    kinds.ENCODER: "mlx-aimv2 embed photo.jpg --model {ref}",
+    kinds.CAPTIONER: "mlx-aimv2 caption photo.jpg --model {ref}",
+    kinds.LIT: "mlx-aimv2 classify photo.jpg --model {ref} --labels 'a cat,a dog'",
+    kinds.CLASSIFIER: "mlx-aimv2 classify photos/ --model {ref} --json",
+}
+
+
+def command_line() -> str:
+    """How the folder was made: the `mlx-aimv2` command as typed, else the Python call's program."""
+    argv = list(sys.argv)
+    if argv and Path(argv[0]).name in ("mlx-aimv2", "__main__.py"):
+        return "mlx-aimv2 " + shlex.join(argv[1:])
+    return "mlx_aimv2 from Python (" + shlex.join([Path(argv[0]).name, *argv[1:]] if argv else ["python"]) + ")"
+
+
+def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: Optional[dict] = None,
+           repo: Optional[str] = None, library: str = "mlx", command: Optional[str] = None) -> str:  # fmt: skip
+    """The card's text; library "transformers" for an export to PyTorch."""
+    v = config.vision
+    quant = config.quantization
+    tags = ["mlx", "mlx-aimv2", "aimv2", "vision"] + ([f"{quant['bits']}-bit", "quantized"] if quant else [])
+    front = {
+        "library_name": library,
+        "pipeline_tag": PIPELINES.get(kind, "image-feature-extraction"),
+        "tags": tags,
+        "license": "apple-amlr" if base_model and base_model.startswith("apple/") else "other",
+    }
+    if base_model:
+        front["base_model"] = base_model
+    lines = ["---"] + [f"{k}: {json.dumps(v_)}" for k, v_ in front.items()] + ["---", ""]
+    name = config.name or "an AIMv2 model"
+    size = f"{v.image_size} px" if v.image_size else "native resolution"
+    lines += [
+        f"# {name}",
+        "",
+        f"{kinds.describe(kind).capitalize()} in [MLX](https://github.com/ml-explore/mlx) format, for "
+        f"[mlx-aimv2](https://github.com/mlx-aimv2/mlx-aimv2): width {v.hidden_size}, {v.depth} blocks, "
+        f"patch {v.patch_size}, {size}"
+        + (f", {quant['bits']}-bit {quant.get('mode', 'affine')}" if quant else "")
+        + (f", from [{base_model}](https://huggingface.co/{base_model})" if base_model else "")
+        + ".",
+        "",
+        "Made with:",
+        "",
+        "```bash",
+        command or command_line(),
+        "```",
+        "",
+    ]
+    if fidelity:
+        lines += [
+            "## Fidelity",
+            "",
+            f"Cosine similarity of the pooled embedding to the unquantized source's, on {fidelity['images']} "
+            f"sample images: mean {fidelity['mean']:.5f}, min {fidelity['min']:.5f}.",
+            "",
+        ]
+    ref = repo or "THIS_FOLDER"
+    if library == "transformers":
+        return "\n".join(lines + ["## Use", "", "```python", "from transformers import AutoModel", "",
+                                   f'model = AutoModel.from_pretrained("{ref}")', "```", ""])  # fmt: skip
+    lines += [
+        "## Use",
+        "",
+        "```bash",
+        "pip install mlx-aimv2",
+        USE.get(kind, USE[kinds.ENCODER]).format(ref=ref),
+        "```",
+        "",
+        "```python",
+        "import mlx_aimv2",
+        "",
+        f'model = mlx_aimv2.load("{ref}")',
+        'embedding = model.embed("photo.jpg")',
+        "```",
+        "",
+    ]
+    return "\n".join(lines)
+
+
+def write(folder: Path, config: ModelConfig, kind: str, base_model: Optional[str] = None,
+          fidelity: Optional[dict] = None, repo: Optional[str] = None, library: str = "mlx",
+          command: Optional[str] = None) -> None:  # fmt: skip
+    (Path(folder) / CARD).write_text(render(config, kind, base_model, fidelity, repo, library, command))
+
+
+def base_model_of(folder: Path) -> Optional[str]:
+    """The base_model a folder's own card names (a folder converted before), if any."""
+    try:
+        text = (Path(folder) / CARD).read_text()
+    except (OSError, UnicodeDecodeError):
+        return None
+    if not text.startswith("---"):
+        return None
+    for line in text.split("---", 2)[1].splitlines():
+        key, _, value = line.partition(":")
+        if key.strip() == "base_model" and value.strip():
+            value = value.strip()
+            return json.loads(value) if value.startswith('"') else value
+    return None
