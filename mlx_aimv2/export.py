@@ -133,7 +133,7 @@ def transformers_config(config: ModelConfig, dtype: str) -> dict:
     }
 
 
-FORMATS = ("mlx", "transformers")
+FORMATS = ("mlx", "transformers", "peft")
 
 
 def export(
@@ -150,7 +150,7 @@ def export(
     `load`; with `decoder`, a pre-training run's decoder beside it for caption / complete) or
     transformers (for from_pretrained). dtype: float32 | bfloat16 | float16 (default: as it is)."""
     if format not in FORMATS:
-        raise UserError(f"--format {format}: use mlx or transformers")
+        raise UserError(f"--format {format}: use mlx, transformers or peft")
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"--dtype {dtype}: use one of {', '.join(DTYPES)}")
     is_run = kinds.is_run(src)
@@ -158,9 +158,11 @@ def export(
         raise UserError(
             "--decoder exports a pre-training run's decoder beside its encoder: give a run and --format mlx"
         )
+    if dtype is not None and format != "mlx":
+        raise UserError(f"--dtype applies to --format mlx; a {format} export keeps the weights' type")
+    if format == "peft":
+        return export_peft(src, dst, overwrite, command)
     if format == "transformers":
-        if dtype is not None:
-            raise UserError("--dtype applies to --format mlx; a transformers export keeps the weights' type")
         return export_transformers(src, dst, overwrite, max_shard_size, command)
     if is_run:
         return runs.export_run(
@@ -286,3 +288,73 @@ def _pooled(module, config: ModelConfig, pixels: np.ndarray) -> np.ndarray:
 def _cosines(a: np.ndarray, b: np.ndarray) -> dict:
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {"images": len(cos), "mean": float(cos.mean()), "min": float(cos.min())}
+
+
+# -- LoRA adapters as PEFT writes them ---------------------------------------------------------------
+
+# our block's linear layers -> transformers' Aimv2 module names (HF_BLOCK's, without ".weight"); the
+# fused qkv becomes q_proj / k_proj / v_proj, each with the same A and its third of B
+_PEFT_MODULES = {"attn.proj": ["attention.out_proj"], "mlp.fc1": ["ffn.gate_proj"], "mlp.fc3": ["ffn.up_proj"],
+                 "mlp.fc2": ["ffn.down_proj"], "attn.qkv": ["attention.q_proj", "attention.k_proj", "attention.v_proj"]}  # fmt: skip
+
+
+def peft_adapter(module) -> tuple[dict, dict]:
+    """(PEFT's adapter_model weights, its LoraConfig fields) for an encoder whose layers carry LoRA
+    adapters: keys for transformers' Aimv2VisionModel, lora_A (r, in) and lora_B (out, r), the same
+    update (alpha / r) x B A that this package's LoRALinear adds."""
+    weights, names, rank, alpha = {}, [], None, None
+    for path, m in module.named_modules():
+        if not isinstance(m, lora.LoRALinear):
+            continue
+        block, _, layer = path.removeprefix("trunk.blocks.").partition(".")
+        theirs = _PEFT_MODULES[layer]
+        a, b = m.lora_a.T.astype(mx.float32), m.lora_b.T.astype(mx.float32)
+        rank = a.shape[0]
+        alpha = m.scale * rank
+        for part, name in zip(mx.split(b, len(theirs), axis=0), theirs):
+            full = HF_LAYER.format(block) + name
+            weights[f"base_model.model.{full}.lora_A.weight"] = a
+            weights[f"base_model.model.{full}.lora_B.weight"] = part
+            names.append(full)
+    if not weights:
+        return {}, {}
+    pattern = "|".join(re.escape(n) for n in sorted(names))
+    config = {
+        "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
+        "target_modules": f"^({pattern})$", "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+    }  # fmt: skip
+    return weights, config
+
+
+def export_peft(src: str, dst: Path, overwrite: bool = False, command: Optional[str] = None) -> Path:
+    """A LoRA fine-tune's adapters as PEFT's folder (adapter_config.json, adapter_model.safetensors),
+    for transformers' Aimv2VisionModel with peft.PeftModel.from_pretrained: from a `tune = lora`
+    fine-tuning run, or a folder exported with its adapter beside the encoder (merge_lora = false)."""
+    dst = check_destination(dst, overwrite)
+    base = None
+    if kinds.is_run(src):
+        found = runs.classifier_run(Path(src))
+        module = found[0].encoder if found is not None else None
+        base = found[4].init if found is not None else None
+    else:
+        module, _, folder = load_checkpoint(src)
+        base = modelcard.base_model_of(folder)
+    weights, config = peft_adapter(module) if module is not None else ({}, {})
+    if not weights:
+        raise UserError(
+            f"{src}: holds no LoRA adapters; --format peft needs a `tune = lora` fine-tuning run, or a folder it "
+            f"exported with merge_lora = false"
+        )
+    config["base_model_name_or_path"] = base
+
+    def write(tmp: Path):
+        mx.save_safetensors(str(tmp / "adapter_model.safetensors"), weights, metadata={"format": "pt"})
+        (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
+        card = ["---", 'library_name: "peft"', f"base_model: {json.dumps(base)}" if base else "", 'tags: ["mlx-aimv2", "aimv2", "lora"]',
+                "---", "", "# LoRA adapters for an AIMv2 vision encoder", "", "Made with:", "", "```bash",
+                command or modelcard.command_line(), "```", "", "```python", "from peft import PeftModel",
+                "from transformers import Aimv2VisionModel", "", "base = Aimv2VisionModel.from_pretrained(BASE)",
+                "model = PeftModel.from_pretrained(base, THIS_FOLDER)", "```", ""]  # fmt: skip
+        (tmp / modelcard.CARD).write_text("\n".join(line for line in card if line is not None))
+
+    return write_folder(dst, write, overwrite)

@@ -1,7 +1,8 @@
 """The files a fine-tuned model folder holds beside its encoder (model.safetensors + config.json):
 
     classifier.json + classifier.safetensors    the attentive-pool head and its class names
-    adapter_config.json + adapter.safetensors   LoRA kept unmerged: applied to the encoder at load
+    adapter_config.json + adapters.safetensors  LoRA kept unmerged: applied to the encoder at load
+                                                (mlx-lm's names; adapter.safetensors, the older one, is read too)
 
 Every reader of a checkpoint goes through load_checkpoint, which applies the adapter, so `embed`,
 `export` and `load` see the fine-tuned encoder whichever form it was saved in.
@@ -23,7 +24,8 @@ from .models import lora
 from .models.classifier import AttentiveHead
 
 CLASSIFIER, CLASSIFIER_WEIGHTS = kinds.CLASSIFIER_FILE, "classifier.safetensors"
-ADAPTER, ADAPTER_WEIGHTS = "adapter_config.json", "adapter.safetensors"
+ADAPTER, ADAPTER_WEIGHTS = "adapter_config.json", "adapters.safetensors"  # mlx-lm's names
+LEGACY_ADAPTER_WEIGHTS = "adapter.safetensors"  # what folders exported before were given: still read
 
 
 def write(folder: Path, head: AttentiveHead, classes: list[str], adapter: Optional[dict], encoder=None) -> None:
@@ -80,6 +82,8 @@ def apply_adapter(encoder: nn.Module, folder: Path) -> bool:
     except (ValueError, TypeError) as e:
         raise UserError(f"{spec_file}: does not fit this encoder ({e})") from None
     file = Path(folder) / ADAPTER_WEIGHTS
+    if not file.is_file() and (Path(folder) / LEGACY_ADAPTER_WEIGHTS).is_file():
+        file = Path(folder) / LEGACY_ADAPTER_WEIGHTS
     weights = _weights(file)
     want = lora.adapter_weights(encoder)
     wrong = [k for k in want if k not in weights or weights[k].shape != want[k].shape]

@@ -125,7 +125,7 @@ def test_a_damaged_classifier_folder(folder, tmp_path):
     assert "'classes' must list at least 2 names" in err("classify", image, "--model", done)
     spec = json.loads((done / "adapter_config.json").read_text())
     (done / "adapter_config.json").write_text(json.dumps({**spec, "rank": spec["rank"] * 2}))
-    assert f"{done / 'adapter.safetensors'}: does not match" in err("embed", image, "--model", done)
+    assert f"{done / 'adapters.safetensors'}: does not match" in err("embed", image, "--model", done)
 
 
 def test_synth_classes_must_be_an_object_attribute(tmp_path):

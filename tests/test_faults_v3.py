@@ -10,7 +10,7 @@ import sys
 import time
 
 import pytest
-from helpers import PHOTO, ROOT, cli, one_clear_line
+from helpers import PHOTO, ROOT, cli, one_clear_line, read_only_folder
 
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data.synth import write_labelled, write_synthetic
@@ -166,3 +166,32 @@ def test_config_values_of_the_wrong_type_are_one_line(tmp_path):
             load_config(
                 overrides={"data": "x", "out": str(tmp_path), "init": "demo", "objective": "classify"}, sets=sets
             )
+
+
+def test_dupes_watch_and_zeroshot_refuse_what_cannot_work(tmp_path):
+    (tmp_path / "photos").mkdir()
+    shutil.copy(PHOTO, tmp_path / "photos" / "a.jpg")
+    db = tmp_path / "lib.aimv2"
+    assert cli("index", tmp_path / "photos", "--db", db, "--model", "demo-lit", "--no-progress").exit_code == 0
+    one_clear_line(cli("dupes", tmp_path / "nowhere.aimv2"), "no such index")
+    one_clear_line(cli("dupes", db, "--grid", tmp_path), "is a folder")
+    one_clear_line(cli("index", PHOTO, "--db", db, "--watch"), "folder")
+    with read_only_folder(None, tmp_path / "ro") as ro:  # a read-only disk: refused before any work
+        one_clear_line(cli("zeroshot", "--model", "demo-lit", "--data", tmp_path, "-o", ro / "z.json"), "z.json")
+
+
+def test_a_file_that_vanishes_before_its_caption_is_counted_not_fatal(mixed, tmp_path, monkeypatch):
+    from mlx_aimv2 import paths
+
+    folder = tmp_path / "photos"
+    shutil.copytree(mixed, folder)
+    real = paths.expand_paths
+
+    def then_delete(args):  # listed, then gone before it is read (a sync client, another program)
+        found = real(args)
+        (folder / "d_good.jpg").unlink()
+        return found
+
+    monkeypatch.setattr("mlx_aimv2.cli.images.expand_paths", then_delete)
+    r = cli("caption", folder, "--model", "demo", "--json")
+    assert r.exit_code == 2 and "d_good.jpg" in r.stderr and len(json.loads(r.stdout)) == 1, r.output

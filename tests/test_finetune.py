@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from helpers import QUIET, cli
+from helpers import QUIET, cli, one_clear_line
 from mlx.utils import tree_flatten
 
 import mlx_aimv2
@@ -160,11 +160,11 @@ def test_merged_and_adapter_exports_agree_and_every_command_reads_them(shapes, i
     t = Trainer(cfg(shapes, tmp_path / "run", init, merge_lora=False), **QUIET)
     t.run(progress=False)
     adapter = tmp_path / "run" / "classifier"
-    assert {p.name for p in adapter.iterdir()} >= {"adapter.safetensors", "adapter_config.json", "classifier.json"}
+    assert {p.name for p in adapter.iterdir()} >= {"adapters.safetensors", "adapter_config.json", "classifier.json"}
     base = weights(init)  # the adapter form keeps the frozen base exactly as it was given
     assert all(mx.array_equal(weights(adapter)[k], v).item() for k, v in base.items())
     merged = runs.export_run(tmp_path / "run", tmp_path / "merged", merge_lora=True)
-    assert not (merged / "adapter.safetensors").exists()
+    assert not (merged / "adapters.safetensors").exists()
     images = sorted(str(p) for p in (shapes / "val").rglob("*.jpg"))[:6]
     m, a = mlx_aimv2.load(str(merged)), mlx_aimv2.load(str(adapter))
     assert m.classes == a.classes == json.loads((adapter / "classifier.json").read_text())["classes"]
@@ -250,3 +250,40 @@ def test_predict_from_several_threads_at_once_equals_one_thread(shapes, init, tm
     with ThreadPoolExecutor(4) as pool:
         got = list(pool.map(lambda i: model.predict(images[i : i + 2]), range(0, 8, 2)))
     assert np.abs(np.concatenate(got) - alone).max() < 1e-6
+
+
+def test_a_lora_runs_adapters_load_in_peft_onto_the_base_and_equal_the_merged_model(shapes, init, tmp_path):
+    """`export RUN DIR --format peft` writes PEFT's layout: peft.PeftModel.from_pretrained puts it on
+    transformers' Aimv2VisionModel (the base, exported) and gives what this package's merged model gives."""
+    peft = pytest.importorskip("peft")
+    import torch
+    from helpers import torch_pixels
+    from transformers import Aimv2VisionModel
+
+    t = Trainer(cfg(shapes, tmp_path / "run", init, lr=1e-2, lora_layers=2, lora_targets=["qkv", "fc2"]), **QUIET)
+    t.run(progress=False)
+    for src, dst, fmt in ((init, "base", "transformers"), (tmp_path / "run", "adapter", "peft"),
+                          (tmp_path / "run", "merged", "transformers")):  # fmt: skip
+        r = cli("export", src, tmp_path / dst, "--format", fmt)
+        assert r.exit_code == 0, r.output
+    saved = json.loads((tmp_path / "adapter" / "adapter_config.json").read_text())
+    assert saved["peft_type"] == "LORA" and saved["r"] == 4 and saved["base_model_name_or_path"] == str(init)
+    x = torch_pixels(np.random.default_rng(0).normal(size=(2, 56, 56, 3)).astype(np.float32))
+    base = Aimv2VisionModel.from_pretrained(tmp_path / "base").eval()
+    with torch.no_grad():
+        plain = base(pixel_values=x).last_hidden_state.numpy()
+        adapted = peft.PeftModel.from_pretrained(base, tmp_path / "adapter").eval()(pixel_values=x).last_hidden_state
+        merged = Aimv2VisionModel.from_pretrained(tmp_path / "merged").eval()(pixel_values=x).last_hidden_state
+    np.testing.assert_allclose(adapted.numpy(), merged.numpy(), atol=2e-5)
+    assert np.abs(plain - merged.numpy()).max() > 1e-3  # the adapters do something: the check can fail
+
+
+def test_an_adapter_folder_written_before_the_rename_still_loads(shapes, init, tmp_path):
+    t = Trainer(cfg(shapes, tmp_path / "run", init, merge_lora=False, steps=2), **QUIET)
+    t.run(progress=False)
+    folder = tmp_path / "run" / "classifier"
+    new = mlx_aimv2.load(str(folder)).embed(sorted(str(p) for p in (shapes / "val").rglob("*.jpg"))[:2])
+    (folder / "adapters.safetensors").rename(folder / "adapter.safetensors")
+    old = mlx_aimv2.load(str(folder)).embed(sorted(str(p) for p in (shapes / "val").rglob("*.jpg"))[:2])
+    np.testing.assert_array_equal(new, old)
+    one_clear_line(cli("export", init, tmp_path / "p", "--format", "peft"), "no LoRA adapters")

@@ -45,7 +45,7 @@ def _main(
 
 # --help lists them in this order
 ORDER = ("doctor", "models", "convert", "embed", "classify", "data", "tokenizer", "train", "export", "probe",
-         "index", "search", "dupes", "caption", "complete", "serve", "retrieval")  # fmt: skip
+         "index", "search", "dupes", "caption", "complete", "serve", "retrieval", "zeroshot")  # fmt: skip
 _commands = {c.__name__: c for g in GROUPS for c in g.COMMANDS}
 _subgroups = {name: sub for g in GROUPS for name, sub in getattr(g, "GROUPS", {}).items()}
 for name in ORDER:

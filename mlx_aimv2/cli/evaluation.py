@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from .common import check_output
+from .common import check_output, report_skipped
 
 
 def probe(
@@ -98,4 +98,48 @@ def retrieval(
         typer.echo(f"saved {output}")
 
 
-COMMANDS = [probe, retrieval]
+def zeroshot(
+    model: Optional[str] = typer.Option(
+        None,
+        "--model",
+        "-m",
+        show_default=False,
+        help="a LiT model  \\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
+    ),
+    data: Path = typer.Option(..., help="one subfolder of images per class (ImageNet's val layout too)"),
+    classes: Optional[Path] = typer.Option(
+        None,
+        help="class names, one per line in sorted folder order, or 'folder<TAB>name' lines [default: the folder names]",
+    ),
+    templates: Optional[Path] = typer.Option(
+        None, help="prompt templates, one per line with {} [default: 8 of our own]"
+    ),
+    batch_size: int = typer.Option(16, "--batch-size", "-b", min=1),
+    output: Optional[Path] = typer.Option(
+        None, "--output", "-o", help="save the scores as JSON (CLIP_benchmark's shape)"
+    ),
+):
+    """Zero-shot top-1 / top-5 and per-class recall of a LiT model on a labelled image folder."""
+    from ..api import LiTModel, load, load_default
+    from ..eval.zeroshot import evaluate
+    from ..inference import needs
+
+    if output is not None:
+        check_output(output, (".json",), "--output")
+    m = load_default("lit")[0] if model is None else load(model)
+    needs(m, LiTModel, "zero-shot classification")
+    errors: list = []
+    r = {"model": model or m.config.name, **evaluate(m, data, classes, templates, batch_size, errors)}
+    k = r["metrics"]
+    typer.echo(
+        f"{r['n']} images, {r['classes']} classes, {r['templates']} templates: top-1 {k['acc1']:.2%}  "
+        f"top-5 {k['acc5']:.2%}  mean per-class recall {k['mean_per_class_recall']:.2%}"
+    )
+    if output is not None:
+        output.parent.mkdir(parents=True, exist_ok=True)
+        output.write_text(json.dumps(r, indent=2) + "\n")
+        typer.echo(f"saved {output}")
+    report_skipped(errors, r["n"])
+
+
+COMMANDS = [probe, retrieval, zeroshot]

@@ -74,7 +74,9 @@ def export(
     ctx: typer.Context,
     src: str = typer.Argument(..., help="a training run folder or checkpoint, or any checkpoint we load"),
     out: Path = typer.Argument(..., help="output folder"),
-    format: str = typer.Option("mlx", "--format", help="mlx (for embed) | transformers (for PyTorch)"),
+    format: str = typer.Option(
+        "mlx", "--format", help="mlx (for embed) | transformers (for PyTorch) | peft (a LoRA run's adapters)"
+    ),
     overwrite: bool = typer.Option(
         False, "--overwrite", help="write into a non-empty folder (only our files are replaced)"
     ),

@@ -81,7 +81,7 @@ class TrainConfig:
     merge_lora: bool = key(
         True,
         bool,
-        help="the exported encoder: adapters merged in, or kept beside it (adapter.safetensors)",
+        help="the exported encoder: adapters merged in, or kept beside it (adapters.safetensors)",
         needs=("tune", "lora"),
     )
     layer_decay: float = key(

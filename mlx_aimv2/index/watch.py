@@ -17,6 +17,7 @@ from watchdog.observers import Observer
 
 from ..errors import UserError
 from ..formats import IMAGE_EXT
+from ..paths import is_mac_litter_path
 from .index import Index, Summary
 
 
@@ -25,8 +26,9 @@ class _Changes(FileSystemEventHandler):
         self.seen = threading.Event()
 
     def on_any_event(self, event):
-        paths = [getattr(event, "src_path", ""), getattr(event, "dest_path", "")]
-        if event.is_directory or any(os.fsdecode(p).lower().endswith(IMAGE_EXT) for p in paths if p):
+        paths = [os.fsdecode(p) for p in (getattr(event, "src_path", ""), getattr(event, "dest_path", "")) if p]
+        paths = [p for p in paths if not is_mac_litter_path(p)]  # Finder's ._ twins and .DS_Store churn
+        if (event.is_directory and paths) or any(p.lower().endswith(IMAGE_EXT) for p in paths):
             self.seen.set()
 
 
