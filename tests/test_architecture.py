@@ -371,3 +371,11 @@ def test_an_older_folder_without_a_recorded_kind_is_told_by_the_fallback(tmp_pat
     expected = kinds.CAPTIONER if (old / "decoder.json").is_file() else kinds.ENCODER
     assert kinds.model_kind(old) == expected
     assert kinds.model_kind(tmp_path) is None  # not ours
+
+
+def test_every_package_ships_in_the_wheel():
+    """pyproject lists the packages a wheel carries: each folder of modules under mlx_aimv2 is one."""
+    text = (PACKAGE.parent / "pyproject.toml").read_text()
+    listed = set(re.findall(r'"(mlx_aimv2(?:\.\w+)*)"', text.split("packages = [", 1)[1].split("]", 1)[0]))
+    folders = {".".join(p.parent.relative_to(PACKAGE.parent).parts) for p in PACKAGE.rglob("__init__.py")}
+    assert folders - listed == set()

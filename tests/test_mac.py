@@ -242,11 +242,16 @@ def test_icloud_placeholders_are_skipped_and_counted_not_read(tmp_path, monkeypa
 # -- one photo, one row ------------------------------------------------------------------------------
 
 
-def test_a_folder_and_its_alias_index_each_photo_once(tmp_path):
-    photos = finder_folder(tmp_path / "photos", n=4)
+def _aliased(tmp_path: Path, n: int) -> tuple[Path, Path, Path]:
+    """(photos, a linked alias of that folder, where an index goes)."""
+    photos = finder_folder(tmp_path / "photos", n=n)
     alias = tmp_path / "alias"
     alias.symlink_to(photos, target_is_directory=True)
-    db = tmp_path / "lib.aimv2"
+    return photos, alias, tmp_path / "lib.aimv2"
+
+
+def test_a_folder_and_its_alias_index_each_photo_once(tmp_path):
+    photos, alias, db = _aliased(tmp_path, 4)
     with mlx_aimv2.Index(db, model="demo-lit") as lib:
         lib.add([photos])
         s = lib.add([alias / "IMG_0001.jpg", alias / "IMG_0002.jpg"])
@@ -261,10 +266,7 @@ def test_an_index_keyed_by_typed_paths_is_migrated_once(tmp_path):
     re-keyed when opened: one row per photo, the vectors kept."""
     from mlx_aimv2.index.store import Store
 
-    photos = finder_folder(tmp_path / "photos", n=2)
-    alias = tmp_path / "alias"
-    alias.symlink_to(photos, target_is_directory=True)
-    db = tmp_path / "lib.aimv2"
+    photos, alias, db = _aliased(tmp_path, 2)
     with mlx_aimv2.Index(db, model="demo-lit") as lib:
         lib.add([photos])
     store = Store(db)  # as the old code left it: a second row under the alias, no "keys" meta
