@@ -81,6 +81,11 @@ def report_bad(bad: list) -> None:
             typer.echo(f"  ... and {len(rest) - 20} more", err=True)
 
 
+def model_option(help: str):
+    """The --model / -m option of the commands that default to a published model (help names the default)."""
+    return typer.Option(None, "--model", "-m", show_default=False, help=help)
+
+
 def typed_command(ctx) -> str:
     """The running command (its typer.Context) as a user would type it: its name, its arguments, the
     options given away from their defaults (for a model card's "made with")."""

@@ -10,7 +10,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
-from .common import check_output, report_skipped
+from .common import check_output, model_option, report_skipped
 
 
 def probe(
@@ -99,12 +99,8 @@ def retrieval(
 
 
 def zeroshot(
-    model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        "-m",
-        show_default=False,
-        help="a LiT model  \\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
+    model: Optional[str] = model_option(
+        "a LiT model  \\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]"
     ),
     data: Path = typer.Option(..., help="one subfolder of images per class (ImageNet's val layout too)"),
     classes: Optional[Path] = typer.Option(

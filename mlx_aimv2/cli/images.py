@@ -10,17 +10,13 @@ import typer
 
 from ..errors import UserError
 from ..paths import expand_paths
-from .common import PICTURES, check_output, parse_layers, report_skipped, shown
+from .common import PICTURES, check_output, model_option, parse_layers, report_skipped, shown
 
 
 def embed(
     paths: List[str] = typer.Argument(..., help="image files, folders (recursive) or globs"),
-    model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        "-m",
-        show_default=False,
-        help="hub id, local checkpoint or 'demo'  \\[default: apple/aimv2-large-patch14-224, else the demo]",
+    model: Optional[str] = model_option(
+        "hub id, local checkpoint or 'demo'  \\[default: apple/aimv2-large-patch14-224, else the demo]"
     ),
     pool: str = typer.Option("mean", help="mean | none | attn (LiT head)"),
     layers: Optional[str] = typer.Option(
@@ -120,13 +116,9 @@ def classify(
     labels: Optional[str] = typer.Option(
         None, help="comma-separated labels for zero-shot (a LiT model), e.g. 'a cat,a dog'; omit for a fine-tuned model"
     ),
-    model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        "-m",
-        show_default=False,
-        help="a LiT model, or a fine-tuned classifier (its folder, or the `train --objective classify` run)  "
-        "\\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]",
+    model: Optional[str] = model_option(
+        "a LiT model, or a fine-tuned classifier (its folder, or the `train --objective classify` run)  "
+        "\\[default: apple/aimv2-large-patch14-224-lit, else the bundled demo-lit]"
     ),
     template: str = typer.Option("a photo of {}.", help="prompt template; {} is the label"),
     top_k: int = typer.Option(5, "--top-k", min=1, help="how many classes to print"),

@@ -11,20 +11,16 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
-from .common import PICTURES, check_output, report_bad, shown
+from .common import PICTURES, check_output, model_option, report_bad, shown
 
 
 def index(
     paths: List[str] = typer.Argument(..., help="folders (recursive), image files or globs"),
     db: Path = typer.Option(..., "--db", help="the index file (SQLite), made if missing, e.g. lib.aimv2"),
-    model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        "-m",
-        show_default=False,
-        help="for a new index: a LiT model (text and image search) or any "
+    model: Optional[str] = model_option(
+        "for a new index: a LiT model (text and image search) or any "
         "encoder (image search)  \\[default: apple/aimv2-large-patch14-224-lit, "
-        "else demo-lit]",
+        "else demo-lit]"
     ),
     batch_size: int = typer.Option(16, "--batch-size", "-b", min=1, help="images per batch and per commit"),
     fast_decode: bool = typer.Option(

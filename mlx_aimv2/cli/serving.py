@@ -7,15 +7,13 @@ from typing import List, Optional
 
 import typer
 
+from .common import model_option
+
 
 def serve(
-    model: Optional[str] = typer.Option(
-        None,
-        "--model",
-        "-m",
-        show_default=False,
-        help="the model for /v1/embeddings  \\[default: the index's own, else apple/aimv2-large-patch14-224-lit, "
-        "else demo-lit]",
+    model: Optional[str] = model_option(
+        "the model for /v1/embeddings  \\[default: the index's own, else apple/aimv2-large-patch14-224-lit, "
+        "else demo-lit]"
     ),
     db: Optional[Path] = typer.Option(None, "--db", help="an index to search (POST /v1/search) and browse (the page)"),
     host: str = typer.Option("127.0.0.1", help="where to listen; anything but localhost needs --token"),
