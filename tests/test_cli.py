@@ -34,7 +34,12 @@ def tiny(tmp_path_factory):
 
 def test_convert_writes_the_three_files_and_a_model_card(tiny):
     tmp, _, mlx, _ = tiny
-    assert {p.name for p in mlx.iterdir()} == {"model.safetensors", "config.json", "preprocessor_config.json", "README.md"}
+    assert {p.name for p in mlx.iterdir()} == {
+        "model.safetensors",
+        "config.json",
+        "preprocessor_config.json",
+        "README.md",
+    }
     cfg = json.loads((mlx / "config.json").read_text())
     assert cfg["format"] == "mlx_aimv2" and cfg["vision"]["depth"] == 2
     r = run("convert", mlx, tmp / "bf16", "--dtype", "bfloat16")
