@@ -99,7 +99,7 @@ def files_under(folder: Path, suffixes: tuple = IMAGE_EXT, missing: Optional[lis
     ):
         if root.endswith(PHOTOS_LIBRARY):  # a Photos library: its originals, not their derivatives
             keep = [d for d in dirs if d in PHOTOS_ORIGINALS]
-            log.info("%s: a Photos library; indexing only its %s", root, "/".join(keep) or "originals (none found)")
+            log.warning("%s: a Photos library; reading only its %s", root, "/".join(keep) or "originals (none found)")
             dirs[:] = keep
         dirs[:] = sorted(d for d in dirs if not is_mac_litter(d))
         here = set(names)
