@@ -512,3 +512,33 @@ def test_float64_weights_load_and_convert_as_float32(tmp_path):
     np.testing.assert_allclose(np.array(m.vision(mx.array(x))), ref, atol=2e-4)
     out = mlx_aimv2.convert(str(tmp_path / "hf64"), tmp_path / "mlx")
     assert {v.dtype for v in mx.load(str(out / "model.safetensors")).values()} == {mx.float32}
+
+
+def test_a_servers_memory_stays_flat_over_1000_mixed_requests():
+    """Texts and images of many sizes through the server (the batcher, the owner thread): MLX's
+    active memory after warm-up does not grow (serve caps and clears the cache when idle)."""
+    import base64
+
+    pytest.importorskip("starlette")
+    from starlette.testclient import TestClient
+
+    from mlx_aimv2.serve import build_app, open_settings
+
+    rng = np.random.default_rng(0)
+
+    def image(i):
+        buf = io.BytesIO()
+        size = (int(rng.integers(40, 400)), int(rng.integers(40, 400)))
+        Image.fromarray(rng.integers(0, 255, (*size[::-1], 3), np.uint8)).save(buf, "JPEG")
+        return "data:image/jpeg;base64," + base64.b64encode(buf.getvalue()).decode()
+
+    active, cached = [], []
+    with TestClient(build_app(open_settings(model="demo-lit"))) as client:
+        for i in range(1000):
+            payload = {"input": image(i)} if i % 2 else {"input": [f"a photo number {i}", "a red circle"]}
+            assert client.post("/v1/embeddings", json=payload).status_code == 200
+            if i % 200 == 199:
+                active.append(mx.get_active_memory())
+                cached.append(mx.get_cache_memory())  # cleared each time the queue is idle
+    assert max(active[1:]) - min(active[1:]) < 8 << 20, active  # flat after the first 200
+    assert max(cached) < 16 << 20, cached
