@@ -45,6 +45,20 @@ def encoder_flops(d: int, depth: int, mlp: int, tokens: int, patch_dim: int = 58
     return 2 * tokens * patch_dim * d + depth * per_block
 
 
+def train_flops_per_image(model, image_size: int, text_len: int) -> float:
+    """Forward FLOPs x 3 (forward + backward) for encoder, decoder and both heads."""
+    enc, dec = model.encoder.config, model.decoder
+    n = (image_size // enc.patch_size) ** 2
+    f = encoder_flops(enc.hidden_size, enc.depth, enc.mlp_hidden, n, enc.patch_size**2 * 3)
+    w = dec.vision_proj.weight.shape[0]
+    hidden = dec.trunk.blocks[0].mlp.fc1.weight.shape[0]
+    t = n + text_len + 1
+    f += 2 * n * enc.hidden_size * w  # vision projection
+    f += encoder_flops(w, len(dec.trunk.blocks), hidden, t, 0)  # causal trunk (full attention cost)
+    f += 2 * n * w * dec.pixel_head.weight.shape[0] + 2 * (text_len + 1) * w * dec.text_head.weight.shape[0]
+    return 3 * f
+
+
 def median(xs):
     return statistics.median(xs)
 

@@ -3,7 +3,7 @@ tokenise, in mlx-data threads) on web-sized JPEGs (500x375, as a typical image o
 set), for 1..N threads, against what one training step of each preset consumes.
 
 The step's need on a Mac Studio is an estimate, said so: the preset's training FLOPs per image
-(benchmarks/train.py: train_flops_per_image, encoder + decoder, x3 for the backward pass) against
+(benchmarks/common.py: train_flops_per_image, encoder + decoder, x3 for the backward pass) against
 half of the M2 Ultra GPU's stated fp32 peak (27.2 TFLOPS). Threads needed = that rate / the rate one
 loader thread reaches here (Apple's cores are faster than this VM's, so it errs high).
 
@@ -61,7 +61,7 @@ def web_jpegs(folder: Path, n: int) -> list[str]:
 
 def step_need(encoder: str, image_size: int = 224) -> tuple[float, float]:
     """(train GFLOP per image, images per second a Mac Studio step would consume) for a preset."""
-    from train import train_flops_per_image
+    from common import train_flops_per_image
 
     from mlx_aimv2.config import TrainConfig
     from mlx_aimv2.train.objectives import AIMv2Objective as AIMv2
