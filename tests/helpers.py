@@ -26,6 +26,17 @@ TINY_VISION = dict(
 ROOT = Path(__file__).parent.parent  # the checkout
 PHOTO = ROOT / "examples" / "grace_hopper.jpg"  # the one real photo the tests share
 QUIET = dict(log=lambda *a: None, progress=False)  # a Trainer that says nothing
+# the tiny training run every training test starts from; each test overrides what it is about (None
+# drops a key back to TrainConfig's default)
+TINY_RUN = dict(encoder="tiny", image_size=56, batch_size=8, steps=4, warmup=1, log_every=1, save_every=1000,
+                vocab_size=300, threads=1)  # fmt: skip
+
+
+def tiny_config(data, out, **kw):
+    """A TrainConfig for a tiny run over `data` into `out`: TINY_RUN with `kw` over it."""
+    from mlx_aimv2.config import load_config
+
+    return load_config(overrides={**TINY_RUN, "data": str(data), "out": str(out), **kw})
 
 
 def randomize(model, seed=0):

@@ -8,19 +8,14 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import QUIET, cli, one_clear_line
+from helpers import QUIET, cli, one_clear_line, tiny_config
 
-from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.train.trainer import Trainer
 
 
 def _run(data, out, **kw):
-    base = dict(
-        data=str(data), out=str(out), encoder="tiny", image_size=56, batch_size=8, steps=6, warmup=1,
-        log_every=1, save_every=1000, vocab_size=300, threads=1,
-    )  # fmt: skip
-    Trainer(load_config(overrides={**base, **kw}), **QUIET).run(progress=False)
+    Trainer(tiny_config(data, out, **{"steps": 6, **kw}), **QUIET).run(progress=False)
     return out
 
 

@@ -6,11 +6,10 @@ import signal
 
 import mlx.core as mx
 import pytest
-from helpers import cli
+from helpers import cli, tiny_config
 
 from mlx_aimv2 import kinds
 from mlx_aimv2.atomic import TMP_PREFIX
-from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.train.trainer import Trainer
@@ -25,20 +24,7 @@ def synth(tmp_path_factory):
 
 
 def cfg(synth, out, **kw):
-    base = dict(
-        data=str(synth),
-        out=str(out),
-        encoder="tiny",
-        image_size=56,
-        batch_size=8,
-        steps=4,
-        warmup=1,
-        log_every=1,
-        save_every=2,
-        vocab_size=300,
-        threads=1,
-    )
-    return load_config(overrides={**base, **kw})
+    return tiny_config(synth, out, **{"save_every": 2, **kw})
 
 
 def err(*args):

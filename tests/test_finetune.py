@@ -9,7 +9,7 @@ import mlx.core as mx
 import mlx.nn as nn
 import numpy as np
 import pytest
-from helpers import QUIET, cli, one_clear_line
+from helpers import QUIET, cli, one_clear_line, tiny_config
 from mlx.utils import tree_flatten
 
 import mlx_aimv2
@@ -38,13 +38,11 @@ def init(tmp_path_factory):
 
 
 def cfg(data, out, init, **kw):
-    base = dict(
-        data=str(data), out=str(out), init=str(init), objective="classify", batch_size=16, steps=6, warmup=2,
-        lr=2e-3, log_every=1, save_every=1000, threads=2, tune="lora",
-    )  # fmt: skip
+    base = dict(init=str(init), objective="classify", batch_size=16, steps=6, warmup=2, lr=2e-3, threads=2, tune="lora",
+                vocab_size=None)  # fmt: skip
     if kw.get("tune", "lora") == "lora":  # lora_rank alone (another tune) is refused: it would do nothing
         base["lora_rank"] = 4
-    return load_config(overrides={**base, **kw})
+    return tiny_config(data, out, **{**base, **kw})
 
 
 def weights(folder) -> dict:

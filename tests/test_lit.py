@@ -7,7 +7,7 @@ from pathlib import Path
 import mlx.core as mx
 import numpy as np
 import pytest
-from helpers import QUIET, ROOT
+from helpers import QUIET, ROOT, tiny_config
 
 import mlx_aimv2
 from mlx_aimv2.config import load_config
@@ -28,23 +28,12 @@ def sets(tmp_path_factory):
 
 
 def cfg(data, out, **kw):
-    base = dict(
-        objective="lit",
-        init=DEMO,
-        data=str(data),
-        out=str(out),
-        tokenizer=str(ROOT / "weights/demo/tokenizer.json"),
-        context_length=32,
-        text={"hidden_size": 64, "depth": 1, "num_heads": 2},
-        projection_dim=64,
-        batch_size=32,
-        steps=120,
-        warmup=10,
-        lr=2e-3,
-        log_every=1,
-        save_every=1000,
-    )
-    return load_config(overrides={**base, **kw})
+    lit = dict(
+        objective="lit", init=DEMO, tokenizer=str(ROOT / "weights/demo/tokenizer.json"), context_length=32,
+        text={"hidden_size": 64, "depth": 1, "num_heads": 2}, projection_dim=64, batch_size=32, steps=120, warmup=10,
+        lr=2e-3, encoder=None, image_size=None, vocab_size=None, threads=None,  # the init and the tokenizer decide
+    )  # fmt: skip
+    return tiny_config(data, out, **{**lit, **kw})
 
 
 def metrics(out):
