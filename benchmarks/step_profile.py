@@ -1,0 +1,164 @@
+"""Where a pre-training step's time goes (issue 30): the trainer's own compiled step (objective,
+model, optimizer) on one fixed batch, timed whole and with one kind of op at a time swapped for a
+stand-in that keeps every shape but does almost no work. The time a swap saves is that op kind's
+share, forward and backward together; the matmuls' share is their FLOPs at the GEMM rate measured
+in the same run (the floor no kernel work can go under). Also timed alone: the forward pass, the
+forward + backward, and the optimizer update.
+
+The stand-ins change the arithmetic, so they are for this measurement only; the training code is
+untouched.
+
+    python benchmarks/step_profile.py --encoder vit-s --batch 8 --out benchmarks/results/step_profile.jsonl
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image  # noqa: E402
+
+
+def build(encoder: str, image_size: int, batch: int, vocab: int):
+    import mlx.core as mx
+
+    from mlx_aimv2.config import TrainConfig
+    from mlx_aimv2.train.objectives import AIMv2Objective
+    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
+    from mlx_aimv2.train.step import make_step
+
+    cfg = TrainConfig(encoder=encoder, image_size=image_size, batch_size=batch, steps=1000, warmup=10)
+    objective = AIMv2Objective(cfg, out=".")
+    mx.random.seed(0)
+    model = objective.build(SimpleNamespace(vocab_size=vocab, pad_id=0))
+    mx.eval(model.parameters())
+    opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
+    opt.init(model.trainable_parameters())
+    rng = np.random.default_rng(0)
+    imgs = mx.array(rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8))
+    ids = mx.array(rng.integers(1, vocab, (batch, 77), dtype=np.int32))
+    return cfg, objective, model, opt, make_step(objective, model, opt, cfg, mx.distributed.init()), imgs, ids
+
+
+def stepper(step, model, opt, imgs, ids):
+    """One timed-ready call of the compiled step (compiled and warmed up here)."""
+    import mlx.core as mx
+
+    calls = [0]
+
+    def one():
+        calls[0] += 1
+        p, g = step(imgs, ids, mx.random.key(calls[0]))
+        mx.eval(p, g, model.state, opt.state)
+
+    one(), one()  # compile, warm up
+    return one
+
+
+def interleaved(a, b, reps: int) -> tuple[float, float]:
+    """Median seconds of a() and of b(), run in turns: a machine that slows down over the run (this
+    one does, by up to 20 %) slows both alike."""
+    ta, tb = [], []
+    for _ in range(reps):
+        ta += timed(a, 1)
+        tb += timed(b, 1)
+    return median(ta), median(tb)
+
+
+def stand_in(model, kind: str) -> None:
+    """One op kind of `model` made a near-free stand-in of the same shapes, on its layers themselves
+    (where cpu.use_kernels puts its kernels): attention's core softmax(q k^T) v -> v, SwiGLU's silu ->
+    identity, RMSNorm -> its gain alone."""
+    if kind == "norm":  # a special method: Python looks it up on the class (main swaps it there)
+        return
+    name, fn = {
+        "attention": ("sdpa", lambda q, k, v, scale=None, mask=None: v),
+        "activation": ("act", lambda x: x),
+    }[kind]
+    for _, m in model.named_modules():
+        if hasattr(type(m), name):
+            setattr(m, name, fn)
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--encoder", default="vit-s")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=None)
+    a = ap.parse_args()
+    import mlx.core as mx
+
+    from mlx_aimv2.environment import backend
+
+    peak = max(gemm_peak_gflops(), gemm_peak_gflops())
+    cfg, objective, model, opt, step, imgs, ids = build(a.encoder, a.image_size, a.batch, a.vocab)
+    base = stepper(step, model, opt, imgs, ids)
+    whole = median(timed(base, a.reps))
+    flops = train_flops_per_image(model, a.image_size, 77) * a.batch
+    matmul = flops / (peak * 1e9)
+
+    # the phases alone: forward, forward + backward, the optimizer update
+    batch = objective.prepare(
+        imgs, ids, mx.random.key(0), SimpleNamespace(dtype=mx.float32, size=1, rank=0, sum=lambda x: x)
+    )
+    params = model.trainable_parameters()
+
+    def loss(p):
+        model.update(p)
+        return objective.loss(
+            model, batch, SimpleNamespace(dtype=mx.float32, size=1, sum=lambda x: x, gather=lambda x: x)
+        )["loss"]
+
+    fwd, fwd_bwd = loss, mx.value_and_grad(loss)  # uncompiled: the phases' shares, not the step's time
+    grads = fwd_bwd(params)[1]
+    mx.eval(grads)
+    model.update(params)
+
+    def update():
+        opt.update(model, grads)
+        mx.eval(model.parameters(), opt.state)
+
+    phases = {  # uncompiled
+        "forward": median(timed(lambda: mx.eval(fwd(params)), a.reps + 1)[1:]),
+        "forward_backward": median(timed(lambda: mx.eval(fwd_bwd(params)), a.reps + 1)[1:]),
+        "optimizer": median(timed(update, a.reps + 1)[1:]),
+    }
+    model.update(params)
+
+    import mlx.nn as nn
+
+    shares, norm_call = {}, nn.RMSNorm.__call__
+    for kind in ("attention", "activation", "norm"):
+        _, _, model2, opt2, step2, _, _ = build(a.encoder, a.image_size, a.batch, a.vocab)
+        stand_in(model2, kind)
+        if kind == "norm":  # traced with the stand-in (at the warm-up), then the class is itself again
+            nn.RMSNorm.__call__ = lambda self, x: x * self.weight
+        try:
+            variant = stepper(step2, model2, opt2, imgs, ids)
+        finally:
+            nn.RMSNorm.__call__ = norm_call
+        t_base, t_var = interleaved(base, variant, a.reps)
+        shares[kind] = (t_base - t_var) / t_base
+    rest = 1 - matmul / whole - sum(max(v, 0.0) for v in shares.values())
+    record = {
+        "what": "step_profile", "encoder": a.encoder, "batch": a.batch, "image_size": a.image_size,
+        "backend": backend(), "mlx": mx.__version__, "gemm_peak_gflop_s": round(peak, 1),
+        "step_s": round(whole, 4), "mfu_vs_gemm_peak": round(matmul / whole, 3),
+        "phases_s": {k: round(v, 4) for k, v in phases.items()},
+        "share_of_step": {"matmul_at_peak": round(matmul / whole, 3),
+                          **{k: round(v, 3) for k, v in shares.items()},
+                          "everything_else": round(rest, 3)},
+    }  # fmt: skip
+    emit(record, a.out)
+
+
+if __name__ == "__main__":
+    main()
