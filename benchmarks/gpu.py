@@ -25,8 +25,8 @@ from types import SimpleNamespace
 
 import numpy as np
 
-# benchmarks/ off sys.path (python puts a script's folder first): its kernels.py would stand in for
-# the `kernels` package transformers looks for; common.py is loaded by its path instead
+# common.py by its path, the benchmarks folder kept off sys.path: on the GPU machine only what this
+# script names should shadow nothing of transformers' own imports
 sys.path[:] = [p for p in sys.path if Path(p or ".").resolve() != Path(__file__).resolve().parent]
 _spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).with_name("common.py"))
 common = importlib.util.module_from_spec(_spec)

@@ -1,7 +1,7 @@
 """Per-element cost of the transcendental kernels at AIMv2-L's shapes: MLX's own CPU ops, this
 package's arithmetic versions (mlx_aimv2/cpu.py) and PyTorch, side by side in one process.
 
-    python benchmarks/kernels.py --out benchmarks/results/kernels_cpu.jsonl
+    python benchmarks/cpu_kernels.py --out benchmarks/results/kernels_cpu.jsonl
 """
 
 from __future__ import annotations
