@@ -59,6 +59,39 @@ def train_flops_per_image(model, image_size: int, text_len: int) -> float:
     return 3 * f
 
 
+def training_step(encoder: str, image_size: int, batch: int, vocab: int = 1024, dtype: str = "float32"):
+    """The trainer's own objective, model, optimizer and compiled step on one fixed random batch,
+    without data or a run folder. `.one()` runs one step (the first call compiles it)."""
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from mlx_aimv2.config import TrainConfig
+    from mlx_aimv2.train.objectives import AIMv2Objective
+    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
+    from mlx_aimv2.train.step import make_step
+
+    cfg = TrainConfig(encoder=encoder, image_size=image_size, batch_size=batch, steps=1000, warmup=10, dtype=dtype)
+    objective = AIMv2Objective(cfg, out=".")
+    mx.random.seed(0)
+    model = objective.build(SimpleNamespace(vocab_size=vocab, pad_id=0))
+    mx.eval(model.parameters())
+    opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
+    opt.init(model.trainable_parameters())
+    step = make_step(objective, model, opt, cfg, mx.distributed.init())
+    rng = np.random.default_rng(0)
+    imgs = mx.array(rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8))
+    ids = mx.array(rng.integers(1, vocab, (batch, 77), dtype=np.int32))
+    calls = [0]
+
+    def one():
+        calls[0] += 1
+        p, g = step(imgs, ids, mx.random.key(calls[0]))
+        mx.eval(p, g, model.state, opt.state)
+
+    return SimpleNamespace(objective=objective, model=model, opt=opt, imgs=imgs, ids=ids, one=one)
+
+
 def median(xs):
     return statistics.median(xs)
 

@@ -21,7 +21,6 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
 
 import numpy as np
 
@@ -113,27 +112,8 @@ def embed(vision: dict, batches: list, reps: int, out) -> None:
 def train(encoder: str, image_size: int, batch: int, reps: int, peak_tflops: float, out) -> None:
     import mlx.core as mx
 
-    from mlx_aimv2.config import TrainConfig
-    from mlx_aimv2.train.objectives import AIMv2Objective
-    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
-    from mlx_aimv2.train.step import make_step
-
-    cfg = TrainConfig(encoder=encoder, image_size=image_size, batch_size=batch, steps=1000, warmup=10, dtype="bfloat16")
-    objective = AIMv2Objective(cfg, out=".")
-    model = objective.build(SimpleNamespace(vocab_size=1024, pad_id=0))
-    mx.eval(model.parameters())
-    opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
-    opt.init(model.trainable_parameters())
-    step = make_step(objective, model, opt, cfg, mx.distributed.init())
-    rng = np.random.default_rng(0)
-    imgs = mx.array(rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8))
-    ids = mx.array(rng.integers(1, 1024, (batch, 77), dtype=np.int32))
-    calls = [0]
-
-    def one():
-        calls[0] += 1
-        p, g = step(imgs, ids, mx.random.key(calls[0]))
-        mx.eval(p, g, model.state, opt.state)
+    run = common.training_step(encoder, image_size, batch, dtype="bfloat16")
+    model, one = run.model, run.one
 
     s = sync_time(one, mx.synchronize, reps)
     tflops = train_flops_per_image(model, image_size, 77) * batch / s / 1e12

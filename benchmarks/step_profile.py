@@ -18,46 +18,14 @@ import sys
 from pathlib import Path
 from types import SimpleNamespace
 
-import numpy as np
-
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image  # noqa: E402
+from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image, training_step  # noqa: E402
 
 
-def build(encoder: str, image_size: int, batch: int, vocab: int):
-    import mlx.core as mx
-
-    from mlx_aimv2.config import TrainConfig
-    from mlx_aimv2.train.objectives import AIMv2Objective
-    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
-    from mlx_aimv2.train.step import make_step
-
-    cfg = TrainConfig(encoder=encoder, image_size=image_size, batch_size=batch, steps=1000, warmup=10)
-    objective = AIMv2Objective(cfg, out=".")
-    mx.random.seed(0)
-    model = objective.build(SimpleNamespace(vocab_size=vocab, pad_id=0))
-    mx.eval(model.parameters())
-    opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
-    opt.init(model.trainable_parameters())
-    rng = np.random.default_rng(0)
-    imgs = mx.array(rng.integers(0, 255, (batch, image_size, image_size, 3), dtype=np.uint8))
-    ids = mx.array(rng.integers(1, vocab, (batch, 77), dtype=np.int32))
-    return cfg, objective, model, opt, make_step(objective, model, opt, cfg, mx.distributed.init()), imgs, ids
-
-
-def stepper(step, model, opt, imgs, ids):
-    """One timed-ready call of the compiled step (compiled and warmed up here)."""
-    import mlx.core as mx
-
-    calls = [0]
-
-    def one():
-        calls[0] += 1
-        p, g = step(imgs, ids, mx.random.key(calls[0]))
-        mx.eval(p, g, model.state, opt.state)
-
-    one(), one()  # compile, warm up
-    return one
+def warmed(run):
+    """The step's call, compiled and warmed up."""
+    run.one(), run.one()
+    return run.one
 
 
 def interleaved(a, b, reps: int) -> tuple[float, float]:
@@ -99,8 +67,9 @@ def main():
     from mlx_aimv2.environment import backend
 
     peak = max(gemm_peak_gflops(), gemm_peak_gflops())
-    cfg, objective, model, opt, step, imgs, ids = build(a.encoder, a.image_size, a.batch, a.vocab)
-    base = stepper(step, model, opt, imgs, ids)
+    run = training_step(a.encoder, a.image_size, a.batch, a.vocab)
+    objective, model, opt, imgs, ids = run.objective, run.model, run.opt, run.imgs, run.ids
+    base = warmed(run)
     whole = median(timed(base, a.reps))
     flops = train_flops_per_image(model, a.image_size, 77) * a.batch
     matmul = flops / (peak * 1e9)
@@ -137,12 +106,12 @@ def main():
 
     shares, norm_call = {}, nn.RMSNorm.__call__
     for kind in ("attention", "activation", "norm"):
-        _, _, model2, opt2, step2, _, _ = build(a.encoder, a.image_size, a.batch, a.vocab)
-        stand_in(model2, kind)
+        run2 = training_step(a.encoder, a.image_size, a.batch, a.vocab)
+        stand_in(run2.model, kind)
         if kind == "norm":  # traced with the stand-in (at the warm-up), then the class is itself again
             nn.RMSNorm.__call__ = lambda self, x: x * self.weight
         try:
-            variant = stepper(step2, model2, opt2, imgs, ids)
+            variant = warmed(run2)
         finally:
             nn.RMSNorm.__call__ = norm_call
         t_base, t_var = interleaved(base, variant, a.reps)

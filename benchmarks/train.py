@@ -15,12 +15,9 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from types import SimpleNamespace
-
-import numpy as np
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image  # noqa: E402
+from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image, training_step  # noqa: E402
 
 
 def main():
@@ -35,32 +32,13 @@ def main():
 
     import mlx.core as mx
 
-    from mlx_aimv2.config import TrainConfig
     from mlx_aimv2.cpu import loaded_blas
     from mlx_aimv2.data import TrainStream, find_sources, open_dataset, write_synthetic
     from mlx_aimv2.environment import backend
     from mlx_aimv2.tokenizer import train_bpe
-    from mlx_aimv2.train.objectives import AIMv2Objective as AIMv2
-    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
-    from mlx_aimv2.train.step import make_step
 
-    cfg = TrainConfig(encoder=a.encoder, image_size=a.image_size, batch_size=a.batch, steps=1000, warmup=10)
-    objective = AIMv2(cfg, out=".")  # the trainer's own objective and step, without data or a run folder
-    model = objective.build(SimpleNamespace(vocab_size=a.vocab, pad_id=0))
-    mx.eval(model.parameters())
-    opt = DecoupledAdamW(schedule(1e-3, 10, 1000, 1e-5), 1e-3, 1e-4)
-    opt.init(model.trainable_parameters())
-    step = make_step(objective, model, opt, cfg, mx.distributed.init())
-    rng = np.random.default_rng(0)
-    imgs = mx.array(rng.integers(0, 255, (a.batch, a.image_size, a.image_size, 3), dtype=np.uint8))
-    ids = mx.array(rng.integers(1, a.vocab, (a.batch, 77), dtype=np.int32))
-
-    calls = [0]
-
-    def one():
-        calls[0] += 1
-        p, g = step(imgs, ids, mx.random.key(calls[0]))
-        mx.eval(p, g, model.state, opt.state)
+    run = training_step(a.encoder, a.image_size, a.batch, a.vocab)  # the trainer's own objective and step
+    model, one = run.model, run.one
 
     one()
     one()  # compile + warm-up
