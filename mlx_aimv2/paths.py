@@ -19,6 +19,7 @@ import fnmatch
 import glob
 import logging
 import os
+import stat
 import unicodedata
 from pathlib import Path
 from typing import Iterable, List, Optional
@@ -54,9 +55,13 @@ def is_mac_litter_path(path: str) -> bool:
 def is_dataless(path) -> bool:
     """A cloud placeholder whose data is not on this Mac (never true where st_flags does not exist)."""
     try:
-        return bool(getattr(os.stat(path), "st_flags", 0) & SF_DATALESS)
+        return _dataless(os.stat(path))
     except OSError:
         return False
+
+
+def _dataless(st) -> bool:
+    return bool(getattr(st, "st_flags", 0) & SF_DATALESS)
 
 
 def children(folder: Path, pattern: Optional[str] = None, kind: Optional[str] = None) -> list[Path]:
@@ -104,10 +109,16 @@ def files_under(folder: Path, suffixes: tuple = IMAGE_EXT, missing: Optional[lis
         dirs[:] = sorted(d for d in dirs if not is_mac_litter(d))
         here = set(names)
         for n in names:
-            p = Path(root) / n
-            if is_mac_litter(n) or not n.lower().endswith(suffixes) or raw_with_jpeg(n, here) or not p.is_file():
+            if is_mac_litter(n) or not n.lower().endswith(suffixes) or raw_with_jpeg(n, here):
                 continue
-            if is_dataless(p):
+            p = Path(root) / n
+            try:
+                st = os.stat(p)  # one stat tells a regular file and an iCloud placeholder
+            except OSError:
+                continue
+            if not stat.S_ISREG(st.st_mode):
+                continue
+            if _dataless(st):
                 missing.append((str(p), DATALESS))
                 continue
             found.append(p)
