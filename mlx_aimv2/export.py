@@ -350,11 +350,6 @@ def export_peft(src: str, dst: Path, overwrite: bool = False, command: Optional[
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "adapter_model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        card = ["---", 'library_name: "peft"', f"base_model: {json.dumps(base)}" if base else "", 'tags: ["mlx-aimv2", "aimv2", "lora"]',
-                "---", "", "# LoRA adapters for an AIMv2 vision encoder", "", "Made with:", "", "```bash",
-                command or modelcard.command_line(), "```", "", "```python", "from peft import PeftModel",
-                "from transformers import Aimv2VisionModel", "", "base = Aimv2VisionModel.from_pretrained(BASE)",
-                "model = PeftModel.from_pretrained(base, THIS_FOLDER)", "```", ""]  # fmt: skip
-        (tmp / modelcard.CARD).write_text("\n".join(line for line in card if line is not None))
+        modelcard.write_adapter(tmp, base, command)
 
     return write_folder(dst, write, overwrite)

@@ -162,5 +162,20 @@ def path_kind(path) -> Optional[str]:
     return model_kind(Path(path)) if Path(path).is_dir() else None
 
 
+def classifier_folder(name) -> Path:
+    """What `classify --model` names: a fine-tuning run stands for the classifier it exported
+    (RUN/classifier); anything else is itself."""
+    path = Path(name)
+    if path_kind(path) != CLASSIFIER_RUN:
+        return path
+    done = path / "classifier"
+    if model_kind(done) != CLASSIFIER:
+        raise UserError(
+            f"{path}: this fine-tuning run has not exported its classifier yet (it is running or was "
+            f"stopped); `mlx-aimv2 export {path} DIR` writes one from its newest checkpoint"
+        )
+    return done
+
+
 def describe(kind: Optional[str]) -> str:
     return DESCRIBED.get(kind, "a published checkpoint")

@@ -106,6 +106,17 @@ def write(folder: Path, config: ModelConfig, kind: str, base_model: Optional[str
     (Path(folder) / CARD).write_text(render(config, kind, base_model, fidelity, repo, library, command))
 
 
+def write_adapter(folder: Path, base_model: Optional[str] = None, command: Optional[str] = None) -> None:
+    """The card of a folder of LoRA adapters in PEFT's layout (export --format peft)."""
+    front = ['library_name: "peft"', 'tags: ["mlx-aimv2", "aimv2", "lora"]']
+    front += [f"base_model: {json.dumps(base_model)}"] if base_model else []
+    lines = ["---", *front, "---", "", "# LoRA adapters for an AIMv2 vision encoder", "", "Made with:", "", "```bash",
+             command or command_line(), "```", "", "```python", "from peft import PeftModel",
+             "from transformers import Aimv2VisionModel", "", "base = Aimv2VisionModel.from_pretrained(BASE)",
+             "model = PeftModel.from_pretrained(base, THIS_FOLDER)", "```", ""]  # fmt: skip
+    (Path(folder) / CARD).write_text("\n".join(lines))
+
+
 def base_model_of(folder: Path) -> Optional[str]:
     """The base_model a folder's own card names (a folder converted before), if any."""
     try:

@@ -128,7 +128,7 @@ def classify(
     classes. One image prints its top classes a line each; several print a line per image."""
     from ..api import ImageClassifier, LiTModel, fill_template, load, load_default
     from ..inference import needs
-    from ..train.runs import classifier_folder
+    from ..kinds import classifier_folder
 
     files, errors = expand_paths(paths)
     if not files:

@@ -2,7 +2,7 @@
 its newest checkpoint, what it trained, and the model folder it exports to. `export`, the CLI and LiT
 tuning (a run as the frozen encoder) use it; nothing here runs the training loop."""
 
-from .classifier import classifier_folder, classifier_run, save_classifier
+from .classifier import classifier_run, save_classifier
 from .common import add_run_lora, encoder_preprocessor, is_run, newest
 from .lit import frozen_encoder, lit_module, lit_preprocessor, lit_tokenizer_files, load_lit, load_tuner, save_lit
 from .pretraining import (
@@ -17,7 +17,7 @@ from .pretraining import (
 from .result import export_run, trained_model
 
 __all__ = [
-    "DECODER", "DECODER_WEIGHTS", "add_run_lora", "classifier_folder", "classifier_run", "encoder_preprocessor",
+    "DECODER", "DECODER_WEIGHTS", "add_run_lora", "classifier_run", "encoder_preprocessor",
     "export_run", "frozen_encoder", "is_run", "lit_module", "lit_preprocessor", "lit_tokenizer_files", "load_captioner",
     "load_encoder", "load_lit", "load_pretrainer", "load_tuner", "newest", "save_classifier", "save_decoder",
     "save_encoder", "save_lit", "trained_model",

@@ -8,7 +8,6 @@ from pathlib import Path
 
 from ... import checkpoints, finetuned, kinds
 from ...config import ModelConfig, TrainConfig, VisionConfig, saved_run_config
-from ...errors import UserError
 from ...models import build as build_model
 from ...models import lora
 from ...models.classifier import Classifier
@@ -45,21 +44,6 @@ def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str,
         kind=kinds.CLASSIFIER,
         max_shard_size=max_shard_size,
     )
-
-
-def classifier_folder(name) -> Path:
-    """What `classify --model` names: a fine-tuning run stands for the classifier it exported
-    (RUN/classifier); anything else is itself."""
-    path = Path(name)
-    if kinds.is_run(path) and kinds.path_kind(path) == kinds.CLASSIFIER_RUN:
-        done = path / "classifier"
-        if kinds.model_kind(done) != kinds.CLASSIFIER:
-            raise UserError(
-                f"{path}: this fine-tuning run has not exported its classifier yet (it is running or was "
-                f"stopped); `mlx-aimv2 export {path} DIR` writes one from its newest checkpoint"
-            )
-        return done
-    return path
 
 
 def classifier_run(run: Path) -> tuple:
