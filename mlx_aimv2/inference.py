@@ -96,6 +96,9 @@ class AIMv2:
         except ValueError as e:
             raise UserError(str(e)) from None
 
+    def _check_images(self) -> None:
+        """Refuse image work the model cannot do (a LiT model loaded text_only)."""
+
     def check_pool(self, pool: str) -> str:
         if pool == "attn" and "attn" not in self.pools:
             raise UserError(
@@ -110,6 +113,7 @@ class AIMv2:
         calling thread (use it from one thread; embed / iter_embed are safe from any).
 
         On MLX's CPU backend the batch is split over one CPU stream per core (cpu.split_batch)."""
+        self._check_images()
         return self._features(pixels, self.check_pool(pool), self.check_layers(layers))
 
     def _features(self, pixels: mx.array, pool: str, layers: Optional[tuple]) -> dict:
@@ -188,6 +192,7 @@ class AIMv2:
         progress(done, total): called as images finish (total: len(items), None for an iterator).
         cancel: anything with is_set() (a threading.Event); once set, raises errors.Cancelled between
         batches. The model runs on the owner thread (owner.py): safe from any thread."""
+        self._check_images()
         pool, layers = self.check_pool(pool), self.check_layers(layers)
         return self._iter_embed(items, pool, layers, batch_size, errors, read, fast_decode, progress, cancel)
 
@@ -294,15 +299,9 @@ class LiTModel(AIMv2):
     def _pool(self, tokens: mx.array, pool: str) -> mx.array:
         return self.module.embed_tokens(tokens) if pool == "attn" else super()._pool(tokens, pool)
 
-    def _iter_embed(self, *args):
+    def _check_images(self) -> None:
         if self.text_only:
             raise UserError("this model was loaded with text_only=True; load it without to embed images")
-        return super()._iter_embed(*args)
-
-    def features(self, pixels, pool="mean", layers=None) -> dict:
-        if self.text_only:
-            raise UserError("this model was loaded with text_only=True; load it without to embed images")
-        return super().features(pixels, pool, layers)
 
     @property
     def tokenizer(self):
