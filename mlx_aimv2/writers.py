@@ -15,7 +15,7 @@ from pathlib import Path
 import numpy as np
 from safetensors.numpy import save_file
 
-from .atomic import TMP_PREFIX, failed_write
+from .atomic import TMP_PREFIX, failed_write, write_file
 from .errors import UserError, write_failed
 
 FORMATS = (".npy", ".safetensors", ".jsonl")
@@ -44,6 +44,13 @@ def check_output(path: Path, suffixes: tuple = FORMATS, option: str = "") -> Pat
 
 
 PICTURES = (".png", ".jpg", ".jpeg", ".webp")
+
+
+def save_json(path: Path, data) -> Path:
+    """A JSON result file (probe, retrieval, zeroshot --output), its folder made, written whole."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    return write_file(path, lambda tmp: tmp.write_text(json.dumps(data, indent=2) + "\n"))
 
 
 def partial_path(path: Path) -> Path:

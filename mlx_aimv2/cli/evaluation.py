@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 from pathlib import Path
 from typing import Optional
@@ -10,6 +9,7 @@ from typing import Optional
 import typer
 
 from ..errors import UserError
+from ..writers import save_json
 from .common import check_output, model_option, report_skipped
 
 
@@ -63,8 +63,7 @@ def probe(
     for t, r in top1.items():
         typer.echo(f"{t:>10}: " + "  ".join(f"{k} {v:5.1f}%" for k, v in r.items()))
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(results, indent=2) + "\n")
+        save_json(output, results)
         typer.echo(f"saved {output}")
 
 
@@ -93,8 +92,7 @@ def retrieval(
         + "  ".join(f"{k} {r[k]:.1f}%" for k in r if "@" in k)
     )
     if output:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(r, indent=2) + "\n")
+        save_json(output, r)
         typer.echo(f"saved {output}")
 
 
@@ -132,8 +130,7 @@ def zeroshot(
         f"top-5 {k['acc5']:.2%}  mean per-class recall {k['mean_per_class_recall']:.2%}"
     )
     if output is not None:
-        output.parent.mkdir(parents=True, exist_ok=True)
-        output.write_text(json.dumps(r, indent=2) + "\n")
+        save_json(output, r)
         typer.echo(f"saved {output}")
     report_skipped(errors, r["n"])
 
