@@ -1,5 +1,7 @@
 """Per-element cost of the transcendental kernels at AIMv2-L's shapes: MLX's own CPU ops, this
-package's arithmetic versions (mlx_aimv2/cpu.py) and PyTorch, side by side in one process.
+package's arithmetic versions (mlx_aimv2/cpu.py) and PyTorch, side by side in one process. Then
+attention's core, forward and backward as a training step runs it (compiled), at the pre-training
+decoder's causal shape and the encoder's: MLX's own sdpa, cpu.attention and PyTorch's sdpa.
 
     python benchmarks/cpu_kernels.py --out benchmarks/results/kernels_cpu.jsonl
 """
@@ -74,6 +76,66 @@ def main():
                 },
                 a.out,
             )
+    attention_fwd_bwd(a.out)
+
+
+def attention_fwd_bwd(out, reps: int = 7):
+    shapes = {"decoder, causal": ((8, 6, 334, 64), "causal"), "encoder, no mask": ((8, 6, 256, 64), None)}
+    for what, (shape, mask) in shapes.items():
+        attention_case(what, shape, mask, out, reps)
+
+
+def attention_case(what: str, shape: tuple, mask, out, reps: int):
+    import mlx.core as mx
+    import numpy as np
+    import torch
+
+    from mlx_aimv2 import cpu
+
+    rng = np.random.default_rng(0)
+    q, k, v, g = (rng.standard_normal(shape).astype(np.float32) for _ in range(4))
+    args, cot = [mx.array(a) for a in (q, k, v)], mx.array(g)
+
+    def mlx_fn(sdpa):
+        def loss(q, k, v):
+            return (sdpa(q, k, v, scale=0.125, mask=mask) * cot).sum()
+
+        grad = mx.compile(mx.value_and_grad(loss, argnums=(0, 1, 2)))
+        return lambda: mx.eval(grad(*args))
+
+    tq, tk, tv = (torch.from_numpy(a).requires_grad_() for a in (q, k, v))
+    tg = torch.from_numpy(g)
+
+    def torch_run():
+        o = torch.nn.functional.scaled_dot_product_attention(tq, tk, tv, is_causal=mask == "causal", scale=0.125)
+        (o * tg).sum().backward()
+
+    impls = {
+        "mlx_stock_sdpa": mlx_fn(mx.fast.scaled_dot_product_attention),
+        "mlx_aimv2": mlx_fn(cpu.attention),
+        "torch": torch_run,
+    }
+    times = {name: [] for name in impls}
+    for fn in impls.values():
+        fn()
+    for _ in range(reps):  # in turns, so a machine that drifts slows every contender alike
+        for name, fn in impls.items():
+            t = time.perf_counter()
+            fn()
+            times[name].append(time.perf_counter() - t)
+    ms = {name: round(median(ts) * 1e3, 1) for name, ts in times.items()}
+    emit(
+        {
+            "what": "attention_fwd_bwd",
+            "shape": list(shape),
+            "context": what,
+            **{f"{k}_ms": v for k, v in ms.items()},
+            "stock_over_ours": round(ms["mlx_stock_sdpa"] / ms["mlx_aimv2"], 2),
+            "ours_over_torch": round(ms["mlx_aimv2"] / ms["torch"], 2),
+            "torch_threads": torch.get_num_threads(),
+        },
+        out,
+    )
 
 
 if __name__ == "__main__":

@@ -7,14 +7,16 @@ fixes each at one seam (docs/performance.md has the measurements):
 1. exp / sigmoid / softmax run a scalar path (15-30 ns per element) while plain arithmetic is
    vectorised, so `exp` below rebuilds exp from arithmetic; `use_kernels(model)` swaps the models'
    attention and SwiGLU activation for versions built on it.
-2. Elementwise kernels are single-threaded: `split_batch` spreads a batch over one CPU stream per
-   core, with the BLAS held to one thread meanwhile (`blas_threads`).
+2. Elementwise kernels are single-threaded: `split_batch` (inference) and `per_stream` (the
+   training step) spread a batch over one CPU stream per core, with the BLAS held to one thread
+   meanwhile (`blas_threads`, `blas_for`).
 3. The Linux `mlx[cpu]` wheel links the reference BLAS (~5 GFLOP/s): `loaded_blas` / `slow_blas`
    detect it, `warn_if_slow_blas` says so, `restart_with_openblas` (the CLI only) fixes it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import ctypes
 import os
 import subprocess
@@ -102,12 +104,45 @@ def silu(x: mx.array) -> mx.array:
     return _silu(x) if _fast(x) else nn.silu(x)
 
 
-def softmax(x: mx.array) -> mx.array:
-    """Softmax over the last axis; rows that are all -inf give NaN, as mx.softmax does."""
-    if not _fast(x):
-        return mx.softmax(x, axis=-1, precise=True)
+def _rows(x: mx.array) -> mx.array:
     e = exp(x - x.max(axis=-1, keepdims=True))
     return e / e.sum(axis=-1, keepdims=True)
+
+
+def _rows_vjp(cotangent: mx.array, y: mx.array) -> mx.array:
+    # the textbook form, y * (g - sum(g * y)): two passes over the scores, where autodiff through the
+    # max, exp and division takes several (the max's share is zero in exact arithmetic anyway)
+    return y * (cotangent - (cotangent * y).sum(axis=-1, keepdims=True))
+
+
+@mx.custom_function
+def _softmax(x: mx.array) -> mx.array:
+    return _rows(x)
+
+
+@_softmax.vjp
+def _softmax_vjp(primals, cotangent, output):
+    return _rows_vjp(cotangent, output)
+
+
+@mx.custom_function
+def _masked_softmax(x: mx.array, keep: mx.array) -> mx.array:
+    return _rows(mx.where(keep, x, -mx.inf))
+
+
+@_masked_softmax.vjp
+def _masked_softmax_vjp(primals, cotangent, output):
+    # masked scores have y = 0, so their gradient is 0 without a pass of `where` (the mask has none)
+    return _rows_vjp(cotangent, output), mx.zeros_like(primals[1])
+
+
+def softmax(x: mx.array, keep: mx.array | None = None) -> mx.array:
+    """Softmax over the last axis, with positions where the boolean `keep` is False left out; rows
+    that are all -inf (or all left out) give NaN, as mx.softmax does."""
+    if not _fast(x):
+        x = x if keep is None else mx.where(keep, x, -mx.inf)
+        return mx.softmax(x, axis=-1, precise=True)
+    return _softmax(x) if keep is None else _masked_softmax(x, keep)
 
 
 def attention(q, k, v, scale: float, mask=None):
@@ -118,27 +153,9 @@ def attention(q, k, v, scale: float, mask=None):
     s = (q * scale) @ k.swapaxes(-1, -2)
     if isinstance(mask, str):
         mask = causal_mask(q.shape[-2])
-    if mask is not None:
-        s = mx.where(mask, s, -mx.inf) if mask.dtype == mx.bool_ else s + mask
-    return softmax(s) @ v
-
-
-# The seam: the model classes name their kernels as class attributes (MLX's ops); these replace them.
-KERNELS = {"sdpa": attention, "act": silu}
-
-
-def use_kernels(model: nn.Module, enabled: bool | None = None) -> nn.Module:
-    """Give every layer of `model` this module's kernels (enabled, the default on the CPU) or MLX's
-    own (disabled). The kernels fall back to MLX's ops per call off the CPU or outside float32."""
-    enabled = active() if enabled is None else enabled
-    for _, m in model.named_modules():
-        for name, kernel in KERNELS.items():
-            if hasattr(type(m), name):
-                if enabled:
-                    setattr(m, name, kernel)
-                elif name in m.__dict__:
-                    delattr(m, name)
-    return model
+    if mask is not None and mask.dtype != mx.bool_:
+        s, mask = s + mask, None
+    return softmax(s, mask) @ v
 
 
 def float_layers(model: nn.Module, keep_quantized: bool | None = None) -> nn.Module:
@@ -168,20 +185,69 @@ def streams() -> int:
     return len(_streams()) if active() else 1
 
 
+def _chunks(n: int) -> list[tuple[object, slice]]:
+    """(stream, contiguous slice of a batch of n) pairs: one per core, never more than n."""
+    k = min(streams(), n)
+    return [(s, slice(i * n // k, (i + 1) * n // k)) for i, s in enumerate(_streams()[:k])]
+
+
 def split_batch(fn, x: mx.array, *args) -> dict:
     """fn(x, *args) -> {name: array with the batch first}, computed in contiguous chunks of x on
-    one CPU stream each, so every core runs elementwise work; in one piece elsewhere."""
-    n = x.shape[0]
-    k = min(streams(), n)
-    if k <= 1:
+    one CPU stream each, so every core runs elementwise work, and evaluated; in one piece elsewhere."""
+    if min(streams(), x.shape[0]) <= 1:
         return fn(x, *args)
     with blas_threads(1):  # the streams are the parallelism now; threaded matmuls would oversubscribe
         outs = []
-        for i, stream in enumerate(_streams()[:k]):
+        for stream, part in _chunks(x.shape[0]):
             with mx.stream(stream):
-                outs.append(fn(x[i * n // k : (i + 1) * n // k], *args))
+                outs.append(fn(x[part], *args))
         mx.eval(outs)
     return {key: mx.concatenate([o[key] for o in outs]) for key in outs[0]}
+
+
+def per_stream(fn, *args) -> tuple:
+    """fn(*args) -> a tuple of batch-first arrays (or None), computed in contiguous chunks of the batch
+    (every array argument's first axis; None passes through) on one CPU stream each, outputs
+    concatenated. Lazy, unlike split_batch: it sits inside a differentiated, compiled training step,
+    whose backward ops run on the stream of their forward op, so the backward is spread too. Whoever
+    evaluates it holds the BLAS at one thread meanwhile (`blas_for`)."""
+    n = next(a.shape[0] for a in args if a is not None)
+    if min(streams(), n) <= 1:
+        return fn(*args)
+    outs = []
+    for stream, part in _chunks(n):
+        with mx.stream(stream):
+            outs.append(fn(*(None if a is None else a[part] for a in args)))
+    return tuple(None if o[0] is None else mx.concatenate(list(o)) for o in zip(*outs))
+
+
+def spreads(model: nn.Module) -> bool:
+    """True when evaluating `model` runs work on several CPU streams (per_stream is in use)."""
+    return streams() > 1 and any(m.__dict__.get("per_stream") is per_stream for _, m in model.named_modules())
+
+
+def blas_for(model: nn.Module):
+    """The BLAS setting to evaluate `model`'s training step under: one thread where the step spreads
+    over the CPU streams (two threaded matmuls at once would oversubscribe the cores), else as is."""
+    return blas_threads(1) if spreads(model) else contextlib.nullcontext()
+
+
+# The seam: the model classes name their kernels as class attributes (MLX's ops); these replace them.
+KERNELS = {"sdpa": attention, "act": silu, "per_stream": per_stream}
+
+
+def use_kernels(model: nn.Module, enabled: bool | None = None) -> nn.Module:
+    """Give every layer of `model` this module's kernels (enabled, the default on the CPU) or MLX's
+    own (disabled). The kernels fall back to MLX's ops per call off the CPU or outside float32."""
+    enabled = active() if enabled is None else enabled
+    for _, m in model.named_modules():
+        for name, kernel in KERNELS.items():
+            if hasattr(type(m), name):
+                if enabled:
+                    setattr(m, name, kernel)
+                elif name in m.__dict__:
+                    delattr(m, name)
+    return model
 
 
 # ------------------------------------------------------------------------------------ BLAS

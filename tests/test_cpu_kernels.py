@@ -98,9 +98,63 @@ def test_attention_matches_mlx_sdpa(mask):
     ours = cpu.attention(q, k, v, scale=0.3, mask=mask)
     ref = mx.fast.scaled_dot_product_attention(q, k, v, scale=0.3, mask=mask)
     assert np.abs(np.array(ours) - np.array(ref)).max() < 1e-5
+    # the gradients too: cpu.softmax's own vjp against MLX's autodiff of its attention
+    g = mx.array(rng.standard_normal(q.shape).astype(np.float32))
+
+    def grads(fn):
+        return mx.grad(lambda q, k, v: (fn(q, k, v, scale=0.3, mask=mask) * g).sum(), argnums=(0, 1, 2))(q, k, v)
+
+    for a, b in zip(grads(cpu.attention), grads(mx.fast.scaled_dot_product_attention)):
+        assert np.abs(np.array(a) - np.array(b)).max() < 1e-5 * np.abs(np.array(b)).max()
 
 
 def test_kernels_fall_back_to_mlx_off_float32():
     x = mx.array([-150.0, 1.0, 150.0], dtype=mx.bfloat16)
     assert cpu.silu(x).dtype == mx.bfloat16
     assert np.allclose(np.array(cpu.silu(x).astype(mx.float32)), np.array(nn.silu(x).astype(mx.float32)))
+
+
+def _pretraining_step(spread: bool, checkpointing: bool):
+    """The trainer's compiled step on a tiny AIMv2 model, with the batch spread over the CPU streams or not."""
+    from types import SimpleNamespace
+
+    from mlx_aimv2.config import TrainConfig
+    from mlx_aimv2.train.objectives import AIMv2Objective
+    from mlx_aimv2.train.optim import DecoupledAdamW, schedule
+    from mlx_aimv2.train.step import make_step
+
+    cfg = TrainConfig(encoder="tiny", image_size=56, batch_size=6, steps=10, warmup=2, checkpointing=checkpointing)
+    objective = AIMv2Objective(cfg, out=".")
+    mx.random.seed(0)
+    model = objective.build(SimpleNamespace(vocab_size=64, pad_id=0))
+    if not spread:
+        del model.__dict__["per_stream"]
+    opt = DecoupledAdamW(schedule(1e-3, 2, 10, 1e-5), 1e-3, 1e-4)
+    opt.init(model.trainable_parameters())
+    return model, opt, make_step(objective, model, opt, cfg, mx.distributed.init())
+
+
+@pytest.mark.skipif(cpu.streams() < 2, reason="one core: nothing to spread")
+@pytest.mark.parametrize("checkpointing", [False, True])
+def test_training_step_spread_over_streams_equals_one_stream(checkpointing):
+    """cpu.per_stream computes each sample's forward and backward on one of the CPU streams; the losses
+    and the updated weights must equal the step computed in one piece."""
+    from mlx.utils import tree_flatten
+
+    rng = np.random.default_rng(0)
+    imgs = mx.array(rng.integers(0, 255, (6, 56, 56, 3), dtype=np.uint8))
+    ids = mx.array(rng.integers(1, 64, (6, 12), dtype=np.int32))
+    runs = {}
+    for spread in (True, False):
+        model, opt, step = _pretraining_step(spread, checkpointing)
+        assert cpu.spreads(model) is spread
+        losses = []
+        with cpu.blas_for(model):
+            for i in range(3):
+                parts, norm = step(imgs, ids, mx.random.key(i))
+                mx.eval(parts, norm, model.state, opt.state)
+                losses.append((parts["loss_image"].item(), parts["loss_text"].item(), norm.item()))
+        runs[spread] = losses, dict(tree_flatten(model.parameters()))
+    np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
+    for name, w in runs[False][1].items():
+        np.testing.assert_allclose(np.array(runs[True][1][name]), np.array(w), atol=1e-5, err_msg=name)

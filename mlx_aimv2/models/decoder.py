@@ -48,6 +48,10 @@ class MultimodalDecoder(nn.Module):
 class AIMv2PreTrainer(nn.Module):
     """Encoder (prefix attention) + decoder + the two losses. `objective`: aimv2 | image | text."""
 
+    # The seam for cpu.use_kernels: per_stream(fn, *batch) computes a batch's forward; on MLX's CPU
+    # backend cpu.per_stream spreads its samples over one stream per core. The losses stay whole.
+    per_stream = staticmethod(lambda fn, *batch: fn(*batch))
+
     def __init__(
         self,
         enc: VisionConfig,
@@ -68,9 +72,9 @@ class AIMv2PreTrainer(nn.Module):
     def losses(self, images: mx.array, ids: mx.array, prefix_len: mx.array, total=lambda c: c) -> dict:
         """images (B, H, W, C) normalised, ids (B, L), prefix_len (B,) in [1, N-1]. `total` turns this
         batch's counts of scored patches / tokens into the divisor (data parallel: all ranks' counts)."""
-        tokens = self.encoder(images, prefix_len if self.prefix_attention else None)
         use_img, use_txt = self.objective in ("aimv2", "image"), self.objective in ("aimv2", "text")
-        pixels, logits = self.decoder(tokens, ids if use_txt else None)
+        prefix = prefix_len if self.prefix_attention else None
+        pixels, logits = self.per_stream(self._forward, images, ids if use_txt else None, prefix)
         out = {}
         loss = mx.array(0.0)
         if use_img:
@@ -81,6 +85,9 @@ class AIMv2PreTrainer(nn.Module):
             loss = loss + out["loss_text"]
         out["loss"] = loss
         return out
+
+    def _forward(self, images: mx.array, ids: Optional[mx.array], prefix_len: Optional[mx.array]) -> tuple:
+        return self.decoder(self.encoder(images, prefix_len), ids)
 
 
 def init_weights(model: nn.Module) -> None:

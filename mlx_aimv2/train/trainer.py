@@ -264,12 +264,14 @@ class Trainer:
         batches = iter(self.stream)
         t0, seen, last = time.perf_counter(), 0, {}
         watchdog = Watchdog(self.rank, self.size, cfg.collective_timeout, self.out) if self.size > 1 else None
+        blas = cpu.blas_for(self.model)  # one BLAS thread per CPU stream while a step spreads over them
         try:
             while self.step < cfg.steps and not self._anyone_stops(stop["flag"] or bool(event and event.is_set())):
                 batch = next(batches)
                 inputs = mx.array(batch[self.objective.inputs])
-                parts, norm = step_fn(inputs, mx.array(batch["ids"]), self._key(self.step))
-                mx.eval(parts, norm, self.model.state, self.optimizer.state)
+                with blas:
+                    parts, norm = step_fn(inputs, mx.array(batch["ids"]), self._key(self.step))
+                    mx.eval(parts, norm, self.model.state, self.optimizer.state)
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
                     good = kinds.newest_checkpoint(self.out)  # only finite weights are ever checkpointed
