@@ -77,4 +77,5 @@ def make_step(objective: Objective, model: nn.Module, optimizer, cfg, world):
         norm = apply_step(tree_map(lambda g: g / cfg.accum, acc))
         return {k: sum(log[k] for log in logs) / cfg.accum for k in logs[0]}, norm
 
+    step.gradients = grad_step  # the forward and backward alone (benchmarks/memory.py measures it apart)
     return step
