@@ -16,7 +16,6 @@ fixes each at one seam (docs/performance.md has the measurements):
 
 from __future__ import annotations
 
-import contextlib
 import ctypes
 import os
 import subprocess
@@ -228,8 +227,29 @@ def spreads(model: nn.Module) -> bool:
 
 def blas_for(model: nn.Module):
     """The BLAS setting to evaluate `model`'s training step under: one thread where the step spreads
-    over the CPU streams (two threaded matmuls at once would oversubscribe the cores), else as is."""
-    return blas_threads(1) if spreads(model) else contextlib.nullcontext()
+    over the CPU streams (two threaded matmuls at once would oversubscribe the cores), else the
+    default. Set at every step, not once: mlx-data's loader threads set OpenBLAS's process-wide count
+    to 1 as they start (its ThreadController::limit, seen in gdb), which would leave the matmuls of
+    an unspread step on one core."""
+    return blas_threads(1 if spreads(model) else default_blas_threads())
+
+
+def default_blas_threads() -> int:
+    """OpenBLAS's own count for this process: OPENBLAS_NUM_THREADS / OMP_NUM_THREADS, else one per
+    core this process may use."""
+    for var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS"):
+        value = os.environ.get(var, "")
+        if value.isdigit() and int(value) > 0:
+            return int(value)
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
+def reset_blas_threads() -> None:
+    """Put OpenBLAS back to its default count (after mlx-data's loader has set it to 1), so that what
+    the process computes next - an app's embedding after a training run - has every core."""
+    blas = blas_threads(default_blas_threads())
+    if blas.lib is not None:
+        blas.lib.openblas_set_num_threads(blas.n)
 
 
 # The seam: the model classes name their kernels as class attributes (MLX's ops); these replace them.

@@ -10,6 +10,7 @@ import pytest
 from helpers import PHOTO, QUIET, cli, write_shard
 from mlx.utils import tree_flatten
 
+from mlx_aimv2 import cpu
 from mlx_aimv2.config import load_config
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
@@ -343,3 +344,39 @@ def test_eval_settings_are_checked(synth, tmp_path):
     r = cli("train", "--data", synth, "--out", tmp_path / "b", "--set", "eval_every=5", "--set", "eval_data=nowhere")
     one_clear_line(r, "eval_data nowhere: no such folder")
     assert not (tmp_path / "a").exists() and not (tmp_path / "b").exists()
+
+
+@pytest.mark.skipif(
+    cpu.streams() < 2 or "(preloaded)" not in cpu.loaded_blas(), reason="needs two cores and a preloaded OpenBLAS"
+)
+@pytest.mark.parametrize("spread", [True, False])
+def test_the_trainer_holds_the_blas_threads_its_step_needs(synth, tmp_path, monkeypatch, spread):
+    """A spread step runs with OpenBLAS at one thread per CPU stream (two threaded matmuls at once
+    would oversubscribe the cores); an unspread one with the default count, although mlx-data's
+    loader threads set OpenBLAS's process-wide count to 1 as they start. After the run the default is back."""
+    import ctypes
+
+    from mlx_aimv2.train import trainer as trainer_module
+
+    if not spread:
+        monkeypatch.setattr(cpu, "KERNELS", {k: v for k, v in cpu.KERNELS.items() if k != "per_stream"})
+    blas = ctypes.CDLL(cpu.loaded_blas().split()[0])
+    seen = []
+    real = trainer_module.make_step
+
+    def recording(*args, **kw):
+        step = real(*args, **kw)
+
+        def watched(*inputs):
+            seen.append(blas.openblas_get_num_threads())
+            return step(*inputs)
+
+        return watched
+
+    monkeypatch.setattr(trainer_module, "make_step", recording)
+    t = Trainer(cfg(synth, tmp_path / "run", steps=2), **QUIET)
+    assert cpu.spreads(t.model) is spread
+    t.run(progress=False)
+    want = 1 if spread else cpu.default_blas_threads()
+    assert seen == [want, want]
+    assert blas.openblas_get_num_threads() == cpu.default_blas_threads()

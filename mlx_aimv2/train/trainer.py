@@ -322,6 +322,7 @@ class Trainer:
             raise UserError(watchdog.lost_message(e)) from None
         finally:
             batches.close()  # stops the loader threads now, not at interpreter exit
+            cpu.reset_blas_threads()  # the loader's threads set OpenBLAS to one thread for the whole process
             if watchdog is not None:
                 watchdog.close()
             for sig, handler in old.items():
