@@ -158,3 +158,36 @@ def test_training_step_spread_over_streams_equals_one_stream(checkpointing):
     np.testing.assert_allclose(runs[True][0], runs[False][0], rtol=1e-5)
     for name, w in runs[False][1].items():
         np.testing.assert_allclose(np.array(runs[True][1][name]), np.array(w), atol=1e-5, err_msg=name)
+
+
+@pytest.mark.skipif(cpu.streams() < 2, reason="one core: nothing to spread")
+def test_classifier_training_logits_spread_over_streams_equal_one_piece():
+    from mlx.utils import tree_flatten
+
+    from mlx_aimv2.config.model import vision_preset
+    from mlx_aimv2.models.classifier import Classifier
+    from mlx_aimv2.models.encoder import AIMv2VisionEncoder
+
+    mx.random.seed(0)
+    vision = vision_preset("tiny", 56, 14)
+    vision.use_head = False
+    model = cpu.use_kernels(Classifier(AIMv2VisionEncoder(vision), 5))
+    x = mx.array(np.random.default_rng(0).standard_normal((6, 56, 56, 3)).astype(np.float32))
+    labels = mx.array([0, 1, 2, 3, 4, 0])
+
+    def loss(params):
+        model.update(params)
+        return nn.losses.cross_entropy(model.training_logits(x), labels, reduction="mean")
+
+    results = []
+    for spread in (True, False):
+        if not spread:
+            del model.__dict__["per_stream"]
+        assert cpu.spreads(model) is spread
+        with cpu.blas_for(model):
+            value, grads = mx.value_and_grad(loss)(model.trainable_parameters())
+            mx.eval(value, grads)
+        results.append((value.item(), dict(tree_flatten(grads))))
+    assert abs(results[0][0] - results[1][0]) < 1e-6
+    for name, g in results[1][1].items():
+        np.testing.assert_allclose(np.array(results[0][1][name]), np.array(g), atol=1e-6, err_msg=name)

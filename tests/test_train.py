@@ -349,17 +349,15 @@ def test_eval_settings_are_checked(synth, tmp_path):
 @pytest.mark.skipif(
     cpu.streams() < 2 or "(preloaded)" not in cpu.loaded_blas(), reason="needs two cores and a preloaded OpenBLAS"
 )
-@pytest.mark.parametrize("spread", [True, False])
-def test_the_trainer_holds_the_blas_threads_its_step_needs(synth, tmp_path, monkeypatch, spread):
+def test_the_trainer_holds_the_blas_threads_its_step_needs(synth, tmp_path, monkeypatch):
     """A spread step runs with OpenBLAS at one thread per CPU stream (two threaded matmuls at once
-    would oversubscribe the cores); an unspread one with the default count, although mlx-data's
-    loader threads set OpenBLAS's process-wide count to 1 as they start. After the run the default is back."""
+    would oversubscribe the cores), the same count at every step (test_resume_continues_exactly checks
+    that the run repeats itself bit for bit). mlx-data's loader threads set OpenBLAS's process-wide
+    count to 1 as they start: after the run the default is back, for what the process computes next."""
     import ctypes
 
     from mlx_aimv2.train import trainer as trainer_module
 
-    if not spread:
-        monkeypatch.setattr(cpu, "KERNELS", {k: v for k, v in cpu.KERNELS.items() if k != "per_stream"})
     blas = ctypes.CDLL(cpu.loaded_blas().split()[0])
     seen = []
     real = trainer_module.make_step
@@ -375,8 +373,7 @@ def test_the_trainer_holds_the_blas_threads_its_step_needs(synth, tmp_path, monk
 
     monkeypatch.setattr(trainer_module, "make_step", recording)
     t = Trainer(cfg(synth, tmp_path / "run", steps=2), **QUIET)
-    assert cpu.spreads(t.model) is spread
+    assert cpu.spreads(t.model)
     t.run(progress=False)
-    want = 1 if spread else cpu.default_blas_threads()
-    assert seen == [want, want]
+    assert seen == [1, 1]
     assert blas.openblas_get_num_threads() == cpu.default_blas_threads()

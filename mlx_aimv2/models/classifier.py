@@ -38,5 +38,13 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.classifier = AttentiveHead(encoder.config.hidden_size, classes)
 
+    # The seam for cpu.use_kernels, as on the pre-training model: per_stream(fn, *batch) computes a
+    # training batch's forward; on MLX's CPU backend cpu.per_stream spreads it over the CPU streams.
+    per_stream = staticmethod(lambda fn, *batch: fn(*batch))
+
     def __call__(self, x: mx.array) -> mx.array:
         return self.classifier(self.encoder(x))
+
+    def training_logits(self, x: mx.array) -> mx.array:
+        """The logits of a training batch, spread over the CPU streams where that applies."""
+        return self.per_stream(lambda part: (self(part),), x)[0]

@@ -264,14 +264,17 @@ class Trainer:
         batches = iter(self.stream)
         t0, seen, last = time.perf_counter(), 0, {}
         watchdog = Watchdog(self.rank, self.size, cfg.collective_timeout, self.out) if self.size > 1 else None
-        blas = cpu.blas_for(self.model)  # one BLAS thread per CPU stream while a step spreads over them
+        # OpenBLAS's thread count for the whole run: one per CPU stream where the step spreads over them,
+        # else the default. Held, not set per step: a count that changes between steps (mlx-data's loader
+        # threads set it to 1 as they start) changes sgemm's last bits, and a run would not repeat itself
+        blas = cpu.blas_for(self.model)
+        blas.__enter__()
         try:
             while self.step < cfg.steps and not self._anyone_stops(stop["flag"] or bool(event and event.is_set())):
                 batch = next(batches)
                 inputs = mx.array(batch[self.objective.inputs])
-                with blas:
-                    parts, norm = step_fn(inputs, mx.array(batch["ids"]), self._key(self.step))
-                    mx.eval(parts, norm, self.model.state, self.optimizer.state)
+                parts, norm = step_fn(inputs, mx.array(batch["ids"]), self._key(self.step))
+                mx.eval(parts, norm, self.model.state, self.optimizer.state)
                 loss = parts["loss"].item()
                 if not math.isfinite(loss):
                     good = kinds.newest_checkpoint(self.out)  # only finite weights are ever checkpointed
@@ -322,6 +325,7 @@ class Trainer:
             raise UserError(watchdog.lost_message(e)) from None
         finally:
             batches.close()  # stops the loader threads now, not at interpreter exit
+            blas.__exit__(None, None, None)
             cpu.reset_blas_threads()  # the loader's threads set OpenBLAS to one thread for the whole process
             if watchdog is not None:
                 watchdog.close()

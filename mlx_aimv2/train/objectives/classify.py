@@ -141,7 +141,7 @@ class Classify(Objective):
     def loss(self, model: nn.Module, batch: tuple, shard: RankShare) -> dict:
         """Cross-entropy and top-1 accuracy, this rank's share of the global batch's mean."""
         x, labels = batch
-        logits = model(x).astype(mx.float32)
+        logits = model.training_logits(x).astype(mx.float32)
         total = labels.shape[0] * shard.size
         ce = nn.losses.cross_entropy(logits, labels, reduction="sum") / total
         right = (mx.argmax(logits, axis=-1) == labels).astype(mx.float32).sum() / total
