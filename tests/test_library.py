@@ -218,3 +218,30 @@ def test_text_queries_read_only_the_text_side(library):
         assert [h.path for h in hits] == [paths[i] for i in np.argsort(-(matrix @ q), kind="stable")[:3]]
         lib.search(image=sorted(photos.iterdir())[0], k=1)  # an image term loads the whole model
         assert lib._model is not None and not lib._model.text_only
+
+
+def test_a_reader_waits_for_an_index_another_process_is_creating(tmp_path):
+    """`index --watch` and a search started together: the reader can find the SQLite file before the
+    creator's one transaction has written its tables. It waits for them instead of calling it damaged."""
+    import sqlite3
+    import threading
+
+    from mlx_aimv2.index.store import Store
+
+    db = tmp_path / "lib.aimv2"
+    con = sqlite3.connect(db)  # the file as the creator's first statement leaves it: a header, no tables
+    con.execute("PRAGMA journal_mode=WAL")
+    con.close()
+
+    def create_later():
+        time.sleep(0.5)
+        Store(db, create=True).db.close()
+
+    creator = threading.Thread(target=create_later)
+    creator.start()
+    try:
+        reader = Store(db, read_only=True)
+        assert reader.get_meta("schema") is not None
+        reader.db.close()
+    finally:
+        creator.join()

@@ -137,7 +137,7 @@ class Store:
                 self.db.executescript(
                     f"BEGIN; {_SCHEMA} INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
                 )
-            version = self.get_meta("schema")
+            version = self._schema_version(read_only)
         except sqlite3.DatabaseError as e:
             if not exists:
                 self.remove_files()
@@ -149,6 +149,25 @@ class Store:
             raise IndexFault(
                 f"{self.path}: index format {version}, this mlx-aimv2 reads {SCHEMA_VERSION}; re-index into a new --db"
             )
+
+    def _schema_version(self, read_only: bool, wait_s: float = 5.0):
+        """The index's schema version. A reader that opens an index another process is creating
+        (`index --watch` and a search started together) can find the SQLite file before its tables:
+        the creator writes them in one transaction, so wait for it rather than call the file damaged."""
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                return self.get_meta("schema")
+            except sqlite3.OperationalError as e:
+                being_created = read_only and "no such table: meta" in str(e) and not self._tables()
+                if not being_created or time.monotonic() > deadline:
+                    raise
+            time.sleep(0.05)
+            self.db.close()
+            self.db = self._connect(read_only)
+
+    def _tables(self) -> list:
+        return self.db.execute("SELECT name FROM sqlite_master WHERE type = 'table'").fetchall()
 
     def _connect(self, read_only: bool) -> sqlite3.Connection:
         if read_only:
@@ -174,6 +193,8 @@ class Store:
             raise db_error(self.path, e) from None
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
+            if not tables:  # nothing to lose: an index killed at birth, or one another process is creating now
+                return
             ours = {"meta", "images"} <= tables and (
                 db.execute("SELECT COUNT(*) FROM meta WHERE key = 'schema'").fetchone()[0]
                 # our tables, empty, made by an earlier version killed before it wrote the schema row
