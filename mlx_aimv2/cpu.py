@@ -226,11 +226,12 @@ def spreads(model: nn.Module) -> bool:
 
 
 def blas_for(model: nn.Module):
-    """The BLAS setting to evaluate `model`'s training step under: one thread where the step spreads
+    """The BLAS setting to hold while `model`'s training steps run: one thread where the step spreads
     over the CPU streams (two threaded matmuls at once would oversubscribe the cores), else the
-    default. Set at every step, not once: mlx-data's loader threads set OpenBLAS's process-wide count
-    to 1 as they start (its ThreadController::limit, seen in gdb), which would leave the matmuls of
-    an unspread step on one core."""
+    default. mlx-data's loader threads set OpenBLAS's process-wide count to 1 as they start (its
+    ThreadController::limit, seen in gdb), which is why the spread steps use exactly that count: the
+    trainer holds it for the whole run, so every step computes at one count (sgemm's last bits depend
+    on it), then `reset_blas_threads` gives the process its default back."""
     return blas_threads(1 if spreads(model) else default_blas_threads())
 
 
