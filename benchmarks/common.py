@@ -95,6 +95,21 @@ def training_step(encoder: str, image_size: int, batch: int, vocab: int = 1024, 
     return SimpleNamespace(objective=objective, model=model, opt=opt, imgs=imgs, ids=ids, one=one)
 
 
+def step_arguments(reps: int):
+    """The command line of the benchmarks that time the trainer's step (train.py, step_profile.py,
+    step_variants.py): each adds its own flags to it."""
+    import argparse
+
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--encoder", default="vit-s")
+    ap.add_argument("--image-size", type=int, default=224)
+    ap.add_argument("--batch", type=int, default=8)
+    ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--reps", type=int, default=reps)
+    ap.add_argument("--out", default=None)
+    return ap
+
+
 def median(xs):
     return statistics.median(xs)
 

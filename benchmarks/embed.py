@@ -127,14 +127,8 @@ def main():
         finally:
             cpu.use_kernels(ours.module)
 
-    def over_streams(x):  # features' split over the CPU streams, traced whole so mx.compile sees it
-        outs = []
-        for stream, part in cpu._chunks(x.shape[0]):
-            with mx.stream(stream):
-                outs.append(ours._forward(x[part], "none", None)["tokens"])
-        return mx.concatenate(outs)
-
-    compiled = mx.compile(over_streams)  # traced again for each new input shape
+    # features' split over the CPU streams, traced whole (cpu.per_stream is lazy) and compiled per input shape
+    compiled = mx.compile(lambda x: cpu.per_stream(lambda part: (ours._forward(part, "none", None)["tokens"],), x)[0])
 
     def compiled_run(b):
         import contextlib

@@ -13,13 +13,12 @@ untouched.
 
 from __future__ import annotations
 
-import argparse
 import sys
 from pathlib import Path
 from types import SimpleNamespace
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image, training_step  # noqa: E402
+from common import emit, gemm_peak_gflops, median, step_arguments, timed, train_flops_per_image, training_step  # noqa: E402
 
 
 def warmed(run):
@@ -54,14 +53,7 @@ def stand_in(model, kind: str) -> None:
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--encoder", default="vit-s")
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--reps", type=int, default=3)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
+    a = step_arguments(reps=3).parse_args()
     import mlx.core as mx
 
     from mlx_aimv2.environment import backend

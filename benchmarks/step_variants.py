@@ -11,13 +11,12 @@ The variants other than `baseline` are stand-ins for this measurement; the train
 
 from __future__ import annotations
 
-import argparse
 import contextlib
 import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, median, timed, training_step  # noqa: E402
+from common import emit, median, step_arguments, timed, training_step  # noqa: E402
 
 
 def variants():
@@ -123,12 +122,8 @@ def variants():
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--encoder", default="vit-s")
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--reps", type=int, default=3)
+    ap = step_arguments(reps=3)
     ap.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
-    ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
     steps, about = {}, {}
@@ -136,7 +131,7 @@ def main():
         if a.only and name not in a.only and name != "baseline":
             continue
         with change:  # in place while the step is built and traced
-            run = training_step(a.encoder, 224, a.batch)
+            run = training_step(a.encoder, a.image_size, a.batch, a.vocab)
             run.one(), run.one()
         steps[name], about[name] = run.one, what
     times = {name: [] for name in steps}

@@ -10,25 +10,17 @@ ViT-S/14 encoder (384 wide, 12 blocks) at 224 px with the default decoder for th
 
 from __future__ import annotations
 
-import argparse
 import sys
 import tempfile
 import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, gemm_peak_gflops, median, timed, train_flops_per_image, training_step  # noqa: E402
+from common import emit, gemm_peak_gflops, median, step_arguments, timed, train_flops_per_image, training_step  # noqa: E402
 
 
 def main():
-    ap = argparse.ArgumentParser()
-    ap.add_argument("--encoder", default="vit-s")
-    ap.add_argument("--image-size", type=int, default=224)
-    ap.add_argument("--batch", type=int, default=8)
-    ap.add_argument("--vocab", type=int, default=1024)
-    ap.add_argument("--reps", type=int, default=4)
-    ap.add_argument("--out", default=None)
-    a = ap.parse_args()
+    a = step_arguments(reps=4).parse_args()
 
     import mlx.core as mx
 
