@@ -16,13 +16,14 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import L14, emit, median  # noqa: E402
+from common import L14, attention_in_head_chunks, emit, median  # noqa: E402
 
 
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--batches", default="8,1")
     ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--only", nargs="*", default=None, help="variant names (default: all)")
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
@@ -42,10 +43,12 @@ def main():
     layers = [m for _, m in model.module.named_modules()]
     variants = {
         "shipped": (cpu.attention, cpu.silu),
+        "heads_in_chunks": (attention_in_head_chunks(1 << 19), cpu.silu),  # 2 heads' scores at a time, in L2
         "mlx_sdpa": (mx.fast.scaled_dot_product_attention, cpu.silu),
         "mlx_silu": (cpu.attention, nn.silu),
         "mlx_both": (mx.fast.scaled_dot_product_attention, nn.silu),
     }
+    variants = {k: v for k, v in variants.items() if k == "shipped" or not a.only or k in a.only}
 
     def run(name, x):
         sdpa, act = variants[name]

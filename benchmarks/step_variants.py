@@ -16,7 +16,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, median, step_arguments, timed, training_step  # noqa: E402
+from common import attention_in_head_chunks, emit, median, step_arguments, timed, training_step  # noqa: E402
 
 
 def variants():
@@ -41,6 +41,11 @@ def variants():
                 obj[name] = old
             else:
                 setattr(obj, name, old)
+
+    def vjp_on_default_stream(forward, backward):  # before: MLX's placement of a custom vjp
+        fn = mx.custom_function(forward)
+        fn.vjp(backward)
+        return fn
 
     def autodiff_softmax(x, keep=None):  # before: autodiff through max, exp and the division
         x = x if keep is None else mx.where(keep, x, -mx.inf)
@@ -107,9 +112,13 @@ def variants():
         "baseline": ("the trainer's step as shipped", contextlib.nullcontext()),
         "one_stream": ("no per_stream: the batch in one piece, threaded BLAS", patched(cpu, "KERNELS", {
             k: v for k, v in cpu.KERNELS.items() if k != "per_stream"})),
+        "vjp_on_default_stream": ("softmax's and silu's backward on the default stream, as MLX places a custom vjp "
+                                  "(before)", patched(cpu, "_custom", vjp_on_default_stream)),
         "autodiff_softmax": ("softmax differentiated by autodiff (before)", patched(cpu, "softmax", autodiff_softmax)),
         "mlx_sdpa": ("MLX's own scaled_dot_product_attention", patched(cpu.KERNELS, "sdpa",
                                                                       mx.fast.scaled_dot_product_attention)),
+        "heads_in_chunks": ("attention 2 heads at a time (scores in L2), probabilities recomputed in the backward",
+                            patched(cpu.KERNELS, "sdpa", attention_in_head_chunks(1 << 19))),
         "causal_query_blocks": ("the decoder's causal attention in 4 blocks of query rows",
                                 patched(cpu.KERNELS, "sdpa", causal_blocks)),
         "rowsum_vjp": ("attention's backward with rowsum(dO * O) (FlashAttention's)",

@@ -85,22 +85,35 @@ def _fast(x: mx.array) -> bool:
     return x.dtype == mx.float32 and active()
 
 
-@mx.custom_function
-def _silu(x: mx.array) -> mx.array:
+def _custom(forward, backward):
+    """mx.custom_function(forward) with backward(primals, cotangent, output) as its vjp, run on the
+    stream the forward was built on. MLX runs a custom vjp on the default stream of the thread taking
+    the gradient (mx.default_stream inside one says so), which would put the backward passes of
+    per_stream's chunks on one stream, one after the other. Made per call, to know that stream."""
+    stream = mx.default_stream(mx.default_device())
+    fn = mx.custom_function(forward)
+
+    @fn.vjp
+    def _vjp(primals, cotangent, output):
+        with mx.stream(stream):
+            return backward(primals, cotangent, output)
+
+    return fn
+
+
+def _silu_forward(x: mx.array) -> mx.array:
     return x / (1.0 + exp(-x))
 
 
-@_silu.vjp
-def _silu_vjp(primals, cotangent, output):
+def _silu_backward(x, cotangent, output):  # a one-argument custom_function gets its primal bare
     # the derivative written out: autodiff of x / (1 + e^-x) gives inf / inf = NaN for x < -88
-    x = primals  # a one-argument custom_function gets its primal bare
     s = 1.0 / (1.0 + exp(-x))
     return cotangent * s * (1.0 + x * (1.0 - s))
 
 
 def silu(x: mx.array) -> mx.array:
     """x * sigmoid(x) = x / (1 + e^-x); nn.silu off the CPU or outside float32."""
-    return _silu(x) if _fast(x) else nn.silu(x)
+    return _custom(_silu_forward, _silu_backward)(x) if _fast(x) else nn.silu(x)
 
 
 def _rows(x: mx.array) -> mx.array:
@@ -114,23 +127,11 @@ def _rows_vjp(cotangent: mx.array, y: mx.array) -> mx.array:
     return y * (cotangent - (cotangent * y).sum(axis=-1, keepdims=True))
 
 
-@mx.custom_function
-def _softmax(x: mx.array) -> mx.array:
-    return _rows(x)
-
-
-@_softmax.vjp
-def _softmax_vjp(primals, cotangent, output):
-    return _rows_vjp(cotangent, output)
-
-
-@mx.custom_function
-def _masked_softmax(x: mx.array, keep: mx.array) -> mx.array:
+def _masked_rows(x: mx.array, keep: mx.array) -> mx.array:
     return _rows(mx.where(keep, x, -mx.inf))
 
 
-@_masked_softmax.vjp
-def _masked_softmax_vjp(primals, cotangent, output):
+def _masked_rows_vjp(primals, cotangent, output):
     # masked scores have y = 0, so their gradient is 0 without a pass of `where` (the mask has none)
     return _rows_vjp(cotangent, output), mx.zeros_like(primals[1])
 
@@ -141,12 +142,17 @@ def softmax(x: mx.array, keep: mx.array | None = None) -> mx.array:
     if not _fast(x):
         x = x if keep is None else mx.where(keep, x, -mx.inf)
         return mx.softmax(x, axis=-1, precise=True)
-    return _softmax(x) if keep is None else _masked_softmax(x, keep)
+    if keep is None:
+        return _custom(_rows, lambda x, cotangent, output: _rows_vjp(cotangent, output))(x)
+    return _custom(_masked_rows, _masked_rows_vjp)(x, keep)
 
 
 def attention(q, k, v, scale: float, mask=None):
     """mx.fast.scaled_dot_product_attention's contract on (B, H, L, hd): mask None, "causal" or an
-    array (boolean: True attends; else additive). The CPU version is matmul + `softmax` above."""
+    array (boolean: True attends; else additive). The CPU version is matmul + `softmax` above, every
+    head at once: a few heads at a time (scores in cache) measured 1.4x slower in the training step
+    and 1.9x in embedding at batch 8, as MLX's per-op cost on the CPU streams outweighs the cache
+    (docs/performance.md)."""
     if not _fast(q):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
     s = (q * scale) @ k.swapaxes(-1, -2)

@@ -83,12 +83,14 @@ def test_silu_and_its_gradient_match_mlx(scale):
     assert np.abs(g_ours - exact).max() < 1e-6
 
 
-@pytest.mark.parametrize("mask", [None, "causal", "bool", "additive", "prefix"])
+@pytest.mark.parametrize("mask", [None, "causal", "bool", "per_head", "additive", "prefix"])
 def test_attention_matches_mlx_sdpa(mask):
     rng = np.random.default_rng(2)
     q, k, v = (mx.array(rng.standard_normal((2, 3, 17, 8)).astype(np.float32) * 4) for _ in range(3))
     if mask == "bool":
         mask = mx.array(rng.random((2, 1, 17, 17)) > 0.3) | mx.eye(17, dtype=mx.bool_)
+    elif mask == "per_head":
+        mask = mx.array(rng.random((2, 3, 17, 17)) > 0.5) | mx.eye(17, dtype=mx.bool_)
     elif mask == "additive":
         mask = mx.array(rng.standard_normal((17, 17)).astype(np.float32))
     elif mask == "prefix":
@@ -106,6 +108,53 @@ def test_attention_matches_mlx_sdpa(mask):
 
     for a, b in zip(grads(cpu.attention), grads(mx.fast.scaled_dot_product_attention)):
         assert np.abs(np.array(a) - np.array(b)).max() < 1e-5 * np.abs(np.array(b)).max()
+
+
+@pytest.mark.parametrize("kernel", ["silu", "softmax", "masked_softmax"])
+def test_backward_runs_on_the_stream_of_its_forward(kernel, monkeypatch):
+    # MLX runs a custom vjp on the default stream of the thread taking the gradient; per_stream's
+    # halves would then compute their backward one after the other on that one stream
+    seen = []
+    real = cpu._custom
+
+    def spying(forward, backward):  # records the default stream while each backward runs
+        return real(forward, lambda *a: (seen.append(mx.default_stream(mx.cpu)), backward(*a))[1])
+
+    monkeypatch.setattr(cpu, "_custom", spying)
+    side = mx.new_stream(mx.cpu)
+    keep = mx.array(np.random.default_rng(0).random((4, 4)) > 0.3) | mx.eye(4, dtype=mx.bool_)
+    call = {
+        "silu": lambda x: cpu.silu(x),
+        "softmax": lambda x: cpu.softmax(x),
+        "masked_softmax": lambda x: cpu.softmax(x, keep),
+    }[kernel]
+
+    def loss(x):
+        with mx.stream(side):
+            y = call(x)
+        return (y * y).sum()
+
+    mx.eval(mx.grad(loss)(mx.random.normal((4, 4))))
+    assert seen == [side]
+
+
+def test_checkpointed_blocks_recompute_on_the_stream_of_their_forward(monkeypatch):
+    from mlx_aimv2.models.layers import Block, Transformer
+
+    seen, real = [], Block.__call__
+    monkeypatch.setattr(Block, "__call__", lambda self, *a: (seen.append(mx.default_stream(mx.cpu)), real(self, *a))[1])
+    trunk = Transformer(8, 2, 2, 16)
+    trunk.set_checkpointing(True)
+    side = mx.new_stream(mx.cpu)
+
+    def loss(params, x):
+        trunk.update(params)
+        with mx.stream(side):
+            y = trunk(x)
+        return (y * y).sum()
+
+    mx.eval(mx.grad(loss)(trunk.trainable_parameters(), mx.random.normal((2, 3, 8))))
+    assert len(seen) == 4 and all(s == side for s in seen)  # two forwards and two recomputations
 
 
 def test_kernels_fall_back_to_mlx_off_float32():

@@ -18,6 +18,19 @@ def causal_mask(n: int) -> mx.array:
     return i[:, None] >= i[None, :]
 
 
+def on_current_stream(fn):
+    """fn, always run on the stream that is the default now, also when mx.checkpoint recomputes it in
+    the backward pass: MLX recomputes on the default stream of the thread taking the gradient, which
+    would put both of cpu.per_stream's halves on one stream, one after the other."""
+    stream = mx.default_stream(mx.default_device())
+
+    def run(*args):
+        with mx.stream(stream):
+            return fn(*args)
+
+    return run
+
+
 class Attention(nn.Module):
     sdpa = staticmethod(mx.fast.scaled_dot_product_attention)
 
@@ -83,7 +96,7 @@ class Transformer(nn.Module):
         for i, block in enumerate(self.blocks):
             if self._checkpoint:
                 # nn.utils.checkpoint passes the parameters explicitly; mx.checkpoint would zero their grads
-                x = nn.utils.checkpoint(block)(x, mask)
+                x = nn.utils.checkpoint(block, on_current_stream(block))(x, mask)
             else:
                 x = block(x, mask)
             if output_layers is not None and i in output_layers:
