@@ -59,7 +59,9 @@ def train_flops_per_image(model, image_size: int, text_len: int) -> float:
     return 3 * f
 
 
-def training_step(encoder: str, image_size: int, batch: int, vocab: int = 1024, dtype: str = "float32"):
+def training_step(
+    encoder: str, image_size: int, batch: int, vocab: int = 1024, dtype: str = "float32", checkpointing: bool = False
+):
     """The trainer's own objective, model, optimizer and compiled step on one fixed random batch,
     without data or a run folder. `.one()` runs one step (the first call compiles it)."""
     from types import SimpleNamespace
@@ -72,7 +74,10 @@ def training_step(encoder: str, image_size: int, batch: int, vocab: int = 1024, 
     from mlx_aimv2.train.optim import DecoupledAdamW, schedule
     from mlx_aimv2.train.step import make_step
 
-    cfg = TrainConfig(encoder=encoder, image_size=image_size, batch_size=batch, steps=1000, warmup=10, dtype=dtype)
+    cfg = TrainConfig(
+        encoder=encoder, image_size=image_size, batch_size=batch, steps=1000, warmup=10, dtype=dtype,
+        checkpointing=checkpointing,
+    )  # fmt: skip
     objective = AIMv2Objective(cfg, out=".")
     mx.random.seed(0)
     model = objective.build(SimpleNamespace(vocab_size=vocab, pad_id=0))
@@ -105,6 +110,7 @@ def step_arguments(reps: int):
     ap.add_argument("--image-size", type=int, default=224)
     ap.add_argument("--batch", type=int, default=8)
     ap.add_argument("--vocab", type=int, default=1024)
+    ap.add_argument("--checkpointing", action="store_true", help="recompute each block in the backward pass")
     ap.add_argument("--reps", type=int, default=reps)
     ap.add_argument("--out", default=None)
     return ap

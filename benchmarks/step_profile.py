@@ -59,7 +59,7 @@ def main():
     from mlx_aimv2.environment import backend
 
     peak = max(gemm_peak_gflops(), gemm_peak_gflops())
-    run = training_step(a.encoder, a.image_size, a.batch, a.vocab)
+    run = training_step(a.encoder, a.image_size, a.batch, a.vocab, checkpointing=a.checkpointing)
     objective, model, opt, imgs, ids = run.objective, run.model, run.opt, run.imgs, run.ids
     base = warmed(run)
     whole = median(timed(base, a.reps))
@@ -98,7 +98,7 @@ def main():
 
     shares, norm_call = {}, nn.RMSNorm.__call__
     for kind in ("attention", "activation", "norm"):
-        run2 = training_step(a.encoder, a.image_size, a.batch, a.vocab)
+        run2 = training_step(a.encoder, a.image_size, a.batch, a.vocab, checkpointing=a.checkpointing)
         stand_in(run2.model, kind)
         if kind == "norm":  # traced with the stand-in (at the warm-up), then the class is itself again
             nn.RMSNorm.__call__ = lambda self, x: x * self.weight

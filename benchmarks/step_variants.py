@@ -25,6 +25,7 @@ def variants():
     import mlx.nn as nn
 
     from mlx_aimv2 import cpu
+    from mlx_aimv2.models import layers
     from mlx_aimv2.models.layers import causal_mask
 
     @contextlib.contextmanager
@@ -114,6 +115,9 @@ def variants():
             k: v for k, v in cpu.KERNELS.items() if k != "per_stream"})),
         "vjp_on_default_stream": ("softmax's and silu's backward on the default stream, as MLX places a custom vjp "
                                   "(before)", patched(cpu, "_custom", vjp_on_default_stream)),
+        "recompute_on_default_stream": ("with --checkpointing: blocks recomputed on the default stream, as "
+                                        "mx.checkpoint places them (before)", patched(layers, "on_current_stream",
+                                                                                      lambda fn: fn)),
         "autodiff_softmax": ("softmax differentiated by autodiff (before)", patched(cpu, "softmax", autodiff_softmax)),
         "mlx_sdpa": ("MLX's own scaled_dot_product_attention", patched(cpu.KERNELS, "sdpa",
                                                                       mx.fast.scaled_dot_product_attention)),
@@ -140,7 +144,7 @@ def main():
         if a.only and name not in a.only and name != "baseline":
             continue
         with change:  # in place while the step is built and traced
-            run = training_step(a.encoder, a.image_size, a.batch, a.vocab)
+            run = training_step(a.encoder, a.image_size, a.batch, a.vocab, checkpointing=a.checkpointing)
             run.one(), run.one()
         steps[name], about[name] = run.one, what
     times = {name: [] for name in steps}
@@ -152,7 +156,7 @@ def main():
         emit(
             {
                 "what": "step_variant", "variant": name, "change": about[name], "encoder": a.encoder,
-                "batch": a.batch, "s_per_step": round(median(ts), 3), "vs_baseline": round(median(ts) / base, 3),
+                "batch": a.batch, "checkpointing": a.checkpointing, "s_per_step": round(median(ts), 3), "vs_baseline": round(median(ts) / base, 3),
                 "times": [round(t, 3) for t in ts],
             },
             a.out,

@@ -29,7 +29,8 @@ def main():
     from mlx_aimv2.environment import backend
     from mlx_aimv2.tokenizer import train_bpe
 
-    run = training_step(a.encoder, a.image_size, a.batch, a.vocab)  # the trainer's own objective and step
+    # the trainer's own objective and step
+    run = training_step(a.encoder, a.image_size, a.batch, a.vocab, checkpointing=a.checkpointing)
     model, one = run.model, run.one
 
     one()
@@ -51,6 +52,7 @@ def main():
             "encoder_params_M": round(enc_p / 1e6, 1),
             "decoder_params_M": round(dec_p / 1e6, 1),
             "image_size": a.image_size,
+            "checkpointing": a.checkpointing,
             "batch": a.batch,
             "img_per_s": round(img_s, 2),
             "s_per_step": round(median(ts), 3),
