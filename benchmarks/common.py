@@ -219,3 +219,38 @@ def attention_in_head_chunks(chunk_bytes: int):
         return cpu._custom(forward, backward)(q, k, v, *([mask] if masked else []))
 
     return attention
+
+
+def attention_deferred_normalization(q, k, v, scale, mask=None):
+    """A contender for cpu.attention: the probabilities are never normalised as a (B, H, L, L)
+    array. The forward computes e = exp(s - max) and o = (e @ v) / sum(e), dividing the (L, hd) output
+    instead of the (L, L) scores; the backward uses FlashAttention's rowsum(dP * P) = rowsum(dO * O),
+    an (L, hd) product, and folds 1 / sum(e) into the rows of dO. Two fewer passes over the scores
+    forward, about three backward."""
+    from mlx_aimv2 import cpu
+    from mlx_aimv2.models.layers import causal_mask
+
+    if isinstance(mask, str):
+        mask = causal_mask(q.shape[-2])
+    if mask is not None and mask.dtype != mx.bool_:
+        return cpu.attention(q, k, v, scale, mask)
+    masked = mask is not None
+
+    def forward(qs, k, v, *mask):
+        s = qs @ k.swapaxes(-1, -2)
+        if masked:
+            s = mx.where(mask[0], s, -mx.inf)
+        e = cpu.exp(s - s.max(axis=-1, keepdims=True))
+        inv = 1.0 / e.sum(axis=-1, keepdims=True)
+        return (e @ v) * inv, e, inv
+
+    def backward(primals, cotangents, outputs):
+        qs, k, v = primals[:3]
+        g = cotangents[0]
+        o, e, inv = outputs
+        gi = g * inv  # dO's rows scaled by 1 / sum(e): then dP * inv = gi @ v^T
+        ds = e * (gi @ v.swapaxes(-1, -2) - (g * o).sum(axis=-1, keepdims=True) * inv)
+        grads = (ds @ k, ds.swapaxes(-1, -2) @ qs, e.swapaxes(-1, -2) @ gi)
+        return grads + ((mx.zeros_like(primals[3]),) if masked else ())
+
+    return cpu._custom(forward, backward)(q * scale, k, v, *([mask] if masked else []))[0]

@@ -16,7 +16,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import L14, attention_in_head_chunks, emit, median  # noqa: E402
+from common import L14, attention_deferred_normalization, attention_in_head_chunks, emit, median  # noqa: E402
 
 
 def main():
@@ -43,6 +43,7 @@ def main():
     layers = [m for _, m in model.module.named_modules()]
     variants = {
         "shipped": (cpu.attention, cpu.silu),
+        "deferred_normalization": (attention_deferred_normalization, cpu.silu),  # (e @ v) / sum(e)
         "heads_in_chunks": (attention_in_head_chunks(1 << 19), cpu.silu),  # 2 heads' scores at a time, in L2
         "mlx_sdpa": (mx.fast.scaled_dot_product_attention, cpu.silu),
         "mlx_silu": (cpu.attention, nn.silu),

@@ -16,7 +16,15 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import attention_in_head_chunks, emit, median, step_arguments, timed, training_step  # noqa: E402
+from common import (  # noqa: E402
+    attention_deferred_normalization,
+    attention_in_head_chunks,
+    emit,
+    median,
+    step_arguments,
+    timed,
+    training_step,
+)
 
 
 def variants():
@@ -121,6 +129,9 @@ def variants():
         "autodiff_softmax": ("softmax differentiated by autodiff (before)", patched(cpu, "softmax", autodiff_softmax)),
         "mlx_sdpa": ("MLX's own scaled_dot_product_attention", patched(cpu.KERNELS, "sdpa",
                                                                       mx.fast.scaled_dot_product_attention)),
+        "deferred_normalization": ("attention's probabilities never normalised as an (L, L) array; "
+                                   "FlashAttention's row sum", patched(cpu.KERNELS, "sdpa",
+                                                                       attention_deferred_normalization)),
         "heads_in_chunks": ("attention 2 heads at a time (scores in L2), probabilities recomputed in the backward",
                             patched(cpu.KERNELS, "sdpa", attention_in_head_chunks(1 << 19))),
         "causal_query_blocks": ("the decoder's causal attention in 4 blocks of query rows",
