@@ -150,7 +150,7 @@ def softmax(x: mx.array, keep: mx.array | None = None) -> mx.array:
 def attention(q, k, v, scale: float, mask=None):
     """mx.fast.scaled_dot_product_attention's contract on (B, H, L, hd): mask None, "causal" or an
     array (boolean: True attends; else additive). The CPU version is matmul + `softmax` above, every
-    head at once: a few heads at a time (scores in cache) measured 1.4x slower in the training step
+    head at once: a few heads at a time (scores in cache) measured 1.55x slower in the training step
     and 1.9x in embedding at batch 8, as MLX's per-op cost on the CPU streams outweighs the cache
     (docs/performance.md)."""
     if not _fast(q):
