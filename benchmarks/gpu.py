@@ -6,7 +6,10 @@ against a reference measured in the same run:
 - embed: AIMv2-L/14-224 (the same random weights) in MLX and in transformers, fp32 and bf16, at
   batch 1 / 8 / 64: images per second and MLX's ratio to PyTorch;
 - train: one AIMv2 pre-training step (ViT-B/14 + its decoder, bf16 compute) against MLX's bf16 peak;
-- tests: the parity and training tests run on this backend (passed / failed).
+- tests: the parity and training tests run on this backend (passed / failed);
+- fidelity: float16's and bfloat16's embeddings against float32's at each published size's shape
+  (L, H, 1B, 3B; benchmarks/precision.py's measure, which takes 17 minutes for L alone on the CPU),
+  as many sizes as the run's time budget allows.
 
     python benchmarks/gpu.py --out benchmarks/results/gpu --quick     # the dry run on this CPU
 """
@@ -31,6 +34,9 @@ _spec = importlib.util.spec_from_file_location("bench_common", Path(__file__).wi
 common = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(common)
 L14, emit, median, train_flops_per_image = common.L14, common.emit, common.median, common.train_flops_per_image
+_spec = importlib.util.spec_from_file_location("bench_precision", Path(__file__).with_name("precision.py"))
+precision = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(precision)
 
 ROOT = Path(__file__).parent.parent
 TINY = dict(L14, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56)
@@ -134,7 +140,19 @@ def tests(out, timeout: int) -> None:
     )
 
 
+def fidelity(sizes: dict, images: int, k: int, deadline: float, out) -> None:
+    """Half precision's fidelity per shape, in order, starting no size after `deadline` (perf_counter):
+    the largest last, as it takes longest to draw and save its random weights."""
+    for size, shape in sizes.items():
+        if time.perf_counter() > deadline:
+            emit({"figure": "fidelity", "size": size, "skipped": "past the run's time budget"}, out)
+            continue
+        for row in precision.fidelity(shape, precision.photos(images), k):
+            emit({"figure": "fidelity", "size": size, **row}, out)
+
+
 def main():
+    start = time.perf_counter()
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default="benchmarks/results/gpu")
     ap.add_argument("--quick", action="store_true", help="tiny sizes: the dry run on a CPU")
@@ -159,6 +177,9 @@ def main():
     )
     if not a.skip_tests:
         tests(out, 600 if a.quick else 240)
+    tiny = {k: TINY[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}
+    sizes = {"tiny": tiny} if a.quick else precision.SHAPES
+    fidelity(sizes, 4 if a.quick else 25, 2 if a.quick else 10, start + (600 if a.quick else 390), out)
     print(f"wrote {out}")
 
 

@@ -39,6 +39,37 @@ def neighbours(e: np.ndarray, k: int) -> list[set]:
     return [set(np.argsort(-row)[:k].tolist()) for row in s]
 
 
+def photos(n: int) -> list[str]:
+    """The Grace Hopper photo and the 24 scenes, the first n of them."""
+    scenes = sorted(str(p) for p in (ROOT / "examples" / "scenes" / "images").glob("*.jpg"))
+    return ([str(ROOT / "examples" / "grace_hopper.jpg")] + scenes)[:n]
+
+
+def fidelity(shape: dict, images: list[str], k: int) -> list[dict]:
+    """One encoder shape with transformers' random weights, loaded in float32, float16 and bfloat16:
+    per half precision, the pooled embeddings' cosine to float32's and the top-k neighbour overlap."""
+    import mlx.core as mx
+    import torch
+    from transformers import Aimv2VisionConfig, Aimv2VisionModel
+
+    import mlx_aimv2
+
+    rows = []
+    with tempfile.TemporaryDirectory() as tmp:
+        torch.manual_seed(0)
+        Aimv2VisionModel(Aimv2VisionConfig(**{"image_size": 224, "patch_size": 14, **shape})).save_pretrained(tmp)
+        ref = mlx_aimv2.load(tmp, dtype=mx.float32).embed(images)
+        near = neighbours(ref, k)
+        for name, dtype in (("float16", mx.float16), ("bfloat16", mx.bfloat16)):
+            e = mlx_aimv2.load(tmp, dtype=dtype).embed(images)
+            cos = (e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)
+            overlap = np.mean([len(x & y) / k for x, y in zip(neighbours(e, k), near)])
+            rows.append({"dtype": name, "images": len(images), "cosine_mean": round(float(cos.mean()), 6),
+                         "cosine_min": round(float(cos.min()), 6), f"top{k}_overlap": round(float(overlap), 4),
+                         "finite": bool(np.isfinite(e).all())})  # fmt: skip
+    return rows
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--sizes", default="large", help="comma-separated: large, huge, 1B, 3B")
@@ -47,30 +78,11 @@ def main():
     ap.add_argument("--out", default=None)
     a = ap.parse_args()
 
-    import mlx.core as mx
-    import torch
-    from transformers import Aimv2VisionConfig, Aimv2VisionModel
-
-    import mlx_aimv2
     from mlx_aimv2.environment import backend
 
-    photos = [str(ROOT / "examples" / "grace_hopper.jpg")] + sorted(
-        str(p) for p in (ROOT / "examples" / "scenes" / "images").glob("*.jpg")
-    )
-    photos = photos[: a.images]
     for size in a.sizes.split(","):
-        with tempfile.TemporaryDirectory() as tmp:
-            torch.manual_seed(0)
-            Aimv2VisionModel(Aimv2VisionConfig(**SHAPES[size], image_size=224, patch_size=14)).save_pretrained(tmp)
-            ref = mlx_aimv2.load(tmp, dtype=mx.float32).embed(photos)
-            near = neighbours(ref, a.k)
-            for name, dtype in (("float16", mx.float16), ("bfloat16", mx.bfloat16)):
-                e = mlx_aimv2.load(tmp, dtype=dtype).embed(photos)
-                cos = (e * ref).sum(1) / np.linalg.norm(e, axis=1) / np.linalg.norm(ref, axis=1)
-                overlap = np.mean([len(x & y) / a.k for x, y in zip(neighbours(e, a.k), near)])
-                emit({"what": "precision", "size": size, "dtype": name, "images": len(photos), "backend": backend(),
-                      "cosine_mean": round(float(cos.mean()), 6), "cosine_min": round(float(cos.min()), 6),
-                      f"top{a.k}_overlap": round(float(overlap), 4), "finite": bool(np.isfinite(e).all())}, a.out)  # fmt: skip
+        for row in fidelity(SHAPES[size], photos(a.images), a.k):
+            emit({"what": "precision", "size": size, **row, "backend": backend()}, a.out)
 
 
 if __name__ == "__main__":
