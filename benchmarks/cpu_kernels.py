@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).parent))
-from common import emit, median  # noqa: E402
+from common import attention_in_head_chunks, emit, median  # noqa: E402
 
 
 def per_element_ns(fn, x, n, reps=9):
@@ -30,7 +30,14 @@ def per_element_ns(fn, x, n, reps=9):
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--out", default=None)
+    ap.add_argument("--attention-only", action="store_true", help="only attention's forward + backward")
     a = ap.parse_args()
+    if not a.attention_only:
+        kernels(a.out)
+    attention_fwd_bwd(a.out)
+
+
+def kernels(out):
     import mlx.core as mx
     import mlx.nn as nn
     import numpy as np
@@ -74,9 +81,8 @@ def main():
                     "ours_over_torch": round(o / r, 2),
                     "torch_threads": torch.get_num_threads(),
                 },
-                a.out,
+                out,
             )
-    attention_fwd_bwd(a.out)
 
 
 def attention_fwd_bwd(out, reps: int = 7):
@@ -113,6 +119,7 @@ def attention_case(what: str, shape: tuple, mask, out, reps: int):
     impls = {
         "mlx_stock_sdpa": mlx_fn(mx.fast.scaled_dot_product_attention),
         "mlx_aimv2": mlx_fn(cpu.attention),
+        "mlx_heads_in_chunks": mlx_fn(attention_in_head_chunks(1 << 19)),  # one stream: where it wins
         "torch": torch_run,
     }
     times = {name: [] for name in impls}
@@ -131,6 +138,7 @@ def attention_case(what: str, shape: tuple, mask, out, reps: int):
             "context": what,
             **{f"{k}_ms": v for k, v in ms.items()},
             "stock_over_ours": round(ms["mlx_stock_sdpa"] / ms["mlx_aimv2"], 2),
+            "chunks_over_ours": round(ms["mlx_heads_in_chunks"] / ms["mlx_aimv2"], 2),
             "ours_over_torch": round(ms["mlx_aimv2"] / ms["torch"], 2),
             "torch_threads": torch.get_num_threads(),
         },
