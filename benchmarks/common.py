@@ -167,13 +167,29 @@ def _peak_mib():
 """
 
 
+def boolean_masks_only(core):
+    """An attention contender's front: core(q, k, v, scale, mask) sees mask None or a boolean array;
+    "causal" becomes its array, and an additive mask goes to cpu.attention as shipped."""
+
+    def attention(q, k, v, scale, mask=None):
+        from mlx_aimv2 import cpu
+        from mlx_aimv2.models.layers import causal_mask
+
+        if isinstance(mask, str):
+            mask = causal_mask(q.shape[-2])
+        if mask is not None and mask.dtype != mx.bool_:
+            return cpu.attention(q, k, v, scale, mask)
+        return core(q, k, v, scale, mask)
+
+    return attention
+
+
 def attention_in_head_chunks(chunk_bytes: int):
     """A contender for cpu.attention: a few heads at a time, each chunk's (heads, Lq, Lk) scores within
     chunk_bytes so softmax's ~20 passes stay in a core's L2, with a backward that recomputes each
     chunk's probabilities (FlashAttention's trade, at the grain of whole heads). 1.5x faster than
     all heads at once for one stream in a microbenchmark; slower in the spread step and embedding."""
     from mlx_aimv2 import cpu
-    from mlx_aimv2.models.layers import causal_mask
 
     def chunks(q, k):
         b, h, lq, lk = q.shape[0], q.shape[1], q.shape[2], k.shape[2]
@@ -190,11 +206,8 @@ def attention_in_head_chunks(chunk_bytes: int):
         s = qs @ k.swapaxes(-1, -2)
         return cpu._rows(s if keep is None else mx.where(keep, s, -mx.inf))
 
-    def attention(q, k, v, scale, mask=None):
-        if isinstance(mask, str):
-            mask = causal_mask(q.shape[-2])
-        if mask is not None and mask.dtype != mx.bool_:
-            return cpu.attention(q, k, v, scale, mask)
+    @boolean_masks_only
+    def attention(q, k, v, scale, mask):
         masked = mask is not None
 
         def forward(q, k, v, *mask):
@@ -221,19 +234,15 @@ def attention_in_head_chunks(chunk_bytes: int):
     return attention
 
 
-def attention_deferred_normalization(q, k, v, scale, mask=None):
+@boolean_masks_only
+def attention_deferred_normalization(q, k, v, scale, mask):
     """A contender for cpu.attention: the probabilities are never normalised as a (B, H, L, L)
     array. The forward computes e = exp(s - max) and o = (e @ v) / sum(e), dividing the (L, hd) output
     instead of the (L, L) scores; the backward uses FlashAttention's rowsum(dP * P) = rowsum(dO * O),
     an (L, hd) product, and folds 1 / sum(e) into the rows of dO. Two fewer passes over the scores
     forward, about three backward."""
     from mlx_aimv2 import cpu
-    from mlx_aimv2.models.layers import causal_mask
 
-    if isinstance(mask, str):
-        mask = causal_mask(q.shape[-2])
-    if mask is not None and mask.dtype != mx.bool_:
-        return cpu.attention(q, k, v, scale, mask)
     masked = mask is not None
 
     def forward(qs, k, v, *mask):
