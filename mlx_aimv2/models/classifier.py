@@ -6,6 +6,8 @@ from __future__ import annotations
 import mlx.core as mx
 import mlx.nn as nn
 
+from .layers import in_one_piece
+
 
 class AttentiveHead(nn.Module):
     """A learned query attends over the tokens (with key/value projections), then a linear classifier."""
@@ -40,7 +42,7 @@ class Classifier(nn.Module):
 
     # The seam for cpu.use_kernels, as on the pre-training model: per_stream(fn, *batch) computes a
     # training batch's forward; on MLX's CPU backend cpu.per_stream spreads it over the CPU streams.
-    per_stream = staticmethod(lambda fn, *batch: fn(*batch))
+    per_stream = staticmethod(in_one_piece)
 
     def __call__(self, x: mx.array) -> mx.array:
         return self.classifier(self.encoder(x))

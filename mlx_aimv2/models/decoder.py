@@ -11,7 +11,7 @@ import mlx.nn as nn
 
 from ..config import PRETRAINING_OBJECTIVES, DecoderConfig, VisionConfig
 from .encoder import AIMv2VisionEncoder
-from .layers import Transformer
+from .layers import Transformer, in_one_piece
 from .losses import image_loss, text_loss
 
 
@@ -50,7 +50,7 @@ class AIMv2PreTrainer(nn.Module):
 
     # The seam for cpu.use_kernels: per_stream(fn, *batch) computes a batch's forward; on MLX's CPU
     # backend cpu.per_stream spreads its samples over one stream per core. The losses stay whole.
-    per_stream = staticmethod(lambda fn, *batch: fn(*batch))
+    per_stream = staticmethod(in_one_piece)
 
     def __init__(
         self,

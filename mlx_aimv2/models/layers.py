@@ -18,6 +18,12 @@ def causal_mask(n: int) -> mx.array:
     return i[:, None] >= i[None, :]
 
 
+def in_one_piece(fn, *batch):
+    """The models' `per_stream` seam as MLX's Metal and CUDA backends run it: fn on the whole batch.
+    cpu.use_kernels puts cpu.per_stream in its place on the CPU."""
+    return fn(*batch)
+
+
 def on_current_stream(fn):
     """fn, always run on the stream that is the default now, also when mx.checkpoint recomputes it in
     the backward pass: MLX recomputes on the default stream of the thread taking the gradient, which
