@@ -136,6 +136,7 @@ def transformers_config(config: ModelConfig, dtype: str) -> dict:
 FORMATS = ("mlx", "transformers", "peft")
 
 
+@owner.owned
 def export(
     src: str,
     dst: Path,
@@ -174,6 +175,7 @@ def export(
 DTYPES = {"float32": mx.float32, "bfloat16": mx.bfloat16, "float16": mx.float16}
 
 
+@owner.owned
 def export_transformers(
     src: str, dst: Path, overwrite: bool = False, max_shard_size: Optional[int] = None, command: Optional[str] = None
 ) -> Path:
@@ -326,6 +328,7 @@ def peft_adapter(module) -> tuple[dict, dict]:
     return weights, config
 
 
+@owner.owned
 def export_peft(src: str, dst: Path, overwrite: bool = False, command: Optional[str] = None) -> Path:
     """A LoRA fine-tune's adapters as PEFT's folder (adapter_config.json, adapter_model.safetensors),
     for transformers' Aimv2VisionModel with peft.PeftModel.from_pretrained: from a `tune = lora`

@@ -8,7 +8,7 @@ import mlx.core as mx
 import pytest
 from helpers import cli, tiny_config
 
-from mlx_aimv2 import kinds
+from mlx_aimv2 import kinds, owner
 from mlx_aimv2.atomic import TMP_PREFIX
 from mlx_aimv2.data import write_synthetic
 from mlx_aimv2.errors import UserError
@@ -119,10 +119,11 @@ def test_non_finite_weights_are_never_checkpointed(synth, tmp_path):
     t.run(progress=False)
     good = kinds.newest_checkpoint(out)
     w = t.model.encoder.trunk.blocks[0].mlp.fc2.weight
-    t.model.encoder.trunk.blocks[0].mlp.fc2.weight = mx.full(w.shape, float("nan"))
+    # the run's arrays live on the library's MLX thread (owner.py): the test's are made there too
+    t.model.encoder.trunk.blocks[0].mlp.fc2.weight = owner.run(mx.full, w.shape, float("nan"))
     t.step = 3
     assert t.save() == good and kinds.newest_checkpoint(out) == good
-    t.model.encoder.trunk.blocks[0].mlp.fc2.weight = mx.full(w.shape, 6e29)
+    t.model.encoder.trunk.blocks[0].mlp.fc2.weight = owner.run(mx.full, w.shape, 6e29)
     assert t.save() == good
 
 
@@ -195,3 +196,14 @@ def test_huge_captions_do_not_stall_the_tokenizer(tmp_path):
     huge = "a red circle " * 200_000
     tok = train_bpe([huge, "a blue square"] * 3, 300, tmp_path / "t.json")
     assert (tok([huge]) == tok([huge[:MAX_CAPTION_CHARS]])).all()
+
+
+def test_an_interrupted_run_reports_its_final_steps_own_loss(synth, tmp_path):
+    """Ctrl-C at step 154 said `step 154: loss 0.8201`, step 150's logged loss: the result's loss is
+    the final step's, and the last logged record says which step it is from."""
+    seen = []
+    t = Trainer(cfg(synth, tmp_path / "r", steps=20, log_every=4, save_every=1000), **LOGGED)
+    r = t.run(progress=False, until=6, on_step=lambda rec: seen.append((rec["step"], rec["loss"])))
+    assert r["interrupted"] and r["step"] == 6 and seen[-1] == (6, r["loss"])
+    assert r["last"]["step"] == 4 and r["last"]["loss"] == pytest.approx(dict(seen)[4], abs=1e-6)
+    assert r["loss"] != r["last"]["loss"]

@@ -64,10 +64,9 @@ def train(
     result = trainer.run(progress=progress)
     last = result["last"]
     if trainer.rank == 0:  # the rank that writes checkpoints and the export
-        held = f"; held-out top-1 {last['val_top1']} %" if "val_top1" in last else ""
-        typer.echo(
-            f"step {result['step']}: loss {last.get('loss', float('nan')):.4f}{held}; checkpoint {result['checkpoint']}"
-        )
+        # each figure with its step: the loss is the final step's own, the held-out score the last probe's
+        held = f"; held-out top-1 {last['val_top1']} % (step {last['step']})" if "val_top1" in last else ""
+        typer.echo(f"step {result['step']}: loss {result['loss']:.4f}{held}; checkpoint {result['checkpoint']}")
     if result["interrupted"]:
         raise typer.Exit(130)
     if trainer.rank == 0:

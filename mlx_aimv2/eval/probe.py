@@ -17,6 +17,7 @@ import mlx.optimizers as optim
 import numpy as np
 from tqdm import tqdm
 
+from .. import owner
 from ..atomic import write_file
 from ..data.synth import ATTRIBUTES
 from ..errors import UserError
@@ -207,6 +208,7 @@ def knn(train_x, train_y, test_x, k: int = 20, classes: int = 0) -> np.ndarray:
     return votes.argmax(axis=1)
 
 
+@owner.owned  # the probes' fits are compiled MLX work: on the library's MLX thread
 def run_probes(
     tokens: np.ndarray,
     ds: LabelledSet,

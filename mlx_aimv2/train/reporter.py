@@ -5,6 +5,7 @@ stay silent, so the loop calls them the same way on every rank."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 from typing import Optional
 
@@ -21,6 +22,8 @@ class Reporter:
         self.rank, self.steps, self._log, self.progress = rank, steps, log, progress
         self.records: list = []
         self.bar: Optional[tqdm] = None
+        self.last: dict = {}  # the newest logged record (its "step" says which)
+        self._t0, self._seen = time.perf_counter(), 0  # images trained since the last logged step
 
     def log(self, message: str) -> None:
         if self.rank == 0:
@@ -28,6 +31,7 @@ class Reporter:
 
     def start(self, step: int) -> None:
         """Continue the metrics of a run at `step`: what a crashed run logged past its checkpoint goes."""
+        self._t0, self._seen = time.perf_counter(), 0
         if self.rank != 0:
             return
         self.records = _read_metrics(self.file, upto=step)
@@ -43,10 +47,35 @@ class Reporter:
         with open(self.file, "a") as f:
             f.write(json.dumps(row) + "\n")
 
-    def step(self, loss: float, lr: float, images_per_s: float) -> None:
+    def on_step(self, record: dict, samples: int, epoch: int, skipped: int, batch_size: int) -> dict:
+        """A step's record (the trainer's _train_step): a logged step becomes a line of metrics.jsonl
+        with the throughput since the last one (the probe's time not counted), and the bar moves.
+        Returns what this step logged ({} when nothing)."""
+        self._seen += batch_size
+        self._t0 += record.get("probe_seconds", 0.0)
+        probed, logged = record.get("probed", {}), {}
+        if "logged" in record:
+            now = time.perf_counter()
+            logged = {
+                "step": record["step"],
+                **record["logged"],
+                "images_per_s": round(self._seen / max(now - self._t0, 1e-9), 2),
+                "samples": samples,
+                "epoch": epoch,
+                "skipped": skipped,
+                **probed,
+            }
+            self._t0, self._seen = now, 0
+            self.last = logged
+            self.record(logged)
+        elif probed:
+            self.record({"step": record["step"], **probed})
         if self.bar is not None:
             self.bar.update(1)
-            self.bar.set_postfix(loss=f"{loss:.4f}", lr=f"{lr:.2e}", img_s=images_per_s)
+            self.bar.set_postfix(
+                loss=f"{record['loss']:.4f}", lr=f"{record['lr']:.2e}", img_s=self.last.get("images_per_s", 0)
+            )
+        return logged
 
     def close(self) -> None:
         if self.bar is not None:

@@ -14,7 +14,7 @@ import math
 import shutil
 import signal
 import threading
-import time
+from contextlib import ExitStack, closing, contextmanager
 from pathlib import Path
 from typing import Callable, Optional
 
@@ -22,7 +22,7 @@ import mlx.core as mx
 import numpy as np
 from PIL import Image
 
-from .. import cpu, kinds
+from .. import cpu, kinds, owner
 from ..atomic import remove_orphans
 from ..config import TrainConfig
 from ..data.sources import Sample, first_sample
@@ -47,7 +47,10 @@ class Trainer:
         self.cfg, self.log, self.progress = cfg, log, progress
         require_mlx_data()  # before anything is made: one line on a Python without its wheel
         cpu.warn_if_slow_blas()
-        self.world = mx.distributed.init()
+        # every MLX call of a run is made on the library's owner thread (owner.py), whichever thread makes
+        # the Trainer: MLX's per-thread state (its compile cache among it) then never dies with an app's
+        # worker thread, whose exit could otherwise race the interpreter's and abort the process
+        self.world = owner.run(mx.distributed.init)
         self.rank, self.size = self.world.rank(), self.world.size()
         self.out = Path(cfg.out)
         objective = objective_class(cfg.objective)  # an unknown name is refused before the run folder is made
@@ -60,7 +63,7 @@ class Trainer:
         self.out.mkdir(parents=True, exist_ok=True)
         self.lock = snapshots.lock_run(self.out, self.log) if self.rank == 0 else None
         try:
-            self._open(objective, resume)
+            owner.run(self._open, objective, resume)
         except BaseException:  # a run that could not start leaves nothing: no .lock, tokenizer or empty folder
             self._discard_new()
             raise
@@ -136,7 +139,7 @@ class Trainer:
 
     def _barrier(self) -> None:
         if self.size > 1:
-            mx.distributed.all_sum(mx.array([0]), group=self.world).item()
+            owner.run(lambda: mx.distributed.all_sum(mx.array([0]), group=self.world).item())
 
     def _note_image_size(self, sample: Sample):
         """Say so when the data's images are smaller than the training resolution (read from one header)."""
@@ -199,11 +202,14 @@ class Trainer:
         """Ranks stop together, at the same step boundary: a signal to one rank stops them all."""
         if self.size == 1:
             return mine
-        return mx.distributed.all_sum(mx.array([int(mine)]), group=self.world).item() > 0
+        return owner.run(lambda: mx.distributed.all_sum(mx.array([int(mine)]), group=self.world).item() > 0)
 
     def save(self) -> Optional[Path]:
         """Checkpoint now (rank 0 writes); weights that are not finite are never written, so the
         newest checkpoint is always one a run can resume from."""
+        return owner.run(self._save)
+
+    def _save(self) -> Optional[Path]:
         streams = self._stream_states()  # a collective: every rank takes part
         self.skips = _all_skips(streams)
         if self.rank != 0:
@@ -231,14 +237,15 @@ class Trainer:
         stop: anything with is_set() (a threading.Event): once set, the run ends at the next step
         boundary with a checkpoint, as Ctrl-C does. on_step(record): after every step, with "step",
         "loss", "lr" and, on logged steps, the logged values. progress: the loop's bar (default:
-        as the Trainer was made)."""
+        as the Trainer was made). Returns the final step, its own loss, the last logged record
+        ("last", which may be of an earlier step), the checkpoint and whether it was interrupted."""
         progress = self.progress if progress is None else progress
-        self._stop_event, self._on_step = stop, on_step
+        self._on_step = on_step
         if self.rank == 0 and self.lock is None:
             self.lock = snapshots.lock_run(self.out, self.log)
         start = self.step
         try:
-            return self._run(progress, until)
+            return self._run(progress, until, _Stop(stop))
         except BaseException:
             if self.resume_from is None and self.step == start == 0:
                 self._discard_new()  # failed before its first step (its data could not fill a batch)
@@ -248,98 +255,93 @@ class Trainer:
                 self.lock.close()  # releases the run folder
                 self.lock = None
 
-    def _run(self, progress: bool, until: Optional[int]) -> dict:
+    def _run(self, progress: bool, until: Optional[int], stop: "_Stop") -> dict:
+        """The loop: batch, step, report, save. Its MLX work (the step, the probe, the checkpoint) runs
+        on the library's owner thread, a step at a time, whichever thread drives the loop."""
         cfg = self.cfg
-        step_fn = make_step(self.objective, self.model, self.optimizer, cfg, self.world)
+        step_fn = owner.run(make_step, self.objective, self.model, self.optimizer, cfg, self.world)
         self.out.mkdir(parents=True, exist_ok=True)
         report = Reporter(self.out, self.rank, cfg.steps, self.log, progress)
         report.start(self.step)
-        stop = {"flag": False}
-        # Ctrl-C and SIGTERM (what `kill` and schedulers send) both end at a step boundary with a checkpoint;
-        # Python lets only the main thread set handlers: from an app's worker thread, stop= does this
-        on_main = threading.current_thread() is threading.main_thread()
-        sigs = (signal.SIGINT, signal.SIGTERM) if on_main else ()
-        old = {sig: signal.signal(sig, lambda *_: stop.update(flag=True)) for sig in sigs}
-        event = self._stop_event
-        batches = iter(self.stream)
-        t0, seen, last = time.perf_counter(), 0, {}
-        watchdog = Watchdog(self.rank, self.size, cfg.collective_timeout, self.out) if self.size > 1 else None
-        # OpenBLAS's thread count for the whole run: one per CPU stream where the step spreads over them,
-        # else the default. Held, not set per step: a count that changes between steps (mlx-data's loader
-        # threads set it to 1 as they start) changes sgemm's last bits, and a run would not repeat itself
-        blas = cpu.blas_for(self.model)
-        blas.__enter__()
-        try:
-            while self.step < cfg.steps and not self._anyone_stops(stop["flag"] or bool(event and event.is_set())):
-                batch = next(batches)
-                inputs = mx.array(batch[self.objective.inputs])
-                parts, norm = step_fn(inputs, mx.array(batch["ids"]), self._key(self.step))
-                mx.eval(parts, norm, self.model.state, self.optimizer.state)
-                loss = parts["loss"].item()
-                if not math.isfinite(loss):
-                    good = kinds.newest_checkpoint(self.out)  # only finite weights are ever checkpointed
-                    raise UserError(
-                        f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
-                        f"{good or 'none'}. Lower lr or raise warmup, then --resume"
-                    )
-                self.step += 1
-                if watchdog is not None:
-                    watchdog.beat()
-                seen += cfg.batch_size
-                probed = {}
-                if self.probe is not None and (
-                    (cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps
-                ):
-                    probed = self.probe.measure(self.model)
-                    t0 += self.probe.seconds  # the probe's time is not the step's
-                if self.step % cfg.log_every == 0 or self.step == cfg.steps:
-                    dt = time.perf_counter() - t0
-                    last = {
-                        "step": self.step,
-                        **{k: round(v.item(), 6) for k, v in parts.items()},
-                        "lr": float(self.lr(self.step - 1)),
-                        "grad_norm": round(norm.item(), 4),
-                        "images_per_s": round(seen / dt, 2),
-                        "samples": self.stream.samples * self.size,
-                        "epoch": getattr(self.stream, "epoch", 0),
-                        "skipped": len(self.stream.skipped),
-                        **probed,
-                    }
-                    t0, seen = time.perf_counter(), 0
-                    report.record(last)
-                elif probed:
-                    report.record({"step": self.step, **probed})
-                report.step(loss, float(self.lr(self.step - 1)), last.get("images_per_s", 0))
-                if self._on_step is not None:
-                    logged = last if last.get("step") == self.step else {}
-                    self._on_step({**logged, "step": self.step, "loss": loss, "lr": float(self.lr(self.step - 1))})
-                if self.step % cfg.save_every == 0 and self.step < cfg.steps:
-                    self.save()
-                if until is not None and self.step >= until:
-                    stop["flag"] = True
-            stop["flag"] = stop["flag"] or self.step < cfg.steps  # a peer asked (or stop=): this rank stops too
-            path = self.save()  # a collective too, still under the watchdog
-        except RuntimeError as e:
-            if watchdog is None or not _peer_lost(e):
-                raise
-            raise UserError(watchdog.lost_message(e)) from None
-        finally:
-            batches.close()  # stops the loader threads now, not at interpreter exit
-            blas.__exit__(None, None, None)
-            cpu.reset_blas_threads()  # the loader's threads set OpenBLAS to one thread for the whole process
-            if watchdog is not None:
-                watchdog.close()
-            for sig, handler in old.items():
-                signal.signal(sig, handler)
-            report.close()
+        loss = float("nan")
+        with ExitStack() as held:
+            held.callback(report.close)
+            held.enter_context(stop.on_signals())
+            watchdog = (
+                held.enter_context(Watchdog(self.rank, self.size, cfg.collective_timeout, self.out))
+                if self.size > 1
+                else None
+            )
+            # the loader's threads set OpenBLAS to one thread for the whole process: put it back after
+            held.callback(cpu.reset_blas_threads)
+            # OpenBLAS's thread count for the whole run: one per CPU stream where the step spreads over them,
+            # else the default. Held, not set per step: a count that changes between steps changes sgemm's
+            # last bits, and a run would not repeat itself
+            held.enter_context(cpu.blas_for(self.model))
+            batches = held.enter_context(closing(iter(self.stream)))  # closed: the loader's threads stop now
+            try:
+                while self.step < cfg.steps and not self._anyone_stops(stop.is_set()):
+                    record = owner.run(self._train_step, step_fn, next(batches))
+                    loss = record["loss"]
+                    if watchdog is not None:
+                        watchdog.beat()
+                    self._report(report, record)
+                    if self.step % cfg.save_every == 0 and self.step < cfg.steps:
+                        self.save()
+                    if until is not None and self.step >= until:
+                        stop.set()
+                interrupted = stop.is_set() or self.step < cfg.steps  # a peer asked: this rank stops too
+                path = self.save()  # a collective too, still under the watchdog
+            except RuntimeError as e:
+                if watchdog is None or not _peer_lost(e):
+                    raise
+                raise UserError(watchdog.lost_message(e)) from None
         report.finish()
         if self.skips.count:  # every rank's, from the final save
             report.log(f"skipped {self.skips.summary()}")
-        if stop["flag"]:
+        if interrupted:
             report.log(f"interrupted at step {self.step}; saved {path}; continue with --resume")
         elif self.rank == 0:
             self.export(self.result_folder)
-        return {"step": self.step, "checkpoint": path, "interrupted": stop["flag"], "last": last}
+        return {"step": self.step, "loss": loss, "checkpoint": path, "interrupted": interrupted, "last": report.last}
+
+    def _train_step(self, step_fn, batch: dict) -> dict:
+        """One optimizer step (on the owner thread): the step's record - its loss and learning rate, and
+        on logged steps every part of the loss, the gradient norm and the probe's figures."""
+        cfg = self.cfg
+        parts, norm = step_fn(mx.array(batch[self.objective.inputs]), mx.array(batch["ids"]), self._key(self.step))
+        mx.eval(parts, norm, self.model.state, self.optimizer.state)
+        loss = parts["loss"].item()
+        if not math.isfinite(loss):
+            good = kinds.newest_checkpoint(self.out)  # only finite weights are ever checkpointed
+            raise UserError(
+                f"loss became {loss} at step {self.step + 1}; stopped. Last good checkpoint: "
+                f"{good or 'none'}. Lower lr or raise warmup, then --resume"
+            )
+        self.step += 1
+        record = {"step": self.step, "loss": loss, "lr": float(self.lr(self.step - 1))}
+        if self.step % cfg.log_every == 0 or self.step == cfg.steps:
+            record["logged"] = {
+                **{k: round(v.item(), 6) for k, v in parts.items()},
+                "lr": record["lr"],
+                "grad_norm": round(norm.item(), 4),
+            }
+        if self.probe is not None and ((cfg.eval_every and self.step % cfg.eval_every == 0) or self.step == cfg.steps):
+            record["probed"] = self.probe.measure(self.model)
+            record["probe_seconds"] = self.probe.seconds
+        return record
+
+    def _report(self, report: Reporter, record: dict) -> None:
+        """A step's record to the reporter (metrics.jsonl, the bar) and to the app's on_step."""
+        logged = report.on_step(
+            record,
+            samples=self.stream.samples * self.size,
+            epoch=getattr(self.stream, "epoch", 0),
+            skipped=len(self.stream.skipped),
+            batch_size=self.cfg.batch_size,
+        )
+        if self._on_step is not None:
+            self._on_step({**logged, "step": self.step, "loss": record["loss"], "lr": record["lr"]})
 
     @property
     def result_folder(self) -> Path:
@@ -348,7 +350,7 @@ class Trainer:
     def export(self, dst: Path) -> Path:
         """What the run trained, as a model folder: the encoder that `embed` loads; after LiT tuning,
         the LiT folder that `load`, `encode_text` and `search` read."""
-        return self.objective.export(self.model, self.step, dst)
+        return owner.run(self.objective.export, self.model, self.step, dst)
 
 
 def _all_skips(streams: list) -> Skips:
@@ -360,6 +362,30 @@ def _all_skips(streams: list) -> Skips:
 
 def _silent(message: str) -> None:
     pass
+
+
+class _Stop:
+    """Whether the run should end at the next step boundary: Ctrl-C or SIGTERM (handlers only on the
+    main thread, which Python alone lets set them), an app's stop event, or `until`."""
+
+    def __init__(self, event=None):
+        self.event, self.flag = event, False
+
+    def set(self) -> None:
+        self.flag = True
+
+    def is_set(self) -> bool:
+        return self.flag or bool(self.event is not None and self.event.is_set())
+
+    @contextmanager
+    def on_signals(self):
+        sigs = (signal.SIGINT, signal.SIGTERM) if threading.current_thread() is threading.main_thread() else ()
+        old = {sig: signal.signal(sig, lambda *_: self.set()) for sig in sigs}
+        try:
+            yield self
+        finally:
+            for sig, handler in old.items():
+                signal.signal(sig, handler)
 
 
 def _peer_lost(e: RuntimeError) -> bool:

@@ -66,6 +66,12 @@ class Watchdog:
             f"from {good or 'the start (no checkpoint yet)'}"
         )
 
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.close()
+
     def close(self) -> None:
         self.done.set()
 
