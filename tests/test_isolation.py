@@ -7,7 +7,6 @@ from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
-
 from helpers import QUIET, tiny_config
 
 WORKER = Path(__file__).with_name("exit_worker.py")
