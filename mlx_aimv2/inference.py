@@ -317,9 +317,16 @@ class LiTModel(AIMv2):
     def encode_text(self, texts: Sequence[str]) -> np.ndarray:
         """L2-normalised text embeddings (B, projection_dim)."""
         texts = nonempty(texts, "texts", "a string")
-        bad = [t for t in texts if not isinstance(t, str)]
-        if bad:
-            raise UserError(f"texts: every item must be a string, got {type(bad[0]).__name__} {bad[0]!r}")
+        for i, t in enumerate(texts):
+            if not isinstance(t, str):
+                raise UserError(f"texts: every item must be a string, got {type(t).__name__} {t!r}")
+            try:
+                t.encode("utf-8")
+            except UnicodeEncodeError as e:  # a lone surrogate: the tokenizer would fail with a TypeError
+                raise UserError(
+                    f"texts[{i}] is not valid Unicode (a lone surrogate \\u{ord(t[e.start]):04x} at character "
+                    f"{e.start}); pass UTF-8 text"
+                ) from None
         return self._text_embeddings(texts)
 
     @owner.owned

@@ -1,11 +1,15 @@
 """One caller's fault never reaches another (issue 35): a thread's exit, a process beside it, a
 client beside it. Each case recreates the fault as it was found, and fails when its fix is removed."""
 
+import signal
+import socket
 import subprocess
 import sys
+import threading
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
+import numpy as np
 import pytest
 from helpers import QUIET, tiny_config
 
@@ -48,3 +52,117 @@ def test_each_public_call_on_a_worker_thread_then_exiting_never_aborts(work, cal
         _exits("index", work, 1)  # the index it searches
     bad = [(rc, err) for rc, err in _exits(call, work, 4) if rc != 0]
     assert not bad, f"{call}: {len(bad)} of 4 runs ended badly; the first: {bad[0]}"
+
+
+# ------------------------------------------------------------------ one client's bad text, the server
+
+
+@pytest.fixture(scope="module")
+def server(work):
+    """A real `mlx-aimv2 serve` process on localhost with demo-lit and an index of the synthetic set."""
+    import httpx
+
+    import mlx_aimv2
+
+    db = work / "served.aimv2"
+    with mlx_aimv2.Index(db, model="demo-lit") as lib:
+        lib.add([work / "synth"])
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlx_aimv2", "serve", "--db", str(db), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    for _ in range(400):
+        try:
+            if httpx.get(url + "/health", timeout=2).status_code == 200:
+                break
+        except httpx.HTTPError:
+            if proc.poll() is not None:
+                pytest.fail("the server ended: " + proc.stderr.read()[-2000:])
+            threading.Event().wait(0.3)
+    yield url
+    proc.send_signal(signal.SIGINT)
+    try:
+        proc.wait(timeout=30)
+    finally:
+        proc.kill()
+
+
+def test_good_clients_stay_200_and_unchanged_while_another_sends_lone_surrogates(server):
+    """4 threads sent {"input": ["\\ud800 a cat"]} and 2 sent good text: all 20 good requests got 500,
+    since the batcher put their texts in one model call. Now the bad text is a 400 at the door, naming
+    the item, and every good request gets the embedding it gets alone."""
+    import httpx
+
+    good = {"input": ["a red circle"]}
+    alone = httpx.post(server + "/v1/embeddings", json=good, timeout=60).json()["data"][0]["embedding"]
+    bad = '{"input": ["\\ud800 a cat"]}'  # valid JSON: the escape of a lone surrogate
+
+    def client(i):
+        with httpx.Client(timeout=120) as c:
+            if i % 3 == 2:
+                return [("good", c.post(server + "/v1/embeddings", json=good)) for _ in range(10)]
+            headers = {"content-type": "application/json"}
+            return [("bad", c.post(server + "/v1/embeddings", content=bad, headers=headers)) for _ in range(5)]
+
+    with ThreadPoolExecutor(6) as pool:
+        results = [x for xs in pool.map(client, range(6)) for x in xs]
+    goods = [r for kind, r in results if kind == "good"]
+    bads = [r for kind, r in results if kind == "bad"]
+    assert len(goods) == 20 and all(r.status_code == 200 for r in goods), [r.text for r in goods][:2]
+    for r in goods:
+        np.testing.assert_allclose(r.json()["data"][0]["embedding"], alone, atol=1e-6)
+    assert all(r.status_code == 400 for r in bads), [r.text for r in bads][:2]
+    message = bads[0].json()["error"]["message"]
+    assert "'input'[0]" in message and "surrogate" in message and "\n" not in message
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        '{"text": "\\ud800 a cat"}',
+        '{"query": "\\udfff cat + dog"}',
+        '{"query": [{"text": "a \\ud83d dog", "weight": 1}]}',
+    ],
+)
+def test_search_refuses_a_lone_surrogate_in_one_line_while_good_searches_go_on(server, body):
+    import httpx
+
+    r = httpx.post(server + "/v1/search", content=body, headers={"content-type": "application/json"}, timeout=60)
+    assert r.status_code == 400 and "surrogate" in r.json()["error"]["message"], r.text
+    ok = httpx.post(server + "/v1/search", json={"text": "a red circle", "k": 3}, timeout=60)
+    assert ok.status_code == 200 and len(ok.json()["results"]) == 3
+
+
+def test_a_bad_item_inside_a_batch_fails_its_own_request_only():
+    """Past the door, an item the model cannot take (here: a stand-in encoder that refuses one
+    text) fails its own request; the requests batched with it get what they get alone."""
+    import asyncio
+
+    import mlx_aimv2
+    from mlx_aimv2.serve.batcher import Batcher
+
+    lit = mlx_aimv2.load("demo-lit")
+
+    def encode(texts):
+        if "boom" in texts:
+            raise ValueError("this text cannot be encoded")
+        return lit.encode_text(texts)
+
+    batcher = Batcher({"text": encode}, max_batch=32, max_wait=0.5)  # long enough to batch all three
+
+    async def main():
+        batcher.start()
+        return await asyncio.gather(
+            batcher.run("text", ["a red circle"]),
+            batcher.run("text", ["boom"]),
+            batcher.run("text", ["two shapes", "a blue square"]),
+            return_exceptions=True,
+        )
+
+    first, second, third = asyncio.run(main())
+    assert isinstance(second, ValueError)
+    np.testing.assert_array_equal(first, lit.encode_text(["a red circle"]))
+    np.testing.assert_array_equal(third, lit.encode_text(["two shapes", "a blue square"]))
+    assert batcher.inputs == 4 + 4  # the batch of four, then each request alone

@@ -35,7 +35,7 @@ from .. import __version__
 from ..errors import IndexFault, ModelChanged, UserError
 from ..index.query import Term, parse
 from .batcher import Batcher
-from .inputs import MAX_BODY, BadRequest, decode_image, looks_like_image, parse_json, text_list
+from .inputs import MAX_BODY, BadRequest, decode_image, looks_like_image, parse_json, text_list, unicode_text
 from .thumbs import Thumbnails, photo_id
 
 PAGE = Path(__file__).with_name("page.html")
@@ -180,6 +180,7 @@ def build_app(s: Settings) -> Starlette:
         elif key == "text":
             if not isinstance(value, str) or not value.strip():
                 raise BadRequest(400, "'text' must be a non-empty string")
+            unicode_text(value, "'text'")
             hits = await asyncio.to_thread(s.index.search, text=value, k=k)
         elif key == "image":
             image = await asyncio.to_thread(decode_image, value, s.allowed)
@@ -254,7 +255,7 @@ async def _none():
 def _terms(value, allowed) -> list:
     """'query': the string syntax of index/query.py, or [{"text"|"image": ..., "weight": w}, ...]."""
     if isinstance(value, str):
-        return parse(value, files=False)  # a client's words never name a file on this machine
+        return parse(unicode_text(value, "'query'"), files=False)  # a client's words never name a file on this machine
     if not isinstance(value, list) or not value:
         raise BadRequest(400, "'query' must be a string or a non-empty list of {text|image, weight} terms")
     terms = []
@@ -267,7 +268,7 @@ def _terms(value, allowed) -> list:
         if "text" in t:
             if not isinstance(t["text"], str) or not t["text"].strip():
                 raise BadRequest(400, f"'query'[{i}].text must be a non-empty string")
-            terms.append(Term(t["text"], float(w), False))
+            terms.append(Term(unicode_text(t["text"], f"'query'[{i}].text"), float(w), False))
         else:
             terms.append(Term(decode_image(t["image"], allowed), float(w), True))
     return terms

@@ -6,7 +6,8 @@ arrive) as one batch per kind of input, and hands each request its rows back on 
 No second queue and no thread of the server's own wait in between, as mlx-lm's server does it. So
 16 clients sending one image each are served as batches of 16, at nearly the offline batch
 throughput (benchmarks/serve.py), with the results the library gives for the same inputs one call
-at a time.
+at a time. A batch that fails is run again a request at a time: a bad item fails its own request
+only, and every other request batched with it gets the answer it would have had alone.
 """
 
 from __future__ import annotations
@@ -81,18 +82,27 @@ class Batcher:
         if not live:  # every client of this batch went away
             return
         batch = [x for j in live for x in j.items]
-        self.batches += 1
-        self.inputs += len(batch)
         try:
-            rows = self.encoders[kind](batch)
-        except Exception as e:  # one bad batch fails its requests, not the server
+            rows = self._call(kind, batch)
+        except Exception as e:
+            if len(live) == 1:
+                self._settle(live[0].future, error=e)
+                return
+            # Isolation: one request's bad item must not fail the others batched with it. Each
+            # request runs again alone, so each gets its own answer - the one it would have had
+            # alone - or its own error.
             for j in live:
-                self._settle(j.future, error=e)
+                self._encode(kind, [j])
             return
         start = 0
         for j in live:
             self._settle(j.future, rows[start : start + len(j.items)])
             start += len(j.items)
+
+    def _call(self, kind: str, batch: list) -> np.ndarray:
+        self.batches += 1
+        self.inputs += len(batch)
+        return self.encoders[kind](batch)
 
     def _settle(self, future: asyncio.Future, result=None, error=None) -> None:
         loop = self.loop

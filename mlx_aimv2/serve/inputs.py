@@ -115,4 +115,19 @@ def text_list(value, name: str = "input", images: bool = False) -> list[str]:
             raise BadRequest(400, f"'{name}'[{i}] must be a string, got {type(t).__name__}")
         if len(t) > MAX_TEXT and not images and not looks_like_image(t):
             raise BadRequest(413, f"'{name}'[{i}] is {len(t):,} characters; the limit is {MAX_TEXT:,}")
+        unicode_text(t, f"'{name}'[{i}]")
     return items
+
+
+def unicode_text(value: str, name: str) -> str:
+    """Text that is Unicode: JSON may carry a lone surrogate (\\ud800), which no tokenizer can read
+    and which, let through, failed every request batched with it."""
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:
+        bad = value[e.start]
+        raise BadRequest(
+            400,
+            f"{name} is not valid Unicode: a lone surrogate \\u{ord(bad):04x} at character {e.start}; send UTF-8 text",
+        ) from None
+    return value
