@@ -166,3 +166,70 @@ def test_a_bad_item_inside_a_batch_fails_its_own_request_only():
     np.testing.assert_array_equal(first, lit.encode_text(["a red circle"]))
     np.testing.assert_array_equal(third, lit.encode_text(["two shapes", "a blue square"]))
     assert batcher.inputs == 4 + 4  # the batch of four, then each request alone
+
+
+# ------------------------------------------------------------------ two indexers, one database
+
+
+def _widths(db: Path) -> set:
+    import sqlite3
+
+    with sqlite3.connect(db) as c:
+        return {n for (n,) in c.execute("SELECT DISTINCT length(vector) FROM images WHERE vector IS NOT NULL")}
+
+
+def test_two_indexers_opened_together_on_a_new_database_never_mix_models(work, tmp_path):
+    """The race, taken step by step: both open the new file before either has a model; the first
+    to record its model owns the index, the other is refused before its first row."""
+    import mlx_aimv2
+    from mlx_aimv2.errors import ModelChanged
+    from mlx_aimv2.index.index import _load_new
+
+    db = tmp_path / "t.aimv2"
+    first, second = mlx_aimv2.Index(db, model="demo"), mlx_aimv2.Index(db, model="demo-lit")
+    first._claim(*_load_new("demo"))  # the first to record its model ...
+    with pytest.raises(ModelChanged, match="just made by another process with demo, not demo-lit"):
+        second._claim(*_load_new("demo-lit"))  # ... owns the index: the other is refused before its first row
+    assert not second.discard_if_empty() and db.is_file()  # and leaves the other's file alone
+    assert first.add([work / "synth"]).new == 24
+    first.close()
+    with pytest.raises(ModelChanged, match="built with demo, not demo-lit"):
+        mlx_aimv2.Index(db, model="demo-lit")
+    assert _widths(db) == {2 * mlx_aimv2.load("demo").embedding_dim}
+
+
+def test_two_index_commands_with_different_models_at_once_leave_one_model(work, tmp_path):
+    """`index B -m demo-lit & index A -m demo` on a new database: 6 of 12 tries left a mixed file."""
+    for i in range(4):
+        db = tmp_path / f"t{i}.aimv2"
+        cmds = [
+            [sys.executable, "-m", "mlx_aimv2", "index", str(work / "synth"), "--db", str(db), "-m", m]
+            for m in ("demo-lit", "demo")
+        ]
+        procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+        outs = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
+        assert sorted(rc for rc, _ in outs) == [0, 1], [err[-1500:] for _, err in outs]
+        refused = next(err for rc, err in outs if rc == 1).strip().splitlines()
+        assert refused[-1].startswith("error: ") and "Traceback" not in "".join(refused), refused
+        assert len(_widths(db)) == 1
+
+
+def test_a_mixed_database_is_reported_damaged_never_read(work, tmp_path):
+    import sqlite3
+
+    import mlx_aimv2
+    from mlx_aimv2.errors import IndexFault
+
+    db = tmp_path / "mixed.aimv2"
+    with mlx_aimv2.Index(db, model="demo") as lib:
+        lib.add([work / "synth"])
+    with sqlite3.connect(db) as c:  # what the race left: a row of the other model's width
+        c.execute("UPDATE images SET vector = zeroblob(256) WHERE rowid = (SELECT MIN(rowid) FROM images)")
+    with pytest.raises(IndexFault, match="damaged .*1 of its 24 vectors are not .* wide.*rebuild it"):
+        mlx_aimv2.Index(db)
+    photo = next((work / "synth" / "images").iterdir())
+    for args in (["search", str(db), "--image", str(photo)], ["dupes", str(db)],
+                 ["index", str(work / "synth"), "--db", str(db)]):  # fmt: skip
+        p = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args], capture_output=True, text=True, timeout=300)
+        lines = p.stderr.strip().splitlines()
+        assert p.returncode == 1 and len(lines) == 1 and "damaged" in lines[0], (args, p.stderr[-800:])

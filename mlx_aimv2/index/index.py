@@ -50,7 +50,8 @@ class Summary:
     new: int = 0
     moved: int = 0  # new paths whose bytes a vanished file had: its vector is reused, no model run
     changed: int = 0
-    unchanged: int = 0
+    unchanged: int = 0  # embedded images whose files have not changed
+    still_bad: int = 0  # files recorded as bad before, unchanged since: not retried
     removed: int = 0
     bad: list = field(default_factory=list)  # (path, why) found bad in this run
     missing: list = field(default_factory=list)  # (given path, why) that named no image
@@ -62,7 +63,8 @@ class Summary:
             f"{self.new} new, {moved}{self.changed} changed, {self.unchanged} unchanged, {self.removed} removed; "
             f"{self.total} images in the index"
         )
-        return s + (f"; {len(self.bad)} bad file(s) recorded" if self.bad else "")
+        s += f"; {len(self.bad)} bad file(s) recorded" if self.bad else ""
+        return s + (f"; {self.still_bad} bad file(s) unchanged since (not retried)" if self.still_bad else "")
 
 
 KEYS = "canonical"  # how rows are keyed (meta "keys"): paths.canonical, since 0.1.1
@@ -91,19 +93,31 @@ class Index:
         self._lock = threading.RLock()
         self._asked = model
         self._model = None
+        self._claimed = False  # whether this Index recorded the file's model (_claim)
         self._text = None  # the text side alone, for text queries (_text_model)
         self._cache = None  # (store version, paths, float32 matrix)
-        stored = self.store.get_meta("model")
-        if stored is not None and model is not None and _model_ref(model) != stored["ref"]:
-            other = load(model)  # the same weights under another name (a path for "demo-lit") are fine
-            if other.fingerprint() != stored["fingerprint"]:
-                self.store.close()
-                raise ModelChanged(
-                    f"{self.path} was built with {stored['ref']}, not {model}; leave out --model to "
-                    f"use the index's own, or index into another --db"
-                )
-            self._model = other
+        try:
+            stored = self.store.get_meta("model")
+            if stored is not None:
+                self.store.check_widths(stored["dim"])  # two models' vectors: damaged, never read
+                self._take_asked(stored)
+        except BaseException:
+            self.store.close()
+            raise
         self._canonical_keys()
+
+    def _take_asked(self, stored: dict) -> None:
+        """The model asked for, when the index already has one: the same weights (under any name, a
+        path for "demo-lit") are taken, another model is refused."""
+        if self._asked is None or self._model is not None or _model_ref(self._asked) == stored["ref"]:
+            return
+        other = load(self._asked)
+        if other.fingerprint() != stored["fingerprint"]:
+            raise ModelChanged(
+                f"{self.path} was built with {stored['ref']}, not {self._asked}; leave out --model to "
+                f"use the index's own, or index into another --db"
+            )
+        self._model = other
 
     def _canonical_keys(self) -> None:
         """An index whose rows were keyed by the path as typed (before KEYS) is re-keyed once by the
@@ -123,9 +137,11 @@ class Index:
 
     def discard_if_empty(self) -> bool:
         """Close, and delete the file when this Index made it and it holds no rows (a first run that
-        failed): nothing empty is left behind. True when deleted."""
+        failed): nothing empty is left behind. True when deleted. A file whose model another process
+        recorded is its, however empty now: that process is about to fill it."""
         with self._lock:
-            empty = self._created and self.store.counts() == (0, 0)
+            ours = self._claimed or self.store.get_meta("model") is None
+            empty = self._created and ours and self.store.counts() == (0, 0)
             self.store.close()
             if empty:
                 self.store.remove_files()
@@ -148,21 +164,31 @@ class Index:
         if self._model is None:
             stored = self.store.get_meta("model")
             if stored is None:
-                self._model, ref = _load_new(self._asked)
-                self.store.set_meta(
-                    "model",
-                    {
-                        "ref": ref,
-                        "name": self._model.config.name,
-                        "kind": self._model.config.kind,
-                        "fingerprint": self._model.fingerprint(),
-                        "dim": self._model.embedding_dim,
-                    },
-                )
-                self.store.commit()
+                self._model = self._claim(*_load_new(self._asked))
             else:
-                self._model = self._stored_model(stored)
+                self._take_asked(stored)  # another process may have made the index since it was opened
+                if self._model is None:
+                    self._model = self._stored_model(stored)
         return self._model
+
+    def _claim(self, model, ref: str):
+        """Make `model` the index's own, once and atomically, before its first row: of two processes
+        indexing into a new file at once, the first to record its model owns the index, and the
+        other goes on only if it has the same weights (else it is refused in one line)."""
+        mine = {
+            "ref": ref,
+            "name": model.config.name,
+            "kind": model.config.kind,
+            "fingerprint": model.fingerprint(),
+            "dim": model.embedding_dim,
+        }
+        owner_of_index, self._claimed = self.store.set_meta_once("model", mine)
+        if owner_of_index["fingerprint"] != mine["fingerprint"]:
+            raise ModelChanged(
+                f"{self.path} was just made by another process with {owner_of_index['ref']}, not {ref}; "
+                f"index into another --db, or leave out --model to add to it with its own"
+            )
+        return model
 
     def _stored_model(self, stored: dict, text_only: bool = False):
         model = load(stored["ref"], text_only=text_only)
@@ -224,6 +250,8 @@ class Index:
                 raise UserError(
                     f"{self.path}: opened read-only (a read-only disk or file); it can be searched, not added to"
                 )
+            if self._asked is not None:
+                _ = self.model  # the model asked for is the index's, even when nothing needs embedding
             generation = self.store.generation()
             try:
                 summary = self._add(paths, batch_size, progress, fast_decode, cancel)
@@ -258,7 +286,10 @@ class Index:
                 continue
             old = known.get(key)
             if old is not None and (old[0], old[1]) == (st.st_size, st.st_mtime_ns):
-                out.unchanged += 1
+                if old[3]:  # recorded as bad: not an image of the index
+                    out.still_bad += 1
+                else:
+                    out.unchanged += 1
             else:
                 todo.append((key, st.st_size, st.st_mtime_ns, old))
         roots = [os.path.join(r, "") for r in canonical_all(p for p in paths if Path(p).is_dir())]

@@ -236,6 +236,24 @@ class Store:
     def set_meta(self, key: str, value) -> None:
         self.db.execute("INSERT OR REPLACE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
 
+    def set_meta_once(self, key: str, value):
+        """Record `value` under `key` unless a writer (another process) did first, and commit: one
+        statement, so of two writers exactly one value holds. Returns (the value that holds, whether
+        it is this call's)."""
+        cur = self.db.execute("INSERT OR IGNORE INTO meta (key, value) VALUES (?, ?)", (key, json.dumps(value)))
+        self.db.commit()
+        return self.get_meta(key), cur.rowcount == 1
+
+    def check_widths(self, dim: int) -> None:
+        """Refuse an index whose vectors are not all `dim` wide (two models wrote to it: damaged).
+        SQLite reads a blob's length from its record header, so this reads no vector."""
+        row = self.db.execute(
+            "SELECT COUNT(*), SUM(length(vector) != ?) FROM images WHERE vector IS NOT NULL", (2 * int(dim),)
+        ).fetchone()
+        total, wrong = row[0], row[1] or 0
+        if wrong:
+            raise damaged(self.path, f"{wrong} of its {total} vectors are not {dim} wide: two models wrote to it")
+
     # -- rows -----------------------------------------------------------------------------------
     def stats(self) -> dict[str, tuple]:
         """path -> (size, mtime_ns, sha1, is_bad) for every row."""
@@ -317,6 +335,8 @@ class Store:
         for p, v in self.db.execute("SELECT path, vector FROM images WHERE vector IS NOT NULL ORDER BY rowid"):
             paths.append(_py_path(p))
             rows.append(v)
+        if any(len(v) != 2 * dim for v in rows):  # written since this process checked: still never read
+            self.check_widths(dim)
         m = (
             np.frombuffer(b"".join(rows), np.float16).reshape(len(rows), dim)
             if rows
