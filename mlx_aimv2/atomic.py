@@ -7,7 +7,7 @@ import os
 import shutil
 import tempfile
 from pathlib import Path
-from typing import Callable
+from typing import Callable, Optional
 
 from . import kinds
 from .errors import UserError, write_failed
@@ -63,10 +63,18 @@ def check_destination(dst: Path, overwrite: bool = False) -> Path:
     return dst
 
 
-def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = False) -> Path:
+REPLACING = ".mlx-aimv2-replacing"  # in a folder while its files are replaced; its writer's pid
+
+
+def write_folder(
+    dst: Path, write: Callable[[Path], None], overwrite: bool = False, finish: Optional[Callable[[Path], None]] = None
+) -> Path:
     """write(tmp) fills a temporary folder; a new destination is then renamed into place whole, an
     existing folder (empty ones too: it may be someone's working directory) gets each file renamed
-    in, replacing only files of the same name."""
+    in, replacing only files of the same name, and then finish(dst) (dropping what the new files
+    replace). An existing folder cannot be swapped whole, so it holds the REPLACING marker from
+    before the first rename until after finish: a process ended between two renames (a kill, a power
+    cut, a full disk) leaves a folder that check_whole refuses, never one that loads as neither model."""
     dst = check_destination(dst, overwrite)
     existing = dst.is_dir()
     parent = dst if existing else dst.parent
@@ -79,11 +87,21 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
     try:
         write(tmp)
         _usual_mode(tmp, folder=True)
+        _sync(tmp)  # the new files' bytes are on disk before any name points at them
         if existing:
+            marker = write_file(dst / REPLACING, lambda t: t.write_text(f"{os.getpid()}\n"))
+            _sync_folder(dst)
             for f in children(tmp):
                 os.replace(f, dst / f.name)
+            if finish is not None:
+                finish(dst)
+            _sync_folder(dst)
+            marker.unlink()
         else:
             os.replace(tmp, dst)
+            if finish is not None:
+                finish(dst)
+        _sync_folder(dst)
     except Exception as e:
         if not failed_write(e):
             raise
@@ -91,6 +109,50 @@ def write_folder(dst: Path, write: Callable[[Path], None], overwrite: bool = Fal
     finally:
         shutil.rmtree(tmp, ignore_errors=True)
     return dst
+
+
+def check_whole(folder: Path) -> None:
+    """Refuse a folder whose files another write is replacing now, or was replacing when it ended."""
+    marker = Path(folder) / REPLACING
+    try:
+        pid = int(marker.read_text().split()[0])
+    except FileNotFoundError:
+        return
+    except (OSError, ValueError, IndexError):
+        pid = None
+    if pid == os.getpid():  # this process is writing it (a write's finish step reads it back)
+        return
+    if pid is not None and process_alive(pid):
+        raise UserError(f"{folder}: process {pid} is writing into it now; load it once that write is done")
+    raise UserError(
+        f"{folder}: a write into it was cut off half-way, so it holds files of two models; run the "
+        f"convert or export that wrote it again (or delete the folder)"
+    )
+
+
+def _sync(folder: Path) -> None:
+    """fsync every file in a folder, then the folder (on macOS fsync reaches the drive's cache only;
+    the order of what reaches the disk is what matters here)."""
+    for f in children(folder, kind="file"):
+        fd = os.open(f, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
+    _sync_folder(folder)
+
+
+def _sync_folder(folder: Path) -> None:
+    try:
+        fd = os.open(folder, os.O_RDONLY)
+    except OSError:  # a platform that cannot open folders: the renames are still atomic, just not durable
+        return
+    try:
+        os.fsync(fd)
+    except OSError:
+        pass
+    finally:
+        os.close(fd)
 
 
 def failed_write(e: Exception) -> bool:

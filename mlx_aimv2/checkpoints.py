@@ -21,7 +21,7 @@ from mlx.utils import tree_flatten
 from safetensors.numpy import load_file as numpy_safetensors
 
 from . import finetuned, hub, kinds, modelcard
-from .atomic import write_folder
+from .atomic import check_whole, write_folder
 from .config import ModelConfig, TextConfig, VisionConfig, architecture_name
 from .errors import UserError, is_file_fault
 from .models import build
@@ -48,6 +48,7 @@ def find_weights(path: Path) -> Path:
     path = Path(path)
     if not path.exists():
         raise UserError(f"{path}: no such file or folder; give a hub id, a model name or a checkpoint path")
+    check_whole(path.parent if path.is_file() else path)  # never a folder caught half-way through a replace
     if path.is_file():
         return path
     for name in WEIGHT_FILES:
@@ -498,9 +499,7 @@ def save(
         if more is not None:
             more(tmp)
 
-    out = write_folder(out_dir, write, overwrite)
-    drop_stale_weights(out, written)
-    return out
+    return write_folder(out_dir, write, overwrite, finish=lambda out: drop_stale_weights(out, written))
 
 
 # -- weights, whole or in shards -------------------------------------------------------------------------

@@ -200,9 +200,7 @@ def export_transformers(
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         copy_files(extra, tmp)
 
-    out = write_folder(dst, write, overwrite)
-    drop_stale_weights(out, written)
-    return out
+    return write_folder(dst, write, overwrite, finish=lambda out: drop_stale_weights(out, written))
 
 
 def _source(src: str):

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import QUIET, tiny_config
+from helpers import PHOTO, QUIET, tiny_config
 
 WORKER = Path(__file__).with_name("exit_worker.py")
 
@@ -233,3 +233,64 @@ def test_a_mixed_database_is_reported_damaged_never_read(work, tmp_path):
         p = subprocess.run([sys.executable, "-m", "mlx_aimv2", *args], capture_output=True, text=True, timeout=300)
         lines = p.stderr.strip().splitlines()
         assert p.returncode == 1 and len(lines) == 1 and "damaged" in lines[0], (args, p.stderr[-800:])
+
+
+# ------------------------------------------------------------------ a model folder replaced in place
+
+CONVERT_AND_DIE = """
+import os, sys
+from mlx_aimv2 import atomic
+from mlx_aimv2.export import convert
+
+src, dst, die_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
+real, renames = os.replace, []
+
+def replace(a, b):  # the process ends (as at a kill or a power cut) before rename number die_at
+    if os.path.dirname(os.fspath(b)) == dst and not os.path.basename(os.fspath(b)).startswith("."):
+        renames.append(b)
+        if len(renames) == die_at:
+            os._exit(9)
+    real(a, b)
+
+atomic.os.replace = replace
+convert(src, dst, max_shard_size=200_000)
+print(len(renames))
+"""
+
+
+def test_a_folder_caught_half_way_through_a_replace_is_refused_never_loaded(tmp_path):
+    """convert into an existing sharded folder of another model, ended between two renames: it loaded
+    with no error and embedded as neither model (max difference 0.05-0.44)."""
+    import mlx.utils
+
+    import mlx_aimv2
+    from mlx_aimv2 import checkpoints, owner
+    from mlx_aimv2.errors import UserError
+
+    x, other = tmp_path / "X", tmp_path / "demo2"
+
+    def make():
+        module, config, _ = checkpoints.load_checkpoint("demo")
+        mlx_aimv2.convert("demo", x, max_shard_size=200_000)
+        module.update(mlx.utils.tree_map(lambda w: w * 1.1, module.parameters()))  # same shape, other weights
+        checkpoints.save(module, config, other)
+
+    owner.run(make)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    before, theirs = mlx_aimv2.load(str(x)).embed([image]), mlx_aimv2.load(str(other)).embed([image])
+    assert np.abs(before - theirs).max() > 1e-3
+
+    run = [sys.executable, "-c", CONVERT_AND_DIE, str(other), str(x)]
+    total = int(subprocess.run([*run, "0"], capture_output=True, text=True, check=True).stdout)
+    assert total > 5  # shards, config, card, ...
+    for die_at in sorted({1, 2, total // 2, total - 1, total}):
+        owner.run(make)  # X back to the first model
+        p = subprocess.run([*run, str(die_at)], capture_output=True, text=True)
+        assert p.returncode == 9, p.stderr[-1000:]
+        with pytest.raises(UserError, match="cut off half-way.*run the convert or export that wrote it again"):
+            mlx_aimv2.load(str(x))
+        r = subprocess.run([sys.executable, "-m", "mlx_aimv2", "embed", str(PHOTO), "--model", str(x)],
+                           capture_output=True, text=True)  # fmt: skip
+        assert r.returncode == 1 and "cut off half-way" in r.stderr and "Traceback" not in r.stderr
+    subprocess.run([*run, "0"], capture_output=True, text=True, check=True)  # the same convert again mends it
+    np.testing.assert_allclose(mlx_aimv2.load(str(x)).embed([image]), theirs, atol=1e-5)
