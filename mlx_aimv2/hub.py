@@ -9,6 +9,8 @@ from __future__ import annotations
 import logging
 import os
 import socket
+import urllib.error
+import urllib.request
 from pathlib import Path
 from typing import Optional
 from urllib.parse import urlparse
@@ -223,6 +225,8 @@ def upload(folder: Path, repo: str, private: bool = False) -> str:
     later = f"the folder is written at {folder}; upload it later with `hf upload {repo} {folder}`"
     if os.environ.get("HF_HUB_OFFLINE", "0") not in ("0", "", "false", "False"):
         raise UserError(f"HF_HUB_OFFLINE is set, so nothing was uploaded; {later}")
+    check_repo_id(repo)
+    _answers(later)
     api = HfApi()
     try:
         api.create_repo(repo, private=private, exist_ok=True, repo_type="model")
@@ -234,6 +238,61 @@ def upload(folder: Path, repo: str, private: bool = False) -> str:
     except HfHubHTTPError as e:
         why = {401: "not logged in (`hf auth login` or HF_TOKEN)", 403: "this token may not write there"}
         raise UserError(f"{repo}: the hub refused the upload ({why.get(_status(e), _status(e))}); {later}") from None
-    except (OSError, ValueError) as e:  # no network, a timeout, a connection reset
-        raise UserError(f"{repo}: the hub cannot be reached ({type(e).__name__}); {later}") from None
+    except Exception as e:
+        if not _network_error(e):
+            raise
+        raise UserError(f"{repo}: the hub cannot be reached ({type(e).__name__}: {e}); {later}") from None
     return str(getattr(info, "commit_url", None) or f"{api.endpoint}/{repo}")
+
+
+HUB_TIMEOUT = "MLX_AIMV2_HUB_TIMEOUT"  # seconds the hub has to answer before an upload (default 20)
+_HTTP_CLIENTS = ("httpx", "httpx2", "httpcore", "requests", "urllib3")
+
+
+def _network_error(e: Exception) -> bool:
+    """No route, a refused or reset connection, a timeout: OSError, or the HTTP client's own errors
+    (huggingface_hub's client is httpx, httpx2 or requests by version; theirs are not OSErrors)."""
+    return isinstance(e, (OSError, ValueError)) or any(
+        c.__module__.split(".")[0] in _HTTP_CLIENTS for c in type(e).__mro__
+    )
+
+
+def _answers(later: str) -> None:
+    """The hub answers an HTTP request within HUB_TIMEOUT seconds, or the upload does not start:
+    huggingface_hub's client waits without limit, and a hub that accepts the connection and never
+    answers held `convert --upload-repo` for as long as it stayed open."""
+    endpoint = os.environ.get("HF_ENDPOINT", "https://huggingface.co").rstrip("/")
+    raw = os.environ.get(HUB_TIMEOUT, "20")
+    try:
+        timeout = float(raw)
+    except ValueError:
+        raise UserError(f"{HUB_TIMEOUT}={raw!r}: give seconds, e.g. 60") from None
+    try:
+        urllib.request.urlopen(
+            urllib.request.Request(endpoint + "/api/whoami-v2", method="GET"), timeout=timeout
+        ).close()
+    except urllib.error.HTTPError:  # any HTTP answer (401 without a token) means it is there
+        return
+    except (OSError, ValueError) as e:
+        reason = getattr(e, "reason", e)
+        if isinstance(reason, TimeoutError) or isinstance(e, TimeoutError):
+            why = f"it did not answer within {timeout:g} s (set {HUB_TIMEOUT}=SECONDS to wait longer)"
+        else:
+            why = f"cannot reach it: {reason}"
+        raise UserError(f"{endpoint}: {why}; {later}") from None
+
+
+def check_repo_id(repo: str, option: str = "--upload-repo") -> str:
+    """A hub repo id OWNER/NAME that the hub can hold (its own rule: letters, digits, - _ ., at most 96
+    characters, no .. or --), checked before any work is done."""
+    from huggingface_hub.errors import HFValidationError
+    from huggingface_hub.utils import validate_repo_id
+
+    if not isinstance(repo, str) or repo.count("/") != 1 or not all(repo.split("/")):
+        raise UserError(f"{option} '{repo}': give a hub id OWNER/NAME, e.g. mlx-community/aimv2-large-8bit")
+    try:
+        validate_repo_id(repo)
+    except HFValidationError as e:
+        why = " ".join(str(e).split())
+        raise UserError(f"{option} '{repo[:120]}': not a valid hub id ({why[:200]}); give OWNER/NAME") from None
+    return repo

@@ -6,6 +6,9 @@ the hub's upload endpoints."""
 
 import base64
 import json
+import socket
+import subprocess
+import sys
 import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
@@ -180,3 +183,54 @@ def test_a_refused_or_offline_upload_is_one_line_and_keeps_the_folder(fake_hub, 
     one_clear_line(cli("convert", "demo", tmp_path / "b", "--upload-repo", "someone/x"), "HF_HUB_OFFLINE")
     assert (tmp_path / "b" / "README.md").is_file()
     assert Path(tmp_path / "b").is_dir()
+
+
+def _hub_at(monkeypatch, url: str) -> None:
+    monkeypatch.setenv("HF_ENDPOINT", url)
+    monkeypatch.setattr("huggingface_hub.constants.ENDPOINT", url)
+    monkeypatch.setenv("HF_TOKEN", "hf_test_token_for_the_local_server")
+    monkeypatch.delenv("HF_HUB_OFFLINE", raising=False)
+    monkeypatch.setattr("huggingface_hub.constants.HF_HUB_OFFLINE", False)
+
+
+def test_an_upload_to_a_closed_port_or_an_unknown_host_is_one_line_and_keeps_the_folder(tmp_path, monkeypatch):
+    """It printed a 106-line traceback ending in httpx's ConnectError (not an OSError)."""
+    with socket.socket() as s:  # a port nothing listens on
+        s.bind(("127.0.0.1", 0))
+        closed = s.getsockname()[1]
+    for i, url in enumerate([f"http://127.0.0.1:{closed}", "http://no-such-host.invalid"]):
+        _hub_at(monkeypatch, url)
+        out = tmp_path / f"q{i}"
+        last = one_clear_line(cli("convert", "demo", out, "-q", "--upload-repo", "me/x"), "cannot reach", "hf upload")
+        assert str(out) in last and (out / "model.safetensors").is_file()
+
+
+def test_an_upload_to_a_hub_that_never_answers_waits_a_bounded_time(tmp_path, monkeypatch):
+    """A hub that accepts the connection and never answers held it for more than 300 s."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(8)  # connections complete in the backlog; nothing is ever read or answered
+    try:
+        _hub_at(monkeypatch, f"http://127.0.0.1:{silent.getsockname()[1]}")
+        monkeypatch.setenv("MLX_AIMV2_HUB_TIMEOUT", "1")
+        last = one_clear_line(cli("convert", "demo", tmp_path / "a", "--upload-repo", "me/x"), "within 1 s")
+        assert "MLX_AIMV2_HUB_TIMEOUT" in last and (tmp_path / "a" / "README.md").is_file()
+        monkeypatch.setenv("MLX_AIMV2_HUB_TIMEOUT", "soon")
+        one_clear_line(cli("convert", "demo", tmp_path / "b", "--upload-repo", "me/x"), "MLX_AIMV2_HUB_TIMEOUT")
+    finally:
+        silent.close()
+
+
+@pytest.mark.parametrize("repo", ["owner/na me", "../etc", "owner/..", "owner/" + "n" * 300, "owner/name?x=1"])
+def test_an_invalid_repo_id_is_refused_before_any_work(tmp_path, repo):
+    one_clear_line(cli("convert", "demo", tmp_path / "out", "--upload-repo", repo), "--upload-repo", "OWNER/NAME")
+    one_clear_line(cli("export", "demo", tmp_path / "out", "--upload-repo", repo), "--upload-repo", "OWNER/NAME")
+    assert not (tmp_path / "out").exists()  # refused before the conversion ran
+
+
+def test_serve_without_its_extra_is_one_line_with_the_install():
+    """It ended in ModuleNotFoundError: No module named 'starlette'."""
+    code = "import sys; sys.modules['starlette'] = None; from mlx_aimv2.cli import console; console()"
+    p = subprocess.run([sys.executable, "-c", code, "serve"], capture_output=True, text=True, timeout=120)
+    lines = p.stderr.strip().splitlines()
+    assert p.returncode == 1 and len(lines) == 1 and "pip install 'mlx-aimv2[serve]'" in lines[0], p.stderr[-1500:]

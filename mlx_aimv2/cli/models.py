@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from ..errors import UserError
 from .common import typed_command
 
 
@@ -106,8 +105,10 @@ def export(
 
 def _check_repo(repo: Optional[str]) -> None:
     """A malformed --upload-repo is refused before any work."""
-    if repo is not None and (repo.count("/") != 1 or not all(repo.split("/"))):
-        raise UserError(f"--upload-repo '{repo}': give a hub id OWNER/NAME, e.g. mlx-community/aimv2-large-8bit")
+    if repo is not None:
+        from ..hub import check_repo_id
+
+        check_repo_id(repo)
 
 
 def _upload(folder, repo: Optional[str], private: bool) -> None:

@@ -7,7 +7,10 @@ from typing import List, Optional
 
 import typer
 
+from ..errors import UserError
 from .common import model_option
+
+SERVE_EXTRA = ("starlette", "uvicorn")  # the serve extra's packages
 
 
 def serve(
@@ -30,7 +33,13 @@ def serve(
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="inputs per model call when requests are batched"),
 ):
     """Serve embeddings (OpenAI-style /v1/embeddings) and, with --db, search and a page, on localhost."""
-    from ..serve import check_host, open_settings, run
+    try:
+        from ..serve import check_host, open_settings, run
+    except ModuleNotFoundError as e:
+        missing = (e.name or "").split(".")[0]
+        if missing not in SERVE_EXTRA:
+            raise
+        raise UserError(f"serve needs {missing}, which is not installed: pip install 'mlx-aimv2[serve]'") from None
 
     check_host(host, token)  # before any model loads
     settings = open_settings(model, db, token, allow_dir or [], cors_origin or [], max_batch)
