@@ -68,7 +68,7 @@ def read_weights(file: Path) -> dict[str, mx.array]:
     file = Path(file)
     try:
         if file.name.endswith(".index.json"):
-            shards = sorted(set(json.loads(file.read_text())["weight_map"].values()))
+            shards = _shard_names(file)
             out = {}
             for shard in shards:
                 out.update(read_weights(file.parent / shard))
@@ -87,6 +87,28 @@ def read_weights(file: Path) -> dict[str, mx.array]:
             f"is it a complete .safetensors / .bin file?"
         ) from None
     raise UserError(f"{file}: unknown checkpoint type '{file.suffix}'; use .safetensors, .bin or .pt")
+
+
+def _shard_names(index: Path) -> list[str]:
+    """The shard files a model.safetensors.index.json names: {"weight_map": {tensor: file}}, each file
+    beside the index (a name that climbs out of the folder is refused)."""
+    try:
+        data = json.loads(index.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as e:
+        raise UserError(f"{index}: not valid JSON ({e}); re-download or re-export the checkpoint") from None
+    weight_map = data.get("weight_map") if isinstance(data, dict) else None
+    if not isinstance(weight_map, dict) or not weight_map:
+        raise UserError(
+            f'{index}: not a shard index (it needs {{"weight_map": {{tensor name: shard file}}}}); '
+            f"re-download or re-export the checkpoint"
+        )
+    values = list(weight_map.values())
+    bad = next((n for n in values if not isinstance(n, str) or Path(n).name != n or n in ("", ".", "..")), None)
+    if bad is not None:
+        raise UserError(
+            f"{index}: weight_map names {bad!r} as a shard; each value must be a file name beside the index"
+        )
+    return sorted(set(values))
 
 
 def _read_safetensors(file: Path) -> dict[str, mx.array]:
@@ -519,7 +541,10 @@ def parse_size(text) -> int:
         unit = m.group(2).upper() if m else None
         if m is None or unit not in _UNITS:
             raise UserError(f"--max-shard-size {text!r}: give a size such as 5GB, 500MB or 2GiB")
-        size = int(float(m.group(1)) * _UNITS[unit])
+        size = float(m.group(1)) * _UNITS[unit]
+        if not size < 2**63:  # a number past any disk (or float's infinity): int() would overflow
+            raise UserError(f"--max-shard-size {str(text)[:40]!r}: too large; give a size such as 5GB")
+        size = int(size)
     if size < 1:
         raise UserError(f"--max-shard-size {text!r}: must be above zero")
     return size

@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import string
 from pathlib import Path
 from typing import Callable, Iterable, Iterator, Optional, Sequence
 
@@ -30,6 +29,7 @@ from .config import ModelConfig
 from .environment import wired, wired_limit_for
 from .errors import UserError, check_cancel
 from .preprocess import ImageLike, Preprocessor, decode_ahead
+from .prompts import fill_template
 from .tokenizer import load_tokenizer
 
 
@@ -413,22 +413,3 @@ def nonempty(items, name: str, what: str) -> list:
     if not items:
         raise UserError(f"{name}: the list is empty; give at least {what}")
     return list(items)
-
-
-def fill_template(template: str, labels: Sequence[str]) -> list[str]:
-    """template.format(label) for each label; a template that is not one '{}' is one clear error."""
-    fields = []
-    if isinstance(template, str):
-        try:
-            fields = [f for _, f, _, _ in string.Formatter().parse(template) if f is not None]
-        except ValueError:
-            fields = None  # worded below, by format itself
-    if not isinstance(template, str) or fields == []:  # no '{}': every label would get the same prompt
-        raise UserError(f"template {template!r}: write one '{{}}' where the label goes, e.g. 'a photo of {{}}.'")
-    try:
-        return [template.format(str(label)) for label in labels]
-    except (IndexError, KeyError, ValueError) as e:
-        raise UserError(
-            f"template {template!r}: {type(e).__name__} {e}; write one '{{}}' where the label goes, "
-            f"and double literal braces ('{{{{')"
-        ) from None

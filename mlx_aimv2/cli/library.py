@@ -66,7 +66,9 @@ def index(
 
 
 def _watch(lib, paths, report, **options) -> None:
-    """index --watch: until Ctrl-C or SIGTERM, which end it cleanly between passes (exit 0)."""
+    """index --watch: until SIGTERM (a service manager's stop), which ends it between passes (exit 0),
+    or Ctrl-C, which ends it at once - in a pass too, keeping every committed batch - and exits 130
+    as every command does."""
     import threading
 
     from ..index.watch import watch
@@ -77,7 +79,8 @@ def _watch(lib, paths, report, **options) -> None:
     try:
         watch(lib, paths, report, stop, **options)
     except KeyboardInterrupt:
-        pass
+        typer.echo(f"interrupted; stopped watching; {len(lib)} images in the index are kept", err=True)
+        raise typer.Exit(130) from None
     finally:
         signal.signal(signal.SIGTERM, old)
     typer.echo(f"stopped watching; {len(lib)} images in the index", err=True)

@@ -238,11 +238,12 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
             if (p / name).is_file():
                 return caption_ranges(p / name, images)
         tars = children(p, "*.tar", kind="file")
-        if tars:
-            return [TarShard(str(t)) for t in tars]
+        # a compressed shard beside plain ones would not be read: named and refused, never skipped quietly
         packed = [c for c in children(p, kind="file") if c.name.lower().endswith(COMPRESSED)]
         if packed:
             _refuse_compressed(str(packed[0]), len(packed))
+        if tars:
+            return [TarShard(str(t)) for t in tars]
         raise UserError(
             f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
             f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`"

@@ -12,6 +12,7 @@ import numpy as np
 
 from ..errors import UserError
 from ..paths import files_under, subfolders
+from ..prompts import check_template
 
 # a default prompt set of our own; for ImageNet give CLIP's 80 templates with --templates (README)
 TEMPLATES = (
@@ -103,9 +104,8 @@ def evaluate(model, folder: Path, classes_file=None, templates_file=None, batch_
     """The zero-shot scores of a LiT model on a labelled folder; unreadable images go to `errors`."""
     names, files, labels = dataset(folder, classes_file)
     templates = read_lines(templates_file, "templates") if templates_file else list(TEMPLATES)
-    bad = [t for t in templates if "{}" not in t]
-    if bad:
-        raise UserError(f"{templates_file}: the template {bad[0]!r} has no {{}} where the class name goes")
+    for i, t in enumerate(templates):
+        check_template(t, f"{templates_file}: line {i + 1}" if templates_file else "template")
     text = class_embeddings(model.encode_text, names, templates)
     index = {f: i for i, f in enumerate(files)}
     kept, rows = [], []
