@@ -2,6 +2,7 @@
 shard order changes each epoch; captions files split into ranges; the stream's state resumes
 exactly (in process, and after kill -9 of a real run); a shard that vanishes mid-run is counted."""
 
+import builtins
 import json
 import os
 import signal
@@ -88,9 +89,12 @@ def test_start_up_reads_names_not_samples(synth, tmp_path, monkeypatch):
     img = next((synth / "images").iterdir()).read_bytes()
     for s in range(60):
         write_shard(tmp_path / f"{s:05d}.tar", [(f"k{i}", {"jpg": img, "txt": b"a scene"}) for i in range(12)])
-    t0 = time.perf_counter()
+    files = []  # every file opened while the sources are named: none (a name costs no read)
+    real_open = builtins.open
+    monkeypatch.setattr(builtins, "open", lambda f, *a, **k: (files.append(f), real_open(f, *a, **k))[1])
     sources = find_sources(str(tmp_path / "{00000..99999}.tar"))  # 100,000 names, 60 of which exist
-    assert len(sources) == 100_000 and time.perf_counter() - t0 < 2
+    monkeypatch.setattr(builtins, "open", real_open)
+    assert len(sources) == 100_000 and files == []
     opened = []
     real = src.TarShard.entries
     monkeypatch.setattr(src.TarShard, "entries", lambda self: (opened.append(self.path), real(self))[1])
@@ -177,7 +181,9 @@ def test_kill_9_mid_run_then_resume_sees_the_same_batches(shards, tmp_path):
     killed = _train(shards / "*.tar", tmp_path / "killed")
     deadline = time.time() + 120
     while not (tmp_path / "killed" / "checkpoints" / "step_00000006" / "state.json").exists():
-        assert killed.poll() is None and time.time() < deadline, killed.stdout.read() if killed.poll() else "slow"
+        assert killed.poll() is None, killed.stdout.read()
+        if time.time() > deadline:  # a hang guard, not a measure
+            pytest.fail("the run wrote no checkpoint at step 6")
         time.sleep(0.05)
     os.kill(killed.pid, signal.SIGKILL)
     killed.wait()
