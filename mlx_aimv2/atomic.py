@@ -89,7 +89,7 @@ def write_folder(
         _usual_mode(tmp, folder=True)
         _sync(tmp)  # the new files' bytes are on disk before any name points at them
         if existing:
-            marker = write_file(dst / REPLACING, lambda t: t.write_text(f"{os.getpid()}\n"))
+            marker = _hold(dst)  # one writer at a time replaces a folder's files
             _sync_folder(dst)
             for f in children(tmp):
                 os.replace(f, dst / f.name)
@@ -98,7 +98,16 @@ def write_folder(
             _sync_folder(dst)
             marker.unlink()
         else:
-            os.replace(tmp, dst)
+            try:
+                os.replace(tmp, dst)
+            except OSError:
+                if not dst.is_dir():
+                    raise
+                # another process made the folder while this one wrote: its files stay, this run's go
+                raise UserError(
+                    f"{dst}: another process wrote this folder while this one was writing it; it holds that "
+                    f"process's files, and nothing of this run was kept; run it again to replace them"
+                ) from None
             if finish is not None:
                 finish(dst)
         _sync_folder(dst)
@@ -111,7 +120,26 @@ def write_folder(
     return dst
 
 
-def check_whole(folder: Path) -> None:
+def _hold(folder: Path) -> Path:
+    """Create the REPLACING marker (with this pid) exclusively: a second writer into the folder while
+    the first replaces its files is refused, never interleaved; a marker whose writer has died is taken over."""
+    marker = Path(folder) / REPLACING
+    for _ in range(2):
+        try:
+            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        except FileExistsError:
+            check_whole(folder, writing=True)  # refuses while its writer lives
+            marker.unlink(missing_ok=True)  # a dead writer's: this write mends the folder
+            continue
+        with os.fdopen(fd, "w") as f:
+            f.write(f"{os.getpid()}\n")
+            f.flush()
+            os.fsync(f.fileno())
+        return marker
+    raise UserError(f"{folder}: another process keeps starting writes into it; try again when it is done")
+
+
+def check_whole(folder: Path, writing: bool = False) -> None:
     """Refuse a folder whose files another write is replacing now, or was replacing when it ended."""
     marker = Path(folder) / REPLACING
     try:
@@ -123,7 +151,10 @@ def check_whole(folder: Path) -> None:
     if pid == os.getpid():  # this process is writing it (a write's finish step reads it back)
         return
     if pid is not None and process_alive(pid):
-        raise UserError(f"{folder}: process {pid} is writing into it now; load it once that write is done")
+        doing = "write into" if writing else "load"
+        raise UserError(f"{folder}: another process ({pid}) is writing into it now; {doing} it once that write is done")
+    if writing:
+        return
     raise UserError(
         f"{folder}: a write into it was cut off half-way, so it holds files of two models; run the "
         f"convert or export that wrote it again (or delete the folder)"

@@ -294,3 +294,39 @@ def test_a_folder_caught_half_way_through_a_replace_is_refused_never_loaded(tmp_
         assert r.returncode == 1 and "cut off half-way" in r.stderr and "Traceback" not in r.stderr
     subprocess.run([*run, "0"], capture_output=True, text=True, check=True)  # the same convert again mends it
     np.testing.assert_allclose(mlx_aimv2.load(str(x)).embed([image]), theirs, atol=1e-5)
+
+
+@pytest.mark.parametrize("existing", [False, True])
+def test_two_converts_into_one_folder_at_once_leave_one_whole_model(tmp_path, existing):
+    """Two processes writing one destination: each ends with its model written or with one line, and
+    the folder loads as exactly one of the two, never a mix (a second writer is refused while the
+    first replaces the files)."""
+    import mlx.utils
+
+    import mlx_aimv2
+    from mlx_aimv2 import checkpoints, owner
+
+    a, b, x = tmp_path / "a", tmp_path / "b", tmp_path / "X"
+
+    def make():
+        module, config, _ = checkpoints.load_checkpoint("demo")
+        checkpoints.save(module, config, a)
+        module.update(mlx.utils.tree_map(lambda w: w * 1.1, module.parameters()))
+        checkpoints.save(module, config, b)
+        if existing:
+            mlx_aimv2.convert("demo", x, max_shard_size=200_000)
+
+    owner.run(make)
+    image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
+    embeddings = [mlx_aimv2.load(str(m)).embed([image]) for m in (a, b)]
+    for attempt in range(3):
+        cmds = [
+            [sys.executable, "-m", "mlx_aimv2", "convert", str(m), str(x), "--max-shard-size", "200KB"] for m in (a, b)
+        ]
+        procs = [subprocess.Popen(c, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True) for c in cmds]
+        for p in procs:
+            rc, err = p.wait(timeout=300), p.stderr.read()
+            assert rc == 0 or (rc == 1 and len(err.strip().splitlines()) == 1 and "another process" in err), err
+        got = mlx_aimv2.load(str(x)).embed([image])
+        assert min(np.abs(got - e).max() for e in embeddings) < 1e-5, attempt
+        assert not (x / ".mlx-aimv2-replacing").exists()
