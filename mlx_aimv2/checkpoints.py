@@ -343,7 +343,7 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None, whe
     )
     _check_against(vision, vh, where)
     if not lit:
-        return ModelConfig(kind="vision", vision=vision)
+        return ModelConfig(kind=kinds.VISION_MODEL, vision=vision)
     tp = "text_encoder."
     emb = weights[f"{tp}preprocessor.text_embedding.weight"]
     th = _hints(hints, "text", "text_config", where)
@@ -359,7 +359,7 @@ def infer_config(weights: dict[str, mx.array], hints: Optional[dict] = None, whe
     )
     _check_against(text, th, where)
     return ModelConfig(
-        kind="lit",
+        kind=kinds.LIT_MODEL,
         vision=vision,
         text=text,
         projection_dim=weights["image_projector.weight"].shape[0],
@@ -464,7 +464,7 @@ def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=Non
     if config.quantization:
         quantize(module, config.quantization)  # the layers' shapes, before the weights go in
     load_into(module, weights, str(file), dtype)
-    if config.kind == "vision" and finetuned.apply_adapter(module, folder):  # LoRA kept beside the encoder
+    if not kinds.is_lit(config) and finetuned.apply_adapter(module, folder):  # LoRA kept beside the encoder
         mx.eval(module.parameters())
     return module, config, folder
 
@@ -508,7 +508,7 @@ def save(
     or a LiT model, by the config. card: base_model / fidelity / repo for the README.md model card
     every folder gets (modelcard.py)."""
     weights = dict(tree_flatten(model.parameters())) if weights is None else weights
-    kind = kind or (kinds.LIT if config.kind == "lit" else kinds.ENCODER)
+    kind = kind or kinds.folder_kind(config)
     written: list = []
 
     def write(tmp: Path):

@@ -70,7 +70,7 @@ def _tower(weights: dict, table: dict, out_prefix: str) -> dict:
 def transformers_weights(module, config: ModelConfig) -> dict:
     """Our float module's parameters under transformers' names and layouts."""
     w = dict(tree_flatten(module.parameters()))
-    if config.kind != "lit":
+    if not kinds.is_lit(config):
         return _tower(w, HF_VISION, "")
     out = {}
     for theirs, (ours, table) in HF_TOWERS.items():
@@ -104,7 +104,7 @@ def transformers_config(config: ModelConfig, dtype: str) -> dict:
     v = config.vision
     if v.use_head and not v.head_bias:
         raise UserError("transformers' AIMv2 pooling head always has an output bias; this model has none")
-    if config.kind != "lit":
+    if not kinds.is_lit(config):
         return _vision_config(v, dtype)
     t = config.text
     text = {
@@ -194,7 +194,7 @@ def export_transformers(
 
     def write(tmp: Path):
         written.extend(write_weights(tmp, weights, {"format": "pt"}, max_shard_size))
-        kind = kinds.LIT if config.kind == "lit" else kinds.ENCODER
+        kind = kinds.folder_kind(config)
         modelcard.write(tmp, config, kind, hub.repo_of(str(src)), library="transformers", command=command)
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
@@ -251,7 +251,7 @@ def convert(
     preprocessor_of(config, folder)  # refuse an invalid one before writing anything
     preprocessor = json.loads(pp.read_text()) if pp.is_file() else None
     extra = tokenizer_files(folder) + finetuned.classifier_files(folder)
-    kind = kinds.model_kind(folder) or (kinds.LIT if config.kind == "lit" else kinds.ENCODER)
+    kind = kinds.model_kind(folder) or (kinds.folder_kind(config))
     if kind == kinds.CAPTIONER:  # the decoder stays behind: the copy is the encoder
         kind = kinds.ENCODER
     card = dict(base_model=hub.repo_of(str(src)) or modelcard.base_model_of(folder), fidelity=fidelity, command=command)
@@ -279,7 +279,7 @@ def sample_pixels(config: ModelConfig, folder: Path) -> np.ndarray:
 
 
 def _pooled(module, config: ModelConfig, pixels: np.ndarray) -> np.ndarray:
-    vision = module.image_encoder if config.kind == "lit" else module
+    vision = module.image_encoder if kinds.is_lit(config) else module
     dtype = vision.preprocessor.patchifier.proj.weight.dtype
     dtype = dtype if mx.issubdtype(dtype, mx.floating) else mx.float32
     return np.array(vision(mx.array(pixels).astype(dtype)).mean(axis=1).astype(mx.float32))

@@ -380,7 +380,7 @@ def open_model(name_or_path, revision=None, dtype=None, keep_quantized=None, tex
     module, config, folder = load_checkpoint(name_or_path, revision, dtype)
     cpu.float_layers(module, keep_quantized)
     cpu.use_kernels(module)
-    text_only = text_only and config.kind == "lit"
+    text_only = text_only and kinds.is_lit(config)
     if text_only:
         patch = module.image_encoder.preprocessor.patchifier
         module.image_encoder = nn.Module()  # the tower is dropped unread; the fingerprint's tensors stay
@@ -390,7 +390,7 @@ def open_model(name_or_path, revision=None, dtype=None, keep_quantized=None, tex
     # so the module's weights may then be used directly from any (one) thread too
     mx.eval(module.parameters())
     pre = preprocessor_of(config, folder)
-    if config.kind == "lit":
+    if kinds.is_lit(config):
         return LiTModel(module, config, pre, folder, text_only)
     if kinds.model_kind(folder) == kinds.CLASSIFIER:
         head, classes = finetuned.read_classifier(folder, config.vision.hidden_size)

@@ -48,6 +48,21 @@ DESCRIBED = {
     CLASSIFIER_RUN: "a fine-tuning run",
 }
 
+# what a model is built of (ModelConfig.kind): an image tower, or image and text towers (LiT)
+VISION_MODEL, LIT_MODEL = "vision", "lit"
+
+
+def is_lit(config) -> bool:
+    """Whether a ModelConfig (or its stored dict) has a text tower: encode_text, zero-shot, text search."""
+    kind = config.get("kind") if isinstance(config, dict) else config.kind
+    return kind == LIT_MODEL
+
+
+def folder_kind(config) -> str:
+    """The model-folder kind a plain model of this config is written as: LIT or ENCODER."""
+    return LIT if is_lit(config) else ENCODER
+
+
 # the files that mark a model folder's kind, for folders written before the kind was recorded
 CLASSIFIER_FILE, DECODER_FILE = "classifier.json", "decoder.json"
 
@@ -81,7 +96,7 @@ def model_kind(folder: Path) -> Optional[str]:
 
 def _sniffed_model_kind(folder: Path, config: dict) -> str:
     """The one fallback: a folder written before kinds were recorded, told by the files it holds."""
-    if config.get("kind") == "lit":
+    if is_lit(config):
         return LIT
     if (folder / CLASSIFIER_FILE).is_file():
         return CLASSIFIER

@@ -13,7 +13,7 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 import mlx_aimv2
-from mlx_aimv2 import checkpoints, cpu, hub
+from mlx_aimv2 import checkpoints, cpu, hub, kinds
 from mlx_aimv2.config import PRESETS, ModelConfig, TextConfig, VisionConfig
 from mlx_aimv2.export import transformers_weights
 from mlx_aimv2.models import build
@@ -410,3 +410,37 @@ def test_no_test_asserts_a_wall_time():
     assert _timed_asserts("import time\nt0 = time.time()\ntook = time.time() - t0\nassert took < 30\n") == [4]
     found = {f.name: lines for f in Path(__file__).parent.glob("test_*.py") if (lines := _timed_asserts(f.read_text()))}
     assert found == {}, found
+
+
+def _kind_read(node) -> bool:
+    """x.kind, x["kind"] or x.get("kind") - a model's or a folder's kind - but not a numpy dtype's."""
+    if isinstance(node, ast.Attribute):
+        return node.attr == "kind" and not (isinstance(node.value, ast.Attribute) and node.value.attr == "dtype")
+    if isinstance(node, ast.Subscript):
+        return isinstance(node.slice, ast.Constant) and node.slice.value == "kind"
+    return (
+        isinstance(node, ast.Call) and isinstance(node.func, ast.Attribute) and node.func.attr == "get"
+        and bool(node.args) and isinstance(node.args[0], ast.Constant) and node.args[0].value == "kind"
+    )  # fmt: skip
+
+
+VOCABULARY = {kinds.VISION_MODEL, kinds.LIT_MODEL, *kinds.MODEL_KINDS, *kinds.EXPORTS_TO}  # models', folders', runs'
+
+
+def test_one_word_for_each_kind():
+    """What a model or folder is, is asked of kinds (kinds.is_lit, kinds.folder_kind, its constants):
+    no other module compares a kind with a string of its own (`config.kind == "lit"` was in 12 places)."""
+    found = []
+    for name, f in MODULES.items():
+        if name == "mlx_aimv2.kinds":
+            continue
+        for node in ast.walk(ast.parse(f.read_text())):
+            if isinstance(node, ast.Compare):
+                sides = [node.left, *node.comparators]
+                if any(_kind_read(x) for x in sides) and any(
+                    isinstance(x, ast.Constant) and x.value in VOCABULARY for x in sides
+                ):
+                    found.append(f"{name}:{node.lineno}: {ast.unparse(node)}")
+    assert found == []
+    sample = ast.parse('a.config.kind == "lit"; b.dtype.kind == "f"; d.get("kind") != "lit"')
+    assert [_kind_read(n.value.left) for n in sample.body] == [True, False, True]

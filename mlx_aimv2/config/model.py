@@ -11,6 +11,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Optional
 
+from .. import kinds
 from ..errors import UserError
 
 
@@ -83,7 +84,7 @@ class TextConfig:
 class ModelConfig:
     """What a checkpoint folder's config.json describes: a vision encoder, or the LiT pair."""
 
-    kind: str = "vision"  # "vision" | "lit"
+    kind: str = kinds.VISION_MODEL  # kinds.VISION_MODEL | kinds.LIT_MODEL
     vision: VisionConfig = field(default_factory=VisionConfig)
     text: Optional[TextConfig] = None
     projection_dim: int = 768
@@ -96,7 +97,7 @@ class ModelConfig:
         d = {"format": "mlx_aimv2", "kind": self.kind, "name": self.name, "vision": self.vision.to_dict()}
         if self.quantization:
             d["quantization"] = dict(self.quantization)
-        if self.kind == "lit":
+        if kinds.is_lit(self):
             d.update(
                 text=self.text.to_dict(),
                 projection_dim=self.projection_dim,
@@ -182,7 +183,7 @@ def _published() -> dict[str, ModelConfig]:
     )
     lit_vision = dataclasses.replace(vision_preset("large", 224), use_head=True)
     out["aimv2-large-patch14-224-lit"] = ModelConfig(
-        kind="lit", vision=lit_vision, text=TextConfig(), name="aimv2-large-patch14-224-lit"
+        kind=kinds.LIT_MODEL, vision=lit_vision, text=TextConfig(), name="aimv2-large-patch14-224-lit"
     )
     return out
 
@@ -197,7 +198,7 @@ def architecture_name(c: ModelConfig) -> str:
             return name
     v = c.vision
     res = v.image_size if v.image_size else "native"
-    return f"aimv2{'-lit' if c.kind == 'lit' else ''} {v.hidden_size}-wide {v.depth}-block patch{v.patch_size}-{res}"
+    return f"aimv2{'-lit' if kinds.is_lit(c) else ''} {v.hidden_size}-wide {v.depth}-block patch{v.patch_size}-{res}"
 
 
 def preset(name: str) -> ModelConfig:
@@ -228,7 +229,7 @@ def count_vision_params(c: VisionConfig, num_patches: Optional[int] = None) -> i
 
 def count_params(c: ModelConfig) -> int:
     n = count_vision_params(c.vision)
-    if c.kind == "lit":
+    if kinds.is_lit(c):
         t = c.text
         n += t.vocab_size * t.hidden_size + t.context_length * t.hidden_size
         n += t.depth * _block_params(t.hidden_size, t.mlp_hidden) + t.hidden_size
@@ -239,7 +240,7 @@ def count_params(c: ModelConfig) -> int:
 def block_linear_params(c: ModelConfig) -> int:
     """Weights in the transformer blocks' linear layers: what quantization packs."""
     n = c.vision.depth * (4 * c.vision.hidden_size**2 + 3 * c.vision.hidden_size * c.vision.mlp_hidden)
-    if c.kind == "lit":
+    if kinds.is_lit(c):
         t = c.text
         n += t.depth * (4 * t.hidden_size**2 + 3 * t.hidden_size * t.mlp_hidden)
     return n

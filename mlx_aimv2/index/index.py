@@ -24,7 +24,7 @@ import numpy as np
 from PIL import Image
 from tqdm import tqdm
 
-from .. import owner
+from .. import kinds, owner
 from ..api import load, load_default
 from ..environment import release_cache
 from ..errors import ModelChanged, UserError
@@ -203,7 +203,7 @@ class Index:
         """For text terms: the index's model, or, until an image needs it, its text side only (a text
         query then reads a fraction of the weights: api.load(text_only=True))."""
         stored = self.store.get_meta("model")
-        if self._model is not None or stored is None or stored.get("kind") != "lit":
+        if self._model is not None or stored is None or not kinds.is_lit(stored):
             return self.model
         if self._text is None:
             self._text = self._stored_model(stored, text_only=True)
@@ -221,7 +221,7 @@ class Index:
     def _embed_rows(self, items, errors: list, read: Callable, batch_size: int, cancel=None):
         """(item, unit-length float32 embedding) for images: LiT's projected embedding, else the mean of tokens."""
         m = self.model
-        pool = "attn" if m.config.kind == "lit" else "mean"
+        pool = "attn" if kinds.is_lit(m.config) else "mean"
         for item, feats in m.iter_embed(
             items, pool=pool, errors=errors, batch_size=batch_size, read=read, cancel=cancel
         ):
@@ -432,7 +432,7 @@ class Index:
     def _encode(self, term: Term) -> np.ndarray:
         m = self.model if term.image else self._text_model()
         if not term.image:
-            if m.config.kind != "lit":
+            if not kinds.is_lit(m.config):
                 raise UserError(
                     f"{self.path} was built with {m.config.name}, an image-only model: search it "
                     f"with images, or index with a LiT model (e.g. demo-lit) for text search"

@@ -31,7 +31,7 @@ from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
-from .. import __version__
+from .. import __version__, kinds
 from ..errors import IndexFault, ModelChanged, UserError
 from ..index.query import Term, parse
 from .batcher import Batcher
@@ -61,7 +61,7 @@ def error(status: int, message: str) -> JSONResponse:
 
 def build_app(s: Settings) -> Starlette:
     model = s.model
-    lit = model.config.kind == "lit"
+    lit = kinds.is_lit(model.config)
 
     def encode_images(images: list) -> np.ndarray:
         if lit:

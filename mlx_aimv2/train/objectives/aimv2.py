@@ -10,7 +10,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ... import checkpoints, cpu
+from ... import checkpoints, cpu, kinds
 from ...errors import UserError
 from ...models import lora
 from ...models.decoder import AIMv2PreTrainer, init_weights
@@ -61,7 +61,7 @@ class AIMv2Objective(Objective):
             dequantize(module)
             mcfg.quantization = None
             self.log(f"note: {cfg.init} is quantized; training starts from its dequantized weights")
-        enc = module.image_encoder if mcfg.kind == "lit" else module
+        enc = module.image_encoder if kinds.is_lit(mcfg) else module
         vision = mcfg.vision
         vision.use_head = False
         if not vision.native and vision.image_size != cfg.image_size:

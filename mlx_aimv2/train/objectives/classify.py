@@ -18,7 +18,7 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ... import checkpoints, cpu
+from ... import checkpoints, cpu, kinds
 from ...config import ModelConfig
 from ...data.labelled import ClassLabelEncoder, open_labelled
 from ...data.stream import TrainStream
@@ -40,7 +40,7 @@ class Classify(Objective):
         super().__init__(cfg, out, rank, size, log)
         self.encoder, self.config, self.preprocessor = _init_encoder(cfg.init)
         self.quantized = self.config.quantization
-        if self.config.kind == "lit":
+        if kinds.is_lit(self.config):
             self.encoder = self.encoder.image_encoder
         if self.quantized and cfg.tune != "lora":
             dequantize(self.encoder)  # only LoRA keeps a frozen quantized base

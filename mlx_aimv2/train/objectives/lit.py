@@ -15,7 +15,7 @@ from pathlib import Path
 import mlx.core as mx
 import mlx.nn as nn
 
-from ... import cpu
+from ... import cpu, kinds
 from ...config import ModelConfig, TextConfig, swiglu_hidden
 from ...data.sources import read_all
 from ...data.stream import TokenStream
@@ -56,7 +56,7 @@ class LiT(Objective):
     @property
     def tuning_lit(self) -> bool:
         """Whether init is a LiT model, whose own text side continues training."""
-        return self.frozen.config.kind == "lit"
+        return kinds.is_lit(self.frozen.config)
 
     def tokenizer(self, sources):
         if not self.tuning_lit:

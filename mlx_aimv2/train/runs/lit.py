@@ -25,7 +25,7 @@ def load_tuner(ckpt: Path, state: dict, vision: VisionConfig) -> LiTTuner:
     """The tuner of a LiT run's checkpoint (its config is in the checkpoint's state)."""
     d = state["lit"]
     config = ModelConfig(
-        kind="lit",
+        kind=kinds.LIT_MODEL,
         vision=vision,
         text=TextConfig.from_dict(d["text"]),
         projection_dim=d["projection_dim"],
@@ -73,7 +73,7 @@ def lit_module(frozen: AIMv2, tuner: LiTTuner, name: str):
     vision = dataclasses.replace(frozen.config.vision, use_head=True, head_bias=True)
     c = tuner.config
     config = ModelConfig(
-        kind="lit",
+        kind=kinds.LIT_MODEL,
         vision=vision,
         text=c.text,
         projection_dim=c.projection_dim,
