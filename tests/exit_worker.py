@@ -6,6 +6,7 @@ exception", signal 6); the test counts the runs that end any other way than exit
     python exit_worker.py CALL WORKDIR      CALL: load embed index search classify caption export train
 """
 
+import os
 import sys
 import threading
 from pathlib import Path
@@ -34,7 +35,7 @@ CALLS = {
     "search": lambda: mlx_aimv2.Index(work / "lib.aimv2").search(text="a red circle", k=3),
     "classify": lambda: mlx_aimv2.load("demo-lit").classify([IMAGE], ["red", "blue"]),
     "caption": lambda: __import__("mlx_aimv2.caption").caption.load(work / "run")([IMAGE]),
-    "export": lambda: __import__("mlx_aimv2.export").export.export("demo", work / "exported", overwrite=True),
+    "export": lambda: __import__("mlx_aimv2.export").export.export("demo", work / f"exported-{os.getpid()}"),
     "train": lambda: train(work / f"run-{threading.get_ident()}"),
 }
 
