@@ -69,6 +69,18 @@ class Writer:
     def __len__(self) -> int:
         return len(self.names)
 
+    def expect(self, arrays: int, ragged: bool) -> None:
+        """Refuse, before any work, what this format cannot hold: .npy is one array of one size."""
+        if self.path.suffix != ".npy":
+            return
+        if arrays > 1:
+            raise UserError(f"{self.path}: .npy holds one array, and --layers adds more; use .safetensors or .jsonl")
+        if ragged:
+            raise UserError(
+                f"{self.path}: the native model's tokens differ in size per image and .npy holds one "
+                f"array; use {' or '.join(RAGGED_FORMATS)}"
+            )
+
     def add(self, name: str, row: dict) -> None:
         self.names.append(name)
         if self.stream is not None:

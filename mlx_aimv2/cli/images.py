@@ -56,19 +56,8 @@ def embed(
             raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
         m = load_default("vision", revision)[0] if model is None else load(model, revision)
         layer_ids = m.check_layers(parse_layers(layers))
-        if output is not None and output.suffix == ".npy" and layer_ids:
-            raise UserError(f"{output}: .npy holds one array, and --layers adds more; use .safetensors or .jsonl")
-        if (
-            output is not None
-            and output.suffix == ".npy"
-            and pool == "none"
-            and m.config.vision.native
-            and len(files) > 1
-        ):
-            raise UserError(
-                f"{output}: the native model's tokens differ in size per image and .npy holds one "
-                f"array; use {' or '.join(writers.RAGGED_FORMATS)}"
-            )
+        if writer is not None:
+            writer.expect(1 + len(layer_ids or ()), ragged=pool == "none" and m.config.vision.native and len(files) > 1)
         from tqdm import tqdm
 
         it = m.iter_embed(files, pool, layer_ids, batch_size, errors=errors, fast_decode=fast_decode)

@@ -13,7 +13,8 @@ from ..api import load, load_default
 from ..environment import limit_cache
 from ..errors import UserError
 from ..index import Index
-from .app import Settings, build_app
+from .app import build_app
+from .service import Settings
 
 LOCAL_HOSTS = ("127.0.0.1", "localhost", "::1")
 
