@@ -22,7 +22,7 @@ from . import owner
 from .errors import UserError
 from .models.completion import next_patches, unpatchify
 from .preprocess import ImageLike, decode_ahead
-from .train.runs import load_captioner, load_pretrainer
+from .runs import load_captioner, load_pretrainer
 
 
 class CaptionModel:

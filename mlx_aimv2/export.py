@@ -16,7 +16,7 @@ import mlx.core as mx
 import numpy as np
 from mlx.utils import tree_flatten
 
-from . import finetuned, hub, kinds, modelcard, owner
+from . import finetuned, hub, kinds, modelcard, owner, runs
 from .atomic import check_destination, write_folder
 from .checkpoints import (
     HF_BLOCK,
@@ -38,7 +38,6 @@ from .errors import UserError
 from .inference import preprocessor_of
 from .models import lora
 from .quantize import dequantize, quantize
-from .train import runs
 
 
 def _inverse(table: dict) -> dict:

@@ -6,7 +6,7 @@ module asks here: `model_kind(folder)`, `run_kind(state)`, `is_run(path)`, `newe
 Folders written before kinds were recorded are told by one fallback, `_sniffed_model_kind`.
 
 The layout of a run folder (checkpoints/step_NNNNNNNN/{state.json, model.safetensors,
-optimizer.safetensors} and a `latest` pointer) is read here too; train/snapshots.py writes it.
+optimizer.safetensors} and a `latest` pointer) is read here too, to tell a run; runs/snapshots.py writes it.
 """
 
 from __future__ import annotations

@@ -454,3 +454,14 @@ def test_no_function_is_over_80_lines():
             if isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 80:
                 long.append(f"{name}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
     assert long == []
+
+
+def test_only_the_train_command_enters_the_training_package():
+    """A run folder is read and written in mlx_aimv2.runs: export, caption and the rest ask there,
+    never the training loop's package (export and caption imported train.runs)."""
+    outside = {
+        name: sorted({t for t, _ in _imports(name) if t == "mlx_aimv2.train" or t.startswith("mlx_aimv2.train.")})
+        for name in MODULES
+        if not name.startswith("mlx_aimv2.train") and name != "mlx_aimv2.cli.training"
+    }
+    assert {k: v for k, v in outside.items() if v} == {}

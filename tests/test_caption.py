@@ -72,7 +72,7 @@ def test_complete_shows_the_next_patch_predictions_the_image_loss_scores(runs, t
     """Issue 20, part 5: the decoder's predictions after a prefix of K patches; their MSE over the
     predicted patches is the image loss for that prefix (the model's own losses, to 1e-5)."""
     from mlx_aimv2.models.completion import next_patches, unpatchify
-    from mlx_aimv2.train.runs import load_pretrainer
+    from mlx_aimv2.runs import load_pretrainer
 
     data, run, _ = runs
     model, _, pre, cfg = load_pretrainer(run, "image")

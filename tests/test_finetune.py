@@ -13,12 +13,11 @@ from helpers import QUIET, cli, one_clear_line, tiny_config
 from mlx.utils import tree_flatten
 
 import mlx_aimv2
-from mlx_aimv2 import checkpoints, owner
+from mlx_aimv2 import checkpoints, owner, runs
 from mlx_aimv2.config import ModelConfig, load_config, vision_preset
 from mlx_aimv2.data.synth import write_labelled
 from mlx_aimv2.models import AIMv2VisionEncoder, lora
 from mlx_aimv2.quantize import quantize, spec
-from mlx_aimv2.train import runs
 from mlx_aimv2.train.trainer import Trainer
 
 

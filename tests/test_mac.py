@@ -324,7 +324,7 @@ def test_two_cases_are_one_key_on_a_case_insensitive_volume(tmp_path, monkeypatc
 
 @pytest.mark.parametrize("answer", [errno.ENOTSUP, errno.ENOLCK, errno.EOPNOTSUPP])
 def test_a_volume_that_cannot_lock_warns_and_trains(tmp_path, monkeypatch, answer):
-    from mlx_aimv2.train import snapshots
+    from mlx_aimv2.runs import snapshots
     from mlx_aimv2.train.trainer import Trainer
 
     def smb_flock(fd, op):
@@ -342,7 +342,7 @@ def test_a_volume_that_cannot_lock_warns_and_trains(tmp_path, monkeypatch, answe
 
 def test_a_lock_held_by_another_process_still_refuses(tmp_path, monkeypatch):
     from mlx_aimv2.errors import UserError
-    from mlx_aimv2.train import snapshots
+    from mlx_aimv2.runs import snapshots
 
     def held(fd, op):
         raise BlockingIOError(errno.EWOULDBLOCK, "Resource temporarily unavailable")

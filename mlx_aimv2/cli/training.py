@@ -42,7 +42,7 @@ def train(
     text side onto a frozen --init encoder (--objective lit), or fine-tune --init as a classifier
     (--objective classify; --set tune=lora|full|head)."""
     from ..config import build_config, read_config
-    from ..train.snapshots import saved_config
+    from ..runs.snapshots import saved_config
     from ..train.trainer import Trainer
 
     flags = dict(

@@ -29,7 +29,7 @@ from ..data.sources import Sample, first_sample
 from ..data.stream import Skips, require_mlx_data
 from ..errors import UserError
 from ..paths import children
-from . import snapshots
+from ..runs import snapshots
 from .objectives import objective_class
 from .optim import DecoupledAdamW, schedule
 from .reporter import Reporter

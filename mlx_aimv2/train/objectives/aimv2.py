@@ -15,7 +15,7 @@ from ...errors import UserError
 from ...models import lora
 from ...models.decoder import AIMv2PreTrainer, init_weights
 from ...quantize import dequantize
-from ..runs import encoder_preprocessor, save_encoder
+from ...runs import encoder_preprocessor, save_encoder
 from .base import Objective, RankShare
 
 

@@ -28,7 +28,7 @@ from ...kinds import is_run
 from ...models import lora
 from ...models.classifier import Classifier
 from ...quantize import dequantize
-from ..runs import load_encoder, save_classifier
+from ...runs import load_encoder, save_classifier
 from .base import Objective, RankShare
 
 

@@ -22,7 +22,7 @@ from ...data.stream import TokenStream
 from ...errors import UserError
 from ...models.decoder import init_weights
 from ...models.lit import LiTTuner
-from ..runs import frozen_encoder, lit_tokenizer_files, save_lit
+from ...runs import frozen_encoder, lit_tokenizer_files, save_lit
 from ..token_cache import TokenCache, files_fingerprint
 from .base import Objective, RankShare
 

@@ -9,11 +9,11 @@ from typing import Optional
 
 import mlx.core as mx
 
-from ... import checkpoints, kinds
-from ...atomic import check_destination
-from ...config import ModelConfig
-from ...models import build as build_model
-from ...models import lora
+from .. import checkpoints, kinds
+from ..atomic import check_destination
+from ..config import ModelConfig
+from ..models import build as build_model
+from ..models import lora
 from .classifier import classifier_run, save_classifier
 from .common import newest
 from .lit import lit_module, lit_preprocessor, load_lit

@@ -5,10 +5,10 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from ... import checkpoints, kinds
-from ...config import ModelConfig, VisionConfig
-from ...errors import UserError
-from ...models import lora
+from .. import checkpoints, kinds
+from ..config import ModelConfig, VisionConfig
+from ..errors import UserError
+from ..models import lora
 
 is_run = kinds.is_run
 

@@ -9,14 +9,14 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from ... import checkpoints, cpu, hub, kinds
-from ...config import DecoderConfig, ModelConfig, TrainConfig, VisionConfig, saved_run_config
-from ...errors import UserError
-from ...models import AIMv2VisionEncoder, lora
-from ...models.captioner import Captioner
-from ...models.decoder import AIMv2PreTrainer
-from ...preprocess import Preprocessor
-from ...tokenizer import TextTokenizer, load_tokenizer
+from .. import checkpoints, cpu, hub, kinds
+from ..config import DecoderConfig, ModelConfig, TrainConfig, VisionConfig, saved_run_config
+from ..errors import UserError
+from ..models import AIMv2VisionEncoder, lora
+from ..models.captioner import Captioner
+from ..models.decoder import AIMv2PreTrainer
+from ..preprocess import Preprocessor
+from ..tokenizer import TextTokenizer, load_tokenizer
 from .common import _weights, add_run_lora, encoder_preprocessor, is_run, newest
 
 DECODER, DECODER_WEIGHTS = kinds.DECODER_FILE, "decoder.safetensors"

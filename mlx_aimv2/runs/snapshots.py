@@ -1,6 +1,6 @@
 """A training run's snapshots (its checkpoints): model, optimizer, step, data positions and config,
 written atomically (a temp folder renamed into place), with a `latest` pointer and the last K kept;
-the run folder's lock. kinds.py reads the layout back (newest_checkpoint, read_run_state)."""
+the run folder's lock. kinds.py tells a run folder by this layout (newest_checkpoint, read_run_state)."""
 
 from __future__ import annotations
 

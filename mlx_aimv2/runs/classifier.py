@@ -6,12 +6,12 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from ... import checkpoints, finetuned, kinds
-from ...config import ModelConfig, TrainConfig, VisionConfig, saved_run_config
-from ...models import build as build_model
-from ...models import lora
-from ...models.classifier import Classifier
-from ...quantize import quantize
+from .. import checkpoints, finetuned, kinds
+from ..config import ModelConfig, TrainConfig, VisionConfig, saved_run_config
+from ..models import build as build_model
+from ..models import lora
+from ..models.classifier import Classifier
+from ..quantize import quantize
 from .common import _weights, add_run_lora, newest
 
 

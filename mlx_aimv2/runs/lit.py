@@ -10,13 +10,13 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from ... import checkpoints, cpu, kinds
-from ...config import ModelConfig, TextConfig, TrainConfig, VisionConfig
-from ...errors import UserError
-from ...inference import AIMv2, Encoder, LiTModel, open_model
-from ...models import AIMv2LiT
-from ...models.lit import LiTTuner
-from ...preprocess import Preprocessor
+from .. import checkpoints, cpu, kinds
+from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig
+from ..errors import UserError
+from ..inference import AIMv2, Encoder, LiTModel, open_model
+from ..models import AIMv2LiT
+from ..models.lit import LiTTuner
+from ..preprocess import Preprocessor
 from .common import _weights
 from .pretraining import load_encoder
 

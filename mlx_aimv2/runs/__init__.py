@@ -1,6 +1,8 @@
-"""A training run's folder, read back by kind (kinds.run_kind): pre-training, LiT tuning, fine-tuning;
-its newest checkpoint, what it trained, and the model folder it exports to. `export`, the CLI and LiT
-tuning (a run as the frozen encoder) use it; nothing here runs the training loop."""
+"""A training run's folder, written and read in this package alone: its checkpoints and lock
+(snapshots.py, which the trainer writes through), and, by kind (kinds.run_kind: pre-training, LiT
+tuning, fine-tuning), what it trained read back as models and the model folder it exports to.
+`export`, `caption`, the CLI and the objectives ask here; nothing here runs the training loop, and
+nothing outside the trainer imports the loop's package for a run folder."""
 
 from .classifier import classifier_run, save_classifier
 from .common import add_run_lora, encoder_preprocessor, is_run, newest
