@@ -465,3 +465,11 @@ def test_only_the_train_command_enters_the_training_package():
         if not name.startswith("mlx_aimv2.train") and name != "mlx_aimv2.cli.training"
     }
     assert {k: v for k, v in outside.items() if v} == {}
+
+
+def test_test_files_are_named_by_what_they_test():
+    """Not by when they were written: no version or issue number in a test file's name."""
+    named_by_history = [
+        f.name for f in Path(__file__).parent.glob("test_*.py") if re.search(r"_v\d|issue|\d{2}", f.stem)
+    ]
+    assert named_by_history == []

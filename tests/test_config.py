@@ -3,7 +3,7 @@
 import pytest
 from mlx.utils import tree_flatten
 
-from mlx_aimv2.config import PRESETS, ModelConfig, VisionConfig, count_params, preset, swiglu_hidden
+from mlx_aimv2.config import PRESETS, ModelConfig, VisionConfig, count_params, load_config, preset, swiglu_hidden
 from mlx_aimv2.errors import UserError
 from mlx_aimv2.models import build
 
@@ -40,3 +40,26 @@ def test_unknown_names_and_keys():
         preset("aimv2-giant")
     with pytest.raises(UserError, match="unknown vision config key"):
         VisionConfig.from_dict({"hidden": 3})
+
+
+@pytest.mark.parametrize("key", ["lora_rank=8", "lora_alpha=32", "lora_layers=2", "merge_lora=false"])
+def test_a_lora_key_without_tune_lora_is_refused(key, tmp_path):
+    k, v = key.split("=")
+    with pytest.raises(UserError, match="add --set tune=lora"):
+        load_config(overrides={"data": "x", "out": str(tmp_path), "init": "demo", "objective": "classify"}, sets=[key])
+    assert load_config(overrides={"data": "x", "init": "demo", "objective": "classify"}, sets=["tune=lora", key])
+
+
+def test_a_key_of_another_objective_is_refused(tmp_path):
+    with pytest.raises(UserError, match="read only by objective lit"):
+        load_config(overrides={"data": "x", "out": str(tmp_path)}, sets=["lit_loss=sigmoid"])
+
+
+def test_config_values_of_the_wrong_type_are_one_line(tmp_path):
+    for bad, word in (("lora_rank=x", "lora_rank"), ("steps=-3", "steps"), ("lr=nan", "lr"), ("tune=most", "tune"),
+                      ("crop_scale=[0.9,0.1]", "crop_scale"), ("betas=1", "betas")):  # fmt: skip
+        sets = [bad, "tune=lora"] if bad.startswith("lora") else [bad]
+        with pytest.raises(UserError, match=word):
+            load_config(
+                overrides={"data": "x", "out": str(tmp_path), "init": "demo", "objective": "classify"}, sets=sets
+            )

@@ -297,3 +297,41 @@ def test_converted_dtype_and_name(ckpt, tmp_path):
     bf16 = mlx_aimv2.convert(str(model), tmp_path / "bf16", dtype="bfloat16")
     again = mlx_aimv2.convert(str(bf16), tmp_path / "again")  # no dtype asked: stays bf16
     assert all(v.dtype == mx.bfloat16 for v in mx.load(str(again / "model.safetensors")).values())
+
+
+@pytest.fixture(scope="module")
+def sharded(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("sharded") / "demo"
+    mlx_aimv2.convert("demo", folder, max_shard_size=200_000)
+    assert (folder / "model.safetensors.index.json").is_file()
+    return folder
+
+
+@pytest.mark.parametrize(
+    "index",
+    [
+        [1, 2],
+        {"weight_map": ["model-00001-of-00002.safetensors"]},
+        {"weight_map": {"a.weight": 3}},
+        {"weight_map": {"a.weight": ["x"]}},
+        {"weight_map": {"a.weight": "../../etc/passwd"}},
+        {"weight_map": {}},
+        "{not json",
+    ],
+)
+def test_a_shard_index_that_is_not_one_is_one_line(sharded, tmp_path, index):
+    """[1, 2], a list as weight_map or a number as a value gave TypeError / AttributeError tracebacks."""
+    folder = tmp_path / "m"
+    shutil.copytree(sharded, folder)
+    text = index if isinstance(index, str) else json.dumps(index)
+    (folder / "model.safetensors.index.json").write_text(text)
+    with pytest.raises(UserError, match="model.safetensors.index.json"):
+        mlx_aimv2.load(str(folder))
+    one_clear_line(run("embed", PHOTO, "--model", folder), "model.safetensors.index.json")
+
+
+@pytest.mark.parametrize("size", ["1" + "0" * 400, "1e400GB", "-5MB", "0"])
+def test_a_shard_size_past_any_disk_or_below_a_byte_is_one_line(tmp_path, size):
+    """1 followed by 400 zeros gave OverflowError."""
+    one_clear_line(run("convert", "demo", tmp_path / "out", "--max-shard-size", size), "--max-shard-size")
+    assert not (tmp_path / "out").exists()

@@ -5,6 +5,7 @@ of killed writers, and a host process whose warning and logging set-up must stay
 import json
 import logging
 import os
+import shutil
 import subprocess
 import sys
 import warnings
@@ -12,13 +13,17 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PHOTO, cli, read_only_folder
+from helpers import PHOTO, ROOT, cli, one_clear_line, read_only_folder
 from helpers import one_clear_line as one_line
 from PIL import Image
 
 import mlx_aimv2
 from mlx_aimv2.atomic import TMP_PREFIX
+from mlx_aimv2.config import load_config
+from mlx_aimv2.data.synth import write_synthetic
 from mlx_aimv2.errors import UserError
+
+SCENES = ROOT / "examples" / "scenes" / "images"
 
 
 @pytest.fixture
@@ -188,3 +193,39 @@ def test_a_json_config_of_nan_is_refused(synth, tmp_path):
     cfg.write_text(json.dumps({"lr": float("nan")}))  # Python writes NaN, which json reads back
     one_line(cli("train", "--config", cfg, "--data", synth, "--out", tmp_path / "r"), "'lr' = nan")
     assert not (tmp_path / "r").exists()
+
+
+def test_embed_into_a_pipe_that_closes_ends_quietly(tmp_path):
+    shutil.copytree(SCENES, tmp_path / "photos")
+    r = subprocess.run(f"{sys.executable} -m mlx_aimv2 embed photos --model demo | head -1", shell=True, cwd=tmp_path,
+                       capture_output=True, text=True, timeout=300)  # fmt: skip
+    assert r.stdout.count("\n") == 1 and "embedding" in r.stdout
+    assert "error" not in r.stderr and "Broken pipe" not in r.stderr and "Exception ignored" not in r.stderr, r.stderr
+    assert not list(tmp_path.glob("*.partial*"))
+
+
+def test_one_progress_switch_silences_every_bar(three_shards, tmp_path, capfd):
+    from mlx_aimv2.train.trainer import Trainer
+
+    cfg = load_config(overrides=dict(data=str(three_shards), out=str(tmp_path / "run"), encoder="tiny", image_size=28,
+                                     batch_size=4, steps=2, threads=1, vocab_size=300))  # fmt: skip
+    Trainer(cfg, log=lambda *a: None, progress=False).run()
+    out, err = capfd.readouterr()
+    assert "it/s" not in err and "%|" not in err and "step" not in err, err
+
+
+def test_dupes_watch_and_zeroshot_refuse_what_cannot_work(tmp_path):
+    (tmp_path / "photos").mkdir()
+    shutil.copy(PHOTO, tmp_path / "photos" / "a.jpg")
+    db = tmp_path / "lib.aimv2"
+    assert cli("index", tmp_path / "photos", "--db", db, "--model", "demo-lit", "--no-progress").exit_code == 0
+    one_clear_line(cli("dupes", tmp_path / "nowhere.aimv2"), "no such index")
+    one_clear_line(cli("dupes", db, "--grid", tmp_path), "is a folder")
+    one_clear_line(cli("index", PHOTO, "--db", db, "--watch"), "folder")
+    with read_only_folder(None, tmp_path / "ro") as ro:  # a read-only disk: refused before any work
+        one_clear_line(cli("zeroshot", "--model", "demo-lit", "--data", tmp_path, "-o", ro / "z.json"), "z.json")
+
+
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("three_shards"), 24, size=32, shards=3)

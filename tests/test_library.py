@@ -245,3 +245,35 @@ def test_a_reader_waits_for_an_index_another_process_is_creating(tmp_path):
         reader.db.close()
     finally:
         creator.join()
+
+
+@pytest.mark.parametrize("when", ["between passes", "in the first pass"])
+def test_ctrl_c_ends_index_watch_with_130_and_keeps_what_was_committed(tmp_path, when):
+    """It exited 0, also in the middle of its first pass; every command exits 130 at Ctrl-C."""
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    n = 40
+    for i in range(n):
+        shutil.copy(PHOTO, photos / f"{i:03d}.jpg")
+    db = tmp_path / "lib.aimv2"
+    cmd = [sys.executable, "-m", "mlx_aimv2", "index", str(photos), "--db", str(db), "-m", "demo", "--watch",
+           "--no-progress", "-b", "2"]  # fmt: skip
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        want = n if when == "between passes" else 1
+        t0 = time.time()
+        while time.time() - t0 < 120:
+            if db.exists():
+                with mlx_aimv2.Index(db, read_only=True) as lib:
+                    if len(lib) >= want:
+                        break
+            time.sleep(0.05)
+        proc.send_signal(signal.SIGINT)
+        out, err = proc.communicate(timeout=60)
+    finally:
+        proc.kill()
+    assert proc.returncode == 130, err
+    assert "Traceback" not in err and "kept" in err.strip().splitlines()[-1], err
+    with mlx_aimv2.Index(db, read_only=True) as lib:
+        assert len(lib) >= want and len(lib) % 2 == 0 or len(lib) == n  # whole batches only
+    assert os.path.getsize(db) > 0

@@ -12,7 +12,7 @@ import time
 
 import numpy as np
 import pytest
-from helpers import write_shard
+from helpers import cli, one_clear_line, write_shard
 
 from mlx_aimv2.data import TrainStream, find_sources, write_synthetic
 from mlx_aimv2.data import sources as src
@@ -227,3 +227,42 @@ def test_hflip_off_keeps_the_crops_and_never_mirrors(synth):
     same = [np.array_equal(a, b) for a, b in zip(flipped["images"], plain["images"])]
     mirrored = [np.array_equal(a[:, ::-1], b) for a, b in zip(flipped["images"], plain["images"])]
     assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)
+
+
+def test_a_shard_folder_with_a_compressed_shard_beside_plain_ones_names_it(tmp_path):
+    """0.tar and 1.tar.gz: it trained on the .tar and never mentioned the .gz."""
+    from mlx_aimv2.data import write_synthetic
+
+    shards = write_synthetic(tmp_path / "s", 16, size=32, shards=2)
+    (shards / "00001.tar").rename(shards / "00001.tar.gz")
+    last = one_clear_line(cli("train", "--data", shards, "--out", tmp_path / "run", "--steps", "1"), "00001.tar.gz")
+    assert "unpack" in last and not (tmp_path / "run").exists()
+
+
+def test_a_hundred_million_shard_brace_range_answers_in_seconds(three_shards, tmp_path, monkeypatch):
+    """Matched against the disk: the 100 million names are never spelled out one by one."""
+    from mlx_aimv2.data import sources
+
+    def spelled(pattern):
+        raise AssertionError(f"{pattern}: the brace range was expanded name by name")
+
+    monkeypatch.setattr(sources, "braces", spelled)
+    r = cli("train", "--data", f"{three_shards}/{{00000..99999999}}.tar", "--out", tmp_path / "run", "--steps", "1")
+    last = one_clear_line(r, "100,000,000", "3 exist")
+    assert "00000.tar" in last and "00002.tar" in last
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.parametrize("name", ["00000.tar.gz", "00000.tgz", "00000.tar.zst"])
+def test_a_compressed_shard_is_refused_in_one_line(three_shards, tmp_path, name):
+    packed = tmp_path / "packed"
+    packed.mkdir()
+    (packed / name).write_bytes((three_shards / "00000.tar").read_bytes())
+    for data in (packed / name, packed, f"{packed}/{{00000..00000}}.{name.split('.', 1)[1]}"):
+        one_clear_line(cli("train", "--data", data, "--out", tmp_path / "run", "--steps", "1"), "compressed", "unpack")
+    assert not (tmp_path / "run").exists()
+
+
+@pytest.fixture(scope="module")
+def three_shards(tmp_path_factory):
+    return write_synthetic(tmp_path_factory.mktemp("three_shards"), 24, size=32, shards=3)
