@@ -1,7 +1,8 @@
 """The paper's ablations, small: objective (AIMv2 / image-only / text-only) and decoder size
 (1/2, 1/4, 1/8 of the encoder), each encoder probed the same way, with a random-init floor.
 
-Runs on the synthetic shapes set on a 2-core CPU in about 40 minutes:
+Runs on the synthetic shapes set on a 2-core CPU in about 25 minutes (docs/ablation.md: 25 minutes of
+wall time on the project's 2-vCPU machine):
 
     python examples/ablation.py --out runs/ablation --docs docs
 

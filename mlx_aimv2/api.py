@@ -52,5 +52,10 @@ def load_default(kind: str = "vision", revision: Optional[str] = None) -> tuple[
     except UserError as e:
         stand_in = hub.STAND_IN[kind]
         log.warning("%s", e)
-        log.warning("using the bundled %s checkpoint (%s) instead", stand_in, hub.BUNDLED[stand_in])
+        log.warning(
+            "using the bundled %s checkpoint (%s) instead: it was trained on synthetic scenes of coloured "
+            "shapes only, so its answers on real photos mean nothing",
+            stand_in,
+            hub.BUNDLED[stand_in],
+        )
         return load(stand_in), stand_in

@@ -159,6 +159,8 @@ def dupes(
         ]
         contact_sheet(paths, labels, grid)
         typer.echo(f"saved {grid}", err=as_json)
+    elif grid is not None:
+        typer.echo(f"no groups, so no contact sheet: {grid} was not written", err=True)
 
 
 COMMANDS = [index, search, dupes]

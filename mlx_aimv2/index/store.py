@@ -223,6 +223,16 @@ class Store:
                 pass
 
     def close(self) -> None:
+        """Close; a writer that is the file's last user puts it back in rollback-journal mode, so the
+        file stands alone (no -wal and -shm beside it, which a later read-only opener could neither
+        use without making nor remove). Another connection still open keeps it in WAL: no wait."""
+        if not self.read_only:
+            try:
+                self.db.commit()
+                self.db.execute("PRAGMA busy_timeout = 0")
+                self.db.execute("PRAGMA journal_mode = DELETE").fetchall()
+            except sqlite3.DatabaseError:
+                pass
         self.db.close()
 
     # -- meta ---------------------------------------------------------------------------------

@@ -134,7 +134,7 @@ class Trainer:
         if self.size > 1 and not getattr(self.stream, "by_shards", True):
             self.say(
                 f"note: {len(self.sources)} shard(s) for {self.size} ranks: every rank reads them all and keeps "
-                f"every {self.size}th sample; with at least as many shards as ranks each reads its own"
+                f"one sample in {self.size}; with at least as many shards as ranks each reads its own"
             )
 
     def _barrier(self) -> None:
