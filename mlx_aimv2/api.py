@@ -1,4 +1,4 @@
-"""The face for apps: `load(name_or_path)` -> the model class of the folder's kind.
+"""What an app calls first: `load(name_or_path)` -> the model class of the folder's kind.
 
 import mlx_aimv2
 model = mlx_aimv2.load("apple/aimv2-large-patch14-224")   # or a folder, a file, "demo"

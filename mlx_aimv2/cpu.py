@@ -1,8 +1,8 @@
-"""How MLX runs fast on a CPU: everything this package does differently there, in one room.
+"""How MLX runs fast on a CPU: everything this package does differently there, in this module.
 
 The models call MLX's own ops (`mx.fast.scaled_dot_product_attention`, `nn.silu`); that is what
 every Mac (Metal) and CUDA user runs. On MLX's CPU backend three things are slow, and this module
-fixes each at one seam (docs/performance.md has the measurements):
+fixes each at one place the models expose for it (docs/performance.md has the measurements):
 
 1. exp / sigmoid / softmax run a scalar path (15-30 ns per element) while plain arithmetic is
    vectorised, so `exp` below rebuilds exp from arithmetic; `use_kernels(model)` swaps the models'
@@ -259,7 +259,7 @@ def reset_blas_threads() -> None:
         blas.lib.openblas_set_num_threads(blas.n)
 
 
-# The seam: the model classes name their kernels as class attributes (MLX's ops); these replace them.
+# The models name their kernels as class attributes (MLX's ops); use_kernels replaces them with these.
 KERNELS = {"sdpa": attention, "act": silu, "per_stream": per_stream}
 
 

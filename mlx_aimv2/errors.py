@@ -12,15 +12,6 @@ class UserError(Exception):
     Only input at fault raises one: a bug keeps its own exception, and its traceback."""
 
 
-class IndexFault(UserError):
-    """The photo index on disk is at fault (damaged, or of another format): one line to the CLI, a
-    5xx from the server, since a request did nothing wrong."""
-
-
-class ModelChanged(IndexFault):
-    """The index's model is not the one it was built with: its vectors no longer compare (409)."""
-
-
 # What a reader raises for a file that is bad (truncated, foreign, not UTF-8, not JSON / TOML / YAML,
 # damaged safetensors or pickle), as opposed to a bug in our code (TypeError, AttributeError, ...).
 # MLX words a bad file as RuntimeError("[load] ..."); tokenizers raises plain Exception.

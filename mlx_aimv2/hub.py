@@ -116,7 +116,7 @@ def resolve(name: str, revision: Optional[str] = None) -> Path:
 def download(name: str, revision: Optional[str] = None) -> Path:
     """A hub repo's checkpoint files, downloaded or from the local cache; each failure its own line."""
     # huggingface_hub takes half a second to import, so it loads here, where a name must be fetched:
-    # `import mlx_aimv2` and the CLI start without it (with the CLI's commands, the package's lazy seam)
+    # `import mlx_aimv2` and the CLI start without it (with the CLI's commands, the package's one import inside functions)
     from huggingface_hub import snapshot_download
     from huggingface_hub.errors import (
         GatedRepoError,
@@ -178,7 +178,7 @@ def _refused(repo: str, error) -> UserError:
 
 
 def _cached(repo: str, where: str, kwargs: dict) -> Path:
-    from huggingface_hub import snapshot_download  # the lazy seam (see download)
+    from huggingface_hub import snapshot_download  # imported here, not at the top (see download)
 
     try:
         return Path(snapshot_download(local_files_only=True, **kwargs))
@@ -195,7 +195,7 @@ def _not_cached(where: str) -> UserError:
 
 def fetch_file(repo: str, filename: str, revision: Optional[str] = None) -> Path:
     """One file of a hub repo: downloaded, or from the local cache when offline or unreachable."""
-    from huggingface_hub import hf_hub_download  # the lazy seam (see download)
+    from huggingface_hub import hf_hub_download  # imported here, not at the top (see download)
 
     for local_only in [True] if _offline() else [False, True]:
         try:
@@ -219,7 +219,7 @@ def upload(folder: Path, repo: str, private: bool = False) -> str:
     """Push a folder to the hub as the model repo `repo` (made if missing); its URL. The folder stays
     as it is whatever happens; a refusal (no token, no network, offline) is one line saying how to
     upload it later."""
-    from huggingface_hub import HfApi  # the lazy seam (see download)
+    from huggingface_hub import HfApi  # imported here, not at the top (see download)
     from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     later = f"the folder is written at {folder}; upload it later with `hf upload {repo} {folder}`"

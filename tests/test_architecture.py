@@ -1,5 +1,5 @@
 """The house, drawn from the imports and the registries: no import circles, each layer importing
-only downward, imports at the top but for the documented lazy seams, one table per fact."""
+only downward, imports at the top but where start-up time needs them late, one table per fact."""
 
 import ast
 import dataclasses
@@ -66,7 +66,7 @@ def _imports(name: str, top_only: bool = False) -> list[tuple[str, bool]]:
 
 def _graph(top_only: bool = False) -> dict[str, set]:
     """Module -> the modules of ours it imports, with the packages a dotted import runs on the way
-    (but the root package, the face that imports everything, and the module's own packages)."""
+    (but the root package, which imports everything for its public names, and the module's own packages)."""
     g = {}
     for name in MODULES:
         deps = set()

@@ -182,7 +182,7 @@ def test_two_indexers_opened_together_on_a_new_database_never_mix_models(work, t
     """The race, taken step by step: both open the new file before either has a model; the first
     to record its model owns the index, the other is refused before its first row."""
     import mlx_aimv2
-    from mlx_aimv2.errors import ModelChanged
+    from mlx_aimv2.index.faults import ModelChanged
     from mlx_aimv2.index.index import _load_new
 
     db = tmp_path / "t.aimv2"
@@ -218,7 +218,7 @@ def test_a_mixed_database_is_reported_damaged_never_read(work, tmp_path):
     import sqlite3
 
     import mlx_aimv2
-    from mlx_aimv2.errors import IndexFault
+    from mlx_aimv2.index.faults import IndexFault
 
     db = tmp_path / "mixed.aimv2"
     with mlx_aimv2.Index(db, model="demo") as lib:

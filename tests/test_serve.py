@@ -322,7 +322,7 @@ def test_the_page_in_a_real_headless_browser(server, library, tmp_path):
 def test_the_index_at_fault_is_a_5xx_or_409_not_a_4xx(library, monkeypatch):
     """A damaged index is the server's fault (500) and an index whose model changed a conflict (409):
     the request did nothing wrong, so neither is a 400."""
-    from mlx_aimv2.errors import IndexFault, ModelChanged
+    from mlx_aimv2.index.faults import IndexFault, ModelChanged
 
     db, photos = library
     settings = open_settings(db=db, allow=[photos])

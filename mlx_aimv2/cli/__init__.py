@@ -2,7 +2,7 @@
 images, training, evaluation, library, serving). Each command parses its flags, calls the library
 and prints; none computes with tensors. Every command's errors are one line (common.user_errors).
 
-A lazy seam (README: Layout): each command imports the library it calls in its own body, so that
+Imports inside functions (CONTRIBUTING: Layout): each command imports the library it calls in its own body, so that
 `--version`, `--help` and a mistyped command start without loading mlx-data, the training loop or
 matplotlib.
 """

@@ -27,11 +27,12 @@ from tqdm import tqdm
 from .. import kinds, owner
 from ..api import load, load_default
 from ..environment import release_cache
-from ..errors import ModelChanged, UserError
+from ..errors import UserError
 from ..paths import canonical, canonical_all, expand_paths
 from ..preprocess import load_image
 from . import vectors
 from .dupes import DEFAULT_THRESHOLD, groups, pair_scores
+from .faults import ModelChanged
 from .query import Term, combine, terms_of
 from .ranking import top_k
 from .store import Row, Store, db_error

@@ -20,7 +20,8 @@ from typing import Iterable, Optional
 
 import numpy as np
 
-from ..errors import IndexFault, UserError
+from ..errors import UserError
+from .faults import IndexFault
 
 SCHEMA_VERSION = 1
 _SCHEMA = """

@@ -40,7 +40,7 @@ class Classifier(nn.Module):
         self.encoder = encoder
         self.classifier = AttentiveHead(encoder.config.hidden_size, classes)
 
-    # The seam for cpu.use_kernels, as on the pre-training model: per_stream(fn, *batch) computes a
+    # Replaced by cpu.use_kernels, as on the pre-training model: per_stream(fn, *batch) computes a
     # training batch's forward; on MLX's CPU backend cpu.per_stream spreads it over the CPU streams.
     per_stream = staticmethod(in_one_piece)
 

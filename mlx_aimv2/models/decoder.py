@@ -48,7 +48,7 @@ class MultimodalDecoder(nn.Module):
 class AIMv2PreTrainer(nn.Module):
     """Encoder (prefix attention) + decoder + the two losses. `objective`: aimv2 | image | text."""
 
-    # The seam for cpu.use_kernels: per_stream(fn, *batch) computes a batch's forward; on MLX's CPU
+    # Replaced by cpu.use_kernels: per_stream(fn, *batch) computes a batch's forward; on MLX's CPU
     # backend cpu.per_stream spreads its samples over one stream per core. The losses stay whole.
     per_stream = staticmethod(in_one_piece)
 

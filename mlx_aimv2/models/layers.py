@@ -2,7 +2,7 @@
 
 Attribute names mirror ml-aim's checkpoint keys (norm_1, attn.qkv, attn.proj, norm_2,
 mlp.fc1/fc2/fc3, post_trunk_norm) so Apple's mlx_model.safetensors loads with strict=True.
-The layers call MLX's own ops through two class attributes, `sdpa` and `act`: the one seam where
+The layers call MLX's own ops through two class attributes, `sdpa` and `act`: the one place where
 cpu.use_kernels puts faster CPU kernels in their place.
 """
 

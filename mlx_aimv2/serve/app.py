@@ -32,7 +32,8 @@ from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
 
 from .. import __version__
-from ..errors import IndexFault, ModelChanged, UserError
+from ..errors import UserError
+from ..index.faults import IndexFault, ModelChanged
 from ..index.query import Term, parse
 from .inputs import MAX_BODY, BadRequest, decode_image, looks_like_image, parse_json, text_list, unicode_text
 from .service import Service, Settings
