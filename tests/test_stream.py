@@ -3,18 +3,21 @@ shard order changes each epoch; captions files split into ranges; the stream's s
 exactly (in process, and after kill -9 of a real run); a shard that vanishes mid-run is counted."""
 
 import builtins
+import gzip
 import json
 import os
+import shutil
 import signal
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
 from helpers import cli, one_clear_line, write_shard
 
-from mlx_aimv2.data import TrainStream, find_sources, write_synthetic
+from mlx_aimv2.data import TrainStream, find_sources, unpacked, write_synthetic
 from mlx_aimv2.data import sources as src
 
 
@@ -229,16 +232,6 @@ def test_hflip_off_keeps_the_crops_and_never_mirrors(synth):
     assert all(s or m for s, m in zip(same, mirrored)) and any(mirrored) and any(same)
 
 
-def test_a_shard_folder_with_a_compressed_shard_beside_plain_ones_names_it(tmp_path):
-    """0.tar and 1.tar.gz: it trained on the .tar and never mentioned the .gz."""
-    from mlx_aimv2.data import write_synthetic
-
-    shards = write_synthetic(tmp_path / "s", 16, size=32, shards=2)
-    (shards / "00001.tar").rename(shards / "00001.tar.gz")
-    last = one_clear_line(cli("train", "--data", shards, "--out", tmp_path / "run", "--steps", "1"), "00001.tar.gz")
-    assert "unpack" in last and not (tmp_path / "run").exists()
-
-
 def test_a_hundred_million_shard_brace_range_answers_in_seconds(three_shards, tmp_path, monkeypatch):
     """Matched against the disk: the 100 million names are never spelled out one by one."""
     from mlx_aimv2.data import sources
@@ -253,14 +246,86 @@ def test_a_hundred_million_shard_brace_range_answers_in_seconds(three_shards, tm
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.parametrize("name", ["00000.tar.gz", "00000.tgz", "00000.tar.zst"])
-def test_a_compressed_shard_is_refused_in_one_line(three_shards, tmp_path, name):
+@pytest.fixture
+def shard_cache(tmp_path, monkeypatch):
+    """Compressed shards unpack into this test's own cache folder (data/unpacked.py)."""
+    monkeypatch.setenv("MLX_AIMV2_SHARD_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setattr(unpacked, "_known", {})
+    return tmp_path / "cache"
+
+
+def _webdataset_shards(synth, out: Path, pattern: str) -> Path:
+    """The synthetic set as webdataset's own ShardWriter writes it (its compression by the name's)."""
+    wds = pytest.importorskip("webdataset")
+    out.mkdir()
+    rows = [json.loads(l) for l in (synth / "captions.jsonl").read_text().splitlines()]
+    with wds.ShardWriter(str(out / pattern), maxcount=24, verbose=0) as sink:
+        for i, r in enumerate(rows):
+            sink.write({"__key__": f"{i:05d}", "jpg": (synth / r["image"]).read_bytes(), "txt": r["caption"]})
+    return out
+
+
+@pytest.mark.parametrize("ext", ["tar.gz", "tgz", "tar.xz"])
+def test_compressed_shards_stream_as_the_plain_ones_and_resume_exactly(synth, tmp_path, shard_cache, ext):
+    """webdataset's ShardWriter("out-%05d.tar.gz") wrote shards that `train` refused ("unpack them
+    first"): they stream as plain ones do, batch for batch, and a stream restored mid-shard goes on as
+    the uninterrupted one, even after its unpacked copies are gone."""
+    plain = _webdataset_shards(synth, tmp_path / "plain", "s-%05d.tar")
+    packed = _webdataset_shards(synth, tmp_path / "packed", f"s-%05d.{ext}")
+    assert len(list(packed.iterdir())) == 4 and not list(packed.glob("*.tar"))
+
+    def make(folder):
+        return TrainStream(find_sources(str(folder)), spell, 32, 8, seed=2, shuffle=10, threads=2)
+
+    want = iter(make(plain))
+    want = [next(want) for _ in range(16)]
+    a = iter(make(packed))
+    got = [next(a) for _ in range(5)]
+    state = json.loads(json.dumps(a.gi_frame.f_locals["self"].state()))
+    got += [next(a) for _ in range(11)]
+    for g, w in zip(got, want):
+        assert captions(g) == captions(w) and (g["images"] == w["images"]).all()
+    shutil.rmtree(shard_cache)  # evicted: the copies are made again, byte for byte
+    unpacked._known.clear()
+    b = make(packed)
+    assert b.restore(state) is None
+    resumed = iter(b)
+    for w in want[5:]:
+        g = next(resumed)
+        assert captions(g) == captions(w) and (g["images"] == w["images"]).all()
+
+
+def test_train_takes_a_folder_of_plain_and_compressed_shards(synth, tmp_path, shard_cache):
+    """0.tar beside 1.tar.gz trained on the .tar alone and never mentioned the .gz: both are read."""
+    mixed = _webdataset_shards(synth, tmp_path / "mixed", "s-%05d.tar.gz")
+    (mixed / "s-00000.tar.gz").unlink()
+    _webdataset_shards(synth, tmp_path / "one", "s-%05d.tar")
+    shutil.copy(tmp_path / "one" / "s-00000.tar", mixed / "s-00000.tar")
+    sources = find_sources(str(mixed))
+    assert [Path(s.path).name for s in sources] == ["s-00000.tar", "s-00001.tar.gz", "s-00002.tar.gz", "s-00003.tar.gz"]
+    assert len(src.read_all(sources, "").samples) == 96
+    r = cli("train", "--data", mixed, "--out", tmp_path / "run", "--steps", "2", "--encoder", "tiny",
+            "--image-size", "28", "--batch-size", "8", "--no-progress", "--set", "vocab_size=300")  # fmt: skip
+    assert r.exit_code == 0, r.output
+
+
+def test_a_damaged_compressed_shard_is_counted_and_an_unreadable_compression_is_one_line(
+    three_shards, tmp_path, shard_cache
+):
     packed = tmp_path / "packed"
     packed.mkdir()
-    (packed / name).write_bytes((three_shards / "00000.tar").read_bytes())
-    for data in (packed / name, packed, f"{packed}/{{00000..00000}}.{name.split('.', 1)[1]}"):
-        one_clear_line(cli("train", "--data", data, "--out", tmp_path / "run", "--steps", "1"), "compressed", "unpack")
-    assert not (tmp_path / "run").exists()
+    (packed / "00000.tar.gz").write_bytes((three_shards / "00000.tar").read_bytes())  # not gzip at all
+    found = list(src.entries(find_sources(str(packed))))
+    assert len(found) == 1 and found[0].why.startswith("unreadable tar shard")
+    whole = gzip.compress((three_shards / "00001.tar").read_bytes())
+    (packed / "00001.tar.gz").write_bytes(whole[: len(whole) * 2 // 3])  # cut off: what came before is read
+    found = list(src.entries(find_sources(str(packed / "00001.tar.gz"))))
+    samples = [e for e in found if isinstance(e, src.Sample)]
+    assert 0 < len(samples) < 8 and found[-1].why.startswith("truncated tar shard")
+    (packed / "00002.tar.zst").write_bytes(b"\x28\xb5\x2f\xfd")
+    if unpacked._zstd_reader() is None:
+        last = one_clear_line(cli("train", "--data", packed / "00002.tar.zst", "--out", tmp_path / "run"), "zstd")
+        assert "pip install zstandard" in last and not (tmp_path / "run").exists()
 
 
 @pytest.fixture(scope="module")

@@ -21,6 +21,7 @@ from typing import Iterator, Optional, Union
 from ..errors import UserError
 from ..formats import IMAGE_EXT
 from ..paths import children, glob_files, has_magic, is_mac_litter_path, listed_lines
+from . import unpacked
 
 CHUNK_BYTES = 1 << 20  # a captions file is read as ranges of this many bytes (~10k rows): its "shards"
 
@@ -38,7 +39,7 @@ class Sample:
     def read_bytes(self) -> bytes:
         if self.path is not None:
             return Path(self.path).read_bytes()
-        with open(self.tar, "rb") as f:
+        with open(unpacked.plain_tar(self.tar), "rb") as f:  # a compressed shard: its plain copy
             f.seek(self.offset)
             data = f.read(self.size)
         if len(data) < self.size:
@@ -93,8 +94,9 @@ class TarShard:
     def entries(self) -> Iterator[Optional[Entry]]:
         t = self.path
         try:
-            end = os.path.getsize(t)
-            tf = tarfile.open(t)
+            plain = unpacked.plain_tar(t)  # offsets are the plain tar's: a compressed shard's copy
+            end = os.path.getsize(plain)
+            tf = tarfile.open(plain)
         except FileNotFoundError:
             yield Bad(t, "no such shard")
             return
@@ -122,6 +124,8 @@ class TarShard:
                     group["." + suffix.lower()] = m
             except (tarfile.TarError, OSError, EOFError) as e:
                 broken = str(e)
+            if not broken and unpacked.damaged(t):
+                broken = "the compressed file ends early or is damaged"
             if broken and not read and not group:
                 yield Bad(t, f"unreadable tar shard ({broken})")
                 return
@@ -230,20 +234,15 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
     glob, a brace pattern as webdataset writes it (shards/{00000..01023}.tar), or a .txt file listing
     them one per line. Nothing is read but names (and a captions file's size and header)."""
     p = Path(path)
-    _refuse_compressed(path)
     if p.is_file() and p.suffix in (".jsonl", ".csv", ".tsv"):
         return caption_ranges(p, images)
     if p.is_dir():
         for name in ("captions.jsonl", "captions.csv", "captions.tsv"):
             if (p / name).is_file():
                 return caption_ranges(p / name, images)
-        tars = children(p, "*.tar", kind="file")
-        # a compressed shard beside plain ones would not be read: named and refused, never skipped quietly
-        packed = [c for c in children(p, kind="file") if c.name.lower().endswith(COMPRESSED)]
-        if packed:
-            _refuse_compressed(str(packed[0]), len(packed))
-        if tars:
-            return [TarShard(str(t)) for t in tars]
+        tars = [c for c in children(p, kind="file") if c.name.endswith(".tar") or unpacked.compression(c.name)]
+        if tars:  # plain and compressed shards alike
+            return _shards([str(t) for t in tars])
         raise UserError(
             f"{p}: no captions.jsonl / .csv / .tsv and no .tar shards in this folder; "
             f"make a synthetic set with `mlx-aimv2 data synth {p} --n 1000`"
@@ -251,33 +250,23 @@ def find_sources(path: str, images: Optional[str] = None) -> list[Source]:
     if p.is_file() and p.suffix == ".txt":  # a list of shards
         root = p.parent
         tars = [str(root / line) for line in listed_lines(p.read_text(errors="replace").splitlines())]
-        packed = [t for t in tars if t.lower().endswith(COMPRESSED)]
-        if packed:
-            _refuse_compressed(packed[0], len(packed))
         if not tars:
             raise UserError(f"{path}: the shard list is empty; write one tar path per line")
-        return [TarShard(t) for t in tars]
-    if p.suffix == ".tar" or any(ch in path for ch in "*?[{"):
+        return _shards(tars)
+    if p.suffix == ".tar" or unpacked.compression(path) or any(ch in path for ch in "*?[{"):
         tars = [path] if p.is_file() else expand_shards(path)
         if not tars:
             raise UserError(f"{path}: no tar shards match")
-        return [TarShard(t) for t in tars]
+        return _shards(tars)
     raise UserError(f"{path}: no such dataset; give a captions file (.jsonl/.csv/.tsv), a folder or tar shards")
 
 
-COMPRESSED = (".tar.gz", ".tgz", ".tar.bz2", ".tbz2", ".tar.xz", ".txz", ".tar.zst", ".tar.zstd")
-
-
-def _refuse_compressed(path: str, count: int = 1) -> None:
-    """A compressed shard is refused in one line: the stream reads a sample's image by its byte offset
-    in the tar (a resumable, seekable stream), which a compressed file does not have."""
-    if not str(path).lower().endswith(COMPRESSED):
-        return
-    many = f" (and {count - 1} more)" if count > 1 else ""
-    raise UserError(
-        f"{path}{many}: a compressed shard; the stream seeks into plain .tar shards, so unpack them first, "
-        f"e.g. `gunzip -k shard.tar.gz` (or `zstd -d`, `xz -dk`), and give the .tar files"
-    )
+def _shards(paths: list) -> list:
+    """TarShards, plain or compressed (data/unpacked.py); a compression this Python cannot read is
+    refused before the run starts."""
+    for t in paths:
+        unpacked.check_readable(t)
+    return [TarShard(t) for t in paths]
 
 
 def caption_ranges(file: Path, images: Optional[str] = None) -> list[CaptionRows]:
