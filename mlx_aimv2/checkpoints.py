@@ -526,7 +526,7 @@ def save(
 
 # -- weights, whole or in shards -------------------------------------------------------------------------
 
-DEFAULT_SHARD_SIZE = 5 * 10**9  # transformers' and mlx-lm's default (bytes): a 3B checkpoint in 3 files
+DEFAULT_SHARD_SIZE = 5 << 30  # mlx-lm's (5 GiB; transformers 5.x saves 50 GB shards by default)
 SHARD_NAME = "model-{:05d}-of-{:05d}.safetensors"
 SHARD_INDEX = "model.safetensors.index.json"
 _UNITS = {"": 1, "B": 1, "KB": 10**3, "MB": 10**6, "GB": 10**9, "TB": 10**12, "KIB": 2**10, "MIB": 2**20, "GIB": 2**30}
@@ -569,7 +569,10 @@ def write_weights(folder: Path, weights: dict, metadata: dict, max_shard_size: O
     names = [SHARD_NAME.format(i + 1, len(shards)) for i in range(len(shards))]
     for name, keys in zip(names, shards):
         mx.save_safetensors(str(folder / name), {k: weights[k] for k in keys}, metadata=metadata)
-    index = {"metadata": {"total_size": total}, "weight_map": {k: n for n, keys in zip(names, shards) for k in keys}}
+    # mlx-lm's index: the total bytes and parameters (elements as stored), the map sorted by tensor name
+    where = {k: n for n, keys in zip(names, shards) for k in keys}
+    metadata = {"total_size": total, "total_parameters": sum(int(v.size) for v in weights.values())}
+    index = {"metadata": metadata, "weight_map": {k: where[k] for k in sorted(where)}}
     (folder / SHARD_INDEX).write_text(json.dumps(index, indent=2) + "\n")
     return [*names, SHARD_INDEX]
 

@@ -38,6 +38,7 @@ from .errors import UserError
 from .inference import preprocessor_of
 from .models import lora
 from .quantize import dequantize, quantize
+from .runs.snapshots import saved_config
 
 
 def _inverse(table: dict) -> dict:
@@ -194,12 +195,23 @@ def export_transformers(
     def write(tmp: Path):
         written.extend(write_weights(tmp, weights, {"format": "pt"}, max_shard_size))
         kind = kinds.folder_kind(config)
-        modelcard.write(tmp, config, kind, hub.repo_of(str(src)), library="transformers", command=command)
+        modelcard.write(tmp, config, kind, library="transformers", command=command, **_provenance(src))
         (tmp / "config.json").write_text(json.dumps(cfg, indent=2) + "\n")
         (tmp / "preprocessor_config.json").write_text(json.dumps(preprocessor, indent=2) + "\n")
         copy_files(extra, tmp)
 
     return write_folder(dst, write, overwrite, finish=lambda out: drop_stale_weights(out, written))
+
+
+def _provenance(src: str) -> dict:
+    """base_model and licence for the card of a folder made from `src` (modelcard.provenance): a run's
+    are those of the checkpoint it started from."""
+    if kinds.is_run(src):
+        init = saved_config(Path(src)).get("init")
+        return _provenance(str(init)) if init else modelcard.provenance(None, None)
+    local = hub.BUNDLED.get(src) or Path(src).expanduser()
+    folder = (local.parent if local.is_file() else local) if local.exists() else None
+    return modelcard.provenance(hub.repo_of(str(src)), folder)
 
 
 def _source(src: str):
@@ -253,7 +265,7 @@ def convert(
     kind = kinds.model_kind(folder) or (kinds.folder_kind(config))
     if kind == kinds.CAPTIONER:  # the decoder stays behind: the copy is the encoder
         kind = kinds.ENCODER
-    card = dict(base_model=hub.repo_of(str(src)) or modelcard.base_model_of(folder), fidelity=fidelity, command=command)
+    card = dict(**_provenance(src), fidelity=fidelity, command=command)
     return save(module, config, Path(dst), preprocessor, extra, overwrite=overwrite, kind=kind,
                 max_shard_size=max_shard_size, card=card)  # fmt: skip
 
@@ -321,6 +333,8 @@ def peft_adapter(module) -> tuple[dict, dict]:
     config = {
         "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
         "target_modules": f"^({pattern})$", "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
+        # what PEFT writes for a model of no task type, so that AutoPeftModel knows the base's class
+        "auto_mapping": {"base_model_class": "Aimv2VisionModel", "parent_library": "transformers.models.aimv2.modeling_aimv2"},
     }  # fmt: skip
     return weights, config
 
@@ -345,11 +359,19 @@ def export_peft(src: str, dst: Path, overwrite: bool = False, command: Optional[
             f"{src}: holds no LoRA adapters; --format peft needs a `tune = lora` fine-tuning run, or a folder it "
             f"exported with merge_lora = false"
         )
-    config["base_model_name_or_path"] = base
+    # a base transformers loads: the hub id it came from, else its transformers export in base/
+    hub_base = hub.repo_of(str(base)) if base is not None else None
+    local_base = base if hub_base is None and base is not None and kinds.is_run(src) else None
+    config["base_model_name_or_path"] = hub_base or (str(dst / PEFT_BASE) if local_base is not None else None)
 
     def write(tmp: Path):
         mx.save_safetensors(str(tmp / "adapter_model.safetensors"), weights, metadata={"format": "pt"})
         (tmp / "adapter_config.json").write_text(json.dumps(config, indent=2) + "\n")
-        modelcard.write_adapter(tmp, base, command)
+        if local_base is not None:
+            export_transformers(str(local_base), tmp / PEFT_BASE, command=command)
+        modelcard.write_adapter(tmp, hub_base, command)
 
     return write_folder(dst, write, overwrite)
+
+
+PEFT_BASE = "base"  # an adapter folder's base encoder in transformers' layout, when it has no hub id

@@ -35,17 +35,54 @@ def command_line() -> str:
     return "mlx_aimv2 from Python (" + shlex.join([Path(argv[0]).name, *argv[1:]] if argv else ["python"]) + ")"
 
 
+LICENCE_KEYS = ("license", "license_name", "license_link")  # the Hub's licence fields, as mlx-lm keeps them
+
+
+def front_matter(folder: Optional[Path]) -> dict:
+    """The fields of a folder's card's front matter (one `key: value` a line, values JSON or plain)."""
+    try:
+        text = (Path(folder) / CARD).read_text() if folder is not None else ""
+    except (OSError, UnicodeDecodeError):
+        return {}
+    if not text.startswith("---"):
+        return {}
+    out = {}
+    for line in text.split("---", 2)[1].splitlines():
+        key, _, value = line.partition(":")
+        value = value.strip()
+        if key.strip() and value and not line.startswith((" ", "-")):
+            try:
+                out[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                out[key.strip()] = value
+    return out
+
+
+def provenance(repo: Optional[str], folder: Optional[Path]) -> dict:
+    """What a new card keeps of where its weights came from: the Hub repo they were read from, else
+    the base_model the source folder's own card names; the source card's licence fields, else Apple's
+    licence for Apple's weights. Through convert, quantize, fine-tune, LoRA and export alike."""
+    source = front_matter(folder)
+    base = repo or source.get("base_model")
+    licence = {k: source[k] for k in LICENCE_KEYS if k in source}
+    if not licence and isinstance(base, str) and base.startswith("apple/"):
+        licence = {"license": "apple-amlr"}
+    return {"base_model": base if isinstance(base, str) else None, "licence": licence}
+
+
 def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: Optional[dict] = None,
-           repo: Optional[str] = None, library: str = "mlx", command: Optional[str] = None) -> str:  # fmt: skip
-    """The card's text; library "transformers" for an export to PyTorch."""
+           repo: Optional[str] = None, library: str = "mlx", command: Optional[str] = None,
+           licence: Optional[dict] = None) -> str:  # fmt: skip
+    """The card's text; library "transformers" for an export to PyTorch (float weights: no quantized
+    tags, whatever the source was)."""
     v = config.vision
-    quant = config.quantization
-    tags = ["mlx", "mlx-aimv2", "aimv2", "vision"] + ([f"{quant['bits']}-bit", "quantized"] if quant else [])
+    quant = config.quantization if library == "mlx" else None
+    tags = [library, "mlx-aimv2", "aimv2", "vision"] + ([f"{quant['bits']}-bit", "quantized"] if quant else [])
     front = {
         "library_name": library,
         "pipeline_tag": PIPELINES.get(kind, "image-feature-extraction"),
         "tags": tags,
-        "license": "apple-amlr" if base_model and base_model.startswith("apple/") else "other",
+        **(licence or {"license": "apple-amlr" if base_model and base_model.startswith("apple/") else "other"}),
     }
     if base_model:
         front["base_model"] = base_model
@@ -55,8 +92,9 @@ def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: 
     lines += [
         f"# {name}",
         "",
-        f"{kinds.describe(kind).capitalize()} in [MLX](https://github.com/ml-explore/mlx) format, for "
-        f"[mlx-aimv2](https://github.com/mlx-aimv2/mlx-aimv2): width {v.hidden_size}, {v.depth} blocks, "
+        f"{kinds.describe(kind).capitalize()} in "
+        + ("[MLX](https://github.com/ml-explore/mlx) format" if library == "mlx" else "transformers (PyTorch) format")
+        + f", from [mlx-aimv2](https://github.com/mlx-aimv2/mlx-aimv2): width {v.hidden_size}, {v.depth} blocks, "
         f"patch {v.patch_size}, {size}"
         + (f", {quant['bits']}-bit {quant.get('mode', 'affine')}" if quant else "")
         + (f", from [{base_model}](https://huggingface.co/{base_model})" if base_model else "")
@@ -102,32 +140,23 @@ def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: 
 
 def write(folder: Path, config: ModelConfig, kind: str, base_model: Optional[str] = None,
           fidelity: Optional[dict] = None, repo: Optional[str] = None, library: str = "mlx",
-          command: Optional[str] = None) -> None:  # fmt: skip
-    (Path(folder) / CARD).write_text(render(config, kind, base_model, fidelity, repo, library, command))
+          command: Optional[str] = None, licence: Optional[dict] = None) -> None:  # fmt: skip
+    (Path(folder) / CARD).write_text(render(config, kind, base_model, fidelity, repo, library, command, licence))
 
 
 def write_adapter(folder: Path, base_model: Optional[str] = None, command: Optional[str] = None) -> None:
     """The card of a folder of LoRA adapters in PEFT's layout (export --format peft)."""
     front = ['library_name: "peft"', 'tags: ["mlx-aimv2", "aimv2", "lora"]']
     front += [f"base_model: {json.dumps(base_model)}"] if base_model else []
-    lines = ["---", *front, "---", "", "# LoRA adapters for an AIMv2 vision encoder", "", "Made with:", "", "```bash",
-             command or command_line(), "```", "", "```python", "from peft import PeftModel",
-             "from transformers import Aimv2VisionModel", "", "base = Aimv2VisionModel.from_pretrained(BASE)",
-             "model = PeftModel.from_pretrained(base, THIS_FOLDER)", "```", ""]  # fmt: skip
+    where = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "`base/`, beside them"
+    lines = ["---", *front, "---", "", "# LoRA adapters for an AIMv2 vision encoder", "",
+             f"PEFT's layout, for transformers' `Aimv2VisionModel`; the base encoder is {where}.", "", "Made with:",
+             "", "```bash", command or command_line(), "```", "", "```python", "from peft import AutoPeftModel", "",
+             'model = AutoPeftModel.from_pretrained("THIS_FOLDER")  # loads the base, then the adapters', "```", ""]  # fmt: skip
     (Path(folder) / CARD).write_text("\n".join(lines))
 
 
 def base_model_of(folder: Path) -> Optional[str]:
     """The base_model a folder's own card names (a folder converted before), if any."""
-    try:
-        text = (Path(folder) / CARD).read_text()
-    except (OSError, UnicodeDecodeError):
-        return None
-    if not text.startswith("---"):
-        return None
-    for line in text.split("---", 2)[1].splitlines():
-        key, _, value = line.partition(":")
-        if key.strip() == "base_model" and value.strip():
-            value = value.strip()
-            return json.loads(value) if value.startswith('"') else value
-    return None
+    base = front_matter(folder).get("base_model")
+    return base if isinstance(base, str) else None

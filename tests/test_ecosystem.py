@@ -57,6 +57,33 @@ def test_every_kind_of_folder_has_a_card(tmp_path):
     assert hub.repo_of("aimv2-large-patch14-224") == "apple/aimv2-large-patch14-224" and hub.repo_of("demo") is None
 
 
+def test_a_card_keeps_its_provenance_through_convert_quantize_and_export(tmp_path):
+    """export --format transformers of a quantized folder wrote base_model none, license other and the
+    tags 8-bit / quantized over float32 weights: every card says what its folder holds and where it came
+    from, the licence fields kept as mlx-lm keeps them."""
+    from huggingface_hub import ModelCard
+
+    apple = tmp_path / "apple-l"  # a folder as `convert apple/aimv2-large-patch14-224` writes it
+    mlx_aimv2.convert("demo", apple)
+    text = (apple / "README.md").read_text().split("---", 2)[2]
+    front = {"library_name": "mlx", "base_model": "apple/aimv2-large-patch14-224", "license": "other",
+             "license_name": "apple-amlr", "license_link": "LICENSE"}  # fmt: skip
+    (apple / "README.md").write_text(
+        "---\n" + "".join(f"{k}: {json.dumps(v)}\n" for k, v in front.items()) + "---" + text
+    )
+    assert cli("convert", apple, tmp_path / "q8", "-q").exit_code == 0
+    assert cli("export", tmp_path / "q8", tmp_path / "hf", "--format", "transformers").exit_code == 0
+    q8, hf = (ModelCard.load(tmp_path / d / "README.md").data for d in ("q8", "hf"))
+    for card in (q8, hf):
+        assert card.base_model == "apple/aimv2-large-patch14-224"
+        assert (card.license, card.license_name, card.license_link) == ("other", "apple-amlr", "LICENSE")
+    assert {"8-bit", "quantized", "mlx"} <= set(q8.tags) and q8.library_name == "mlx"
+    assert not {"8-bit", "quantized", "mlx"} & set(hf.tags) and hf.library_name == "transformers"
+    body = (tmp_path / "hf" / "README.md").read_text()
+    assert "8-bit" not in body and "MLX](https" not in body and "transformers (PyTorch) format" in body
+    assert ModelCard.load(hub.BUNDLED["demo"] / "README.md").data.license == "mit"  # the bundled demo's own card
+
+
 def test_weights_over_the_shard_size_are_shards_every_reader_takes(tmp_path):
     r = cli("convert", "demo", tmp_path / "sharded", "--max-shard-size", "2MB")
     assert r.exit_code == 0, r.output
@@ -64,6 +91,11 @@ def test_weights_over_the_shard_size_are_shards_every_reader_takes(tmp_path):
     index = json.loads((folder / "model.safetensors.index.json").read_text())
     shards = sorted(set(index["weight_map"].values()))
     assert len(shards) >= 5 and shards[0] == f"model-00001-of-{len(shards):05d}.safetensors"
+    # mlx-lm's conventions: the map sorted by name, the parameters counted beside the bytes
+    every = {k: v for s in shards for k, v in mx.load(str(folder / s)).items()}
+    assert list(index["weight_map"]) == sorted(every)
+    assert index["metadata"] == {"total_size": sum(v.nbytes for v in every.values()),
+                                 "total_parameters": sum(v.size for v in every.values())}  # fmt: skip
     assert not (folder / "model.safetensors").exists()
     assert all((folder / s).stat().st_size <= 2_000_000 or len(mx.load(str(folder / s))) == 1 for s in shards)
     np.testing.assert_allclose(mlx_aimv2.load(str(folder)).embed(PHOTO), mlx_aimv2.load("demo").embed(PHOTO), atol=1e-6)

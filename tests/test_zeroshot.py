@@ -52,7 +52,8 @@ def test_zero_shot_scores_equal_a_numpy_prompt_ensemble(colours, tmp_path):
     names = [f"the colour {d.name}" for d in sorted(colours.iterdir())]
     top1, top5, per = reference(mlx_aimv2.load("demo-lit"), colours, names, ["a photo of a {} shape.", "a {} object"])
     k = got["metrics"]
-    assert got["task"] == "zeroshot_classification" and got["templates"] == 2
+    assert got["task"] == "zeroshot_classification" and got["templates"] == ["a photo of a {} shape.", "a {} object"]
+    assert got["classes"] == names and got["pretrained"] == "demo-lit" and got["language"] == "en"
     assert k["acc1"] == pytest.approx(top1) and k["acc5"] == pytest.approx(top5)
     assert k["per_class_recall"] == pytest.approx(per) and k["mean_per_class_recall"] == pytest.approx(
         np.mean(list(per.values()))
@@ -94,3 +95,18 @@ def test_both_accept_the_same_good_templates(colours, tmp_path, template):
     (tmp_path / "t.txt").write_text(template + "\n")
     r = cli("zeroshot", "--model", "demo-lit", "--data", colours, "--templates", tmp_path / "t.txt")
     assert r.exit_code == 0, r.output
+
+
+def test_the_json_is_a_row_clip_benchmarks_build_reads(colours, tmp_path):
+    """CLIP_benchmark's `build` failed on our JSON (KeyError: 'pretrained'): every key it reads is
+    there with its meaning (the reading below is its build's: one row per result file), and top-5 of
+    fewer than five classes is NaN, as CLIP_benchmark reports it, not 1.0."""
+    two = tmp_path / "two"
+    for name in sorted(d.name for d in colours.iterdir())[:2]:
+        shutil.copytree(colours / name, two / name)
+    assert cli("zeroshot", "--model", "demo-lit", "--data", two, "-o", tmp_path / "z.json").exit_code == 0
+    data = json.loads((tmp_path / "z.json").read_text())
+    row = {k: data[k] for k in ("dataset", "model", "pretrained", "task", "language")}
+    row.update(data["metrics"])
+    assert row["task"] == "zeroshot_classification" and row["model"] == mlx_aimv2.load("demo-lit").config.name
+    assert 0 <= row["acc1"] <= 1 and np.isnan(row["acc5"]) and len(data["classes"]) == 2

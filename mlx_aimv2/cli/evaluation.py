@@ -120,14 +120,17 @@ def zeroshot(
 
     if output is not None:
         check_output(output, (".json",), "--output")
-    m = load_default("lit")[0] if model is None else load(model)
+    m, given = load_default("lit") if model is None else (load(model), model)
     needs(m, LiTModel, "zero-shot classification")
     errors: list = []
-    r = {"model": model or m.config.name, **evaluate(m, data, classes, templates, batch_size, errors)}
+    # as CLIP_benchmark names them (open_clip's architecture and weights): the model's name, and the
+    # checkpoint it was loaded from
+    r = {"model": m.config.name, "pretrained": given, **evaluate(m, data, classes, templates, batch_size, errors)}
     k = r["metrics"]
+    top5 = "n/a (under 5 classes)" if k["acc5"] != k["acc5"] else f"{k['acc5']:.2%}"
     typer.echo(
-        f"{r['n']} images, {r['classes']} classes, {r['templates']} templates: top-1 {k['acc1']:.2%}  "
-        f"top-5 {k['acc5']:.2%}  mean per-class recall {k['mean_per_class_recall']:.2%}"
+        f"{r['n']} images, {len(r['classes'])} classes, {len(r['templates'])} templates: top-1 {k['acc1']:.2%}  "
+        f"top-5 {top5}  mean per-class recall {k['mean_per_class_recall']:.2%}"
     )
     if output is not None:
         save_json(output, r)

@@ -48,7 +48,7 @@ def convert(
     q_group_size: int = typer.Option(64, "--q-group-size", help="weights per scale: 32, 64 or 128"),
     q_mode: str = typer.Option("affine", "--q-mode", help="affine | mxfp4 | mxfp8 | nvfp4"),
     max_shard_size: str = typer.Option(
-        "5GB", "--max-shard-size", help="weights over this go in shards with an index, as transformers writes them"
+        "5GiB", "--max-shard-size", help="weights over this go in shards with an index, as mlx-lm writes them"
     ),
     upload_repo: Optional[str] = typer.Option(
         None, "--upload-repo", help="then push the folder to the Hugging Face hub as OWNER/NAME (`hf auth login` first)"
@@ -84,7 +84,7 @@ def export(
     ),
     dtype: Optional[str] = typer.Option(None, help="float32 | bfloat16 | float16 (--format mlx) \\[default: as is]"),
     max_shard_size: str = typer.Option(
-        "5GB", "--max-shard-size", help="weights over this go in shards with an index, as transformers writes them"
+        "5GiB", "--max-shard-size", help="weights over this go in shards with an index, as mlx-lm writes them"
     ),
     upload_repo: Optional[str] = typer.Option(
         None, "--upload-repo", help="then push the folder to the Hugging Face hub as OWNER/NAME (`hf auth login` first)"

@@ -93,7 +93,8 @@ def scores(logits: np.ndarray, labels: np.ndarray, names: Sequence[str]) -> dict
     """CLIP_benchmark's metrics: acc1, acc5, mean_per_class_recall; plus each class's recall."""
     order = np.argsort(-logits, axis=1)
     acc1 = float((order[:, 0] == labels).mean())
-    acc5 = float((order[:, : min(5, logits.shape[1])] == labels[:, None]).any(axis=1).mean())
+    # as CLIP_benchmark: top-5 of fewer than five classes is undefined (NaN), not a certain 1.0
+    acc5 = float((order[:, :5] == labels[:, None]).any(axis=1).mean()) if logits.shape[1] >= 5 else float("nan")
     per_class = {names[c]: float((order[labels == c, 0] == c).mean()) for c in range(len(names)) if (labels == c).any()}
     return {"acc1": acc1, "acc5": acc5, "mean_per_class_recall": float(np.mean(list(per_class.values()))),
             "per_class_recall": per_class}  # fmt: skip
@@ -115,5 +116,7 @@ def evaluate(model, folder: Path, classes_file=None, templates_file=None, batch_
     if not rows:
         raise UserError(f"{folder}: no image could be read")
     logits = np.stack(rows) @ text.T
-    return {"task": "zeroshot_classification", "dataset": str(folder), "n": len(rows), "classes": len(names),
-            "templates": len(templates), "metrics": scores(logits, labels[kept], names)}  # fmt: skip
+    # CLIP_benchmark's result keys (dataset, model, pretrained, task, language, metrics: the caller adds
+    # the model's two), so its `build` can hold our rows; the classes and templates as its lists
+    return {"dataset": str(folder), "task": "zeroshot_classification", "language": "en", "n": len(rows),
+            "classes": list(names), "templates": list(templates), "metrics": scores(logits, labels[kept], names)}  # fmt: skip
