@@ -14,8 +14,8 @@ import logging
 from typing import Optional
 
 from . import cpu, hub
+from .checkpoints.export import convert
 from .errors import UserError
-from .export import convert
 from .inference import AIMv2, Encoder, ImageClassifier, LiTModel, fill_template, open_model
 
 __all__ = ["load", "load_default", "convert", "fill_template", "AIMv2", "Encoder", "LiTModel", "ImageClassifier"]

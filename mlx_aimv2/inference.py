@@ -24,7 +24,7 @@ import numpy as np
 from mlx.utils import tree_flatten
 
 from . import cpu, finetuned, kinds, owner
-from .checkpoints import load_checkpoint
+from .checkpoints.load import load_checkpoint
 from .config import ModelConfig
 from .environment import wired, wired_limit_for
 from .errors import UserError, check_cancel

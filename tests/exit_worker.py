@@ -35,7 +35,9 @@ CALLS = {
     "search": lambda: mlx_aimv2.Index(work / "lib.aimv2").search(text="a red circle", k=3),
     "classify": lambda: mlx_aimv2.load("demo-lit").classify([IMAGE], ["red", "blue"]),
     "caption": lambda: __import__("mlx_aimv2.caption").caption.load(work / "run")([IMAGE]),
-    "export": lambda: __import__("mlx_aimv2.export").export.export("demo", work / f"exported-{os.getpid()}"),
+    "export": lambda: __import__("mlx_aimv2.checkpoints.export").checkpoints.export.export(
+        "demo", work / f"exported-{os.getpid()}"
+    ),
     "train": lambda: train(work / f"run-{threading.get_ident()}"),
 }
 

@@ -13,9 +13,9 @@ import numpy as np
 from mlx.utils import tree_flatten, tree_map
 
 import mlx_aimv2
-from mlx_aimv2 import checkpoints, cpu, hub, kinds
+from mlx_aimv2 import cpu, hub, kinds
+from mlx_aimv2.checkpoints.layouts import HF_BLOCK, HF_TEXT, HF_TOP, HF_VISION, to_mlx, transformers_weights
 from mlx_aimv2.config import PRESETS, ModelConfig, TextConfig, VisionConfig
-from mlx_aimv2.export import transformers_weights
 from mlx_aimv2.models import build
 from mlx_aimv2.train import optim
 from mlx_aimv2.train.objectives import REGISTRY, Objective
@@ -23,7 +23,7 @@ from mlx_aimv2.train.objectives import REGISTRY, Objective
 PACKAGE = Path(mlx_aimv2.__file__).parent
 # where a function may import: the CLI's commands (start-up time), the hub client (half a second,
 # needed only to download) and torch (optional: only to read a PyTorch pickle)
-LAZY_SEAMS = {"mlx_aimv2.cli": None, "mlx_aimv2.hub": "huggingface_hub", "mlx_aimv2.checkpoints": "torch"}
+LAZY_SEAMS = {"mlx_aimv2.cli": None, "mlx_aimv2.hub": "huggingface_hub", "mlx_aimv2.checkpoints.files": "torch"}
 
 
 def _modules() -> dict[str, Path]:
@@ -119,7 +119,7 @@ def test_no_import_circles():
 
 
 def test_models_import_nothing_from_higher_layers():
-    higher = ("train", "index", "hub", "cli", "api", "checkpoints", "export", "eval", "data", "serve")
+    higher = ("train", "index", "hub", "cli", "api", "checkpoints", "runs", "eval", "data", "serve")
     for name in MODULES:
         if name.startswith("mlx_aimv2.models"):
             bad = [t for t, _ in _imports(name) if t.split(".")[1] in higher]
@@ -127,7 +127,7 @@ def test_models_import_nothing_from_higher_layers():
 
 
 def test_export_never_enters_the_training_loop():
-    g, seen, todo = _graph(), set(), ["mlx_aimv2.export"]
+    g, seen, todo = _graph(), set(), ["mlx_aimv2.checkpoints.export"]
     while todo:
         m = todo.pop()
         if m not in seen:
@@ -231,14 +231,14 @@ def test_the_transformers_table_reads_both_ways():
         ours = dict(tree_flatten(module.parameters()))
         theirs = transformers_weights(module, config)
         assert len(set(theirs)) == len(theirs)
-        back = checkpoints.to_mlx(theirs)
+        back = to_mlx(theirs)
         assert set(back) == set(ours)
         for k, v in ours.items():
             np.testing.assert_array_equal(np.array(back[k]), np.array(v), err_msg=k)
 
 
 def test_the_table_inverse_is_one_to_one():
-    for table in (checkpoints.HF_BLOCK, checkpoints.HF_VISION, checkpoints.HF_TEXT, checkpoints.HF_TOP):
+    for table in (HF_BLOCK, HF_VISION, HF_TEXT, HF_TOP):
         assert len(set(table.values())) == len(table)
 
 

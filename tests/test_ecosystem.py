@@ -25,7 +25,7 @@ from mlx_aimv2 import hub, kinds, modelcard
 def test_a_quantized_folder_has_a_card_the_hub_reads_with_its_measured_fidelity(tmp_path):
     from huggingface_hub import ModelCard
 
-    from mlx_aimv2.export import sample_pixels
+    from mlx_aimv2.checkpoints.export import sample_pixels
 
     out = tmp_path / "q8"
     r = cli("convert", "demo", out, "-q")

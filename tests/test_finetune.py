@@ -13,7 +13,8 @@ from helpers import QUIET, cli, one_clear_line, tiny_config
 from mlx.utils import tree_flatten
 
 import mlx_aimv2
-from mlx_aimv2 import checkpoints, owner, runs
+from mlx_aimv2 import owner, runs
+from mlx_aimv2.checkpoints.mlx_io import save
 from mlx_aimv2.config import ModelConfig, load_config, vision_preset
 from mlx_aimv2.data.synth import write_labelled
 from mlx_aimv2.models import AIMv2VisionEncoder, lora
@@ -33,7 +34,7 @@ def init(tmp_path_factory):
     vision = vision_preset("tiny", 56, 14)
     enc = AIMv2VisionEncoder(vision)
     mx.eval(enc.parameters())
-    return checkpoints.save(enc, ModelConfig(vision=vision, name="tiny init"), tmp_path_factory.mktemp("init") / "enc")
+    return save(enc, ModelConfig(vision=vision, name="tiny init"), tmp_path_factory.mktemp("init") / "enc")
 
 
 def cfg(data, out, init, **kw):

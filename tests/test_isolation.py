@@ -240,7 +240,7 @@ def test_a_mixed_database_is_reported_damaged_never_read(work, tmp_path):
 CONVERT_AND_DIE = """
 import os, sys
 from mlx_aimv2 import atomic
-from mlx_aimv2.export import convert
+from mlx_aimv2.checkpoints.export import convert
 
 src, dst, die_at = sys.argv[1], sys.argv[2], int(sys.argv[3])
 real, renames = os.replace, []
@@ -264,16 +264,18 @@ def test_a_folder_caught_half_way_through_a_replace_is_refused_never_loaded(tmp_
     import mlx.utils
 
     import mlx_aimv2
-    from mlx_aimv2 import checkpoints, owner
+    from mlx_aimv2 import owner
+    from mlx_aimv2.checkpoints.load import load_checkpoint
+    from mlx_aimv2.checkpoints.mlx_io import save
     from mlx_aimv2.errors import UserError
 
     x, other = tmp_path / "X", tmp_path / "demo2"
 
     def make():
-        module, config, _ = checkpoints.load_checkpoint("demo")
+        module, config, _ = load_checkpoint("demo")
         mlx_aimv2.convert("demo", x, max_shard_size=200_000)
         module.update(mlx.utils.tree_map(lambda w: w * 1.1, module.parameters()))  # same shape, other weights
-        checkpoints.save(module, config, other)
+        save(module, config, other)
 
     owner.run(make)
     image = np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)
@@ -304,15 +306,17 @@ def test_two_converts_into_one_folder_at_once_leave_one_whole_model(tmp_path, ex
     import mlx.utils
 
     import mlx_aimv2
-    from mlx_aimv2 import checkpoints, owner
+    from mlx_aimv2 import owner
+    from mlx_aimv2.checkpoints.load import load_checkpoint
+    from mlx_aimv2.checkpoints.mlx_io import save
 
     a, b, x = tmp_path / "a", tmp_path / "b", tmp_path / "X"
 
     def make():
-        module, config, _ = checkpoints.load_checkpoint("demo")
-        checkpoints.save(module, config, a)
+        module, config, _ = load_checkpoint("demo")
+        save(module, config, a)
         module.update(mlx.utils.tree_map(lambda w: w * 1.1, module.parameters()))
-        checkpoints.save(module, config, b)
+        save(module, config, b)
         if existing:
             mlx_aimv2.convert("demo", x, max_shard_size=200_000)
 

@@ -470,7 +470,7 @@ def test_native_model_memory_stays_flat_over_many_image_shapes(tmp_path):
     memory after warm-up does not grow with the shapes seen (the positions cache is bounded)."""
     from mlx.utils import tree_map
 
-    from mlx_aimv2.checkpoints import save
+    from mlx_aimv2.checkpoints.mlx_io import save
     from mlx_aimv2.config import ModelConfig, VisionConfig
     from mlx_aimv2.models import build
 

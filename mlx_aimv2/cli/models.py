@@ -58,7 +58,7 @@ def convert(
     """Convert a published AIMv2 checkpoint (ml-aim, transformers, timm or MLX layout) to MLX, optionally
     quantized (docs/quantization.md: what it costs in fidelity, size and speed)."""
     from ..api import convert as run
-    from ..checkpoints import parse_size
+    from ..checkpoints.mlx_io import parse_size
     from ..quantize import spec
 
     q = spec(q_bits, q_group_size, q_mode) if quantize else None
@@ -93,8 +93,8 @@ def export(
 ):
     """Export a model: a run's encoder for `embed` (with --decoder, a folder that captions), or any model
     for transformers' from_pretrained."""
-    from ..checkpoints import parse_size
-    from ..export import export as run
+    from ..checkpoints.export import export as run
+    from ..checkpoints.mlx_io import parse_size
 
     shard = parse_size(max_shard_size)
     _check_repo(upload_repo)

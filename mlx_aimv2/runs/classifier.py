@@ -6,7 +6,8 @@ from __future__ import annotations
 import dataclasses
 from pathlib import Path
 
-from .. import checkpoints, finetuned, kinds
+from .. import finetuned, kinds
+from ..checkpoints.mlx_io import load_into, save
 from ..config import ModelConfig, TrainConfig, VisionConfig, saved_run_config
 from ..models import build as build_model
 from ..models import lora
@@ -33,7 +34,7 @@ def save_classifier(model: Classifier, config: ModelConfig, pp: dict, name: str,
     def more(folder: Path):
         finetuned.write(folder, model.classifier, classes, keep if adapter else None, model.encoder)
 
-    return checkpoints.save(
+    return save(
         None,
         out,
         Path(dst),
@@ -60,7 +61,7 @@ def classifier_run(run: Path) -> tuple:
     model = Classifier(encoder, len(state["classes"]))
     if cfg.tune == "lora":
         add_run_lora(encoder, cfg.to_dict())
-    checkpoints.load_into(model, _weights(ckpt), str(ckpt))
+    load_into(model, _weights(ckpt), str(ckpt))
     if not (config.quantization and cfg.tune == "lora"):
         config.quantization = None
     return model, config, state["preprocessor"], state["classes"], cfg, state["step"]

@@ -5,7 +5,9 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .. import checkpoints, kinds
+from .. import kinds
+from ..checkpoints.files import read_weights
+from ..checkpoints.mlx_io import default_preprocessor
 from ..config import ModelConfig, VisionConfig
 from ..errors import UserError
 from ..models import lora
@@ -27,13 +29,13 @@ def newest(run: Path, want: tuple = (), what: str = "") -> tuple[Path, dict]:
 
 def _weights(ckpt: Path, prefix: str = "") -> dict:
     """A checkpoint's tensors (those under `prefix`, without it), read once, guarded."""
-    w = checkpoints.read_weights(Path(ckpt) / "model.safetensors")
+    w = read_weights(Path(ckpt) / "model.safetensors")
     return {k[len(prefix) :]: v for k, v in w.items() if k.startswith(prefix)} if prefix else dict(w)
 
 
 def encoder_preprocessor(vision: VisionConfig, mean, std) -> dict:
     """An encoder trained here: CLIP's transforms, normalising as its training did."""
-    pp = checkpoints.default_preprocessor(ModelConfig(vision=vision))
+    pp = default_preprocessor(ModelConfig(vision=vision))
     pp.update(image_mean=list(mean), image_std=list(std))
     return pp
 

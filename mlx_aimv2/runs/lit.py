@@ -10,7 +10,8 @@ from pathlib import Path
 import mlx.core as mx
 from mlx.utils import tree_flatten
 
-from .. import checkpoints, cpu, kinds
+from .. import cpu, kinds
+from ..checkpoints.mlx_io import default_preprocessor, save, tokenizer_files
 from ..config import ModelConfig, TextConfig, TrainConfig, VisionConfig
 from ..errors import UserError
 from ..inference import AIMv2, Encoder, LiTModel, open_model
@@ -54,7 +55,7 @@ def load_lit(run: Path):
 def lit_tokenizer_files(cfg: TrainConfig, run: Path, frozen: AIMv2) -> tuple:
     """The files a LiT folder carries for its text side: the LiT init's, the given one, or the run's BPE."""
     if isinstance(frozen, LiTModel):
-        return checkpoints.tokenizer_files(frozen.folder)
+        return tokenizer_files(frozen.folder)
     if cfg.tokenizer:
         t = Path(cfg.tokenizer)
         if t.is_dir() and not (t / "tokenizer.json").is_file():
@@ -96,7 +97,7 @@ def lit_preprocessor(frozen: AIMv2) -> dict:
     if pp is not None and pp.is_file():
         return json.loads(pp.read_text())
     p = frozen.preprocessor
-    d = checkpoints.default_preprocessor(frozen.config)
+    d = default_preprocessor(frozen.config)
     d.update(
         size={"shortest_edge": p.size},
         crop_size={"height": p.crop[0], "width": p.crop[1]},
@@ -109,9 +110,7 @@ def lit_preprocessor(frozen: AIMv2) -> dict:
 def save_lit(frozen: AIMv2, tuner: LiTTuner, name: str, files: tuple, dst: Path, overwrite: bool = False) -> Path:
     """A LiT folder that load / encode_text / classify / export read like the published one."""
     lit, config = lit_module(frozen, tuner, name)
-    return checkpoints.save(
-        lit, config, Path(dst), lit_preprocessor(frozen), files, overwrite=overwrite, kind=kinds.LIT
-    )
+    return save(lit, config, Path(dst), lit_preprocessor(frozen), files, overwrite=overwrite, kind=kinds.LIT)
 
 
 def frozen_encoder(init: str) -> AIMv2:

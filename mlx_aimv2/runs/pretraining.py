@@ -9,7 +9,10 @@ from pathlib import Path
 
 import mlx.core as mx
 
-from .. import checkpoints, cpu, hub, kinds
+from .. import cpu, hub, kinds
+from ..checkpoints.files import read_weights
+from ..checkpoints.load import load_checkpoint
+from ..checkpoints.mlx_io import copy_files, load_into, save
 from ..config import DecoderConfig, ModelConfig, TrainConfig, VisionConfig, saved_run_config
 from ..errors import UserError
 from ..models import AIMv2VisionEncoder, lora
@@ -27,7 +30,7 @@ def save_encoder(
 ) -> Path:
     """An encoder folder that `embed` and `load` read (weights: these instead of the encoder's own)."""
     config = ModelConfig(vision=vision, name=name)
-    return checkpoints.save(encoder, config, Path(dst), pp, overwrite=overwrite, weights=weights)
+    return save(encoder, config, Path(dst), pp, overwrite=overwrite, weights=weights)
 
 
 def load_encoder(run: Path):
@@ -45,9 +48,9 @@ def load_encoder(run: Path):
     if cfg.get("tune") == "lora":  # continued with adapters: load them, then fold them in
         adapted = AIMv2VisionEncoder(vision)
         add_run_lora(adapted, cfg)
-        checkpoints.load_into(adapted, weights, str(ckpt))
+        load_into(adapted, weights, str(ckpt))
         weights = lora.merged_weights(adapted)
-    checkpoints.load_into(enc, weights, str(ckpt))
+    load_into(enc, weights, str(ckpt))
     pp = encoder_preprocessor(vision, cfg["mean"], cfg["std"])
     return enc, vision, pp, f"{Path(run).resolve().name} step {state['step']}"
 
@@ -76,7 +79,7 @@ def load_pretrainer(run, need: str) -> tuple[AIMv2PreTrainer, TextTokenizer, Pre
     )
     if cfg.tune == "lora":
         add_run_lora(model.encoder, cfg.to_dict())
-    checkpoints.load_into(model, _weights(ckpt), str(ckpt))
+    load_into(model, _weights(ckpt), str(ckpt))
     mx.eval(model.parameters())
     cpu.use_kernels(model)
     pp = encoder_preprocessor(vision, cfg.mean, cfg.std)
@@ -118,7 +121,7 @@ def save_decoder(run: Path, folder: Path, dtype=None) -> None:
     }
     mx.save_safetensors(str(Path(folder) / DECODER_WEIGHTS), weights)
     (Path(folder) / DECODER).write_text(json.dumps(spec, indent=1) + "\n")
-    checkpoints.copy_files([(own if own.is_file() else Path(cfg.tokenizer), "tokenizer.json")], Path(folder))
+    copy_files([(own if own.is_file() else Path(cfg.tokenizer), "tokenizer.json")], Path(folder))
 
 
 def _folder_pretrainer(folder: Path, need: str):
@@ -130,11 +133,11 @@ def _folder_pretrainer(folder: Path, need: str):
     except (OSError, ValueError, KeyError, TypeError) as e:
         raise UserError(f"{folder / DECODER}: unreadable ({e}); export the run again with --decoder") from None
     _check_learned(folder, objective, need)
-    encoder, config, _ = checkpoints.load_checkpoint(str(folder), dtype=mx.float32)
+    encoder, config, _ = load_checkpoint(str(folder), dtype=mx.float32)
     model = AIMv2PreTrainer(config.vision, dec, pad_id=pad_id, objective=objective)
     model.encoder = encoder
-    weights = checkpoints.read_weights(folder / DECODER_WEIGHTS)
-    checkpoints.load_into(model.decoder, dict(weights), str(folder / DECODER_WEIGHTS), dtype=mx.float32)
+    weights = read_weights(folder / DECODER_WEIGHTS)
+    load_into(model.decoder, dict(weights), str(folder / DECODER_WEIGHTS), dtype=mx.float32)
     cpu.use_kernels(model)
     tokenizer = load_tokenizer(folder / "tokenizer.json", dec.context_length)
     pp = Preprocessor.from_folder(folder, image_size=config.vision.image_size)

@@ -9,8 +9,9 @@ from typing import Optional
 
 import mlx.core as mx
 
-from .. import checkpoints, kinds
+from .. import kinds
 from ..atomic import check_destination
+from ..checkpoints.mlx_io import save
 from ..config import ModelConfig
 from ..models import build as build_model
 from ..models import lora
@@ -70,6 +71,6 @@ def export_run(
         module.set_dtype(dtype, predicate=lambda d: mx.issubdtype(d, mx.floating))
     more = (lambda folder: save_decoder(Path(run), folder, dtype)) if decoder else None
     kind = kinds.CAPTIONER if decoder else None  # else an encoder or a LiT model, by the config
-    return checkpoints.save(
+    return save(
         module, config, Path(dst), pp, files, overwrite=overwrite, more=more, kind=kind, max_shard_size=max_shard_size
     )

@@ -10,7 +10,8 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ... import checkpoints, cpu, kinds
+from ... import cpu, kinds
+from ...checkpoints.load import load_checkpoint
 from ...errors import UserError
 from ...models import lora
 from ...models.decoder import AIMv2PreTrainer, init_weights
@@ -56,7 +57,7 @@ class AIMv2Objective(Objective):
         cfg = self.cfg
         if not cfg.init:
             return cfg.vision(), None
-        module, mcfg, _ = checkpoints.load_checkpoint(cfg.init, dtype=mx.float32)
+        module, mcfg, _ = load_checkpoint(cfg.init, dtype=mx.float32)
         if mcfg.quantization:  # training needs float weights: continue from the dequantized ones
             dequantize(module)
             mcfg.quantization = None

@@ -18,7 +18,9 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from ... import checkpoints, cpu, kinds
+from ... import cpu, kinds
+from ...checkpoints.load import load_checkpoint
+from ...checkpoints.mlx_io import default_preprocessor
 from ...config import ModelConfig
 from ...data.labelled import ClassLabelEncoder, open_labelled
 from ...data.stream import TrainStream
@@ -165,6 +167,6 @@ def _init_encoder(init: str) -> tuple:
     if is_run(Path(init)):
         enc, vision, pp, name = load_encoder(Path(init))
         return enc, ModelConfig(vision=vision, name=name), pp
-    module, config, folder = checkpoints.load_checkpoint(init, dtype=mx.float32)
+    module, config, folder = load_checkpoint(init, dtype=mx.float32)
     pp = folder / "preprocessor_config.json"
-    return module, config, json.loads(pp.read_text()) if pp.is_file() else checkpoints.default_preprocessor(config)
+    return module, config, json.loads(pp.read_text()) if pp.is_file() else default_preprocessor(config)

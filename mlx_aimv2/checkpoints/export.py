@@ -2,136 +2,29 @@
 as a folder that transformers' `Aimv2VisionModel` / `Aimv2Model.from_pretrained` loads with no
 missing or unexpected keys. Safetensors only; quantized layers are dequantized on the way out.
 
-The key mapping is checkpoints.py's transformers tables, read backwards.
+The key mapping is layouts.py's transformers tables, read backwards.
 """
 
 from __future__ import annotations
 
 import json
-import re
 from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
 import numpy as np
-from mlx.utils import tree_flatten
 
-from . import finetuned, hub, kinds, modelcard, owner, runs
-from .atomic import check_destination, write_folder
-from .checkpoints import (
-    HF_BLOCK,
-    HF_LAYER,
-    HF_QKV,
-    HF_TOP,
-    HF_TOWERS,
-    HF_VISION,
-    copy_files,
-    default_preprocessor,
-    drop_stale_weights,
-    load_checkpoint,
-    save,
-    tokenizer_files,
-    write_weights,
-)
-from .config import ModelConfig
-from .errors import UserError
-from .inference import preprocessor_of
-from .models import lora
-from .quantize import dequantize, quantize
-from .runs.snapshots import saved_config
-
-
-def _inverse(table: dict) -> dict:
-    return {ours: theirs for theirs, ours in table.items()}
-
-
-def _tower(weights: dict, table: dict, out_prefix: str) -> dict:
-    """One tower's weights (our names, without its prefix) under transformers' names and layouts."""
-    block, names = _inverse(HF_BLOCK), _inverse(table)
-    qkv_names, qkv = HF_QKV
-    out = {}
-    for key, v in weights.items():
-        m = re.fullmatch(r"trunk\.blocks\.(\d+)\.(.*)", key)
-        if m:
-            layer = out_prefix + HF_LAYER.format(m.group(1))
-            if m.group(2) == qkv:
-                out.update({layer + name: part for name, part in zip(qkv_names, mx.split(v, 3, axis=0))})
-            else:
-                out[layer + block[m.group(2)]] = v
-            continue
-        if key.endswith("patchifier.proj.weight"):
-            v = v.transpose(0, 3, 1, 2)  # OHWI -> OIHW
-        elif key == "preprocessor.pos_embed":
-            v = v[0]
-        out[out_prefix + names[key]] = v
-    return out
-
-
-def transformers_weights(module, config: ModelConfig) -> dict:
-    """Our float module's parameters under transformers' names and layouts."""
-    w = dict(tree_flatten(module.parameters()))
-    if not kinds.is_lit(config):
-        return _tower(w, HF_VISION, "")
-    out = {}
-    for theirs, (ours, table) in HF_TOWERS.items():
-        out.update(_tower({k[len(ours) :]: v for k, v in w.items() if k.startswith(ours)}, table, theirs))
-    out.update({name: w[key] for name, key in HF_TOP.items()})
-    return out
-
-
-def _vision_config(c, dtype: str) -> dict:
-    return {
-        "architectures": ["Aimv2VisionModel"],
-        "model_type": "aimv2_vision_model",
-        "dtype": dtype,
-        "hidden_size": c.hidden_size,
-        "intermediate_size": c.mlp_hidden,
-        "num_hidden_layers": c.depth,
-        "num_attention_heads": c.num_heads,
-        "num_channels": c.num_channels,
-        "patch_size": c.patch_size,
-        "image_size": c.image_size or 224,
-        "is_native": c.native,
-        "use_head": c.use_head,
-        "rms_norm_eps": c.eps,
-        "qkv_bias": False,
-        "mlp_bias": False,
-        "hidden_act": "silu",
-    }
-
-
-def transformers_config(config: ModelConfig, dtype: str) -> dict:
-    v = config.vision
-    if v.use_head and not v.head_bias:
-        raise UserError("transformers' AIMv2 pooling head always has an output bias; this model has none")
-    if not kinds.is_lit(config):
-        return _vision_config(v, dtype)
-    t = config.text
-    text = {
-        "model_type": "aimv2_text_model",
-        "vocab_size": t.vocab_size,
-        "hidden_size": t.hidden_size,
-        "intermediate_size": t.mlp_hidden,
-        "num_hidden_layers": t.depth,
-        "num_attention_heads": t.num_heads,
-        "max_position_embeddings": t.context_length,
-        "eos_token_id": t.eos_token_id,
-        "rms_norm_eps": t.eps,
-        "qkv_bias": False,
-        "mlp_bias": False,
-        "hidden_act": "silu",
-    }
-    vision = {k: val for k, val in _vision_config(v, dtype).items() if k not in ("architectures", "dtype")}
-    return {
-        "architectures": ["Aimv2Model"],
-        "model_type": "aimv2",
-        "dtype": dtype,
-        "projection_dim": config.projection_dim,
-        "max_logit_scale": config.max_logit_scale,
-        "vision_config": vision,
-        "text_config": text,
-    }
-
+from .. import finetuned, hub, kinds, modelcard, owner, runs
+from ..atomic import check_destination, write_folder
+from ..config import ModelConfig
+from ..errors import UserError
+from ..inference import preprocessor_of
+from ..models import lora
+from ..quantize import dequantize, quantize
+from ..runs.snapshots import saved_config
+from .layouts import peft_adapter, transformers_config, transformers_weights
+from .load import load_checkpoint
+from .mlx_io import copy_files, default_preprocessor, drop_stale_weights, save, tokenizer_files, write_weights
 
 FORMATS = ("mlx", "transformers", "peft")
 
@@ -299,44 +192,6 @@ def _pooled(module, config: ModelConfig, pixels: np.ndarray) -> np.ndarray:
 def _cosines(a: np.ndarray, b: np.ndarray) -> dict:
     cos = (a * b).sum(1) / (np.linalg.norm(a, axis=1) * np.linalg.norm(b, axis=1))
     return {"images": len(cos), "mean": float(cos.mean()), "min": float(cos.min())}
-
-
-# -- LoRA adapters as PEFT writes them ---------------------------------------------------------------
-
-# our block's linear layers -> transformers' Aimv2 module names (HF_BLOCK's, without ".weight"); the
-# fused qkv becomes q_proj / k_proj / v_proj, each with the same A and its third of B
-_PEFT_MODULES = {"attn.proj": ["attention.out_proj"], "mlp.fc1": ["ffn.gate_proj"], "mlp.fc3": ["ffn.up_proj"],
-                 "mlp.fc2": ["ffn.down_proj"], "attn.qkv": ["attention.q_proj", "attention.k_proj", "attention.v_proj"]}  # fmt: skip
-
-
-def peft_adapter(module) -> tuple[dict, dict]:
-    """(PEFT's adapter_model weights, its LoraConfig fields) for an encoder whose layers carry LoRA
-    adapters: keys for transformers' Aimv2VisionModel, lora_A (r, in) and lora_B (out, r), the same
-    update (alpha / r) x B A that this package's LoRALinear adds."""
-    weights, names, rank, alpha = {}, [], None, None
-    for path, m in module.named_modules():
-        if not isinstance(m, lora.LoRALinear):
-            continue
-        block, _, layer = path.removeprefix("trunk.blocks.").partition(".")
-        theirs = _PEFT_MODULES[layer]
-        a, b = m.lora_a.T.astype(mx.float32), m.lora_b.T.astype(mx.float32)
-        rank = a.shape[0]
-        alpha = m.scale * rank
-        for part, name in zip(mx.split(b, len(theirs), axis=0), theirs):
-            full = HF_LAYER.format(block) + name
-            weights[f"base_model.model.{full}.lora_A.weight"] = a
-            weights[f"base_model.model.{full}.lora_B.weight"] = part
-            names.append(full)
-    if not weights:
-        return {}, {}
-    pattern = "|".join(re.escape(n) for n in sorted(names))
-    config = {
-        "peft_type": "LORA", "task_type": None, "r": rank, "lora_alpha": alpha, "lora_dropout": 0.0,
-        "target_modules": f"^({pattern})$", "bias": "none", "fan_in_fan_out": False, "inference_mode": True,
-        # what PEFT writes for a model of no task type, so that AutoPeftModel knows the base's class
-        "auto_mapping": {"base_model_class": "Aimv2VisionModel", "parent_library": "transformers.models.aimv2.modeling_aimv2"},
-    }  # fmt: skip
-    return weights, config
 
 
 @owner.owned
