@@ -266,3 +266,30 @@ def peft_adapter(module) -> tuple[dict, dict]:
         "auto_mapping": {"base_model_class": "Aimv2VisionModel", "parent_library": "transformers.models.aimv2.modeling_aimv2"},
     }  # fmt: skip
     return weights, config
+
+
+# -- Ovis2 (transformers' layout): its visual tokenizer's AIMv2 tower is transformers' AIMv2 but for
+# one name; its head and the visual embedding table are its own
+
+OVIS2_TOWER = "model.vision_tower."
+OVIS2_TABLE = "model.visual_embeddings_table.weight"
+
+
+def ovis2_visual_tokenizer(w: dict) -> tuple[dict, mx.array]:
+    """An Ovis2 checkpoint's tensors -> (the VisualTokenizer's weights in our names, the visual
+    embedding table). The language model's tensors are left to mlx-lm."""
+    ours = {}
+    tower = {}
+    for key, v in w.items():
+        if not key.startswith(OVIS2_TOWER):
+            continue
+        rest = key[len(OVIS2_TOWER) :]
+        if rest.startswith("transformer."):
+            rest = rest[len("transformer.") :].replace("embeddings.patch_embedding.", "embeddings.patch_embed.")
+            tower[rest] = v
+        else:  # head_linear, head_norm
+            ours[rest] = v
+    if not tower or OVIS2_TABLE not in w:
+        raise UserError("not an Ovis2 checkpoint in transformers' layout: no vision tower or visual embedding table")
+    ours.update({f"encoder.{k}": v for k, v in to_mlx(tower).items()})
+    return ours, w[OVIS2_TABLE]

@@ -1,0 +1,72 @@
+"""Ovis2 (issue 39), its first part: the visual tokenizer on this package's AIMv2 encoder equals
+transformers' Ovis2 (random weights, a tiny config): the probabilistic visual tokens and the visual
+embeddings the language model reads. A grid the hidden stride does not divide is zero-padded first
+(transformers' own padding fails on one: it pads the token axis, not the grid), checked against numpy."""
+
+import numpy as np
+import pytest
+from helpers import randomize, torch_pixels
+
+import mlx_aimv2  # noqa: F401  (the package's CPU set-up)
+from mlx_aimv2 import owner
+from mlx_aimv2.checkpoints.layouts import ovis2_visual_tokenizer
+from mlx_aimv2.checkpoints.mlx_io import load_into
+from mlx_aimv2.config import VisionConfig
+from mlx_aimv2.models.visual_tokenizer import VisualTokenizer, visual_embeddings
+
+
+def _tiny_ovis2(image_size: int):
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=image_size, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                       num_key_value_heads=1, vocab_size=300)  # fmt: skip
+    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
+                         hidden_size=64)  # fmt: skip
+    return randomize(Ovis2ForConditionalGeneration(config), seed=3), vision
+
+
+@pytest.mark.parametrize("image_size", [56, 84])  # 4x4 tokens merge to 2x2, 6x6 to 3x3
+def test_the_visual_tokenizer_equals_transformers_ovis2(image_size):
+    import torch
+
+    model, v = _tiny_ovis2(image_size)
+    weights = {k: t.detach().numpy() for k, t in model.state_dict().items()}
+    pixels = np.random.default_rng(0).normal(size=(2, image_size, image_size, 3)).astype(np.float32)
+    with torch.no_grad():
+        out = model.model.vision_tower(torch_pixels(pixels))
+        want_probs = out.pooler_output.numpy()
+        want_embeds = model.model.get_image_features(torch_pixels(pixels)).pooler_output.numpy()
+
+    def ours():
+        import mlx.core as mx
+
+        mine, table = ovis2_visual_tokenizer({k: mx.array(a) for k, a in weights.items()})
+        config = VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=128, patch_size=14,
+                              image_size=image_size, eps=v.rms_norm_eps)  # fmt: skip
+        tokenizer = VisualTokenizer(config, vocab_size=48, hidden_stride=2)
+        load_into(tokenizer, mine, "tiny Ovis2", dtype=mx.float32)
+        probs = tokenizer(mx.array(pixels))
+        return np.array(probs), np.array(visual_embeddings(probs, table))
+
+    probs, embeds = owner.run(ours)
+    assert probs.shape == (2, (image_size // 28) ** 2, 48) and np.allclose(probs[..., -5:], 0)
+    np.testing.assert_allclose(probs[..., :-5], want_probs, atol=1e-5)
+    np.testing.assert_allclose(embeds, want_embeds, atol=1e-5)
+    assert want_probs.std() > 1e-3  # not uniform: the check can fail
+
+
+def test_a_grid_the_stride_does_not_divide_is_zero_padded_then_merged():
+    def ours(tokens):
+        import mlx.core as mx
+
+        return np.array(VisualTokenizer(VisionConfig(hidden_size=4, depth=1, num_heads=1, mlp_hidden=8, patch_size=14,
+                                                     image_size=42), vocab_size=8, hidden_stride=2).merge(mx.array(tokens)))  # fmt: skip
+
+    tokens = np.random.default_rng(1).normal(size=(2, 9, 4)).astype(np.float32)  # a 3x3 grid
+    grid = np.zeros((2, 4, 4, 4), np.float32)
+    grid[:, :3, :3] = tokens.reshape(2, 3, 3, 4)
+    want = [np.concatenate([grid[n, 2 * i, 2 * j], grid[n, 2 * i, 2 * j + 1], grid[n, 2 * i + 1, 2 * j],
+                            grid[n, 2 * i + 1, 2 * j + 1]]) for n in range(2) for i in range(2) for j in range(2)]  # fmt: skip
+    np.testing.assert_array_equal(owner.run(ours, tokens), np.array(want).reshape(2, 4, 16))
