@@ -70,3 +70,67 @@ def test_a_grid_the_stride_does_not_divide_is_zero_padded_then_merged():
     want = [np.concatenate([grid[n, 2 * i, 2 * j], grid[n, 2 * i, 2 * j + 1], grid[n, 2 * i + 1, 2 * j],
                             grid[n, 2 * i + 1, 2 * j + 1]]) for n in range(2) for i in range(2) for j in range(2)]  # fmt: skip
     np.testing.assert_array_equal(owner.run(ours, tokens), np.array(want).reshape(2, 4, 16))
+
+
+IMAGE_TOKEN, INDICATORS = 290, [291, 292, 293, 294, 295]  # in the tiny language model's vocabulary
+
+
+def _tiny_ovis2_model(seed: int = 3):
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=300, rope_theta=10000.0, tie_word_embeddings=True)  # fmt: skip
+    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
+                         hidden_size=64, vocab_size=300, image_token_id=IMAGE_TOKEN,
+                         visual_indicator_token_ids=INDICATORS, tie_word_embeddings=True)  # fmt: skip
+    torch_model = randomize(Ovis2ForConditionalGeneration(config), seed=seed)
+    return torch_model, vision, text
+
+
+def _ours(torch_model, vision, text):
+    import mlx.core as mx
+
+    from mlx_aimv2.checkpoints.layouts import ovis2_weights
+    from mlx_aimv2.vlm.ovis2 import Ovis2
+
+    config = VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=128, patch_size=14, image_size=56,
+                          eps=vision.rms_norm_eps)  # fmt: skip
+    args = {k: text.to_dict()[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size",
+                                           "num_attention_heads", "rms_norm_eps", "vocab_size",
+                                           "num_key_value_heads", "tie_word_embeddings")}  # fmt: skip
+    args["rope_theta"] = 10000.0
+    model = Ovis2(config, 48, 2, args, IMAGE_TOKEN, INDICATORS)
+    weights = {k: mx.array(t.detach().numpy()) for k, t in torch_model.state_dict().items()}
+    load_into(model, ovis2_weights(weights, tied=True), "tiny Ovis2", dtype=mx.float32)
+    return model
+
+
+def test_ovis2_first_step_logits_and_32_greedy_tokens_equal_transformers():
+    """A prompt with an image's visual tokens and the five indicator tokens: the first step's logits
+    to 1e-4 and the same 32 greedy tokens as transformers' Ovis2ForConditionalGeneration."""
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    import torch
+
+    torch_model, vision, text = _tiny_ovis2_model()
+    torch_model.eval()
+    ids = [5, 17, 42, INDICATORS[0], *([IMAGE_TOKEN] * 4), INDICATORS[1], *([IMAGE_TOKEN] * 4), INDICATORS[4], 77, 9]
+    pixels = np.random.default_rng(0).normal(size=(2, 56, 56, 3)).astype(np.float32)  # a thumbnail and one tile
+    with torch.no_grad():
+        want = torch_model(input_ids=torch.tensor([ids]), pixel_values=torch_pixels(pixels)).logits.numpy()
+        gen = torch_model.generate(input_ids=torch.tensor([ids]), pixel_values=torch_pixels(pixels),
+                                   max_new_tokens=32, do_sample=False, min_new_tokens=32)  # fmt: skip
+    want_tokens = gen[0, len(ids) :].tolist()
+
+    def ours():
+        import mlx.core as mx
+
+        model = _ours(torch_model, vision, text)
+        logits = np.array(model(mx.array([ids]), mx.array(pixels)))
+        return logits, list(model.greedy(mx.array([ids]), mx.array(pixels), 32))
+
+    logits, tokens = owner.run(ours)
+    np.testing.assert_allclose(logits, want, atol=1e-4)
+    assert tokens == want_tokens
+    assert len(set(want_tokens)) > 1 and np.abs(want[0, -1]).max() > 1e-2  # not a constant answer: it can fail

@@ -293,3 +293,20 @@ def ovis2_visual_tokenizer(w: dict) -> tuple[dict, mx.array]:
         raise UserError("not an Ovis2 checkpoint in transformers' layout: no vision tower or visual embedding table")
     ours.update({f"encoder.{k}": v for k, v in to_mlx(tower).items()})
     return ours, w[OVIS2_TABLE]
+
+
+OVIS2_LANGUAGE = {"model.language_model.": "language_model.model.", "lm_head.": "language_model.lm_head."}
+
+
+def ovis2_weights(w: dict, tied: bool) -> dict:
+    """An Ovis2 checkpoint in transformers' layout -> vlm.Ovis2's names: the visual tokenizer's (ours),
+    the visual embedding table, and the language model's as mlx-lm's Qwen2 names them (its lm_head only
+    when untied)."""
+    tokenizer, table = ovis2_visual_tokenizer(w)
+    out = {f"visual_tokenizer.{k}": v for k, v in tokenizer.items()}
+    out["visual_embeddings_table"] = table
+    for key, v in w.items():
+        for theirs, mine in OVIS2_LANGUAGE.items():
+            if key.startswith(theirs) and not (tied and theirs == "lm_head."):
+                out[mine + key[len(theirs) :]] = v
+    return out
