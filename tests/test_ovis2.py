@@ -134,3 +134,25 @@ def test_ovis2_first_step_logits_and_32_greedy_tokens_equal_transformers():
     np.testing.assert_allclose(logits, want, atol=1e-4)
     assert tokens == want_tokens
     assert len(set(want_tokens)) > 1 and np.abs(want[0, -1]).max() > 1e-2  # not a constant answer: it can fail
+
+
+@pytest.mark.parametrize("size", [(70, 70), (60, 180), (200, 90)])  # square; wide (several tiles); tall
+def test_preprocessing_equals_transformers_ovis2_image_processor(size):
+    """Ovis2ImageProcessor's crops (the thumbnail, then the tiles) to 1e-6, and the grid the prompt
+    describes, with the <image> text Ovis2Processor writes for it."""
+    from PIL import Image
+    from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
+
+    from mlx_aimv2.vlm.processor import image_prompt, preprocess
+
+    h, w = size
+    image = Image.fromarray(np.random.default_rng(h + w).integers(0, 255, (h, w, 3), dtype=np.uint8))
+    theirs = Ovis2ImageProcessorPil(crop_to_patches=True, size={"height": 56, "width": 56}, max_patches=12)
+    want = theirs(images=[image], return_tensors="np")
+    crops, grid = preprocess(image, side=56, max_tiles=12)
+    np.testing.assert_allclose(crops, want["pixel_values"].transpose(0, 2, 3, 1), atol=1e-6)
+    assert list(grid) == want["grids"][0].tolist()
+    text = image_prompt(grid, tokens_per_crop=4)
+    assert text.count("<IMG_ATOM>") == 4 * len(crops) and text.startswith("<IMG_START>") and text.endswith("<IMG_END>")
+    assert text.count("<IMG_ROW>") == (grid[0] - 1 if len(crops) > 1 else 0)
+    assert len(crops) > 1 or size == (70, 70)  # the wide and tall images take several tiles: the check can fail
