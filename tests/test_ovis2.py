@@ -156,3 +156,79 @@ def test_preprocessing_equals_transformers_ovis2_image_processor(size):
     assert text.count("<IMG_ATOM>") == 4 * len(crops) and text.startswith("<IMG_START>") and text.endswith("<IMG_END>")
     assert text.count("<IMG_ROW>") == (grid[0] - 1 if len(crops) > 1 else 0)
     assert len(crops) > 1 or size == (70, 70)  # the wide and tall images take several tiles: the check can fail
+
+
+SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>",
+            "<IMG_ROW>", "<IMG_END>"]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def ovis2_folder(tmp_path_factory):
+    """A tiny Ovis2 in transformers' layout, saved as AIDC-AI's folders are (config.json, weights,
+    tokenizer.json: a byte-level BPE trained here, with Qwen's and Ovis2's special tokens)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    folder = tmp_path_factory.mktemp("ovis2")
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["a red circle at the top left", "what is in the picture?", "You are a helpful assistant.",
+              "system user assistant", "a blue square in the center"] * 20  # fmt: skip
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tok.save(str(folder / "tokenizer.json"))
+    ids = {t: tok.token_to_id(t) for t in SPECIALS}
+    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=tok.get_vocab_size(), rope_theta=10000.0,
+                       tie_word_embeddings=True)  # fmt: skip
+    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64,
+                         vocab_size=tok.get_vocab_size(), image_token_id=ids["<IMG_ATOM>"],
+                         visual_indicator_token_ids=[ids[t] for t in SPECIALS[4:]], tie_word_embeddings=True)  # fmt: skip
+    model = randomize(Ovis2ForConditionalGeneration(config), seed=5).eval()
+    model.save_pretrained(folder)
+    return folder, model, ids
+
+
+def test_chat_answers_as_transformers_ovis2_does(ovis2_folder, tmp_path):
+    """`mlx-aimv2 chat IMAGE QUESTION --model FOLDER --json`: the prompt (the chat template with the
+    image's thumbnail and tiles) and the greedy answer's tokens equal transformers' on the same folder."""
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    import json
+
+    import torch
+    from helpers import cli
+    from PIL import Image
+    from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
+
+    from mlx_aimv2.vlm.chat import Ovis2Chat
+
+    folder, model, ids = ovis2_folder
+    picture = tmp_path / "wide.png"
+    Image.fromarray(np.random.default_rng(4).integers(0, 255, (60, 150, 3), dtype=np.uint8)).save(picture)
+    bot = Ovis2Chat(folder)
+    prompt_ids, crops = bot.prompt_ids("what is in the picture?", [str(picture)])
+    theirs = Ovis2ImageProcessorPil(crop_to_patches=True, size={"height": 56, "width": 56}, max_patches=12)
+    pixels = theirs(images=[Image.open(picture)], return_tensors="np")["pixel_values"]
+    np.testing.assert_allclose(crops, pixels.transpose(0, 2, 3, 1), atol=1e-6)
+    assert prompt_ids.count(ids["<IMG_ATOM>"]) == 4 * len(crops) and len(crops) > 2
+    with torch.no_grad():
+        out = model.generate(input_ids=torch.tensor([prompt_ids]), pixel_values=torch.tensor(pixels),
+                             max_new_tokens=16, do_sample=False, eos_token_id=ids["<|im_end|>"])  # fmt: skip
+    want = [t for t in out[0, len(prompt_ids) :].tolist() if t != ids["<|im_end|>"]]
+    r = cli("chat", picture, "what is in the picture?", "--model", folder, "--json", "--max-tokens", "16")
+    assert r.exit_code == 0, r.output
+    got = json.loads(r.output.strip().splitlines()[-1])
+    assert got["tokens"] == want and len(want) > 0
+
+
+def test_chat_refuses_what_cannot_work_in_one_line(ovis2_folder, tmp_path):
+    from helpers import PHOTO, cli, one_clear_line
+
+    folder, _, _ = ovis2_folder
+    one_clear_line(cli("chat", PHOTO, "what?", "--model", "demo"), "not an Ovis2 model folder")
+    one_clear_line(cli("chat", tmp_path / "nope.jpg", "what?", "--model", folder), "nope.jpg")
+    (tmp_path / "bad.jpg").write_bytes(b"not an image")
+    one_clear_line(cli("chat", tmp_path / "bad.jpg", "what?", "--model", folder), "bad.jpg")

@@ -13,10 +13,10 @@ import signal
 
 import typer
 
-from . import evaluation, images, library, models, serving, training
+from . import evaluation, images, library, models, serving, training, vlm
 from .common import messages, user_errors
 
-GROUPS = (models, images, training, evaluation, library, serving)
+GROUPS = (models, images, training, evaluation, library, serving, vlm)
 
 app = typer.Typer(
     add_completion=False,
@@ -45,7 +45,7 @@ def _main(
 
 # --help lists them in this order
 ORDER = ("doctor", "models", "convert", "embed", "classify", "data", "tokenizer", "train", "export", "probe",
-         "index", "search", "dupes", "caption", "complete", "serve", "retrieval", "zeroshot")  # fmt: skip
+         "index", "search", "dupes", "caption", "complete", "chat", "serve", "retrieval", "zeroshot")  # fmt: skip
 _commands = {c.__name__: c for g in GROUPS for c in g.COMMANDS}
 _subgroups = {name: sub for g in GROUPS for name, sub in getattr(g, "GROUPS", {}).items()}
 for name in ORDER:
