@@ -330,7 +330,7 @@ def test_the_cli_is_a_short_dispatcher_over_a_module_per_group():
 
     assert (PACKAGE / "cli").is_dir() and len((PACKAGE / "cli" / "__init__.py").read_text().splitlines()) <= 90
     groups = {g.__name__.rsplit(".", 1)[1] for g in cli.GROUPS}
-    assert groups == {"models", "images", "training", "evaluation", "library", "serving"}
+    assert groups == {"models", "images", "training", "evaluation", "library", "serving", "vlm"}
     for g in cli.GROUPS:  # each command is registered once, wrapped in user_errors by the dispatcher
         assert g.COMMANDS and all(c.__module__ == g.__name__ for c in g.COMMANDS)
     registered = {c.name for c in cli.app.registered_commands} | {t.name for t in cli.app.registered_groups}

@@ -50,7 +50,8 @@ class Ovis2Chat:
             raise UserError(f"{self.folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
         self.side, self.stride = int(v["image_size"]), int(v.get("hidden_stride", 1))
         self.tokens_per_crop = (self.side // int(v["patch_size"]) // self.stride) ** 2
-        self.max_tiles = int(cfg.get("max_patches", 12))
+        pp = self.folder / "preprocessor_config.json"  # the processor's tile limit, where the folder has one
+        self.max_tiles = int(json.loads(pp.read_text()).get("max_patches", 12)) if pp.is_file() else 12
         self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
         self.eos = [
             i
