@@ -14,10 +14,10 @@ import numpy as np
 from tokenizers import Tokenizer
 
 from .. import owner
+from ..checkpoints.configs import infer_config
 from ..checkpoints.files import find_weights, read_weights
 from ..checkpoints.layouts import ovis2_weights
 from ..checkpoints.mlx_io import load_into
-from ..config import VisionConfig
 from ..errors import UserError
 from ..preprocess import ImageLike, load_image
 from .ovis2 import Ovis2
@@ -61,15 +61,20 @@ class Ovis2Chat:
         self.model = owner.run(self._build, cfg, v, t)
 
     def _build(self, cfg: dict, v: dict, t: dict) -> Ovis2:
-        vision = VisionConfig(hidden_size=v["hidden_size"], depth=v["num_hidden_layers"], num_heads=v["num_attention_heads"],
-                              mlp_hidden=v["intermediate_size"], patch_size=v["patch_size"], image_size=self.side,
-                              eps=v.get("rms_norm_eps", 1e-5))  # fmt: skip
         tied = bool(cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", True)))
+        weights = ovis2_weights(read_weights(find_weights(self.folder)), tied)
+        # the encoder's architecture from its tensors' shapes, checked against config.json's vision_config,
+        # as every AIMv2 checkpoint's is
+        encoder = {
+            k[len("visual_tokenizer.encoder.") :]: w
+            for k, w in weights.items()
+            if k.startswith("visual_tokenizer.encoder.")
+        }
+        vision = infer_config(encoder, {"vision_config": v}, str(self.folder / "config.json")).vision
         text = {k: t[k] for k in TEXT_ARGS if k in t} | {"tie_word_embeddings": tied}
         model = Ovis2(vision, int(v["vocab_size"]), self.stride, text, int(cfg["image_token_id"]),
                       cfg["visual_indicator_token_ids"])  # fmt: skip
-        weights = read_weights(find_weights(self.folder))
-        load_into(model, ovis2_weights(weights, tied), str(self.folder), dtype=mx.float32)
+        load_into(model, weights, str(self.folder), dtype=mx.float32)
         return model
 
     def prompt_ids(self, question: str, images: Sequence[ImageLike]) -> tuple[list, Optional[np.ndarray]]:
