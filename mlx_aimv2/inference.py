@@ -30,7 +30,7 @@ from .environment import wired, wired_limit_for
 from .errors import UserError, check_cancel
 from .preprocess import ImageLike, Preprocessor, decode_ahead
 from .prompts import fill_template
-from .tokenizer import load_tokenizer
+from .tokenizer import load_tokenizer, not_unicode
 
 
 class AIMv2:
@@ -320,13 +320,9 @@ class LiTModel(AIMv2):
         for i, t in enumerate(texts):
             if not isinstance(t, str):
                 raise UserError(f"texts: every item must be a string, got {type(t).__name__} {t!r}")
-            try:
-                t.encode("utf-8")
-            except UnicodeEncodeError as e:  # a lone surrogate: the tokenizer would fail with a TypeError
-                raise UserError(
-                    f"texts[{i}] is not valid Unicode (a lone surrogate \\u{ord(t[e.start]):04x} at character "
-                    f"{e.start}); pass UTF-8 text"
-                ) from None
+            why = not_unicode(t)  # the tokenizer would fail with a TypeError
+            if why:
+                raise UserError(f"texts[{i}] is not valid Unicode ({why}); pass UTF-8 text")
         return self._text_embeddings(texts)
 
     @owner.owned

@@ -33,6 +33,16 @@ MAX_CAPTION_CHARS = 4096
 CLIP_PATTERN = r"""'s|'t|'re|'ve|'m|'ll|'d|[\p{L}]+|[\p{N}]|[^\s\p{L}\p{N}]+"""
 
 
+def not_unicode(text: str) -> Optional[str]:
+    """Why `text` is no text a tokenizer can read, or None: a lone surrogate (JSON may carry one, and
+    Python keeps one from a file name it could not decode), which no UTF-8 encoder takes."""
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError as e:
+        return f"a lone surrogate \\u{ord(text[e.start]):04x} at character {e.start}"
+    return None
+
+
 class TextTokenizer:
     def __init__(self, tok, pad_id: int, eos_id: Optional[int], length: int = 77):
         self.tok, self.pad_id, self.eos_id, self.length = tok, pad_id, eos_id, length

@@ -17,6 +17,7 @@ from PIL import Image
 
 from ..errors import UserError
 from ..formats import open_image
+from ..tokenizer import not_unicode
 
 MAX_BODY = 32 << 20  # bytes of JSON: a few full-size photos as base64
 MAX_ITEMS = 256  # inputs per request
@@ -122,12 +123,7 @@ def text_list(value, name: str = "input", images: bool = False) -> list[str]:
 def unicode_text(value: str, name: str) -> str:
     """Text that is Unicode: JSON may carry a lone surrogate (\\ud800), which no tokenizer can read
     and which, let through, failed every request batched with it."""
-    try:
-        value.encode("utf-8")
-    except UnicodeEncodeError as e:
-        bad = value[e.start]
-        raise BadRequest(
-            400,
-            f"{name} is not valid Unicode: a lone surrogate \\u{ord(bad):04x} at character {e.start}; send UTF-8 text",
-        ) from None
+    why = not_unicode(value)
+    if why:
+        raise BadRequest(400, f"{name} is not valid Unicode: {why}; send UTF-8 text")
     return value
