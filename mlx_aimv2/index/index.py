@@ -251,8 +251,9 @@ class Index:
                 raise UserError(
                     f"{self.path}: opened read-only (a read-only disk or file); it can be searched, not added to"
                 )
-            if self._asked is not None:
-                _ = self.model  # the model asked for is the index's, even when nothing needs embedding
+            stored = self.store.get_meta("model")  # another process may have recorded one since this opened
+            if stored is not None:
+                self._take_asked(stored)  # the model asked for is the index's, even when nothing needs embedding
             generation = self.store.generation()
             try:
                 summary = self._add(paths, batch_size, progress, fast_decode, cancel)
