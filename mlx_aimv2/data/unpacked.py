@@ -17,12 +17,12 @@ import bz2
 import hashlib
 import lzma
 import os
-import tempfile
 import threading
 import zlib
 from pathlib import Path
 from typing import Callable, Optional
 
+from ..atomic import TMP_PREFIX, remove_orphans, write_file
 from ..errors import UserError
 from ..paths import children
 
@@ -86,19 +86,19 @@ def _copy_name(path: str) -> Path:
 
 
 def _unpack(path: str, copy: Path) -> None:
-    """Decompress `path` into `copy`, whole. A truncated or damaged archive keeps everything decoded
+    """Decompress `path` into `copy`, written whole (atomic.write_file: a killed unpacking leaves a
+    temporary file the next one clears). A truncated or damaged archive keeps everything decoded
     before the damage, as a truncated plain tar does: the shard's reader uses that, counts the rest bad."""
     copy.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".unpacking-", suffix=".tar", dir=copy.parent)
-    try:
-        with os.fdopen(fd, "wb") as out:
+    remove_orphans(copy.parent)
+
+    def write(tmp: Path) -> None:
+        with open(tmp, "wb") as out:
             whole = _decompress(path, out)
-        damaged = copy.with_suffix(".damaged")
-        damaged.touch() if not whole else damaged.unlink(missing_ok=True)
-        os.replace(tmp, copy)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+        marker = copy.with_suffix(".damaged")  # set before the copy appears: a reader sees both or neither
+        marker.touch() if not whole else marker.unlink(missing_ok=True)
+
+    write_file(copy, write)
 
 
 def damaged(path: str) -> bool:
@@ -163,7 +163,9 @@ class _ZstdObject:
 def _evict(keep: Path) -> None:
     """Drop the oldest copies while the cache is over its size (the one just made stays)."""
     limit = float(os.environ.get("MLX_AIMV2_SHARD_CACHE_GB", "16")) * (1 << 30)
-    copies = sorted(children(keep.parent, "*.tar", kind="file"), key=lambda p: p.stat().st_mtime)
+    # finished copies only: another process's copy being written (atomic's temporary name) is not ours to drop
+    done = [p for p in children(keep.parent, "*.tar", kind="file") if not p.name.startswith(TMP_PREFIX)]
+    copies = sorted(done, key=lambda p: p.stat().st_mtime)
     total = sum(p.stat().st_size for p in copies)
     for p in copies:
         if total <= limit:
