@@ -200,8 +200,8 @@ def export_peft(src: str, dst: Path, overwrite: bool = False, command: Optional[
     for transformers' Aimv2VisionModel with peft.PeftModel.from_pretrained: from a `tune = lora`
     fine-tuning run, or a folder exported with its adapter beside the encoder (merge_lora = false)."""
     dst = check_destination(dst, overwrite)
-    base = None
-    if kinds.is_run(src):
+    base, from_run = None, kinds.is_run(src)
+    if from_run:
         found = runs.classifier_run(Path(src))
         module = found[0].encoder if found is not None else None
         base = found[4].init if found is not None else None
@@ -216,7 +216,7 @@ def export_peft(src: str, dst: Path, overwrite: bool = False, command: Optional[
         )
     # a base transformers loads: the hub id it came from, else its transformers export in base/
     hub_base = hub.repo_of(str(base)) if base is not None else None
-    local_base = base if hub_base is None and base is not None and kinds.is_run(src) else None
+    local_base = base if from_run and hub_base is None and base is not None else None
     config["base_model_name_or_path"] = hub_base or (str(dst / PEFT_BASE) if local_base is not None else None)
 
     def write(tmp: Path):
