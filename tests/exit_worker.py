@@ -3,7 +3,7 @@ joined, and then the process simply ends (no clean-up of its own). MLX work left
 dies while the interpreter finalizes aborts the process ("terminate called without an active
 exception", signal 6); the test counts the runs that end any other way than exit 0.
 
-    python exit_worker.py CALL WORKDIR      CALL: load embed index search classify caption export train
+    python exit_worker.py CALL WORKDIR      CALL: load embed index search classify caption export train chat
 """
 
 import os
@@ -39,6 +39,7 @@ CALLS = {
         "demo", work / f"exported-{os.getpid()}"
     ),
     "train": lambda: train(work / f"run-{threading.get_ident()}"),
+    "chat": lambda: __import__("mlx_aimv2.vlm.chat").vlm.chat.Ovis2Chat(work / "ovis2").generate("what?", [PHOTO], 4),
 }
 
 box = {}

@@ -259,3 +259,36 @@ def write_shard(path: Path, samples: list) -> Path:
                 info.size = len(data)
                 tf.addfile(info, io.BytesIO(data))
     return path
+
+
+OVIS2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>",
+                  "<IMG_ROW>", "<IMG_END>"]  # fmt: skip
+
+
+def tiny_ovis2_folder(folder: Path):
+    """A tiny Ovis2 in transformers' layout with random weights, saved as AIDC-AI's folders are
+    (config.json, weights, tokenizer.json: a byte-level BPE trained here, with Qwen's and Ovis2's
+    special tokens). Returns (folder, the transformers model, the special tokens' ids)."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["a red circle at the top left", "what is in the picture?", "You are a helpful assistant.",
+              "system user assistant", "a blue square in the center"] * 20  # fmt: skip
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=OVIS2_SPECIALS,
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tok.save(str(Path(folder) / "tokenizer.json"))
+    ids = {t: tok.token_to_id(t) for t in OVIS2_SPECIALS}
+    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=tok.get_vocab_size(), rope_theta=10000.0,
+                       tie_word_embeddings=True)  # fmt: skip
+    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64,
+                         vocab_size=tok.get_vocab_size(), image_token_id=ids["<IMG_ATOM>"],
+                         visual_indicator_token_ids=[ids[t] for t in OVIS2_SPECIALS[4:]], tie_word_embeddings=True)  # fmt: skip
+    model = randomize(Ovis2ForConditionalGeneration(config), seed=5).eval()
+    model.save_pretrained(folder)
+    return Path(folder), model, ids

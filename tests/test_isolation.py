@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import PHOTO, QUIET, tiny_config
+from helpers import PHOTO, QUIET, tiny_config, tiny_ovis2_folder
 
 WORKER = Path(__file__).with_name("exit_worker.py")
 
@@ -46,10 +46,15 @@ def test_training_on_a_worker_thread_then_exiting_never_aborts(work):
     assert not bad, f"{len(bad)} of 20 runs ended badly; the first: {bad[0]}"
 
 
-@pytest.mark.parametrize("call", ["load", "embed", "index", "search", "classify", "caption", "export"])
+@pytest.mark.parametrize("call", ["load", "embed", "index", "search", "classify", "caption", "export", "chat"])
 def test_each_public_call_on_a_worker_thread_then_exiting_never_aborts(work, call):
     if call == "search":
         _exits("index", work, 1)  # the index it searches
+    if call == "chat":
+        pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+        if not (work / "ovis2").is_dir():
+            (work / "ovis2").mkdir()
+            tiny_ovis2_folder(work / "ovis2")
     bad = [(rc, err) for rc, err in _exits(call, work, 4) if rc != 0]
     assert not bad, f"{call}: {len(bad)} of 4 runs ended badly; the first: {bad[0]}"
 

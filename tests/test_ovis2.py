@@ -5,7 +5,7 @@ embeddings the language model reads. A grid the hidden stride does not divide is
 
 import numpy as np
 import pytest
-from helpers import randomize, torch_pixels
+from helpers import randomize, tiny_ovis2_folder, torch_pixels
 
 import mlx_aimv2  # noqa: F401  (the package's CPU set-up)
 from mlx_aimv2 import owner
@@ -158,38 +158,9 @@ def test_preprocessing_equals_transformers_ovis2_image_processor(size):
     assert len(crops) > 1 or size == (70, 70)  # the wide and tall images take several tiles: the check can fail
 
 
-SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>",
-            "<IMG_ROW>", "<IMG_END>"]  # fmt: skip
-
-
 @pytest.fixture(scope="module")
 def ovis2_folder(tmp_path_factory):
-    """A tiny Ovis2 in transformers' layout, saved as AIDC-AI's folders are (config.json, weights,
-    tokenizer.json: a byte-level BPE trained here, with Qwen's and Ovis2's special tokens)."""
-    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
-
-    folder = tmp_path_factory.mktemp("ovis2")
-    tok = Tokenizer(models.BPE())
-    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
-    tok.decoder = decoders.ByteLevel()
-    corpus = ["a red circle at the top left", "what is in the picture?", "You are a helpful assistant.",
-              "system user assistant", "a blue square in the center"] * 20  # fmt: skip
-    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=280, special_tokens=SPECIALS,
-                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
-    tok.save(str(folder / "tokenizer.json"))
-    ids = {t: tok.token_to_id(t) for t in SPECIALS}
-    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=tok.get_vocab_size(), rope_theta=10000.0,
-                       tie_word_embeddings=True)  # fmt: skip
-    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64,
-                         vocab_size=tok.get_vocab_size(), image_token_id=ids["<IMG_ATOM>"],
-                         visual_indicator_token_ids=[ids[t] for t in SPECIALS[4:]], tie_word_embeddings=True)  # fmt: skip
-    model = randomize(Ovis2ForConditionalGeneration(config), seed=5).eval()
-    model.save_pretrained(folder)
-    return folder, model, ids
+    return tiny_ovis2_folder(tmp_path_factory.mktemp("ovis2"))
 
 
 def test_chat_answers_as_transformers_ovis2_does(ovis2_folder, tmp_path):
@@ -232,3 +203,18 @@ def test_chat_refuses_what_cannot_work_in_one_line(ovis2_folder, tmp_path):
     one_clear_line(cli("chat", tmp_path / "nope.jpg", "what?", "--model", folder), "nope.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     one_clear_line(cli("chat", tmp_path / "bad.jpg", "what?", "--model", folder), "bad.jpg")
+
+
+def test_chat_from_several_threads_at_once_gives_the_serial_answer(ovis2_folder):
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    from concurrent.futures import ThreadPoolExecutor
+
+    from helpers import PHOTO
+
+    from mlx_aimv2.vlm.chat import Ovis2Chat
+
+    bot = Ovis2Chat(ovis2_folder[0])
+    serial = bot.generate("what is in the picture?", [PHOTO], max_tokens=8)
+    with ThreadPoolExecutor(4) as pool:
+        answers = list(pool.map(lambda _: bot.generate("what is in the picture?", [PHOTO], max_tokens=8), range(8)))
+    assert all(a == serial for a in answers) and serial["tokens"]
