@@ -122,21 +122,43 @@ def write_folder(
 
 def _hold(folder: Path) -> Path:
     """Create the REPLACING marker (with this pid) exclusively: a second writer into the folder while
-    the first replaces its files is refused, never interleaved; a marker whose writer has died is taken over."""
+    the first replaces its files is refused, never interleaved; a marker whose writer has died is taken
+    over. The marker holds its pid from its first instant (written beside, then hard-linked into place),
+    so no other writer can find it empty and take it for a dead one's."""
     marker = Path(folder) / REPLACING
     for _ in range(2):
         try:
-            fd = os.open(marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+            _place_exclusively(marker, f"{os.getpid()}\n")
         except FileExistsError:
             check_whole(folder, writing=True)  # refuses while its writer lives
             marker.unlink(missing_ok=True)  # a dead writer's: this write mends the folder
             continue
-        with os.fdopen(fd, "w") as f:
-            f.write(f"{os.getpid()}\n")
-            f.flush()
-            os.fsync(f.fileno())
         return marker
     raise UserError(f"{folder}: another process keeps starting writes into it; try again when it is done")
+
+
+def _place_exclusively(path: Path, text: str) -> None:
+    """Create `path` holding `text`, or raise FileExistsError when it exists: a file written beside and
+    hard-linked into place (link fails on an existing name); where the volume has no hard links (FAT,
+    exFAT), created exclusively and then written."""
+    fd, tmp = tempfile.mkstemp(prefix=_tmp_prefix(), dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        try:
+            os.link(tmp, path)
+            return
+        except FileExistsError:
+            raise
+        except OSError:  # no hard links on this volume
+            pass
+        fd = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o666)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+    finally:
+        os.unlink(tmp)
 
 
 def check_whole(folder: Path, writing: bool = False) -> None:

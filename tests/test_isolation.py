@@ -339,3 +339,23 @@ def test_two_converts_into_one_folder_at_once_leave_one_whole_model(tmp_path, ex
         got = mlx_aimv2.load(str(x)).embed([image])
         assert min(np.abs(got - e).max() for e in embeddings) < 1e-5, attempt
         assert not (x / ".mlx-aimv2-replacing").exists()
+
+
+def test_a_replace_marker_is_never_seen_empty(tmp_path, monkeypatch):
+    """A marker created empty and written after (as it was) could be read in between as a dead writer's
+    and taken over, letting two writers interleave: it is placed whole, its pid in it from the start,
+    and a second writer finds the first's pid. On a volume without hard links it falls back to an
+    exclusive create."""
+    from mlx_aimv2 import atomic
+
+    target = tmp_path / "m"
+    atomic._place_exclusively(target, "123\n")
+    assert target.read_text() == "123\n" and [p.name for p in tmp_path.iterdir()] == ["m"]
+    with pytest.raises(FileExistsError):
+        atomic._place_exclusively(target, "456\n")
+    assert target.read_text() == "123\n"
+    monkeypatch.setattr(atomic.os, "link", lambda *a: (_ for _ in ()).throw(OSError(1, "no hard links here")))
+    atomic._place_exclusively(tmp_path / "n", "789\n")
+    assert (tmp_path / "n").read_text() == "789\n"
+    with pytest.raises(FileExistsError):
+        atomic._place_exclusively(tmp_path / "n", "0\n")
