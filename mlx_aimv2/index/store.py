@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import sqlite3
 import time
 import urllib.parse
@@ -78,16 +79,41 @@ def db_error(path: Path, e: sqlite3.DatabaseError) -> UserError:
     return UserError(f"{path}: {why}")
 
 
+def _transient(e: sqlite3.OperationalError) -> bool:
+    """Another process's passing state, not a fault: a lock SQLite reports without waiting (a
+    journal-mode change, a snapshot to upgrade), or a -shm file read while its last writer deletes it
+    on closing (SQLITE_IOERR_SHORT_READ; Python 3.10 names it only "disk I/O error")."""
+    name = getattr(e, "sqlite_errorname", "")
+    if name:
+        return name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")) or name == "SQLITE_IOERR_SHORT_READ"
+    return any(w in str(e) for w in ("locked", "busy", "disk I/O error"))
+
+
+def retrying(open_db, wait_s: float = 30.0):
+    """open_db(), again while it fails on another process's passing state (_transient): two indexers
+    and a search opening one file at once each get it whole. Any other error is raised at once."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return open_db()
+        except sqlite3.OperationalError as e:
+            if not _transient(e) or time.monotonic() > deadline:
+                raise
+        time.sleep(random.uniform(0.01, 0.1))  # apart, so two openers do not collide again in step
+
+
 def _open_read_only(path: Path) -> sqlite3.Connection:
     """A read-only connection that writes nothing: it sees a writer's WAL where SQLite may make its
-    -shm file; on a read-only disk it reads the file as it is (immutable)."""
+    -shm file; on a read-only disk it reads the file as it is (immutable). Another process's passing
+    state is raised (for retrying), never read around: an immutable read of a live file is torn."""
     uri = "file:" + urllib.parse.quote(str(path.resolve()))
+    db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30.0, check_same_thread=False)
     try:
-        db = sqlite3.connect(uri + "?mode=ro", uri=True, timeout=30.0, check_same_thread=False)
         db.execute("SELECT name FROM sqlite_master LIMIT 1").fetchall()
         return db
     except sqlite3.OperationalError as e:
-        if "locked" in str(e):
+        db.close()
+        if _transient(e):
             raise
         return sqlite3.connect(uri + "?immutable=1", uri=True, check_same_thread=False)
 
@@ -129,15 +155,7 @@ class Store:
                 ) from None
         self.read_only = read_only
         try:
-            self.db = self._connect(read_only)
-            if not read_only:
-                self.db.execute("PRAGMA journal_mode=WAL")
-                self.db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: safe against a killed process
-                # the tables and the schema's version in one transaction: a kill between them would
-                # leave a file that reads as another program's
-                self.db.executescript(
-                    f"BEGIN; {_SCHEMA} INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
-                )
+            self.db = retrying(lambda: self._connect(read_only))
             version = self._schema_version(read_only)
         except sqlite3.DatabaseError as e:
             if not exists:
@@ -173,7 +191,19 @@ class Store:
     def _connect(self, read_only: bool) -> sqlite3.Connection:
         if read_only:
             return _open_read_only(self.path)
-        return sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+        db = sqlite3.connect(str(self.path), timeout=30.0, check_same_thread=False)
+        try:
+            db.execute("PRAGMA journal_mode=WAL")
+            db.execute("PRAGMA synchronous=NORMAL")  # in WAL mode: safe against a killed process
+            # the tables and the schema's version in one transaction: a kill between them would
+            # leave a file that reads as another program's
+            db.executescript(
+                f"BEGIN; {_SCHEMA} INSERT OR IGNORE INTO meta (key, value) VALUES ('schema', '{SCHEMA_VERSION}'); COMMIT;"
+            )
+            return db
+        except BaseException:
+            db.close()
+            raise
 
     def _check_is_index(self) -> None:
         """Refuse, before any write, a file that is not one of our indexes (read-only inspection)."""
@@ -189,13 +219,22 @@ class Store:
                 f"{self.path}: not an mlx-aimv2 index (not a SQLite file); left untouched; give another --db"
             )
         try:
-            db = _open_read_only(self.path)
+            tables, ours = retrying(self._inspect)
         except sqlite3.DatabaseError as e:
             raise db_error(self.path, e) from None
+        if tables and not ours:
+            listed = ", ".join(sorted(tables)[:6])
+            raise UserError(
+                f"{self.path}: a SQLite file of another program (tables: {listed}), not an mlx-aimv2 index; "
+                f"left untouched; give another --db"
+            )
+
+    def _inspect(self):
+        """(the file's tables, whether they are an index's), read through a read-only connection.
+        No tables is nothing to lose: an index killed at birth, or one another process creates now."""
+        db = _open_read_only(self.path)
         try:
             tables = {r[0] for r in db.execute("SELECT name FROM sqlite_master WHERE type = 'table'")}
-            if not tables:  # nothing to lose: an index killed at birth, or one another process is creating now
-                return
             ours = {"meta", "images"} <= tables and (
                 db.execute("SELECT COUNT(*) FROM meta WHERE key = 'schema'").fetchone()[0]
                 # our tables, empty, made by an earlier version killed before it wrote the schema row
@@ -204,16 +243,9 @@ class Store:
             if ours:
                 columns = {r[1] for r in db.execute("PRAGMA table_info(images)")}
                 ours = {"path", "size", "mtime_ns", "sha1", "vector", "error"} <= columns
-        except sqlite3.DatabaseError as e:
-            raise db_error(self.path, e) from None
+            return tables, ours
         finally:
             db.close()
-        if not ours:
-            listed = ", ".join(sorted(tables)[:6]) or "none"
-            raise UserError(
-                f"{self.path}: a SQLite file of another program (tables: {listed}), not an mlx-aimv2 index; "
-                f"left untouched; give another --db"
-            )
 
     def remove_files(self) -> None:
         """Delete the index's files (with its WAL): for a new index that failed before holding anything."""
