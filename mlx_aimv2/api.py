@@ -5,7 +5,8 @@ model = mlx_aimv2.load("apple/aimv2-large-patch14-224")   # or a folder, a file,
 emb = model.embed(["cat.jpg", pil_image])                 # (2, 1024) numpy, mean-pooled
 
 load() gives an Encoder, a LiTModel (+ encode_text, classify) or an ImageClassifier (+ predict), all
-AIMv2s (inference.py); every call is safe from any thread.
+AIMv2s (inference.py), or for an Ovis2 folder an Ovis2Chat (vlm/chat.py: generate, stream); every
+call is safe from any thread.
 """
 
 from __future__ import annotations
@@ -13,7 +14,7 @@ from __future__ import annotations
 import logging
 from typing import Optional
 
-from . import cpu, hub
+from . import cpu, hub, kinds
 from .checkpoints.export import convert
 from .errors import UserError
 from .inference import AIMv2, Encoder, ImageClassifier, LiTModel, fill_template, open_model
@@ -31,7 +32,8 @@ def load(
 ) -> AIMv2:
     """Load any AIMv2 checkpoint: a hub id or short name, a local folder / file, or "demo".
 
-    Returns an Encoder, a LiTModel or an ImageClassifier, by what the folder holds (kinds.py).
+    Returns an Encoder, a LiTModel or an ImageClassifier, by what the folder holds (kinds.py), or an
+    Ovis2Chat for an Ovis2 vision-language model (pip install 'mlx-aimv2[vlm]').
     On MLX's CPU backend the model gets cpu.py's kernels (the same numbers, faster), and a quantized
     checkpoint runs with its layers dequantized (MLX's CPU quantized matmul is ~60x slower; pass
     keep_quantized=True to keep them). On Metal, a model over 1 GiB has its weights wired
@@ -40,6 +42,10 @@ def load(
     text_only: for a LiT model, read only what encode_text needs (and the patch embedding that
     fingerprints it): MLX loads lazily, so the image tower is never read; image methods then refuse."""
     cpu.warn_if_slow_blas()
+    if kinds.is_ovis2(hub.resolve(str(name_or_path), revision)):
+        from .cli.vlm import ovis2_chat_class  # mlx-lm, only for a vision-language model
+
+        return ovis2_chat_class()(name_or_path, dtype, revision)
     return open_model(name_or_path, revision, dtype, keep_quantized, text_only)
 
 

@@ -62,6 +62,15 @@ ALLOW = [
     "merges.txt",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    # an Ovis2 folder's too: its weights in shards, its language model's tokenizer and templates
+    "model.safetensors.index.json",
+    "model-*.safetensors",
+    "tokenizer.json",
+    "added_tokens.json",
+    "chat_template.json",
+    "chat_template.jinja",
+    "processor_config.json",
+    "generation_config.json",
 ]
 
 
@@ -160,7 +169,7 @@ def download(name: str, revision: Optional[str] = None) -> Path:
         raise _not_cached(where) from None
     except Exception:  # no network, a timeout: what the cache holds
         folder = _cached(repo, where, kwargs)
-    if not any((folder / f).is_file() for f in ALLOW if f.endswith(".safetensors")):
+    if not any((folder / f).is_file() for f in ("model.safetensors", "model.safetensors.index.json")):
         raise UserError(
             f"{where} holds no model.safetensors; is it an AIMv2 checkpoint? Give its hub id or a local folder"
         )
@@ -187,9 +196,10 @@ def _cached(repo: str, where: str, kwargs: dict) -> Path:
 
 
 def _not_cached(where: str) -> UserError:
+    repo = where.partition("@")[0]
     return UserError(
-        f"{where} is not in the local Hugging Face cache and the hub cannot be reached; connect once to "
-        f"download it, or pass a local checkpoint folder"
+        f"{where} is not in the local Hugging Face cache and the hub cannot be reached; it must be downloaded "
+        f"first: run the same command once where the hub answers (or `hf download {repo}`), or pass a local folder"
     )
 
 

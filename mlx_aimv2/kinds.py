@@ -26,7 +26,8 @@ ENCODER = "encoder"  # embed, index, export
 LIT = "lit"  # the image-text model: + encode_text, zero-shot classify, text search
 CLASSIFIER = "classifier"  # an encoder with a fine-tuned head (classifier.json) and maybe a LoRA adapter
 CAPTIONER = "captioner"  # an encoder with a pre-training run's decoder beside it (decoder.json): caption, complete
-MODEL_KINDS = (ENCODER, LIT, CLASSIFIER, CAPTIONER)
+OVIS2 = "ovis2"  # AIDC-AI's Ovis2 vision-language model on an AIMv2 encoder (vlm/): chat
+MODEL_KINDS = (ENCODER, LIT, CLASSIFIER, CAPTIONER, OVIS2)
 
 # training runs, by the objective their config names
 PRETRAINING_RUN, LIT_RUN, CLASSIFIER_RUN = "pretraining-run", "lit-run", "classifier-run"
@@ -43,6 +44,7 @@ DESCRIBED = {
     LIT: "a LiT image-text model",
     CLASSIFIER: "a fine-tuned classifier",
     CAPTIONER: "an encoder with its caption decoder",
+    OVIS2: "an Ovis2 vision-language model",
     PRETRAINING_RUN: "a pre-training run",
     LIT_RUN: "a LiT tuning run",
     CLASSIFIER_RUN: "a fine-tuning run",
@@ -103,6 +105,15 @@ def _sniffed_model_kind(folder: Path, config: dict) -> str:
     if (folder / DECODER_FILE).is_file():
         return CAPTIONER
     return ENCODER
+
+
+def is_ovis2(folder: Path) -> bool:
+    """Whether `folder` holds an Ovis2 model: one we converted, or one in transformers' layout
+    (config.json's model_type "ovis2", as AIDC-AI's -hf folders have it)."""
+    d = _config(folder)
+    return d is not None and (
+        d.get("model_type") == "ovis2" or (d.get("format") == FORMAT and d.get(KIND_KEY) == OVIS2)
+    )
 
 
 def record(config: dict, kind: str) -> dict:

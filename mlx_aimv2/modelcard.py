@@ -160,3 +160,27 @@ def base_model_of(folder: Path) -> Optional[str]:
     """The base_model a folder's own card names (a folder converted before), if any."""
     base = front_matter(folder).get("base_model")
     return base if isinstance(base, str) else None
+
+
+def write_ovis2(folder: Path, config: dict, source: Optional[str], licence: dict,
+                command: Optional[str] = None) -> None:  # fmt: skip
+    """The card of an Ovis2 folder `convert` wrote: where it came from, its shape and quantization."""
+    quant = config.get("quantization")
+    v, t = config["vision_config"], config["text_config"]
+    front = {"library_name": "mlx", "pipeline_tag": "image-text-to-text",
+             "tags": ["mlx", "mlx-aimv2", "ovis2", "aimv2"] + ([f"{quant['bits']}-bit", "quantized"] if quant else []),
+             **(licence or {"license": "apache-2.0"}), **({"base_model": source} if source else {})}  # fmt: skip
+    ref = "THIS_FOLDER"
+    lines = ["---", *[f"{k}: {json.dumps(x)}" for k, x in front.items()], "---", "",
+             f"# {source or 'An Ovis2 model'} in MLX", "",
+             f"{kinds.describe(kinds.OVIS2).capitalize()} (AIDC-AI) in [MLX](https://github.com/ml-explore/mlx) format, "
+             f"from [mlx-aimv2](https://github.com/mlx-aimv2/mlx-aimv2): an AIMv2 encoder {v.get('hidden_size')} wide "
+             f"at {v.get('image_size')} px, a Qwen2 language model {t.get('hidden_size')} wide, "
+             f"{t.get('num_hidden_layers')} layers"
+             + (f"; the language model and encoder blocks {quant['bits']}-bit {quant['mode']}" if quant else "")
+             + (f", from [{source}](https://huggingface.co/{source})" if source else "") + ".", "",
+             "Made with:", "", "```bash", command or command_line(), "```", "", "## Use", "", "```bash",
+             "pip install 'mlx-aimv2[vlm]'", f'mlx-aimv2 chat photo.jpg "Describe the image." --model {ref}', "```", "",
+             "```python", "import mlx_aimv2", "", f'chat = mlx_aimv2.load("{ref}")',
+             'print(chat.generate("Describe the image.", ["photo.jpg"])["text"])', "```", ""]  # fmt: skip
+    (Path(folder) / CARD).write_text("\n".join(lines))

@@ -39,8 +39,8 @@ def tiny_config(data, out, **kw):
     return load_config(overrides={**TINY_RUN, "data": str(data), "out": str(out), **kw})
 
 
-def randomize(model, seed=0):
-    """Re-draw every weight so nothing is an identity (norm gains around 1, small linears)."""
+def randomize(model, seed=0, scale=0.05):
+    """Re-draw every weight so nothing is an identity (norm gains around 1, linears of `scale`)."""
     import torch
 
     g = torch.Generator().manual_seed(seed)
@@ -51,7 +51,7 @@ def randomize(model, seed=0):
             elif "logit_scale" in name:
                 p.fill_(2.0)
             else:
-                p.copy_(0.05 * torch.randn(p.shape, generator=g))
+                p.copy_(scale * torch.randn(p.shape, generator=g))
     return model.eval()
 
 
@@ -289,6 +289,7 @@ def tiny_ovis2_folder(folder: Path):
     config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64,
                          vocab_size=tok.get_vocab_size(), image_token_id=ids["<IMG_ATOM>"],
                          visual_indicator_token_ids=[ids[t] for t in OVIS2_SPECIALS[4:]], tie_word_embeddings=True)  # fmt: skip
-    model = randomize(Ovis2ForConditionalGeneration(config), seed=5).eval()
+    # at a larger scale than randomize's default: an answer that varies, and varies with the image
+    model = randomize(Ovis2ForConditionalGeneration(config), seed=5, scale=0.25).eval()
     model.save_pretrained(folder)
     return Path(folder), model, ids

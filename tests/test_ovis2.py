@@ -1,7 +1,9 @@
-"""Ovis2 (issue 39), its first part: the visual tokenizer on this package's AIMv2 encoder equals
-transformers' Ovis2 (random weights, a tiny config): the probabilistic visual tokens and the visual
-embeddings the language model reads. A grid the hidden stride does not divide is zero-padded first
-(transformers' own padding fails on one: it pads the token axis, not the grid), checked against numpy."""
+"""Ovis2 (issue 39): the visual tokenizer on this package's AIMv2 encoder, the whole model, its
+preprocessing and prompt, `convert` (float and -q) and `chat`, each against transformers' Ovis2
+with random weights on tiny configs (no download). The weights are drawn at a scale where attention
+is far from uniform, so RoPE's and the heads' settings change the answer. A grid the hidden stride
+does not divide is zero-padded first (transformers' own padding fails on one: it pads the token
+axis, not the grid), checked against numpy."""
 
 import numpy as np
 import pytest
@@ -85,25 +87,20 @@ def _tiny_ovis2_model(seed: int = 3):
     config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
                          hidden_size=64, vocab_size=300, image_token_id=IMAGE_TOKEN,
                          visual_indicator_token_ids=INDICATORS, tie_word_embeddings=True)  # fmt: skip
-    torch_model = randomize(Ovis2ForConditionalGeneration(config), seed=seed)
-    return torch_model, vision, text
+    # at a scale where attention is not uniform: RoPE and the heads' grouping then change the answer
+    return randomize(Ovis2ForConditionalGeneration(config), seed=seed, scale=0.25)
 
 
-def _ours(torch_model, vision, text):
+def _ours(torch_model):
+    """vlm.Ovis2 built from the transformers model's own config (as a folder's config.json reads)."""
     import mlx.core as mx
 
     from mlx_aimv2.checkpoints.layouts import ovis2_weights
-    from mlx_aimv2.vlm.ovis2 import Ovis2
+    from mlx_aimv2.vlm.ovis2 import build
 
-    config = VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=128, patch_size=14, image_size=56,
-                          eps=vision.rms_norm_eps)  # fmt: skip
-    args = {k: text.to_dict()[k] for k in ("hidden_size", "num_hidden_layers", "intermediate_size",
-                                           "num_attention_heads", "rms_norm_eps", "vocab_size",
-                                           "num_key_value_heads", "tie_word_embeddings")}  # fmt: skip
-    args["rope_theta"] = 10000.0
-    model = Ovis2(config, 48, 2, args, IMAGE_TOKEN, INDICATORS)
-    weights = {k: mx.array(t.detach().numpy()) for k, t in torch_model.state_dict().items()}
-    load_into(model, ovis2_weights(weights, tied=True), "tiny Ovis2", dtype=mx.float32)
+    weights = ovis2_weights({k: mx.array(t.detach().numpy()) for k, t in torch_model.state_dict().items()}, tied=True)
+    model = build(torch_model.config.to_dict(), weights, "tiny Ovis2")
+    load_into(model, weights, "tiny Ovis2", dtype=mx.float32)
     return model
 
 
@@ -113,7 +110,7 @@ def test_ovis2_first_step_logits_and_32_greedy_tokens_equal_transformers():
     pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
     import torch
 
-    torch_model, vision, text = _tiny_ovis2_model()
+    torch_model = _tiny_ovis2_model()
     torch_model.eval()
     ids = [5, 17, 42, INDICATORS[0], *([IMAGE_TOKEN] * 4), INDICATORS[1], *([IMAGE_TOKEN] * 4), INDICATORS[4], 77, 9]
     pixels = np.random.default_rng(0).normal(size=(2, 56, 56, 3)).astype(np.float32)  # a thumbnail and one tile
@@ -126,7 +123,7 @@ def test_ovis2_first_step_logits_and_32_greedy_tokens_equal_transformers():
     def ours():
         import mlx.core as mx
 
-        model = _ours(torch_model, vision, text)
+        model = _ours(torch_model)
         logits = np.array(model(mx.array([ids]), mx.array(pixels)))
         return logits, list(model.greedy(mx.array([ids]), mx.array(pixels), 32))
 
@@ -163,46 +160,155 @@ def ovis2_folder(tmp_path_factory):
     return tiny_ovis2_folder(tmp_path_factory.mktemp("ovis2"))
 
 
-def test_chat_answers_as_transformers_ovis2_does(ovis2_folder, tmp_path):
-    """`mlx-aimv2 chat IMAGE QUESTION --model FOLDER --json`: the prompt (the chat template with the
-    image's thumbnail and tiles) and the greedy answer's tokens equal transformers' on the same folder."""
-    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
-    import json
-
+def _transformers_answer(folder, model, images, question, max_tokens):
+    """transformers' own prompt (Ovis2Processor over the folder's tokenizer, the chat template's text)
+    and its greedy answer, up to <|im_end|>."""
     import torch
-    from helpers import cli
     from PIL import Image
+    from transformers import Ovis2Processor, PreTrainedTokenizerFast
     from transformers.models.ovis2.image_processing_pil_ovis2 import Ovis2ImageProcessorPil
 
-    from mlx_aimv2.vlm.chat import Ovis2Chat
+    tokenizer = PreTrainedTokenizerFast(tokenizer_file=str(folder / "tokenizer.json"))
+    images = [Image.open(i) for i in images]
+    pixels = Ovis2ImageProcessorPil(crop_to_patches=True, size={"height": 56, "width": 56}, max_patches=12)
+    processor = Ovis2Processor(image_processor=pixels, tokenizer=tokenizer, image_seq_length=4)
+    text = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n" + "<image>\n" * len(images)
+            + f"{question}<|im_end|>\n<|im_start|>assistant\n")  # fmt: skip
+    inputs = processor(images=images, text=text, return_tensors="pt")
+    end = tokenizer.convert_tokens_to_ids("<|im_end|>")
+    with torch.no_grad():
+        out = model.generate(input_ids=inputs["input_ids"], pixel_values=inputs["pixel_values"], do_sample=False,
+                             max_new_tokens=max_tokens, eos_token_id=end)  # fmt: skip
+    return inputs["input_ids"][0].tolist(), [t for t in out[0, inputs["input_ids"].shape[1] :].tolist() if t != end]
+
+
+def _picture(path, h, w, seed):
+    from PIL import Image
+
+    Image.fromarray(np.random.default_rng(seed).integers(0, 255, (h, w, 3), dtype=np.uint8)).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def converted(ovis2_folder, tmp_path_factory):
+    """The tiny Ovis2 as `mlx-aimv2 convert` writes it."""
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    from helpers import cli
+
+    out = tmp_path_factory.mktemp("converted") / "ovis2-mlx"
+    r = cli("convert", ovis2_folder[0], out)
+    assert r.exit_code == 0, r.output
+    return out
+
+
+@pytest.mark.parametrize("shape", [(70, 70), (60, 150)])  # square: the thumbnail alone; wide: thumbnail and 3 tiles
+def test_a_converted_ovis2_chats_the_token_ids_transformers_generates(ovis2_folder, converted, tmp_path, shape):
+    """The bar: a tiny Ovis2 of transformers, converted by `mlx-aimv2 convert`, answers
+    `chat IMAGE "Describe the image." --max-tokens 24 --temp 0 --json` with transformers' greedy ids."""
+    import json
+
+    from helpers import cli
 
     folder, model, ids = ovis2_folder
-    picture = tmp_path / "wide.png"
-    Image.fromarray(np.random.default_rng(4).integers(0, 255, (60, 150, 3), dtype=np.uint8)).save(picture)
-    bot = Ovis2Chat(folder)
-    prompt_ids, crops = bot.prompt_ids("what is in the picture?", [str(picture)])
-    theirs = Ovis2ImageProcessorPil(crop_to_patches=True, size={"height": 56, "width": 56}, max_patches=12)
-    pixels = theirs(images=[Image.open(picture)], return_tensors="np")["pixel_values"]
-    np.testing.assert_allclose(crops, pixels.transpose(0, 2, 3, 1), atol=1e-6)
-    assert prompt_ids.count(ids["<IMG_ATOM>"]) == 4 * len(crops) and len(crops) > 2
-    with torch.no_grad():
-        out = model.generate(input_ids=torch.tensor([prompt_ids]), pixel_values=torch.tensor(pixels),
-                             max_new_tokens=16, do_sample=False, eos_token_id=ids["<|im_end|>"])  # fmt: skip
-    want = [t for t in out[0, len(prompt_ids) :].tolist() if t != ids["<|im_end|>"]]
-    r = cli("chat", picture, "what is in the picture?", "--model", folder, "--json", "--max-tokens", "16")
+    picture = _picture(tmp_path / "picture.png", *shape, seed=sum(shape))
+    _, want = _transformers_answer(folder, model, [picture], "Describe the image.", 24)
+    r = cli("chat", picture, "Describe the image.", "--model", converted, "--max-tokens", "24", "--temp", "0", "--json")
     assert r.exit_code == 0, r.output
     got = json.loads(r.output.strip().splitlines()[-1])
-    assert got["tokens"] == want and len(want) > 0
+    assert got["tokens"] == want and len(set(want)) > 3  # a varied answer: the check can fail
+    assert json.loads((converted / "config.json").read_text())["mlx_aimv2_kind"] == "ovis2"
 
 
-def test_chat_refuses_what_cannot_work_in_one_line(ovis2_folder, tmp_path):
+def test_a_prompt_with_two_images_equals_transformers(ovis2_folder, tmp_path):
+    """Two images in one prompt: transformers' prompt ids and crops, and its greedy answer."""
+    from mlx_aimv2.vlm.chat import Ovis2Chat
+
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    folder, model, _ = ovis2_folder
+    pictures = [_picture(tmp_path / "a.png", 60, 150, 1), _picture(tmp_path / "b.png", 80, 64, 2)]
+    want_ids, want = _transformers_answer(folder, model, pictures, "Which differs?", 16)
+    bot = Ovis2Chat(folder)
+    assert bot.prompt_ids("Which differs?", pictures)[0] == want_ids
+    assert bot.generate("Which differs?", pictures, max_tokens=16)["tokens"] == want and len(set(want)) > 3
+    one = bot.generate("Which differs?", pictures[:1], max_tokens=16)["tokens"]
+    assert one != want  # the second image changes the answer
+
+
+def test_sampling_is_seeded_and_a_tiny_nucleus_is_greedy(ovis2_folder):
+    from mlx_aimv2.vlm.chat import Ovis2Chat
+
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    from helpers import PHOTO
+
+    bot = Ovis2Chat(ovis2_folder[0])
+    greedy = bot.generate("Describe the image.", [PHOTO], 16)["tokens"]
+    hot = [bot.generate("Describe the image.", [PHOTO], 16, temp=1.5, seed=s)["tokens"] for s in (1, 1, 2)]
+    assert hot[0] == hot[1] and hot[0] != hot[2] and hot[0] != greedy
+    assert bot.generate("Describe the image.", [PHOTO], 16, temp=1.5, top_p=1e-9, seed=3)["tokens"] == greedy
+
+
+def test_a_quantized_ovis2_loads_as_it_was_written_and_keeps_the_answer_close(ovis2_folder, converted, tmp_path):
+    """`convert -q`: the language model quantized as mlx-lm does (linears and the embedding), the
+    encoder's blocks as this package does, the visual head and table in float; load() gives the chat
+    class; the first step's logits stay close to the float model's (8-bit) and it answers (4-bit)."""
+    import json
+
+    import mlx.nn as nn
+    from helpers import PHOTO, cli
+
+    logits = {}
+    for bits in (8, 4):
+        out = tmp_path / f"q{bits}"
+        r = cli("convert", ovis2_folder[0], out, "-q", "--q-bits", bits, "--q-group-size", "32")
+        assert r.exit_code == 0, r.output
+        assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == bits
+        bot = mlx_aimv2.load(str(out))
+        assert type(bot).__name__ == "Ovis2Chat"
+        layers = dict(bot.model.named_modules())
+        assert isinstance(layers["language_model.model.embed_tokens"], nn.QuantizedEmbedding)
+        assert isinstance(layers["language_model.model.layers.0.mlp.down_proj"], nn.QuantizedLinear)
+        assert isinstance(layers["visual_tokenizer.encoder.trunk.blocks.0.mlp.fc1"], nn.QuantizedLinear)
+        assert type(layers["visual_tokenizer.head_linear"]) is nn.Linear
+        logits[bits] = _first_logits(bot, PHOTO)
+        assert bot.generate("Describe the image.", [PHOTO], 8)["tokens"]
+    full = _first_logits(mlx_aimv2.load(str(converted)), PHOTO)
+    cosine = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
+    assert cosine(logits[8], full) > 0.99 and cosine(logits[4], full) > 0.8
+    assert cosine(logits[8], full) > cosine(logits[4], full)  # more bits, closer: the check can fail
+
+
+def _first_logits(bot, image) -> np.ndarray:
+    import mlx.core as mx
+
+    ids, crops = bot.prompt_ids("Describe the image.", [image])
+    return owner.run(lambda: np.array(bot.model(mx.array([ids]), mx.array(crops))[0, -1]))
+
+
+def test_chat_refuses_what_cannot_work_in_one_line(ovis2_folder, tmp_path, monkeypatch):
+    """An encoder given to chat, a missing or unreadable image, a prompt longer than the model reads,
+    a bad temperature, and a hub id with no network and no cache: one line each, exit 1."""
+    import json
+    import shutil
+
     from helpers import PHOTO, cli, one_clear_line
 
     folder, _, _ = ovis2_folder
-    one_clear_line(cli("chat", PHOTO, "what?", "--model", "demo"), "not an Ovis2 model folder")
+    one_clear_line(cli("chat", PHOTO, "what?", "--model", "demo"), "demo: an encoder", "not an Ovis2 model")
     one_clear_line(cli("chat", tmp_path / "nope.jpg", "what?", "--model", folder), "nope.jpg")
     (tmp_path / "bad.jpg").write_bytes(b"not an image")
     one_clear_line(cli("chat", tmp_path / "bad.jpg", "what?", "--model", folder), "bad.jpg")
+    short = tmp_path / "short"
+    shutil.copytree(folder, short)
+    cfg = json.loads((short / "config.json").read_text())
+    cfg["text_config"]["max_position_embeddings"] = 64  # a wide image's prompt takes ~90 tokens
+    (short / "config.json").write_text(json.dumps(cfg))
+    wide = _picture(tmp_path / "wide.png", 60, 150, 0)
+    one_clear_line(cli("chat", wide, "what?", "--model", short), "tokens", "reads 64", "fewer or smaller images")
+    one_clear_line(cli("chat", PHOTO, "what?", "--model", folder, "--top-p", "0"), "--top-p")
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
+    one_clear_line(cli("chat", PHOTO, "what?", "--model", "thisisiron/Ovis2-1B-hf"), "thisisiron/Ovis2-1B-hf",
+                   "must be downloaded first", "hf download thisisiron/Ovis2-1B-hf")  # fmt: skip
 
 
 def test_chat_from_several_threads_at_once_gives_the_serial_answer(ovis2_folder):

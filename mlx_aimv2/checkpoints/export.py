@@ -54,6 +54,8 @@ def export(
         )
     if dtype is not None and format != "mlx":
         raise UserError(f"--dtype applies to --format mlx; a {format} export keeps the weights' type")
+    if format != "mlx" and not is_run and kinds.is_ovis2(hub.resolve(str(src))):
+        raise UserError(f"{src}: an Ovis2 model exports as --format mlx only; transformers loads its original folder")
     if format == "peft":
         return export_peft(src, dst, overwrite, command)
     if format == "transformers":
@@ -135,6 +137,11 @@ def convert(
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     check_destination(dst, overwrite)
+    if kinds.is_ovis2(hub.resolve(str(src), revision)):  # a vision-language model: its own converter
+        from .ovis2 import convert_ovis2
+
+        return convert_ovis2(hub.resolve(str(src), revision), dst, DTYPES.get(dtype), quantization, overwrite,
+                             max_shard_size, command, repo=hub.repo_of(str(src)))  # fmt: skip
     module, config, folder = load_checkpoint(src, revision, DTYPES.get(dtype))
     if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers
         dequantize(lora.merge(module))

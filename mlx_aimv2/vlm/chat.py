@@ -1,31 +1,28 @@
-"""Asking Ovis2 about an image: a folder in transformers' Ovis2 layout (config.json, the weights,
-tokenizer.json) read into vlm.Ovis2, the chat template Ovis2 was tuned with, and greedy or sampled
-decoding that streams its text. Every call runs its MLX work on the library's owner thread, so it
-is safe from any thread like the rest of the package."""
+"""Asking Ovis2 about images: an Ovis2 folder (transformers' layout or one `convert` wrote, a hub id
+downloaded first) read into vlm.Ovis2, the chat template Ovis2 was tuned with, and greedy or sampled
+decoding whose text streams as it is decided. Every call runs its MLX work on the library's owner
+thread, so it is safe from any thread like the rest of the package."""
 
 from __future__ import annotations
 
 import json
-from pathlib import Path
-from typing import Iterator, Optional, Sequence
+import random
+from dataclasses import dataclass
+from typing import Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
 from tokenizers import Tokenizer
+from tokenizers.decoders import DecodeStream
 
-from .. import owner
-from ..checkpoints.configs import infer_config
-from ..checkpoints.files import find_weights, read_weights
-from ..checkpoints.layouts import ovis2_weights
-from ..checkpoints.mlx_io import load_into
+from .. import hub, kinds, owner
+from ..checkpoints.ovis2 import load_ovis2
 from ..errors import UserError
 from ..preprocess import ImageLike, load_image
-from .ovis2 import Ovis2
 from .processor import image_prompt, preprocess
 
 SYSTEM = "You are a helpful assistant."
-TEXT_ARGS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "rms_norm_eps",
-             "vocab_size", "num_key_value_heads", "rope_theta", "max_position_embeddings", "tie_word_embeddings")  # fmt: skip
+CONTEXT = 32768  # Qwen2.5's, where config.json does not say
 
 
 def prompt(question: str, images: Sequence[tuple[int, int]], tokens_per_crop: int) -> str:
@@ -35,47 +32,59 @@ def prompt(question: str, images: Sequence[tuple[int, int]], tokens_per_crop: in
             f"<|im_start|>assistant\n")  # fmt: skip
 
 
-class Ovis2Chat:
-    def __init__(self, folder: Path):
-        self.folder = Path(folder)
-        try:
-            cfg = json.loads((self.folder / "config.json").read_text())
-            v, t = cfg["vision_config"], cfg["text_config"]
-        except (OSError, ValueError, KeyError, TypeError):
-            raise UserError(
-                f"{self.folder}: not an Ovis2 model folder (its config.json has no vision_config and text_config); "
-                f"give a folder of AIDC-AI/Ovis2-* in transformers' layout"
-            ) from None
-        if not (self.folder / "tokenizer.json").is_file():
-            raise UserError(f"{self.folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
-        self.side, self.stride = int(v["image_size"]), int(v.get("hidden_stride", 1))
-        self.tokens_per_crop = (self.side // int(v["patch_size"]) // self.stride) ** 2
-        pp = self.folder / "preprocessor_config.json"  # the processor's tile limit, where the folder has one
-        self.max_tiles = int(json.loads(pp.read_text()).get("max_patches", 12)) if pp.is_file() else 12
-        self.tokenizer = Tokenizer.from_file(str(self.folder / "tokenizer.json"))
-        self.eos = [
-            i
-            for i in (self.tokenizer.token_to_id("<|im_end|>"), self.tokenizer.token_to_id("<|endoftext|>"))
-            if i is not None
-        ]
-        self.model = owner.run(self._build, cfg, v, t)
+@dataclass
+class Piece:
+    """One generated token and the text it completes (empty while a character spans tokens)."""
 
-    def _build(self, cfg: dict, v: dict, t: dict) -> Ovis2:
-        tied = bool(cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", True)))
-        weights = ovis2_weights(read_weights(find_weights(self.folder)), tied)
-        # the encoder's architecture from its tensors' shapes, checked against config.json's vision_config,
-        # as every AIMv2 checkpoint's is
-        encoder = {
-            k[len("visual_tokenizer.encoder.") :]: w
-            for k, w in weights.items()
-            if k.startswith("visual_tokenizer.encoder.")
-        }
-        vision = infer_config(encoder, {"vision_config": v}, str(self.folder / "config.json")).vision
-        text = {k: t[k] for k in TEXT_ARGS if k in t} | {"tie_word_embeddings": tied}
-        model = Ovis2(vision, int(v["vocab_size"]), self.stride, text, int(cfg["image_token_id"]),
-                      cfg["visual_indicator_token_ids"])  # fmt: skip
-        load_into(model, weights, str(self.folder), dtype=mx.float32)
-        return model
+    token: int
+    text: str
+
+
+def sampler(temp: float, top_p: float = 1.0, seed: Optional[int] = None) -> Optional[Callable]:
+    """None (greedy) at temp 0; else sampling at `temp` from the top-p nucleus (mlx-lm's filter), with
+    a key of its own: one caller's seed never moves another's draws."""
+    if temp < 0 or not 0 < top_p <= 1:
+        raise UserError(f"--temp {temp} / --top-p {top_p}: use a temperature >= 0 and 0 < top-p <= 1")
+    if temp == 0:
+        return None
+    from mlx_lm.sample_utils import apply_top_p
+
+    key = [mx.random.key(random.getrandbits(63) if seed is None else seed)]
+
+    def sample(logits: mx.array) -> mx.array:
+        key[0], now = mx.random.split(key[0])
+        logprobs = logits - mx.logsumexp(logits, axis=-1, keepdims=True)
+        if top_p < 1:
+            logprobs = apply_top_p(logprobs, top_p)
+        return mx.random.categorical(logprobs * (1 / temp), key=now)
+
+    return sample
+
+
+class Ovis2Chat:
+    """An Ovis2 model: `generate(question, images)` -> {"text", "tokens"}; `stream(...)` yields Pieces."""
+
+    def __init__(self, name_or_path, dtype=None, revision: Optional[str] = None):
+        folder = hub.resolve(str(name_or_path), revision)
+        if not kinds.is_ovis2(folder):
+            what = kinds.describe(kinds.model_kind(folder)) if kinds.is_ours(folder) else "not an Ovis2 model folder"
+            raise UserError(
+                f"{name_or_path}: {what}, not an Ovis2 model; chat needs an Ovis2 folder (e.g. thisisiron/Ovis2-2B-hf, "
+                f"or one `mlx-aimv2 convert` wrote from it)"
+            )
+        self.folder = folder
+        if not (folder / "tokenizer.json").is_file():
+            raise UserError(f"{folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
+        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.model, self.config = owner.run(load_ovis2, folder, dtype)
+        v, t = self.config["vision_config"], self.config["text_config"]
+        self.side, self.stride = int(v["image_size"]), int(v.get("hidden_stride", 1))
+        grid = int(v["image_size"]) // int(v["patch_size"])
+        self.tokens_per_crop = (-(-grid // self.stride)) ** 2  # the merge zero-pads a grid the stride does not divide
+        self.context = int(t.get("max_position_embeddings") or CONTEXT)
+        pp = folder / "preprocessor_config.json"  # the processor's tile limit, where the folder has one
+        self.max_tiles = int(json.loads(pp.read_text()).get("max_patches", 12)) if pp.is_file() else 12
+        self.eos = [i for i in map(self.tokenizer.token_to_id, ("<|im_end|>", "<|endoftext|>")) if i is not None]
 
     def prompt_ids(self, question: str, images: Sequence[ImageLike]) -> tuple[list, Optional[np.ndarray]]:
         """The prompt's token ids and the images' crops (thumbnail and tiles, in the prompt's order)."""
@@ -87,17 +96,27 @@ class Ovis2Chat:
         ids = self.tokenizer.encode(prompt(question, grids, self.tokens_per_crop), add_special_tokens=False).ids
         return ids, (np.concatenate(crops) if crops else None)
 
-    def stream(self, question: str, images: Sequence[ImageLike] = (), max_tokens: int = 256) -> Iterator[int]:
-        """The answer's token ids as they come (greedy), up to an end token or max_tokens."""
+    def stream(self, question: str, images: Sequence[ImageLike] = (), max_tokens: int = 256, temp: float = 0.0,
+               top_p: float = 1.0, seed: Optional[int] = None) -> Iterator[Piece]:  # fmt: skip
+        """The answer as it is decided: each token with the text it completes, up to an end token or
+        max_tokens (greedy at temp 0, else sampled; seed makes a sampled answer repeatable)."""
         ids, crops = self.prompt_ids(question, images)
+        if len(ids) + 1 > self.context:
+            raise UserError(
+                f"the prompt takes {len(ids):,} tokens ({len(images)} image(s) at up to {self.max_tiles} tiles, "
+                f"{self.tokens_per_crop} tokens each); this model reads {self.context:,}: ask with fewer or smaller images"
+            )
+        max_tokens = min(max_tokens, self.context - len(ids))
+        pick = sampler(temp, top_p, seed)
         # each step on the owner thread: the generator's MLX work runs where it is advanced
-        steps = owner.run(
-            lambda: self.model.greedy(mx.array([ids]), None if crops is None else mx.array(crops), max_tokens, self.eos)
-        )
+        pixels = None if crops is None else mx.array(crops)
+        steps = owner.run(lambda: self.model.tokens(mx.array([ids]), pixels, max_tokens, self.eos, pick))
+        text = DecodeStream(skip_special_tokens=True)
         while (token := owner.run(next, steps, None)) is not None and token not in self.eos:
-            yield token
+            yield Piece(token, text.step(self.tokenizer, token) or "")
 
-    def generate(self, question: str, images: Sequence[ImageLike] = (), max_tokens: int = 256) -> dict:
+    def generate(self, question: str, images: Sequence[ImageLike] = (), max_tokens: int = 256, temp: float = 0.0,
+                 top_p: float = 1.0, seed: Optional[int] = None) -> dict:  # fmt: skip
         """{"text": the answer, "tokens": its ids}."""
-        tokens = list(self.stream(question, images, max_tokens))
+        tokens = [p.token for p in self.stream(question, images, max_tokens, temp, top_p, seed)]
         return {"text": self.tokenizer.decode(tokens, skip_special_tokens=True), "tokens": tokens}

@@ -7,7 +7,7 @@ not written again here; its cache makes each new token cost one position.
 
 from __future__ import annotations
 
-from typing import Iterator, Optional, Sequence
+from typing import Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import mlx.nn as nn
@@ -50,15 +50,44 @@ class Ovis2(nn.Module):
         """The logits of every prompt position (the first step)."""
         return self.language_model(ids, cache=cache, input_embeddings=self.input_embeddings(ids, pixels))
 
-    def greedy(
-        self, ids: mx.array, pixels: Optional[mx.array], max_tokens: int, eos: Sequence[int] = ()
-    ) -> Iterator[int]:
-        """Greedy decoding with mlx-lm's cache: the new tokens, one at a time, up to an end token."""
+    def tokens(self, ids: mx.array, pixels: Optional[mx.array], max_tokens: int, eos: Sequence[int] = (),
+               sampler: Optional[Callable[[mx.array], mx.array]] = None) -> Iterator[int]:  # fmt: skip
+        """The new tokens, one at a time, up to an end token, with mlx-lm's cache: each next token
+        by `sampler` (last-position logits (1, V) -> (1,) ids; default greedy)."""
         cache = make_prompt_cache(self.language_model)
         logits = self(ids, pixels, cache=cache)
         for _ in range(max_tokens):
-            token = int(mx.argmax(logits[0, -1]).item())
+            last = logits[:, -1].astype(mx.float32)
+            token = int((mx.argmax(last, axis=-1) if sampler is None else sampler(last)).item())
             yield token
             if token in eos:
                 return
             logits = self.language_model(mx.array([[token]]), cache=cache)
+
+    def greedy(self, ids: mx.array, pixels: Optional[mx.array], max_tokens: int, eos: Sequence[int] = ()):
+        return self.tokens(ids, pixels, max_tokens, eos)
+
+
+TEXT_ARGS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "rms_norm_eps",
+             "vocab_size", "num_key_value_heads", "rope_theta", "max_position_embeddings", "rope_scaling")  # fmt: skip
+
+
+def build(cfg: dict, weights: dict, where: str) -> Ovis2:
+    """An Ovis2 of a transformers Ovis2 config.json (weights not loaded): the encoder's architecture
+    from its tensors' shapes, checked against vision_config as every AIMv2 checkpoint's is."""
+    from ..checkpoints.configs import infer_config
+
+    v, t = cfg["vision_config"], cfg["text_config"]
+    tied = bool(cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", True)))
+    prefix = "visual_tokenizer.encoder."
+    encoder = {k[len(prefix) :]: w for k, w in weights.items() if k.startswith(prefix)}
+    vision = infer_config(encoder, {"vision_config": v}, where).vision
+    text = {k: t[k] for k in TEXT_ARGS if t.get(k) is not None} | {"tie_word_embeddings": tied}
+    # transformers 5 writes RoPE's settings as rope_parameters; mlx-lm reads rope_theta and rope_scaling
+    rope = t.get("rope_parameters") or {}
+    if "rope_theta" not in text and "rope_theta" in rope:
+        text["rope_theta"] = rope["rope_theta"]
+    if rope.get("rope_type", "default") != "default" and "rope_scaling" not in text:
+        text["rope_scaling"] = {k: v for k, v in rope.items() if k != "rope_theta"}
+    return Ovis2(vision, int(v["vocab_size"]), int(v.get("hidden_stride", 1)), text, int(cfg["image_token_id"]),
+                 cfg["visual_indicator_token_ids"])  # fmt: skip

@@ -1,0 +1,104 @@
+"""Ovis2 model folders: read in transformers' layout (the `*-hf` folders transformers' Ovis2
+classes load) or ours, and written by `convert` as ours: vlm.Ovis2's own tensor names in
+safetensors, the transformers config.json with our format and kind recorded, the tokenizer and
+processor files copied. `-q` quantizes the language model as mlx-lm does (every linear and embedding
+layer whose width the group size divides) and the AIMv2 encoder as this package does (its blocks);
+the visual head and the visual embedding table stay in float: they shape the visual tokens directly.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Optional
+
+import mlx.core as mx
+import mlx.nn as nn
+from mlx.utils import tree_flatten
+
+from .. import kinds, modelcard
+from ..atomic import check_destination, write_folder
+from ..errors import UserError
+from ..quantize import quantize, read_spec
+from .files import find_weights, read_weights
+from .layouts import ovis2_weights
+from .mlx_io import copy_files, drop_stale_weights, load_into, write_weights
+
+# what an Ovis2 folder carries beside its weights, copied as they are
+CARRIED = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt", "special_tokens_map.json",
+           "added_tokens.json", "chat_template.jinja", "chat_template.json", "preprocessor_config.json",
+           "processor_config.json", "generation_config.json")  # fmt: skip
+
+
+def read_config(folder: Path) -> dict:
+    """An Ovis2 folder's config.json, with what the model is built from checked, in one line."""
+    f = Path(folder) / "config.json"
+    try:
+        cfg = json.loads(f.read_text())
+        for key in ("vision_config", "text_config", "image_token_id", "visual_indicator_token_ids"):
+            cfg[key]
+        cfg["vision_config"]["image_size"], cfg["text_config"]["hidden_size"]
+    except (OSError, ValueError, KeyError, TypeError):
+        raise UserError(
+            f"{folder}: not an Ovis2 model folder (its config.json has no vision_config, text_config and image "
+            f"tokens); give a folder of an Ovis2 model in transformers' layout (e.g. thisisiron/Ovis2-2B-hf), "
+            f"or one `mlx-aimv2 convert` wrote"
+        ) from None
+    return cfg
+
+
+def load_ovis2(folder: Path, dtype=None):
+    """(vlm.Ovis2 with its weights, the config) from an Ovis2 folder in either layout. dtype: the
+    source's own float type by default (bfloat16 for the published folders)."""
+    from ..vlm.ovis2 import build  # mlx-lm, only when an Ovis2 is used
+
+    folder = Path(folder)
+    cfg = read_config(folder)
+    file = find_weights(folder)
+    raw = read_weights(file)
+    ours = kinds.model_kind(folder) == kinds.OVIS2
+    tied = bool(cfg.get("tie_word_embeddings", cfg["text_config"].get("tie_word_embeddings", True)))
+    weights = raw if ours else ovis2_weights(raw, tied)
+    model = build(cfg, weights, str(folder / "config.json"))
+    if ours and cfg.get("quantization"):
+        s = read_spec(cfg["quantization"], str(folder / "config.json"))
+        # the layers convert quantized are those whose scales the file holds (as mlx-lm's loader tells them)
+        nn.quantize(model, s["group_size"], s["bits"], mode=s["mode"],
+                    class_predicate=lambda p, m: hasattr(m, "to_quantized") and f"{p}.scales" in weights)  # fmt: skip
+    load_into(model, weights, str(file), dtype)
+    return model, cfg
+
+
+def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict] = None, overwrite: bool = False,
+                  max_shard_size: Optional[int] = None, command: Optional[str] = None,
+                  repo: Optional[str] = None) -> Path:  # fmt: skip
+    """An Ovis2 folder (either layout) -> ours, in `dtype` (default the source's), maybe quantized.
+    repo: the hub id it was downloaded from, for the card's base_model."""
+    from mlx_lm.utils import quantize_model
+
+    dst = check_destination(dst, overwrite)
+    model, cfg = load_ovis2(src, dtype)
+    if quantization is not None:
+        if cfg.get("quantization"):
+            raise UserError(f"{src}: already quantized; convert from the float folder it was made from")
+        quantize_model(model.language_model, {}, quantization["group_size"], quantization["bits"],
+                       mode=quantization["mode"])  # fmt: skip
+        quantize(model.visual_tokenizer.encoder, quantization)
+    weights = dict(tree_flatten(model.parameters()))
+    floats = [v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
+    config = {**cfg, "format": kinds.FORMAT, kinds.KIND_KEY: kinds.OVIS2,
+              "torch_dtype": str(floats[0]).split(".")[-1] if floats else "float32"}  # fmt: skip
+    config.pop("quantization", None)
+    if quantization is not None:
+        config["quantization"] = quantization
+    carried = [Path(src) / n for n in CARRIED if (Path(src) / n).is_file()]
+    written: list = []
+
+    def write(tmp: Path):
+        written.extend(write_weights(tmp, weights, {"format": "mlx"}, max_shard_size))
+        (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
+        copy_files(carried, tmp)
+        source = modelcard.provenance(repo, Path(src))
+        modelcard.write_ovis2(tmp, config, source["base_model"], source["licence"], command)
+
+    return write_folder(dst, write, overwrite, finish=lambda out: drop_stale_weights(out, written))
