@@ -9,6 +9,7 @@ import os
 import re
 import shutil
 import subprocess
+import time
 from pathlib import Path
 
 import numpy as np
@@ -293,3 +294,39 @@ def tiny_ovis2_folder(folder: Path):
     model = randomize(Ovis2ForConditionalGeneration(config), seed=5, scale=0.25).eval()
     model.save_pretrained(folder)
     return Path(folder), model, ids
+
+
+@contextlib.contextmanager
+def served(*args, wait_s: float = 180):
+    """A real `mlx-aimv2 serve ARGS` process on a free localhost port: yields its URL once /health
+    answers, then stops it as Ctrl-C does."""
+    import signal
+    import socket
+    import sys
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    cmd = [sys.executable, "-m", "mlx_aimv2", "serve", *map(str, args), "--port", str(port)]
+    proc = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    url = f"http://127.0.0.1:{port}"
+    deadline = time.monotonic() + wait_s
+    try:
+        while True:
+            try:
+                if httpx.get(url + "/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                if proc.poll() is not None or time.monotonic() > deadline:
+                    proc.kill()
+                    raise AssertionError("the server did not start: " + proc.stderr.read()[-2000:]) from None
+                time.sleep(0.3)
+        yield url
+    finally:
+        proc.send_signal(signal.SIGINT)
+        try:
+            proc.wait(timeout=30)
+        finally:
+            proc.kill()

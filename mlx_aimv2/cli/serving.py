@@ -15,8 +15,8 @@ SERVE_EXTRA = ("starlette", "uvicorn")  # the serve extra's packages
 
 def serve(
     model: Optional[str] = model_option(
-        "the model for /v1/embeddings  \\[default: the index's own, else apple/aimv2-large-patch14-224-lit, "
-        "else demo-lit]"
+        "an AIMv2 model for /v1/embeddings, or an Ovis2 folder for /v1/chat/completions  \\[default: the "
+        "index's own, else apple/aimv2-large-patch14-224-lit, else demo-lit]"
     ),
     db: Optional[Path] = typer.Option(None, "--db", help="an index to search (POST /v1/search) and browse (the page)"),
     host: str = typer.Option("127.0.0.1", help="where to listen; anything but localhost needs --token"),
@@ -32,7 +32,8 @@ def serve(
     ),
     max_batch: int = typer.Option(32, "--max-batch", min=1, help="inputs per model call when requests are batched"),
 ):
-    """Serve embeddings (OpenAI-style /v1/embeddings) and, with --db, search and a page, on localhost."""
+    """Serve embeddings (OpenAI-style /v1/embeddings) or an Ovis2 chat (/v1/chat/completions) and, with --db,
+    search and a page, on localhost."""
     try:
         from ..serve import check_host, open_settings, run
     except ModuleNotFoundError as e:

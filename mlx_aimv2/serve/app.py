@@ -3,6 +3,7 @@ search over an index, thumbnails of indexed photos only, and the page.
 
     POST /v1/embeddings  {"input": "a cat" | ["a cat", "data:image/jpeg;base64,..."], "modality"?,
                           "encoding_format"?: "float" | "base64", "model"?}
+    POST /v1/chat/completions  {"messages": [...], "stream"?, ...}  (serving an Ovis2 folder: chat.py)
     GET  /v1/models, GET /health
     POST /v1/search      {"text" | "image" | "query" | "like": ..., "k"?}    (with --db)
     GET  /v1/dupes?threshold=0.95, GET /thumbs/{id}.jpg, GET /                (with --db)
@@ -35,6 +36,7 @@ from .. import __version__
 from ..errors import UserError
 from ..index.faults import IndexFault, ModelChanged
 from ..index.query import Term, parse
+from .chat import completions
 from .inputs import MAX_BODY, BadRequest, decode_image, looks_like_image, parse_json, text_list, unicode_text
 from .service import Service, Settings
 from .thumbs import photo_id
@@ -81,14 +83,11 @@ async def health(request: Request):
 
 async def models(request: Request):
     s = _service(request)
-    entry = {
-        "id": s.name,
-        "object": "model",
-        "owned_by": "mlx-aimv2",
-        "created": int(time.time()),
-        "embedding_dim": s.model.embedding_dim,
-        "modalities": ["text", "image"] if s.lit else ["image"],
-    }
+    entry = {"id": s.name, "object": "model", "owned_by": "mlx-aimv2", "created": int(time.time())}
+    if s.chat is not None:
+        entry.update(modalities=["text", "image"], context_length=s.chat.context)
+    else:
+        entry.update(embedding_dim=s.model.embedding_dim, modalities=["text", "image"] if s.lit else ["image"])
     return JSONResponse({"object": "list", "data": [entry]})
 
 
@@ -114,6 +113,7 @@ def _embedding_request(data: dict, s: Service) -> tuple[list, list, str]:
 
 async def embeddings(request: Request):
     s = _service(request)
+    s.need_embedder()
     items, kinds, fmt = _embedding_request(await _body(request), s)
     images = [
         await asyncio.to_thread(decode_image, x, s.settings.allowed) for x, k in zip(items, kinds) if k == "image"
@@ -132,6 +132,12 @@ async def embeddings(request: Request):
     tokens = sum(len(t.split()) for t in texts)
     usage = {"prompt_tokens": tokens, "total_tokens": tokens}
     return JSONResponse({"object": "list", "data": out, "model": s.name, "usage": usage})
+
+
+async def chat_completions(request: Request):
+    s = _service(request)
+    chat = s.need_chat()
+    return await completions(request, await _body(request), chat, s.name, s.settings.allowed)
 
 
 def _hits_json(hits) -> list:
@@ -206,6 +212,7 @@ ROUTES = [
     Route("/health", health),
     Route("/v1/models", models),
     Route("/v1/embeddings", embeddings, methods=["POST"]),
+    Route("/v1/chat/completions", chat_completions, methods=["POST"]),
     Route("/v1/search", search, methods=["POST"]),
     Route("/v1/dupes", dupes),
     Route("/thumbs/{pid}.jpg", thumb),
@@ -296,7 +303,11 @@ async def _user(request, e: UserError):
 
 
 async def _not_found(request, e):
-    return error(404, f"no route {request.url.path}; see GET /v1/models, POST /v1/embeddings, POST /v1/search")
+    return error(
+        404,
+        f"no route {request.url.path}; see GET /v1/models, POST /v1/embeddings, POST /v1/chat/completions, "
+        f"POST /v1/search",
+    )
 
 
 async def _not_allowed(request, e):

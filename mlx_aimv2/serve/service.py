@@ -17,7 +17,7 @@ from .thumbs import Thumbnails, photo_id
 
 @dataclass
 class Settings:
-    model: object  # an api.AIMv2
+    model: object  # an api.AIMv2, or a vlm.chat.Ovis2Chat
     name: str
     index: Optional[object] = None  # an index.Index, opened read-only
     token: Optional[str] = None
@@ -29,8 +29,10 @@ class Settings:
 class Service:
     def __init__(self, s: Settings):
         self.settings, self.model, self.name, self.index = s, s.model, s.name, s.index
-        self.lit = kinds.is_lit(s.model.config)
-        encoders = {"image": self._encode_images}
+        # an Ovis2 folder answers /v1/chat/completions; an AIMv2 model, /v1/embeddings
+        self.chat = s.model if kinds.is_ovis2(s.model.folder) else None
+        self.lit = self.chat is None and kinds.is_lit(s.model.config)
+        encoders = {"image": self._encode_images} if self.chat is None else {}
         if self.lit:
             encoders["text"] = s.model.encode_text
         self.batcher = Batcher(encoders, max_batch=s.max_batch)
@@ -41,6 +43,15 @@ class Service:
         if self.lit:
             return self.model.encode_image(images)
         return self.model.embed(images, batch_size=self.settings.max_batch)
+
+    def need_chat(self):
+        if self.chat is None:
+            raise BadRequest(404, f"{self.name} is an embedding model; serve an Ovis2 folder (--model) to chat")
+        return self.chat
+
+    def need_embedder(self):
+        if self.chat is not None:
+            raise BadRequest(404, f"{self.name} is a chat model; POST /v1/chat/completions, or serve an AIMv2 model")
 
     def need_index(self):
         if self.index is None:

@@ -25,11 +25,25 @@ SYSTEM = "You are a helpful assistant."
 CONTEXT = 32768  # Qwen2.5's, where config.json does not say
 
 
-def prompt(question: str, images: Sequence[tuple[int, int]], tokens_per_crop: int) -> str:
-    """The chat template's text: one image prompt per image (its grid), then the question."""
-    pictures = "".join(image_prompt(g, tokens_per_crop) + "\n" for g in images)
-    return (f"<|im_start|>system\n{SYSTEM}<|im_end|>\n<|im_start|>user\n{pictures}{question}<|im_end|>\n"
-            f"<|im_start|>assistant\n")  # fmt: skip
+ROLES = ("system", "user", "assistant")
+
+
+def prompt(messages: Sequence[dict], grids: Sequence[tuple[int, int]], tokens_per_crop: int) -> str:
+    """The chat template's text for `messages` ({"role", "content": [text | {"image": ...}]}): each
+    image's prompt (its grid's, in order) where it stands, then a newline; the default system message
+    first unless the conversation brings its own; the assistant's turn opened."""
+    grids = iter(grids)
+    text = "" if messages and messages[0]["role"] == "system" else f"<|im_start|>system\n{SYSTEM}<|im_end|>\n"
+    for m in messages:
+        body = "".join(p if isinstance(p, str) else image_prompt(next(grids), tokens_per_crop) + "\n"
+                       for p in m["content"])  # fmt: skip
+        text += f"<|im_start|>{m['role']}\n{body}<|im_end|>\n"
+    return text + "<|im_start|>assistant\n"
+
+
+def question(text: str, images: Sequence[ImageLike] = ()) -> list[dict]:
+    """One question about images, as messages: the images first, as Ovis2 was tuned."""
+    return [{"role": "user", "content": [*({"image": i} for i in images), text]}]
 
 
 @dataclass
@@ -86,37 +100,49 @@ class Ovis2Chat:
         self.max_tiles = int(json.loads(pp.read_text()).get("max_patches", 12)) if pp.is_file() else 12
         self.eos = [i for i in map(self.tokenizer.token_to_id, ("<|im_end|>", "<|endoftext|>")) if i is not None]
 
-    def prompt_ids(self, question: str, images: Sequence[ImageLike]) -> tuple[list, Optional[np.ndarray]]:
-        """The prompt's token ids and the images' crops (thumbnail and tiles, in the prompt's order)."""
+    def prepare(self, messages: Sequence[dict]) -> tuple[list, Optional[np.ndarray]]:
+        """The prompt's token ids and its images' crops (thumbnail and tiles, in the prompt's order),
+        checked against the context. Pure numpy and tokenizers: any thread, no MLX."""
         crops, grids = [], []
-        for image in images:
-            c, g = preprocess(load_image(image), self.side, self.max_tiles)
-            crops.append(c)
-            grids.append(g)
-        ids = self.tokenizer.encode(prompt(question, grids, self.tokens_per_crop), add_special_tokens=False).ids
-        return ids, (np.concatenate(crops) if crops else None)
-
-    def stream(self, question: str, images: Sequence[ImageLike] = (), max_tokens: int = 256, temp: float = 0.0,
-               top_p: float = 1.0, seed: Optional[int] = None) -> Iterator[Piece]:  # fmt: skip
-        """The answer as it is decided: each token with the text it completes, up to an end token or
-        max_tokens (greedy at temp 0, else sampled; seed makes a sampled answer repeatable)."""
-        ids, crops = self.prompt_ids(question, images)
+        for m in messages:
+            if m.get("role") not in ROLES:
+                raise UserError(f"a message's role must be one of {', '.join(ROLES)}, got {m.get('role')!r}")
+            for part in m["content"]:
+                if not isinstance(part, str):
+                    c, g = preprocess(load_image(part["image"]), self.side, self.max_tiles)
+                    crops.append(c)
+                    grids.append(g)
+        ids = self.tokenizer.encode(prompt(messages, grids, self.tokens_per_crop), add_special_tokens=False).ids
         if len(ids) + 1 > self.context:
             raise UserError(
-                f"the prompt takes {len(ids):,} tokens ({len(images)} image(s) at up to {self.max_tiles} tiles, "
+                f"the prompt takes {len(ids):,} tokens ({len(grids)} image(s) at up to {self.max_tiles} tiles, "
                 f"{self.tokens_per_crop} tokens each); this model reads {self.context:,}: ask with fewer or smaller images"
             )
+        return ids, (np.concatenate(crops) if crops else None)
+
+    def prompt_ids(self, text: str, images: Sequence[ImageLike]) -> tuple[list, Optional[np.ndarray]]:
+        return self.prepare(question(text, images))
+
+    def stream_prepared(self, ids: list, crops: Optional[np.ndarray], max_tokens: int = 256, temp: float = 0.0,
+                        top_p: float = 1.0, seed: Optional[int] = None) -> Iterator[Piece]:  # fmt: skip
+        """The answer to a prepared prompt as it is decided: each token with the text it completes,
+        up to an end token or max_tokens (greedy at temp 0, else sampled; seed repeats a sample)."""
         max_tokens = min(max_tokens, self.context - len(ids))
         pick = sampler(temp, top_p, seed)
-        # each step on the owner thread: the generator's MLX work runs where it is advanced
         pixels = None if crops is None else mx.array(crops)
+        # each step on the owner thread, where the generator is advanced: callers interleave between tokens
         steps = owner.run(lambda: self.model.tokens(mx.array([ids]), pixels, max_tokens, self.eos, pick))
         text = DecodeStream(skip_special_tokens=True)
         while (token := owner.run(next, steps, None)) is not None and token not in self.eos:
             yield Piece(token, text.step(self.tokenizer, token) or "")
 
-    def generate(self, question: str, images: Sequence[ImageLike] = (), max_tokens: int = 256, temp: float = 0.0,
+    def stream(self, text: str, images: Sequence[ImageLike] = (), max_tokens: int = 256, temp: float = 0.0,
+               top_p: float = 1.0, seed: Optional[int] = None) -> Iterator[Piece]:  # fmt: skip
+        """The answer to a question about images, as it is decided (Pieces: token, text)."""
+        return self.stream_prepared(*self.prompt_ids(text, images), max_tokens, temp, top_p, seed)
+
+    def generate(self, text: str, images: Sequence[ImageLike] = (), max_tokens: int = 256, temp: float = 0.0,
                  top_p: float = 1.0, seed: Optional[int] = None) -> dict:  # fmt: skip
         """{"text": the answer, "tokens": its ids}."""
-        tokens = [p.token for p in self.stream(question, images, max_tokens, temp, top_p, seed)]
+        tokens = [p.token for p in self.stream(text, images, max_tokens, temp, top_p, seed)]
         return {"text": self.tokenizer.decode(tokens, skip_special_tokens=True), "tokens": tokens}
