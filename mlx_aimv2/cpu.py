@@ -155,6 +155,23 @@ def attention(q, k, v, scale: float, mask=None):
     (docs/performance.md)."""
     if not _fast(q):
         return mx.fast.scaled_dot_product_attention(q, k, v, scale=scale, mask=mask)
+    if q.shape[0] < streams() <= q.shape[1] and k.shape[1] == q.shape[1]:
+        return _heads_on_streams(q, k, v, scale, mask)
+    return _attention(q, k, v, scale, mask)
+
+
+def _heads_on_streams(q, k, v, scale: float, mask=None):
+    """A batch too small to spread (one long image, 1,024 tokens at 448 px) spreads its heads instead:
+    each stream's softmax then runs on a core of its own (MLX's CPU elementwise ops use one thread)."""
+    outs = []
+    for stream, part in _chunks(q.shape[1]):
+        with mx.stream(stream):
+            m = mask[:, part] if isinstance(mask, mx.array) and mask.ndim == 4 and mask.shape[1] > 1 else mask
+            outs.append(_attention(q[:, part], k[:, part], v[:, part], scale, m))
+    return mx.concatenate(outs, axis=1)
+
+
+def _attention(q, k, v, scale: float, mask=None):
     s = (q * scale) @ k.swapaxes(-1, -2)
     if isinstance(mask, str):
         mask = causal_mask(q.shape[-2])
