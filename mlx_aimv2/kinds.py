@@ -108,12 +108,22 @@ def _sniffed_model_kind(folder: Path, config: dict) -> str:
 
 
 def is_ovis2(folder: Path) -> bool:
-    """Whether `folder` holds an Ovis2 model: one we converted, or one in transformers' layout
-    (config.json's model_type "ovis2", as AIDC-AI's -hf folders have it)."""
+    """Whether `folder` holds an Ovis2 model: one we converted, one in transformers' layout (config.json's
+    model_type "ovis2": the -hf folders), or AIDC-AI's original (is_original_ovis2)."""
     d = _config(folder)
-    return d is not None and (
-        d.get("model_type") == "ovis2" or (d.get("format") == FORMAT and d.get(KIND_KEY) == OVIS2)
+    if d is None:
+        return False
+    return (
+        d.get("model_type") == "ovis2"
+        or is_original_ovis2(d)
+        or (d.get("format") == FORMAT and d.get(KIND_KEY) == OVIS2)
     )
+
+
+def is_original_ovis2(config: dict) -> bool:
+    """AIDC-AI's remote-code config.json of an Ovis on an AIMv2 tower (Ovis2; Ovis1.6 had SigLIP's)."""
+    tower = (config.get("visual_tokenizer_config") or {}).get("backbone_config") or {}
+    return config.get("model_type") == "ovis" and "llm_config" in config and tower.get("model_type") == "aimv2"
 
 
 def record(config: dict, kind: str) -> dict:

@@ -330,3 +330,61 @@ def served(*args, wait_s: float = 180):
             proc.wait(timeout=30)
         finally:
             proc.kill()
+
+
+def tiny_original_ovis2_folders(root: Path):
+    """The same tiny Ovis2 twice: in transformers' layout (root/hf) and in AIDC-AI's original
+    remote-code layout (root/original), renamed as transformers' convert_ovis2_weights_to_hf.py reads
+    it backwards: llm.*, vte.weight, visual_tokenizer.head.0/1, the AIMv2 backbone in ml-aim's names,
+    a config.json with llm_config and visual_tokenizer_config, and a tokenizer without Ovis2's image
+    tokens (the remote code used negative ids); the hf tokenizer has them added after its own, as
+    transformers' conversion adds them. Returns (hf folder, original folder, the transformers model)."""
+    from safetensors.numpy import save_file
+    from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    hf, original = Path(root) / "hf", Path(root) / "original"
+    hf.mkdir(parents=True)
+    original.mkdir(parents=True)
+    tok = Tokenizer(models.BPE())
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    corpus = ["a red circle at the top left", "Describe the image.", "You are a helpful assistant.",
+              "system user assistant"] * 20  # fmt: skip
+    tok.train_from_iterator(corpus, trainers.BpeTrainer(vocab_size=270, special_tokens=OVIS2_SPECIALS[:3],
+                                                        initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
+    tok.save(str(original / "tokenizer.json"))
+    tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in OVIS2_SPECIALS[3:]])
+    tok.save(str(hf / "tokenizer.json"))
+    ids = [tok.token_to_id(t) for t in OVIS2_SPECIALS[3:]]
+    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56,
+                  patch_size=14, rms_norm_eps=1e-5)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=300, rope_theta=10000.0, tie_word_embeddings=True)  # fmt: skip
+    config = Ovis2Config(vision_config=Ovis2VisionConfig(**vision, hidden_stride=2, vocab_size=48).to_dict(),
+                         text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64, vocab_size=300,
+                         image_token_id=ids[0], visual_indicator_token_ids=ids[1:], tie_word_embeddings=True)  # fmt: skip
+    model = randomize(Ovis2ForConditionalGeneration(config), seed=6, scale=0.25).eval()
+    model.save_pretrained(hf)
+    names = {"model.language_model.": "llm.model.", "lm_head.": "llm.lm_head.",
+             "model.visual_embeddings_table.weight": "vte.weight",
+             "model.vision_tower.head_linear.": "visual_tokenizer.head.0.",
+             "model.vision_tower.head_norm.": "visual_tokenizer.head.1."}  # fmt: skip
+    weights, tower = {}, {}
+    for k, v in state_dict_np(model).items():
+        if k.startswith("model.vision_tower.transformer."):
+            tower[k[len("model.vision_tower.transformer.") :].replace("patch_embedding", "patch_embed")] = v
+        else:
+            theirs = next(t for t in names if k.startswith(t))
+            weights[names[theirs] + k[len(theirs) :]] = v
+    weights.update({f"visual_tokenizer.backbone.{k}": v for k, v in to_mlaim_keys(tower).items()})
+    save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(original / "model.safetensors"))
+    cfg = {"model_type": "ovis", "architectures": ["Ovis"], "hidden_size": 64, "multimodal_max_length": 8192,
+           "conversation_formatter_class": "QwenConversationFormatter",
+           "llm_config": {**text.to_dict(), "rope_theta": 10000.0, "model_type": "qwen2"},
+           "visual_tokenizer_config": {"model_type": "aimv2_visual_tokenizer", "vocab_size": 48, "hidden_stride": 2,
+                                       "tokenize_function": "softmax", "tau": 1.0, "drop_cls_token": False,
+                                       "backbone_config": {"model_type": "aimv2", "num_channels": 3, "qkv_bias": False,
+                                                           "use_bias": False, **vision}}}  # fmt: skip
+    (original / "config.json").write_text(json.dumps(cfg))
+    return hf, original, model

@@ -219,6 +219,26 @@ def test_a_converted_ovis2_chats_the_token_ids_transformers_generates(ovis2_fold
     assert json.loads((converted / "config.json").read_text())["mlx_aimv2_kind"] == "ovis2"
 
 
+def test_aidc_ais_original_layout_converts_and_chats_as_transformers_does(tmp_path):
+    """`mlx-aimv2 convert AIDC-AI/Ovis2-*`: the remote-code folder (its names, config.json and a
+    tokenizer without the image tokens) converts, and the converted folder and the original read as
+    it is both answer with the greedy ids of transformers' model made from the same weights."""
+    import json
+
+    from helpers import cli, tiny_original_ovis2_folders
+
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    hf, original, model = tiny_original_ovis2_folders(tmp_path / "twins")
+    picture = _picture(tmp_path / "wide.png", 60, 150, 9)
+    _, want = _transformers_answer(hf, model, [picture], "Describe the image.", 24)
+    r = cli("convert", original, tmp_path / "converted")
+    assert r.exit_code == 0, r.output
+    for folder in (tmp_path / "converted", original):
+        r = cli("chat", picture, "Describe the image.", "--model", folder, "--max-tokens", "24", "--json")
+        assert r.exit_code == 0, r.output
+        assert json.loads(r.output.strip().splitlines()[-1])["tokens"] == want and len(set(want)) > 3
+
+
 def test_a_prompt_with_two_images_equals_transformers(ovis2_folder, tmp_path):
     """Two images in one prompt: transformers' prompt ids and crops, and its greedy answer."""
     from mlx_aimv2.vlm.chat import Ovis2Chat

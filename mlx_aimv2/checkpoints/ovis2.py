@@ -16,12 +16,12 @@ import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
 
-from .. import kinds, modelcard
+from .. import cpu, kinds, modelcard
 from ..atomic import check_destination, write_folder
 from ..errors import UserError
 from ..quantize import quantize, read_spec
 from .files import find_weights, read_weights
-from .layouts import ovis2_weights
+from .layouts import OVIS2_TABLE, OVIS2_TOWER, ovis2_weights
 from .mlx_io import copy_files, drop_stale_weights, load_into, write_weights
 
 # what an Ovis2 folder carries beside its weights, copied as they are
@@ -31,20 +31,77 @@ CARRIED = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"
 
 
 def read_config(folder: Path) -> dict:
-    """An Ovis2 folder's config.json, with what the model is built from checked, in one line."""
+    """An Ovis2 folder's config.json as transformers' Ovis2Config reads it (AIDC-AI's original one
+    translated: original_config), with what the model is built from checked, in one line."""
     f = Path(folder) / "config.json"
     try:
         cfg = json.loads(f.read_text())
+        if is_original(cfg):
+            cfg = original_config(cfg, tokenizer(folder))
         for key in ("vision_config", "text_config", "image_token_id", "visual_indicator_token_ids"):
             cfg[key]
         cfg["vision_config"]["image_size"], cfg["text_config"]["hidden_size"]
     except (OSError, ValueError, KeyError, TypeError):
         raise UserError(
             f"{folder}: not an Ovis2 model folder (its config.json has no vision_config, text_config and image "
-            f"tokens); give a folder of an Ovis2 model in transformers' layout (e.g. thisisiron/Ovis2-2B-hf), "
-            f"or one `mlx-aimv2 convert` wrote"
+            f"tokens); give a folder of an Ovis2 model (AIDC-AI/Ovis2-*, or thisisiron/Ovis2-*-hf in "
+            f"transformers' layout), or one `mlx-aimv2 convert` wrote"
         ) from None
     return cfg
+
+
+# -- AIDC-AI's original remote-code folders (AIDC-AI/Ovis2-*): their config, tensor names and tokenizer,
+# translated as transformers' convert_ovis2_weights_to_hf.py does
+
+IMAGE_TOKENS = ("<IMG_ATOM>", "<IMG_START>", "<IMG_GRID>", "<IMG_COL>", "<IMG_ROW>", "<IMG_END>")
+ORIGINAL_NAMES = {"llm.model.": "model.language_model.", "llm.lm_head.": "lm_head.", "vte.weight": OVIS2_TABLE,
+                  "visual_tokenizer.head.0.": OVIS2_TOWER + "head_linear.",
+                  "visual_tokenizer.head.1.": OVIS2_TOWER + "head_norm.",
+                  "visual_tokenizer.backbone.": OVIS2_TOWER + "transformer."}  # fmt: skip
+
+
+def is_original(cfg: dict) -> bool:
+    return kinds.is_original_ovis2(cfg)
+
+
+def tokenizer(folder: Path):
+    """The folder's tokenizer; an original folder's gets Ovis2's image tokens added after its own
+    (they are not in it: the remote code used negative ids), as transformers' conversion adds them."""
+    from tokenizers import AddedToken, Tokenizer
+
+    folder = Path(folder)
+    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
+    if is_original(json.loads((folder / "config.json").read_text())):
+        tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in IMAGE_TOKENS])
+    return tok
+
+
+def original_config(cfg: dict, tok) -> dict:
+    """An original config.json (llm_config, visual_tokenizer_config with its AIMv2 backbone_config)
+    as transformers' Ovis2Config."""
+    vt, llm = cfg["visual_tokenizer_config"], cfg["llm_config"]
+    backbone = vt["backbone_config"]
+    vision = {k: backbone[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                       "image_size", "patch_size", "rms_norm_eps") if k in backbone}  # fmt: skip
+    vision.update(hidden_stride=int(vt.get("hidden_stride", 1)), vocab_size=int(vt["vocab_size"]))
+    ids = [tok.token_to_id(t) for t in IMAGE_TOKENS]
+    return {"model_type": "ovis2", "vision_config": vision, "text_config": llm, "image_token_id": ids[0],
+            "visual_indicator_token_ids": ids[1:], "tie_word_embeddings": bool(llm.get("tie_word_embeddings", True)),
+            "converted_from": "AIDC-AI's original layout"}  # fmt: skip
+
+
+def original_weights(w: dict) -> dict:
+    """An original checkpoint's tensors under transformers' Ovis2 names (the tower's stay ml-aim's,
+    which layouts.to_mlx reads)."""
+    out = {}
+    for key, v in w.items():
+        for theirs, mine in ORIGINAL_NAMES.items():
+            if key.startswith(theirs):
+                out[mine + key[len(theirs) :]] = v
+                break
+        else:
+            out[key] = v
+    return out
 
 
 def load_ovis2(folder: Path, dtype=None):
@@ -58,6 +115,8 @@ def load_ovis2(folder: Path, dtype=None):
     raw = read_weights(file)
     ours = kinds.model_kind(folder) == kinds.OVIS2
     tied = bool(cfg.get("tie_word_embeddings", cfg["text_config"].get("tie_word_embeddings", True)))
+    if not ours and is_original(json.loads((folder / "config.json").read_text())):
+        raw = original_weights(raw)
     weights = raw if ours else ovis2_weights(raw, tied)
     model = build(cfg, weights, str(folder / "config.json"))
     if ours and cfg.get("quantization"):
@@ -66,7 +125,18 @@ def load_ovis2(folder: Path, dtype=None):
         nn.quantize(model, s["group_size"], s["bits"], mode=s["mode"],
                     class_predicate=lambda p, m: hasattr(m, "to_quantized") and f"{p}.scales" in weights)  # fmt: skip
     load_into(model, weights, str(file), dtype)
+    cpu.use_kernels(model.visual_tokenizer)  # the encoder's CPU kernels, as every AIMv2 model gets (same numbers)
     return model, cfg
+
+
+def quantize_ovis2(model, spec: dict):
+    """In place: the language model as mlx-lm quantizes (every linear and embedding layer whose width
+    the group size divides), the encoder's blocks as this package does; the visual head and table stay."""
+    from mlx_lm.utils import quantize_model
+
+    quantize_model(model.language_model, {}, spec["group_size"], spec["bits"], mode=spec["mode"])
+    quantize(model.visual_tokenizer.encoder, spec)
+    return model
 
 
 def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict] = None, overwrite: bool = False,
@@ -74,16 +144,12 @@ def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict]
                   repo: Optional[str] = None) -> Path:  # fmt: skip
     """An Ovis2 folder (either layout) -> ours, in `dtype` (default the source's), maybe quantized.
     repo: the hub id it was downloaded from, for the card's base_model."""
-    from mlx_lm.utils import quantize_model
-
     dst = check_destination(dst, overwrite)
     model, cfg = load_ovis2(src, dtype)
     if quantization is not None:
         if cfg.get("quantization"):
             raise UserError(f"{src}: already quantized; convert from the float folder it was made from")
-        quantize_model(model.language_model, {}, quantization["group_size"], quantization["bits"],
-                       mode=quantization["mode"])  # fmt: skip
-        quantize(model.visual_tokenizer.encoder, quantization)
+        quantize_ovis2(model, quantization)
     weights = dict(tree_flatten(model.parameters()))
     floats = [v.dtype for v in weights.values() if mx.issubdtype(v.dtype, mx.floating)]
     config = {**cfg, "format": kinds.FORMAT, kinds.KIND_KEY: kinds.OVIS2,
@@ -91,13 +157,17 @@ def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict]
     config.pop("quantization", None)
     if quantization is not None:
         config["quantization"] = quantization
-    carried = [Path(src) / n for n in CARRIED if (Path(src) / n).is_file()]
+    original = is_original(json.loads((Path(src) / "config.json").read_text()))
+    # an original folder's tokenizer is written with the image tokens it lacks (the rest as they are)
+    carried = [Path(src) / n for n in CARRIED if (Path(src) / n).is_file() and not (original and n == "tokenizer.json")]
     written: list = []
 
     def write(tmp: Path):
         written.extend(write_weights(tmp, weights, {"format": "mlx"}, max_shard_size))
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         copy_files(carried, tmp)
+        if original:
+            tokenizer(src).save(str(tmp / "tokenizer.json"))
         source = modelcard.provenance(repo, Path(src))
         modelcard.write_ovis2(tmp, config, source["base_model"], source["licence"], command)
 

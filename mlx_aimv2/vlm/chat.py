@@ -12,11 +12,10 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
-from tokenizers import Tokenizer
 from tokenizers.decoders import DecodeStream
 
 from .. import hub, kinds, owner
-from ..checkpoints.ovis2 import load_ovis2
+from ..checkpoints.ovis2 import load_ovis2, tokenizer
 from ..errors import UserError
 from ..preprocess import ImageLike, load_image
 from .processor import image_prompt, preprocess
@@ -89,7 +88,7 @@ class Ovis2Chat:
         self.folder = folder
         if not (folder / "tokenizer.json").is_file():
             raise UserError(f"{folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
-        self.tokenizer = Tokenizer.from_file(str(folder / "tokenizer.json"))
+        self.tokenizer = tokenizer(folder)
         self.model, self.config = owner.run(load_ovis2, folder, dtype)
         v, t = self.config["vision_config"], self.config["text_config"]
         self.side, self.stride = int(v["image_size"]), int(v.get("hidden_stride", 1))

@@ -46,16 +46,21 @@ class Ovis2(nn.Module):
                 h[0, mx.array(at)] = mx.broadcast_to(table[first + i], (len(at), table.shape[1])).astype(h.dtype)
         return h
 
-    def __call__(self, ids: mx.array, pixels: Optional[mx.array] = None, cache=None) -> mx.array:
-        """The logits of every prompt position (the first step)."""
-        return self.language_model(ids, cache=cache, input_embeddings=self.input_embeddings(ids, pixels))
+    def __call__(self, ids: mx.array, pixels: Optional[mx.array] = None, cache=None, last_only: bool = False):
+        """The logits of every prompt position (the first step), or of the last alone: generation needs
+        no more, and the head onto Qwen's 152k words costs as much as a fifth of a long prompt's prefill."""
+        lm = self.language_model
+        hidden = lm.model(ids, cache, self.input_embeddings(ids, pixels))
+        if last_only:
+            hidden = hidden[:, -1:]
+        return lm.model.embed_tokens.as_linear(hidden) if lm.args.tie_word_embeddings else lm.lm_head(hidden)
 
     def tokens(self, ids: mx.array, pixels: Optional[mx.array], max_tokens: int, eos: Sequence[int] = (),
                sampler: Optional[Callable[[mx.array], mx.array]] = None) -> Iterator[int]:  # fmt: skip
         """The new tokens, one at a time, up to an end token, with mlx-lm's cache: each next token
         by `sampler` (last-position logits (1, V) -> (1,) ids; default greedy)."""
         cache = make_prompt_cache(self.language_model)
-        logits = self(ids, pixels, cache=cache)
+        logits = self(ids, pixels, cache=cache, last_only=True)
         for _ in range(max_tokens):
             last = logits[:, -1].astype(mx.float32)
             token = int((mx.argmax(last, axis=-1) if sampler is None else sampler(last)).item())

@@ -1,0 +1,185 @@
+"""Ovis2: time to the first token and tokens per second, mlx-aimv2 against transformers on PyTorch,
+same weights, same CPU, same run; and the memory each published size needs (derived from shapes).
+
+A random-weight Ovis2 of transformers is saved once (float32 safetensors); mlx-aimv2 reads that folder
+(float32, and with the language model and encoder blocks 4-bit as `convert -q --q-bits 4` writes
+them), transformers loads it with from_pretrained in a worker process of its own, without the
+OpenBLAS preload (in a preloaded process its threads fight OpenBLAS's: see embed.py). The prompt is a
+square image (the thumbnail alone: one crop) with 40 text tokens around it; greedy, no end token.
+TTFT is the encoder, the prefill and the first token; tok/s is the rest over its time.
+
+    python benchmarks/ovis2.py                  # tiny, then Ovis2-1B's shape (~6 min here)
+    python benchmarks/ovis2.py --shapes tiny    # a smoke run
+    python benchmarks/ovis2.py --memory-only    # the derived memory table, nothing run
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).parent))
+from common import emit, median  # noqa: E402
+
+# AIMv2 towers (width, blocks, heads, MLP) and Qwen2.5 language models (width, layers, heads, kv heads,
+# MLP, vocabulary, tied), as the published configs give them
+TOWERS = {"L-448": (1024, 24, 8, 2816), "H-448": (1536, 24, 12, 4096), "1B-448": (2048, 24, 16, 5632)}
+QWEN = {
+    "0.5B": (896, 24, 14, 2, 4864, 151936, True), "1.5B": (1536, 28, 12, 2, 8960, 151936, True),
+    "3B": (2048, 36, 16, 2, 11008, 151936, True), "7B": (3584, 28, 28, 4, 18944, 152064, False),
+    "14B": (5120, 48, 40, 8, 13824, 152064, False), "32B": (5120, 64, 40, 8, 27648, 152064, False),
+}  # fmt: skip
+OVIS2 = {"Ovis2-1B": ("L-448", "0.5B"), "Ovis2-2B": ("L-448", "1.5B"), "Ovis2-4B": ("H-448", "3B"),
+         "Ovis2-8B": ("H-448", "7B"), "Ovis2-16B": ("H-448", "14B"), "Ovis2-34B": ("1B-448", "32B")}  # fmt: skip
+VISUAL_VOCAB, STRIDE, PATCH, SIDE = 65536, 2, 14, 448
+SHAPES = {  # (tower, language model, image side, visual vocabulary) of the runs
+    "tiny": ((64, 2, 2, 128), (64, 2, 4, 2, 128, 300, True), 56, 48),
+    "Ovis2-1B": (TOWERS["L-448"], QWEN["0.5B"], SIDE, VISUAL_VOCAB),
+}
+
+
+def memory_table() -> list:
+    """Each published size's weights in bf16 and 4-bit (group 64: 4.5 bits a weight with its scales
+    and biases; the visual head, table, norms and the tower's patch embedding stay bf16), and its
+    KV cache per 1,000 tokens in bf16. Derived from the shapes, not measured."""
+    rows = []
+    for name, (tower, lm) in OVIS2.items():
+        d, depth, _, mlp = TOWERS[tower]
+        blocks = depth * (4 * d * d + 3 * d * mlp)
+        other_tower = 3 * PATCH * PATCH * d + (SIDE // PATCH) ** 2 * d + (2 * depth + 2) * d
+        head = d * STRIDE * STRIDE * (VISUAL_VOCAB - 5)
+        h, layers, heads, kv, inter, vocab, tied = QWEN[lm]
+        hd = h // heads
+        lm_linear = layers * (h * h * 2 + 2 * h * kv * hd + 3 * h * inter) + (0 if tied else vocab * h)
+        lm_other = vocab * h + layers * (2 * h + h + 2 * kv * hd) + h  # embedding, norms, q/k/v biases
+        table = VISUAL_VOCAB * h
+        params = blocks + other_tower + head + lm_linear + lm_other + table
+        quantized = blocks + lm_linear + vocab * h  # mlx-lm quantizes the embedding too
+        bf16 = params * 2
+        four = quantized * 4.5 / 8 + (params - quantized) * 2
+        kv_per_1k = 2 * layers * kv * hd * 2 * 1000
+        rows.append({"model": name, "tower": f"aimv2-{tower}", "language_model": f"Qwen2.5-{lm}",
+                     "params_B": round(params / 1e9, 2), "bf16_GB": round(bf16 / 1e9, 2),
+                     "4bit_GB": round(four / 1e9, 2), "kv_cache_MB_per_1k_tokens": round(kv_per_1k / 1e6, 1),
+                     "derived": "from the shapes, not measured"})  # fmt: skip
+    return rows
+
+
+def save_model(shape: str, folder: Path) -> dict:
+    """A random-weight transformers Ovis2 of `shape`, saved; returns the prompt and image to time."""
+    import torch
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    (d, depth, heads, mlp), (h, layers, qh, kv, inter, vocab, tied), side, vv = SHAPES[shape]
+    vision = Ovis2VisionConfig(hidden_size=d, intermediate_size=mlp, num_hidden_layers=depth, num_attention_heads=heads,
+                               image_size=side, patch_size=PATCH, hidden_stride=STRIDE, vocab_size=vv)  # fmt: skip
+    text = Qwen2Config(hidden_size=h, intermediate_size=inter, num_hidden_layers=layers, num_attention_heads=qh,
+                       num_key_value_heads=kv, vocab_size=vocab, tie_word_embeddings=tied)  # fmt: skip
+    image_token, indicators = vocab - 6, list(range(vocab - 5, vocab))
+    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=vv, hidden_size=h,
+                         vocab_size=vocab, image_token_id=image_token, visual_indicator_token_ids=indicators,
+                         tie_word_embeddings=tied)  # fmt: skip
+    torch.manual_seed(0)
+    Ovis2ForConditionalGeneration(config).eval().save_pretrained(folder)
+    atoms = (-(-side // PATCH // STRIDE)) ** 2
+    rng = __import__("numpy").random.default_rng(0)
+    words = rng.integers(10, min(vocab - 10, 5000), 40).tolist()
+    ids = words[:30] + [indicators[0]] + [image_token] * atoms + [indicators[1], indicators[4]] + words[30:]
+    return {"ids": ids, "side": side}
+
+
+TORCH_WORKER = r"""
+import json, sys, time, numpy as np, torch
+from transformers import Ovis2ForConditionalGeneration
+folder, prompt, new, reps = sys.argv[1], json.loads(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+m = Ovis2ForConditionalGeneration.from_pretrained(folder, dtype=torch.float32).eval()
+ids = torch.tensor([prompt["ids"]])
+px = torch.from_numpy(np.random.default_rng(0).standard_normal((1, 3, prompt["side"], prompt["side"])).astype(np.float32))
+def run(n):
+    t = time.perf_counter()
+    with torch.inference_mode():
+        m.generate(input_ids=ids, pixel_values=px, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+    return time.perf_counter() - t
+run(2)  # warm-up
+first = [run(1) for _ in range(reps)]
+whole = [run(new) for _ in range(reps)]
+print(json.dumps({"first": first, "whole": whole, "threads": torch.get_num_threads()}))
+"""
+
+
+def time_transformers(folder: Path, prompt: dict, new: int, reps: int) -> dict:
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    out = subprocess.run([sys.executable, "-c", TORCH_WORKER, str(folder), json.dumps(prompt), str(new), str(reps)],
+                         env=env, capture_output=True, text=True, check=True)  # fmt: skip
+    r = json.loads(out.stdout.strip().splitlines()[-1])
+    ttft = median(r["first"])
+    return {"ttft_s": ttft, "tok_per_s": (new - 1) / max(median(r["whole"]) - ttft, 1e-9), "threads": r["threads"]}
+
+
+def time_ours(folder: Path, prompt: dict, new: int, reps: int, bits) -> dict:
+    import mlx.core as mx
+    import numpy as np
+
+    from mlx_aimv2.checkpoints.ovis2 import load_ovis2, quantize_ovis2
+
+    model, _ = load_ovis2(folder, mx.float32)
+    if bits:
+        quantize_ovis2(model, {"bits": bits, "group_size": 64 if prompt["side"] > 56 else 32, "mode": "affine"})
+        mx.eval(model.parameters())
+    ids = mx.array([prompt["ids"]])
+    px = mx.array(np.random.default_rng(0).standard_normal((1, prompt["side"], prompt["side"], 3)).astype(np.float32))
+    firsts, rests = [], []
+    for rep in range(reps + 1):  # the first, a warm-up
+        t = time.perf_counter()
+        steps = model.tokens(ids, px, new)
+        next(steps)
+        t1 = time.perf_counter()
+        for _ in steps:
+            pass
+        if rep:
+            firsts.append(t1 - t)
+            rests.append(time.perf_counter() - t1)
+    return {"ttft_s": median(firsts), "tok_per_s": (new - 1) / median(rests)}
+
+
+def main():
+    ap = argparse.ArgumentParser()
+    ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
+    ap.add_argument("--reps", type=int, default=3)
+    ap.add_argument("--out", default=None, help="append the records (JSON lines) to this file")
+    ap.add_argument("--memory-only", action="store_true")
+    args = ap.parse_args()
+    for row in memory_table():
+        emit({"bench": "ovis2_memory", **row}, args.out)
+    if args.memory_only:
+        return
+    import mlx.core as mx
+
+    from mlx_aimv2 import cpu
+
+    for shape in args.shapes:
+        new = 32 if shape == "tiny" else 16
+        with tempfile.TemporaryDirectory() as tmp:
+            prompt = save_model(shape, Path(tmp))
+            theirs = time_transformers(Path(tmp), prompt, new, args.reps)
+            for bits in (None, 4):
+                ours = time_ours(Path(tmp), prompt, new, args.reps, bits)
+                emit({"bench": "ovis2_generate", "shape": shape, "prompt_tokens": len(prompt["ids"]),
+                      "new_tokens": new, "mlx_aimv2": "float32" if bits is None else "4-bit LM + encoder blocks",
+                      "ttft_s": round(ours["ttft_s"], 4), "tok_per_s": round(ours["tok_per_s"], 2),
+                      "transformers_ttft_s": round(theirs["ttft_s"], 4),
+                      "transformers_tok_per_s": round(theirs["tok_per_s"], 2),
+                      "ttft_ratio": round(theirs["ttft_s"] / ours["ttft_s"], 2),
+                      "tok_per_s_ratio": round(ours["tok_per_s"] / theirs["tok_per_s"], 2),
+                      "device": str(mx.default_device()), "blas": cpu.loaded_blas(),
+                      "torch_threads": theirs["threads"]}, args.out)  # fmt: skip
+
+
+if __name__ == "__main__":
+    main()
