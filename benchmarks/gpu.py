@@ -7,6 +7,9 @@ against a reference measured in the same run:
   batch 1 / 8 / 64: images per second and MLX's ratio to PyTorch;
 - train: one AIMv2 pre-training step (ViT-B/14 + its decoder, bf16 compute) against MLX's bf16 peak;
 - tests: the parity and training tests run on this backend (passed / failed);
+- ovis2: Ovis2-1B's shape (random weights): time to the first token and tokens per second in MLX,
+  bf16 and with the language model and encoder blocks 4-bit, against transformers' bf16 on the GPU
+  (benchmarks/ovis2.py's measure; mlx-lm's wheel travels with the small ones);
 - fidelity: float16's and bfloat16's embeddings against float32's at each published size's shape
   (L, H, 1B, 3B; benchmarks/precision.py's measure, which takes 17 minutes for L alone on the CPU),
   as many sizes as the run's time budget allows.
@@ -37,6 +40,10 @@ L14, emit, median, train_flops_per_image = common.L14, common.emit, common.media
 _spec = importlib.util.spec_from_file_location("bench_precision", Path(__file__).with_name("precision.py"))
 precision = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(precision)
+sys.modules["common"] = common  # what ovis2.py imports by that name
+_spec = importlib.util.spec_from_file_location("bench_ovis2", Path(__file__).with_name("ovis2.py"))
+ovis2 = importlib.util.module_from_spec(_spec)
+_spec.loader.exec_module(ovis2)
 
 ROOT = Path(__file__).parent.parent
 TINY = dict(L14, hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56)
@@ -115,6 +122,25 @@ def embed(vision: dict, batches: list, reps: int, out) -> None:
                       "torch_device": device})  # fmt: skip
 
 
+def ovis2_generate(shape: str, reps: int, out) -> None:
+    """Ovis2's TTFT and tok/s in MLX (bf16; 4-bit kept quantized) against transformers' bf16."""
+    import mlx.core as mx
+
+    torch = _torch()
+    device = "cuda" if torch is not None and torch.cuda.is_available() else "cpu"
+    new = 32
+    with tempfile.TemporaryDirectory() as tmp:
+        prompt = ovis2.save_model(shape, Path(tmp))
+        theirs = ovis2.time_transformers(Path(tmp), prompt, new, reps, device, "bfloat16")
+        for bits in (None, 4):
+            ours = ovis2.time_ours(Path(tmp), prompt, new, reps, bits, mx.bfloat16)
+            emit({"figure": "ovis2", "shape": shape, "mlx": "bf16" if bits is None else "4-bit", "ttft_s": round(ours["ttft_s"], 4),
+                  "tok_per_s": round(ours["tok_per_s"], 2), "torch_bf16_ttft_s": round(theirs["ttft_s"], 4),
+                  "torch_bf16_tok_per_s": round(theirs["tok_per_s"], 2), "torch_device": device,
+                  "ttft_ratio": round(theirs["ttft_s"] / ours["ttft_s"], 3),
+                  "tok_per_s_ratio": round(ours["tok_per_s"] / theirs["tok_per_s"], 3)}, out)  # fmt: skip
+
+
 def train(encoder: str, image_size: int, batch: int, reps: int, peak_tflops: float, out) -> None:
     import mlx.core as mx
 
@@ -175,6 +201,7 @@ def main():
         peaks["bf16"],
         out,
     )
+    ovis2_generate("tiny" if a.quick else "Ovis2-1B", 2 if a.quick else 5, out)
     if not a.skip_tests:
         tests(out, 600 if a.quick else 240)
     tiny = {k: TINY[k] for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads")}

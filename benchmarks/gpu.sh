@@ -23,7 +23,7 @@ prepare)
     grep -qx ".gpu/" .git/info/exclude 2>/dev/null || echo ".gpu/" >> .git/info/exclude
     python3 -m pip download -q --no-deps --only-binary=:all: --python-version 3.12 --implementation cp \
         --platform manylinux_2_35_x86_64 --platform manylinux_2_28_x86_64 --platform manylinux_2_17_x86_64 \
-        -d .gpu/full "mlx==0.32.4" "mlx-cuda-13==0.32.4" "mlx-data==0.1.0" watchdog pytest pluggy iniconfig
+        -d .gpu/full "mlx==0.32.4" "mlx-cuda-13==0.32.4" "mlx-data==0.1.0" "mlx-lm==0.32.2" watchdog pytest pluggy iniconfig
     mv .gpu/full/$WHEEL .gpu/
     mkdir -p .gpu/data && mv .gpu/full/mlx_data-*.whl .gpu/data/
     mv .gpu/full/*.whl .gpu/small/

@@ -45,7 +45,7 @@ def load(
     if kinds.is_ovis2(hub.resolve(str(name_or_path), revision)):
         from .cli.vlm import ovis2_chat_class  # mlx-lm, only for a vision-language model
 
-        return ovis2_chat_class()(name_or_path, dtype, revision)
+        return ovis2_chat_class()(name_or_path, dtype, revision, keep_quantized)
     return open_model(name_or_path, revision, dtype, keep_quantized, text_only)
 
 

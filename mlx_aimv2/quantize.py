@@ -70,16 +70,21 @@ def is_quantized(model: nn.Module) -> bool:
 
 
 def dequantize(model: nn.Module) -> nn.Module:
-    """Back to float linear layers (the model's float dtype), in place: for export and fine-tuning."""
+    """Back to float linear and embedding layers (the model's float dtype), in place: for export,
+    fine-tuning and the CPU (an Ovis2's language model has its embedding quantized, as mlx-lm does)."""
     swaps = []
     for path, m in model.named_modules():
-        if isinstance(m, nn.QuantizedLinear):
+        if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)):
             w = mx.dequantize(m.weight, m.scales, m.get("biases"), m.group_size, m.bits, mode=m.mode)
-            lin = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
-            lin.weight = w.astype(m.scales.dtype) if mx.issubdtype(m.scales.dtype, mx.floating) else w
-            if "bias" in m:
-                lin.bias = m.bias
-            swaps.append((path, lin))
+            w = w.astype(m.scales.dtype) if mx.issubdtype(m.scales.dtype, mx.floating) else w
+            if isinstance(m, nn.QuantizedEmbedding):
+                layer = nn.Embedding(*w.shape)
+            else:
+                layer = nn.Linear(w.shape[1], w.shape[0], bias="bias" in m)
+                if "bias" in m:
+                    layer.bias = m.bias
+            layer.weight = w
+            swaps.append((path, layer))
     if swaps:
         model.update_modules(tree_unflatten(swaps))
     return model

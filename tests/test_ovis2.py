@@ -270,7 +270,8 @@ def test_sampling_is_seeded_and_a_tiny_nucleus_is_greedy(ovis2_folder):
 def test_a_quantized_ovis2_loads_as_it_was_written_and_keeps_the_answer_close(ovis2_folder, converted, tmp_path):
     """`convert -q`: the language model quantized as mlx-lm does (linears and the embedding), the
     encoder's blocks as this package does, the visual head and table in float; load() gives the chat
-    class; the first step's logits stay close to the float model's (8-bit) and it answers (4-bit)."""
+    class; the first step's logits stay close to the float model's (8-bit) and it answers (4-bit). On
+    the CPU it runs dequantized by default (the same numbers: the same weights), quantized when asked."""
     import json
 
     import mlx.nn as nn
@@ -282,7 +283,7 @@ def test_a_quantized_ovis2_loads_as_it_was_written_and_keeps_the_answer_close(ov
         r = cli("convert", ovis2_folder[0], out, "-q", "--q-bits", bits, "--q-group-size", "32")
         assert r.exit_code == 0, r.output
         assert json.loads((out / "config.json").read_text())["quantization"]["bits"] == bits
-        bot = mlx_aimv2.load(str(out))
+        bot = mlx_aimv2.load(str(out), keep_quantized=True)
         assert type(bot).__name__ == "Ovis2Chat"
         layers = dict(bot.model.named_modules())
         assert isinstance(layers["language_model.model.embed_tokens"], nn.QuantizedEmbedding)
@@ -291,6 +292,11 @@ def test_a_quantized_ovis2_loads_as_it_was_written_and_keeps_the_answer_close(ov
         assert type(layers["visual_tokenizer.head_linear"]) is nn.Linear
         logits[bits] = _first_logits(bot, PHOTO)
         assert bot.generate("Describe the image.", [PHOTO], 8)["tokens"]
+        on_cpu = mlx_aimv2.load(str(out))  # the default on the CPU: dequantized
+        assert not any(
+            isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding)) for _, m in on_cpu.model.named_modules()
+        )
+        np.testing.assert_allclose(_first_logits(on_cpu, PHOTO), logits[bits], atol=1e-4)
     full = _first_logits(mlx_aimv2.load(str(converted)), PHOTO)
     cosine = lambda a, b: float((a * b).sum() / np.linalg.norm(a) / np.linalg.norm(b))  # noqa: E731
     assert cosine(logits[8], full) > 0.99 and cosine(logits[4], full) > 0.8
