@@ -18,6 +18,7 @@ from . import cpu, hub, kinds
 from .checkpoints.export import convert
 from .errors import UserError
 from .inference import AIMv2, Encoder, ImageClassifier, LiTModel, fill_template, open_model
+from .vlm.extra import chat_class  # mlx-lm, only when an Ovis2 is loaded
 
 __all__ = ["load", "load_default", "convert", "fill_template", "AIMv2", "Encoder", "LiTModel", "ImageClassifier"]
 log = logging.getLogger("mlx_aimv2")  # notes for the user; the CLI prints them, an app routes them
@@ -43,9 +44,7 @@ def load(
     fingerprints it): MLX loads lazily, so the image tower is never read; image methods then refuse."""
     cpu.warn_if_slow_blas()
     if kinds.is_ovis2(hub.resolve(str(name_or_path), revision)):
-        from .cli.vlm import ovis2_chat_class  # mlx-lm, only for a vision-language model
-
-        return ovis2_chat_class()(name_or_path, dtype, revision, keep_quantized)
+        return chat_class()(name_or_path, dtype, revision, keep_quantized)
     return open_model(name_or_path, revision, dtype, keep_quantized, text_only)
 
 

@@ -23,7 +23,8 @@ from mlx_aimv2.train.objectives import REGISTRY, Objective
 PACKAGE = Path(mlx_aimv2.__file__).parent
 # where a function may import: the CLI's commands (start-up time), the hub client (half a second,
 # needed only to download) and torch (optional: only to read a PyTorch pickle)
-LAZY_SEAMS = {"mlx_aimv2.cli": None, "mlx_aimv2.hub": "huggingface_hub", "mlx_aimv2.checkpoints.files": "torch"}
+LAZY_SEAMS = {"mlx_aimv2.cli": None, "mlx_aimv2.hub": "huggingface_hub", "mlx_aimv2.checkpoints.files": "torch",
+              "mlx_aimv2.vlm.extra": None}  # fmt: skip
 
 
 def _modules() -> dict[str, Path]:

@@ -350,3 +350,30 @@ def test_chat_from_several_threads_at_once_gives_the_serial_answer(ovis2_folder)
     with ThreadPoolExecutor(4) as pool:
         answers = list(pool.map(lambda _: bot.generate("what is in the picture?", [PHOTO], max_tokens=8), range(8)))
     assert all(a == serial for a in answers) and serial["tokens"]
+
+
+@pytest.mark.parametrize("command", ["chat", "convert", "load"])
+def test_without_mlx_lm_an_ovis2_folder_is_one_line_with_the_install(ovis2_folder, tmp_path, command):
+    """chat, convert and load() of an Ovis2 folder where mlx-lm is not installed: one line naming the
+    extra; everything else loads without it (its import is the vlm extra's door, vlm/extra.py)."""
+    import subprocess
+    import sys
+
+    from helpers import PHOTO
+
+    folder = str(ovis2_folder[0])
+    argv = {
+        "chat": ["chat", str(PHOTO), "what?", "--model", folder],
+        "convert": ["convert", folder, str(tmp_path / "o")],
+    }
+    if command == "load":
+        code = f"import sys; sys.modules['mlx_lm'] = None; import mlx_aimv2; mlx_aimv2.load('demo'); mlx_aimv2.load({folder!r})"
+    else:
+        code = "import sys; sys.modules['mlx_lm'] = None; from mlx_aimv2.cli import console; console()"
+    p = subprocess.run(
+        [sys.executable, "-c", code, *argv.get(command, [])], capture_output=True, text=True, timeout=120
+    )
+    assert p.returncode == 1, p.stderr[-1500:]
+    assert "pip install 'mlx-aimv2[vlm]'" in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
+    if command != "load":
+        assert len(p.stderr.strip().splitlines()) == 1, p.stderr[-1500:]

@@ -22,6 +22,7 @@ from ..inference import preprocessor_of
 from ..models import lora
 from ..quantize import dequantize, quantize
 from ..runs.snapshots import saved_config
+from ..vlm.extra import converter
 from .layouts import peft_adapter, transformers_config, transformers_weights
 from .load import load_checkpoint
 from .mlx_io import copy_files, default_preprocessor, drop_stale_weights, save, tokenizer_files, write_weights
@@ -138,9 +139,7 @@ def convert(
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     check_destination(dst, overwrite)
     if kinds.is_ovis2(hub.resolve(str(src), revision)):  # a vision-language model: its own converter
-        from .ovis2 import convert_ovis2
-
-        return convert_ovis2(hub.resolve(str(src), revision), dst, DTYPES.get(dtype), quantization, overwrite,
+        return converter()(hub.resolve(str(src), revision), dst, DTYPES.get(dtype), quantization, overwrite,
                              max_shard_size, command, repo=hub.repo_of(str(src)))  # fmt: skip
     module, config, folder = load_checkpoint(src, revision, DTYPES.get(dtype))
     if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers

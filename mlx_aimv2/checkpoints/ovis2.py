@@ -1,5 +1,6 @@
-"""Ovis2 model folders: read in transformers' layout (the `*-hf` folders transformers' Ovis2
-classes load) or ours, and written by `convert` as ours: vlm.Ovis2's own tensor names in
+"""Ovis2 model folders (imported through vlm/extra.py: it needs mlx-lm): read in AIDC-AI's original remote-code layout (AIDC-AI/Ovis2-*, translated
+as transformers' conversion does), transformers' (the `*-hf` folders) or ours, and written by
+`convert` as ours: vlm.Ovis2's own tensor names in
 safetensors, the transformers config.json with our format and kind recorded, the tokenizer and
 processor files copied. `-q` quantizes the language model as mlx-lm does (every linear and embedding
 layer whose width the group size divides) and the AIMv2 encoder as this package does (its blocks);
@@ -15,11 +16,14 @@ from typing import Optional
 import mlx.core as mx
 import mlx.nn as nn
 from mlx.utils import tree_flatten
+from mlx_lm.utils import quantize_model
+from tokenizers import AddedToken, Tokenizer
 
 from .. import cpu, kinds, modelcard
 from ..atomic import check_destination, write_folder
 from ..errors import UserError
 from ..quantize import quantize, read_spec
+from ..vlm.ovis2 import build
 from .files import find_weights, read_weights
 from .layouts import OVIS2_TABLE, OVIS2_TOWER, ovis2_weights
 from .mlx_io import copy_files, drop_stale_weights, load_into, write_weights
@@ -67,8 +71,6 @@ def is_original(cfg: dict) -> bool:
 def tokenizer(folder: Path):
     """The folder's tokenizer; an original folder's gets Ovis2's image tokens added after its own
     (they are not in it: the remote code used negative ids), as transformers' conversion adds them."""
-    from tokenizers import AddedToken, Tokenizer
-
     folder = Path(folder)
     tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
     if is_original(json.loads((folder / "config.json").read_text())):
@@ -107,8 +109,6 @@ def original_weights(w: dict) -> dict:
 def load_ovis2(folder: Path, dtype=None):
     """(vlm.Ovis2 with its weights, the config) from an Ovis2 folder in either layout. dtype: the
     source's own float type by default (bfloat16 for the published folders)."""
-    from ..vlm.ovis2 import build  # mlx-lm, only when an Ovis2 is used
-
     folder = Path(folder)
     cfg = read_config(folder)
     file = find_weights(folder)
@@ -132,8 +132,6 @@ def load_ovis2(folder: Path, dtype=None):
 def quantize_ovis2(model, spec: dict):
     """In place: the language model as mlx-lm quantizes (every linear and embedding layer whose width
     the group size divides), the encoder's blocks as this package does; the visual head and table stay."""
-    from mlx_lm.utils import quantize_model
-
     quantize_model(model.language_model, {}, spec["group_size"], spec["bits"], mode=spec["mode"])
     quantize(model.visual_tokenizer.encoder, spec)
     return model

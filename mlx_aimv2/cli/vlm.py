@@ -9,6 +9,7 @@ from typing import List, Optional
 import typer
 
 from ..errors import UserError
+from ..vlm.extra import chat_class
 
 
 def chat(
@@ -25,12 +26,11 @@ def chat(
     as_json: bool = typer.Option(False, "--json", help='print {"text": ..., "tokens": [ids]} at the end'),
 ):
     """Ask an Ovis2 vision-language model (AIMv2 as its eyes) about images; the answer streams."""
-    chat_class = ovis2_chat_class()
     images = [image, *more]
     for picture in images:
         if not Path(picture).is_file():  # before the model loads: a typo costs no wait
             raise UserError(f"{picture}: no such image file")
-    bot = chat_class(model)
+    bot = chat_class()(model)
     tokens = []
     for piece in bot.stream(question, images, max_tokens, temp, top_p, seed):
         tokens.append(piece.token)
@@ -40,17 +40,6 @@ def chat(
         typer.echo(json.dumps({"text": bot.tokenizer.decode(tokens, skip_special_tokens=True), "tokens": tokens}))
     else:
         typer.echo()
-
-
-def ovis2_chat_class():
-    """vlm.chat.Ovis2Chat, or one line saying how to install the extra it needs."""
-    try:
-        from ..vlm.chat import Ovis2Chat
-    except ModuleNotFoundError as e:
-        if (e.name or "").split(".")[0] != "mlx_lm":
-            raise
-        raise UserError("chat needs mlx-lm, which is not installed: pip install 'mlx-aimv2[vlm]'") from None
-    return Ovis2Chat
 
 
 COMMANDS = [chat]

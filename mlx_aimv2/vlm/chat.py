@@ -12,6 +12,7 @@ from typing import Callable, Iterator, Optional, Sequence
 
 import mlx.core as mx
 import numpy as np
+from mlx_lm.sample_utils import apply_top_p
 from tokenizers.decoders import DecodeStream
 
 from .. import cpu, hub, kinds, owner
@@ -60,8 +61,6 @@ def sampler(temp: float, top_p: float = 1.0, seed: Optional[int] = None) -> Opti
         raise UserError(f"--temp {temp} / --top-p {top_p}: use a temperature >= 0 and 0 < top-p <= 1")
     if temp == 0:
         return None
-    from mlx_lm.sample_utils import apply_top_p
-
     key = [mx.random.key(random.getrandbits(63) if seed is None else seed)]
 
     def sample(logits: mx.array) -> mx.array:
@@ -132,9 +131,14 @@ class Ovis2Chat:
         up to an end token or max_tokens (greedy at temp 0, else sampled; seed repeats a sample)."""
         max_tokens = min(max_tokens, self.context - len(ids))
         pick = sampler(temp, top_p, seed)
-        pixels = None if crops is None else mx.array(crops)
+
+        def start():  # the arrays made on the owner thread too, in the model's float type
+            dtype = self.model.visual_embeddings_table.dtype
+            pixels = None if crops is None else mx.array(crops).astype(dtype)
+            return self.model.tokens(mx.array([ids]), pixels, max_tokens, self.eos, pick)
+
         # each step on the owner thread, where the generator is advanced: callers interleave between tokens
-        steps = owner.run(lambda: self.model.tokens(mx.array([ids]), pixels, max_tokens, self.eos, pick))
+        steps = owner.run(start)
         text = DecodeStream(skip_special_tokens=True)
         while (token := owner.run(next, steps, None)) is not None and token not in self.eos:
             yield Piece(token, text.step(self.tokenizer, token) or "")

@@ -15,6 +15,7 @@ import numpy as np
 from mlx_lm.models import qwen2
 from mlx_lm.models.cache import make_prompt_cache
 
+from ..checkpoints.configs import infer_config
 from ..config import VisionConfig
 from ..models.visual_tokenizer import INDICATORS, VisualTokenizer, visual_embeddings
 
@@ -80,8 +81,6 @@ TEXT_ARGS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_atten
 def build(cfg: dict, weights: dict, where: str) -> Ovis2:
     """An Ovis2 of a transformers Ovis2 config.json (weights not loaded): the encoder's architecture
     from its tensors' shapes, checked against vision_config as every AIMv2 checkpoint's is."""
-    from ..checkpoints.configs import infer_config
-
     v, t = cfg["vision_config"], cfg["text_config"]
     tied = bool(cfg.get("tie_word_embeddings", t.get("tie_word_embeddings", True)))
     prefix = "visual_tokenizer.encoder."
