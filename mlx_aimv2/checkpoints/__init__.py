@@ -7,6 +7,8 @@
     mlx_io.py    MLX's own folders: weights whole or in shards, config.json, the card, saved whole
     load.py      name -> local files -> layout -> module: load_checkpoint, the walk `load()` takes
     export.py    convert, and export to MLX, transformers or PEFT
+    ovis2.py     Ovis2 folders (AIDC-AI's original layout, transformers', ours): read, converted, quantized;
+                 it needs mlx-lm, so it is imported through vlm/extra.py
 
 Nothing is imported here, so reading a checkpoint never loads the exporters.
 """
