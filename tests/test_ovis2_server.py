@@ -129,3 +129,22 @@ def _json(body) -> bytes:
     import json
 
     return json.dumps(body).encode("utf-8", "surrogatepass")
+
+
+def test_a_client_that_leaves_mid_stream_costs_the_others_nothing(client, bot):
+    """A streamed answer whose client closes the connection after the first chunk: the server goes on
+    answering everyone else (the abandoned answer's generator is dropped between two tokens)."""
+    import httpx
+
+    png = _png(60, 150, 5)
+    body = {"messages": _ask(png), "max_tokens": 64, "stream": True, "temperature": 0}
+    for _ in range(3):
+        with httpx.stream("POST", str(client.base_url) + "chat/completions", json=body, timeout=60) as r:
+            assert r.status_code == 200
+            next(r.iter_lines())  # the first event, then the client is gone
+    want = _library_answer(bot, png, max_tokens=12)["text"]
+    model = client.models.list().data[0].id
+    with ThreadPoolExecutor(3) as pool:
+        got = list(pool.map(lambda _: client.chat.completions.create(model=model, messages=_ask(png), max_tokens=12),
+                            range(3)))  # fmt: skip
+    assert [g.choices[0].message.content for g in got] == [want] * 3
