@@ -137,7 +137,7 @@ async def embeddings(request: Request):
 async def chat_completions(request: Request):
     s = _service(request)
     chat = s.need_chat()
-    return await completions(request, await _body(request), chat, s.name, s.settings.allowed)
+    return await completions(await _body(request), chat, s.name, s.settings.allowed)
 
 
 def _hits_json(hits) -> list:

@@ -18,7 +18,6 @@ import json
 import time
 import uuid
 
-from starlette.requests import Request
 from starlette.responses import JSONResponse, StreamingResponse
 
 from .inputs import MAX_TEXT, BadRequest, decode_image, unicode_text
@@ -101,7 +100,8 @@ def _chunk(base: dict, delta: dict, finish=None) -> str:
     return f"data: {json.dumps(body)}\n\n"
 
 
-async def completions(request: Request, data: dict, chat, name: str, allowed):
+async def completions(data: dict, chat, name: str, allowed):
+    """The answer to a checked body: a chat.completion, or a stream of chunks."""
     asked = data.get("model")
     if asked not in (None, name):
         raise BadRequest(404, f"model {asked!r} is not served here; this server has {name!r} (GET /v1/models)")
