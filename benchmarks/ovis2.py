@@ -29,46 +29,26 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, median  # noqa: E402
 
-# AIMv2 towers (width, blocks, heads, MLP) and Qwen2.5 language models (width, layers, heads, kv heads,
-# MLP, vocabulary, tied), as the published configs give them
-TOWERS = {"L-448": (1024, 24, 8, 2816), "H-448": (1536, 24, 12, 4096), "1B-448": (2048, 24, 16, 5632)}
-QWEN = {
-    "0.5B": (896, 24, 14, 2, 4864, 151936, True), "1.5B": (1536, 28, 12, 2, 8960, 151936, True),
-    "3B": (2048, 36, 16, 2, 11008, 151936, True), "7B": (3584, 28, 28, 4, 18944, 152064, False),
-    "14B": (5120, 48, 40, 8, 13824, 152064, False), "32B": (5120, 64, 40, 8, 27648, 152064, False),
-}  # fmt: skip
-OVIS2 = {"Ovis2-1B": ("L-448", "0.5B"), "Ovis2-2B": ("L-448", "1.5B"), "Ovis2-4B": ("H-448", "3B"),
-         "Ovis2-8B": ("H-448", "7B"), "Ovis2-16B": ("H-448", "14B"), "Ovis2-34B": ("1B-448", "32B")}  # fmt: skip
-VISUAL_VOCAB, STRIDE, PATCH, SIDE = 65536, 2, 14, 448
 SHAPES = {  # (tower, language model, image side, visual vocabulary) of the runs
     "tiny": ((64, 2, 2, 128), (64, 2, 4, 2, 128, 300, True), 56, 48),
-    "Ovis2-1B": (TOWERS["L-448"], QWEN["0.5B"], SIDE, VISUAL_VOCAB),
+    "Ovis2-1B": ((1024, 24, 8, 2816), (896, 24, 14, 2, 4864, 151936, True), 448, 65536),
 }
+PATCH, STRIDE = 14, 2
 
 
 def memory_table() -> list:
-    """Each published size's weights in bf16 and 4-bit (group 64: 4.5 bits a weight with its scales
-    and biases; the visual head, table, norms and the tower's patch embedding stay bf16), and its
-    KV cache per 1,000 tokens in bf16. Derived from the shapes, not measured."""
+    """Each published size's weights in bf16 and 4-bit (group 64: a bf16 scale and bias per group; the
+    visual head and table, norms and the tower's patch embedding stay bf16), and its KV cache per
+    1,000 tokens in bf16: config/ovis2.py's sums over the shapes (tested against transformers' count
+    on a tiny Ovis2), derived, not measured."""
+    from mlx_aimv2.config.ovis2 import OVIS2, kv_cache_bytes, ovis2_bytes, ovis2_params
+
     rows = []
     for name, (tower, lm) in OVIS2.items():
-        d, depth, _, mlp = TOWERS[tower]
-        blocks = depth * (4 * d * d + 3 * d * mlp)
-        other_tower = 3 * PATCH * PATCH * d + (SIDE // PATCH) ** 2 * d + (2 * depth + 2) * d
-        head = d * STRIDE * STRIDE * (VISUAL_VOCAB - 5)
-        h, layers, heads, kv, inter, vocab, tied = QWEN[lm]
-        hd = h // heads
-        lm_linear = layers * (h * h * 2 + 2 * h * kv * hd + 3 * h * inter) + (0 if tied else vocab * h)
-        lm_other = vocab * h + layers * (2 * h + h + 2 * kv * hd) + h  # embedding, norms, q/k/v biases
-        table = VISUAL_VOCAB * h
-        params = blocks + other_tower + head + lm_linear + lm_other + table
-        quantized = blocks + lm_linear + vocab * h  # mlx-lm quantizes the embedding too
-        bf16 = params * 2
-        four = quantized * 4.5 / 8 + (params - quantized) * 2
-        kv_per_1k = 2 * layers * kv * hd * 2 * 1000
-        rows.append({"model": name, "tower": f"aimv2-{tower}", "language_model": f"Qwen2.5-{lm}",
-                     "params_B": round(params / 1e9, 2), "bf16_GB": round(bf16 / 1e9, 2),
-                     "4bit_GB": round(four / 1e9, 2), "kv_cache_MB_per_1k_tokens": round(kv_per_1k / 1e6, 1),
+        rows.append({"model": name, "tower": tower, "language_model": f"Qwen2.5-{lm}",
+                     "params_B": round(ovis2_params(tower, lm)[0] / 1e9, 2),
+                     "bf16_GB": round(ovis2_bytes(tower, lm) / 1e9, 2), "4bit_GB": round(ovis2_bytes(tower, lm, 4) / 1e9, 2),
+                     "kv_cache_MB_per_1k_tokens": round(kv_cache_bytes(lm, 1000) / 1e6, 1),
                      "derived": "from the shapes, not measured"})  # fmt: skip
     return rows
 

@@ -377,3 +377,53 @@ def test_without_mlx_lm_an_ovis2_folder_is_one_line_with_the_install(ovis2_folde
     assert "pip install 'mlx-aimv2[vlm]'" in p.stderr.strip().splitlines()[-1], p.stderr[-1500:]
     if command != "load":
         assert len(p.stderr.strip().splitlines()) == 1, p.stderr[-1500:]
+
+
+@pytest.mark.parametrize("tied", [True, False])
+def test_the_size_formula_counts_what_transformers_holds_and_what_convert_quantizes(tied):
+    """`mlx-aimv2 models` sizes each published Ovis2 from its shapes: the formula gives a tiny
+    transformers Ovis2's exact parameter count, and the count of the weights `convert -q` packs."""
+    pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
+    import mlx.nn as nn
+    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+
+    from mlx_aimv2.checkpoints.ovis2 import quantize_ovis2
+    from mlx_aimv2.config.ovis2 import Qwen, params_of
+    from mlx_aimv2.vlm.ovis2 import build
+
+    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=300, tie_word_embeddings=tied)  # fmt: skip
+    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
+                         hidden_size=64, vocab_size=300, tie_word_embeddings=tied)  # fmt: skip
+    theirs = Ovis2ForConditionalGeneration(config)
+    total, packed = params_of(VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=128, patch_size=14,
+                                           image_size=56), Qwen(64, 2, 4, 2, 128, 300, tied), 48, 2)  # fmt: skip
+    assert total == sum(p.numel() for p in theirs.parameters())
+
+    def quantized_count():
+        import mlx.core as mx
+
+        from mlx_aimv2.checkpoints.layouts import ovis2_weights
+
+        weights = ovis2_weights({k: mx.array(t.detach().numpy()) for k, t in theirs.state_dict().items()}, tied)
+        model = build(config.to_dict(), weights, "tiny")
+        quantize_ovis2(model, {"bits": 4, "group_size": 32, "mode": "affine"})
+        layers = [m for _, m in model.named_modules() if isinstance(m, (nn.QuantizedLinear, nn.QuantizedEmbedding))]
+        return sum(m.scales.size * m.group_size for m in layers)
+
+    assert owner.run(quantized_count) == packed
+
+
+def test_models_lists_each_published_ovis2_with_its_sizes():
+    from helpers import cli
+
+    r = cli("models")
+    assert r.exit_code == 0, r.output
+    rows = {line.split()[0]: line.split()[1:] for line in r.output.splitlines() if line.startswith("AIDC-AI/Ovis2-")}
+    assert sorted(rows) == sorted(f"AIDC-AI/Ovis2-{s}" for s in ("1B", "2B", "4B", "8B", "16B", "34B"))
+    for params, bf16, eight, four in rows.values():
+        assert float(four[:-1]) < float(eight[:-1]) < float(bf16[:-1])
+        assert abs(float(bf16[:-1]) - 2 * float(params[:-1])) < 0.02  # two bytes a weight (the figures rounded)
+    assert rows["AIDC-AI/Ovis2-1B"][0] == "1.13B"  # AIMv2-L at 448, its visual head and table, Qwen2.5-0.5B

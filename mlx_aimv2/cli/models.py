@@ -19,8 +19,10 @@ def doctor():
 
 
 def models():
-    """List the published checkpoints this package knows: parameters and size in fp32, bf16, 8 and 4 bits."""
+    """List the published checkpoints this package knows: parameters and size in fp32, bf16, 8 and 4 bits
+    (and Ovis2's, the vision-language models on AIMv2: their weights in bf16 and 4 bits)."""
     from ..config import PRESETS, checkpoint_bytes, count_params
+    from ..config.ovis2 import OVIS2, ovis2_bytes, ovis2_params
 
     typer.echo(f"{'':<44} {'params':>9} {'fp32':>9} {'bf16':>9} {'8-bit':>9} {'4-bit':>9}")
     typer.echo(f"{'demo':<44} the small checkpoint bundled in weights/demo")
@@ -31,6 +33,13 @@ def models():
         typer.echo(
             f"{'apple/' + name:<44} {count_params(cfg) / 1e6:8.1f}M {gb(checkpoint_bytes(cfg))} "
             f"{gb(checkpoint_bytes(cfg, 2))} {gb(checkpoint_bytes(cfg, 4, 8))} {gb(checkpoint_bytes(cfg, 4, 4))}"
+        )
+    typer.echo(f"\n{'Ovis2 (chat; sizes derived from shapes)':<44} {'params':>9} {'':>9} {'bf16':>9} "
+               f"{'8-bit':>9} {'4-bit':>9}")  # fmt: skip
+    for name, (tower, lm) in OVIS2.items():
+        typer.echo(
+            f"{name:<44} {ovis2_params(tower, lm)[0] / 1e9:8.2f}B {'':>9} {gb(ovis2_bytes(tower, lm))} "
+            f"{gb(ovis2_bytes(tower, lm, 8))} {gb(ovis2_bytes(tower, lm, 4))}"
         )
 
 
