@@ -13,6 +13,7 @@ CPU (float speed and memory), so at Ovis2-1B's shape 4-bit is a Metal / CUDA fig
     python benchmarks/ovis2.py                  # tiny, then Ovis2-1B's shape (~6 min here)
     python benchmarks/ovis2.py --shapes tiny    # a smoke run
     python benchmarks/ovis2.py --memory-only    # the derived memory table, nothing run
+    python benchmarks/ovis2.py --breakdown      # where Ovis2-1B's first token goes (~2 min)
 """
 
 from __future__ import annotations
@@ -139,13 +140,96 @@ def time_ours(folder: Path, prompt: dict, new: int, reps: int, bits, dtype=None)
     return {"ttft_s": median(firsts), "tok_per_s": (new - 1) / median(rests)}
 
 
+TORCH_ENCODER = """
+import time, torch
+from transformers import Aimv2VisionConfig, Aimv2VisionModel
+torch.manual_seed(0)
+m = Aimv2VisionModel(Aimv2VisionConfig(hidden_size={d}, intermediate_size={mlp}, num_hidden_layers={depth},
+                                       num_attention_heads={heads}, image_size={side}, patch_size={patch})).eval()
+x = torch.randn(1, 3, {side}, {side})
+times = []
+with torch.inference_mode():
+    for _ in range({reps} + 1):
+        t = time.perf_counter(); m(pixel_values=x); times.append(time.perf_counter() - t)
+print(min(times[1:]))
+"""
+
+
+def breakdown(reps: int, out) -> None:
+    """Where Ovis2-1B's first token goes in MLX on this machine (random weights, float32, one 448 px
+    crop, 299 prompt tokens): the encoder (and PyTorch's, the same shape, for the ratio), the visual
+    head, its softmax, the table, the language model's prefill; and MLX's quantized matmul against
+    float at the language model's widths, for a 300-token prefill and for one token."""
+    import mlx.core as mx
+    import numpy as np
+    from mlx_lm.models.cache import make_prompt_cache
+
+    from mlx_aimv2 import cpu
+    from mlx_aimv2.config import VisionConfig
+    from mlx_aimv2.models.visual_tokenizer import visual_embeddings
+    from mlx_aimv2.vlm.ovis2 import Ovis2
+
+    (d, depth, heads, mlp), (h, layers, qh, kv, inter, vocab, tied), side, vv = SHAPES["Ovis2-1B"]
+    vision = VisionConfig(
+        hidden_size=d, depth=depth, num_heads=heads, mlp_hidden=mlp, patch_size=PATCH, image_size=side
+    )
+    text = dict(hidden_size=h, num_hidden_layers=layers, intermediate_size=inter, num_attention_heads=qh,
+                num_key_value_heads=kv, vocab_size=vocab, rms_norm_eps=1e-6, rope_theta=1e6, tie_word_embeddings=tied)  # fmt: skip
+    m = Ovis2(vision, vv, STRIDE, text, vocab - 6, list(range(vocab - 5, vocab)))
+    cpu.use_kernels(m.visual_tokenizer)
+    mx.eval(m.parameters())
+    px = mx.array(np.random.default_rng(0).standard_normal((1, side, side, 3)).astype(np.float32))
+    ids = mx.array([[5] * 30 + [vocab - 5] + [vocab - 6] * 256 + [vocab - 4, vocab - 1] + [7] * 10])
+    vt, lm = m.visual_tokenizer, m.language_model
+    feats = vt.encoder(px)
+    logits = vt.head_norm(vt.head_linear(vt.merge(feats)))
+    probs = vt(px)
+    embeds = m.input_embeddings(ids, px)
+    mx.eval(feats, logits, probs, embeds)
+
+    def best(fn):
+        fn()
+        return min(time_once(fn) for _ in range(reps))
+
+    def time_once(fn):
+        t = time.perf_counter()
+        fn()
+        return time.perf_counter() - t
+
+    parts = {
+        "encoder_s": best(lambda: mx.eval(vt.encoder(px))),
+        "head_s": best(lambda: mx.eval(vt.head_linear(vt.merge(feats)))),
+        "softmax_s": best(lambda: mx.eval(mx.softmax(logits, axis=-1))),
+        "table_s": best(lambda: mx.eval(visual_embeddings(probs, m.visual_embeddings_table))),
+        "prefill_s": best(lambda: mx.eval(lm.model(ids, make_prompt_cache(lm), embeds))),
+    }
+    # PyTorch's encoder in a process of its own, without the OpenBLAS preload (see TORCH_WORKER)
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}
+    code = TORCH_ENCODER.format(d=d, mlp=mlp, depth=depth, heads=heads, side=side, patch=PATCH, reps=reps)
+    theirs = subprocess.run([sys.executable, "-c", code], env=env, capture_output=True, text=True, check=True)
+    parts["torch_encoder_s"] = float(theirs.stdout.split()[-1])
+    w = mx.random.normal((inter, h))
+    wq = mx.quantize(w, 64, 4)
+    for n in (300, 1):
+        t = mx.random.normal((n, h))
+        mx.eval(w, t, *wq)
+        dense = best(lambda t=t: mx.eval(t @ w.T))
+        packed = best(lambda t=t: mx.eval(mx.quantized_matmul(t, *wq, transpose=True, group_size=64, bits=4)))
+        parts[f"q4_matmul_{n}_tokens_slowdown"] = packed / dense
+    emit({"bench": "ovis2_breakdown", "shape": "Ovis2-1B", **{k: round(v, 4) for k, v in parts.items()},
+          "blas": cpu.loaded_blas()}, out)  # fmt: skip
+
+
 def main():
     ap = argparse.ArgumentParser()
     ap.add_argument("--shapes", nargs="+", default=list(SHAPES), choices=list(SHAPES))
     ap.add_argument("--reps", type=int, default=3)
     ap.add_argument("--out", default=None, help="append the records (JSON lines) to this file")
     ap.add_argument("--memory-only", action="store_true")
+    ap.add_argument("--breakdown", action="store_true", help="where Ovis2-1B's first token goes, then stop")
     args = ap.parse_args()
+    if args.breakdown:
+        return breakdown(args.reps, args.out)
     for row in memory_table():
         emit({"bench": "ovis2_memory", **row}, args.out)
     if args.memory_only:

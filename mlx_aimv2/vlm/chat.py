@@ -90,8 +90,9 @@ class Ovis2Chat:
             raise UserError(f"{folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
         self.tokenizer = tokenizer(folder)
         self.model, self.config = owner.run(load_ovis2, folder, dtype)
-        # on the CPU a quantized folder runs dequantized (MLX's CPU quantized matmul measured 77x slower
-        # than float at a 300-token prefill, 6x at one token's); Metal and CUDA keep it quantized
+        # on the CPU a quantized folder runs dequantized (MLX's CPU quantized matmul measured 60x slower
+        # than float at a 300-token prefill, 5x at one token: benchmarks/ovis2.py --breakdown); Metal
+        # and CUDA keep it quantized
         owner.run(cpu.float_layers, self.model, keep_quantized)
         v, t = self.config["vision_config"], self.config["text_config"]
         self.side, self.stride = int(v["image_size"]), int(v.get("hidden_stride", 1))
