@@ -388,3 +388,28 @@ def tiny_original_ovis2_folders(root: Path):
                                                            "use_bias": False, **vision}}}  # fmt: skip
     (original / "config.json").write_text(json.dumps(cfg))
     return hf, original, model
+
+
+def headless_browser():
+    """Debian's chromium, headless, driven by selenium (skips where either is missing)."""
+    import pytest
+
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the page's test drives chromium with selenium")
+    driver_path = shutil.which("chromedriver")
+    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
+    if not driver_path or not chrome:
+        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chrome
+    for flag in (
+        "--headless=new",
+        "--no-sandbox",
+        "--disable-gpu",
+        "--disable-dev-shm-usage",
+        "--window-size=1280,900",
+    ):
+        opts.add_argument(flag)
+    from selenium.webdriver.chrome.service import Service
+
+    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # OpenBLAS preloaded into chromium crashes it
+    return webdriver.Chrome(service=Service(driver_path, env=env), options=opts)

@@ -148,3 +148,38 @@ def test_a_client_that_leaves_mid_stream_costs_the_others_nothing(client, bot):
         got = list(pool.map(lambda _: client.chat.completions.create(model=model, messages=_ask(png), max_tokens=12),
                             range(3)))  # fmt: skip
     assert [g.choices[0].message.content for g in got] == [want] * 3
+
+
+def test_the_chat_page_in_a_real_headless_browser(client, bot, tmp_path):
+    """An Ovis2 server's page: pick an image, ask, and the streamed answer is the library's; a second
+    question goes on the same conversation (its answer is the library's for the whole of it)."""
+    from helpers import headless_browser
+    from PIL import Image
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    png = tmp_path / "wide.png"
+    png.write_bytes(_png(60, 150, 11))
+    root = str(client.base_url).removesuffix("/v1/")
+    first = bot.generate("Describe the image.", [Image.open(png)], max_tokens=16)["text"]
+    then = [{"role": "user", "content": [{"image": Image.open(png)}, "Describe the image."]},
+            {"role": "assistant", "content": [first]}, {"role": "user", "content": ["And the colours?"]}]  # fmt: skip
+    second = bot.tokenizer.decode(
+        [p.token for p in bot.stream_prepared(*bot.prepare(then), 16)], skip_special_tokens=True
+    )
+    browser = headless_browser()
+    try:
+        browser.get(root + "/")
+        max_tokens = browser.find_element(By.ID, "max")
+        max_tokens.clear()
+        max_tokens.send_keys("16")
+        browser.find_element(By.ID, "image").send_keys(str(png))
+        answers = lambda b: b.find_elements(By.CSS_SELECTOR, "#turns .assistant[data-done]")  # noqa: E731
+        for question, want in (("Describe the image.", first), ("And the colours?", second)):
+            done = len(answers(browser))
+            browser.find_element(By.ID, "question").send_keys(question + "\n")
+            WebDriverWait(browser, 90).until(lambda b, n=done: len(answers(b)) > n)
+            assert answers(browser)[-1].text == want.strip() and not browser.find_element(By.ID, "status").text
+        assert first != second and len(browser.find_elements(By.CSS_SELECTOR, "#turns img")) == 1
+    finally:
+        browser.quit()

@@ -22,7 +22,7 @@ from PIL import Image
 import mlx_aimv2
 
 pytest.importorskip("starlette", reason="the server needs the serve extra: pip install -e '.[serve]'")
-from helpers import PHOTO, ROOT
+from helpers import PHOTO, ROOT, headless_browser
 from starlette.testclient import TestClient  # noqa: E402
 
 from mlx_aimv2.serve import build_app, open_settings  # noqa: E402
@@ -256,28 +256,6 @@ def test_serve_refuses_a_public_address_without_a_token():
     assert r.returncode == 1 and "--token" in r.stderr.strip().splitlines()[-1] and "Traceback" not in r.stderr
 
 
-def _browser():
-    webdriver = pytest.importorskip("selenium.webdriver", reason="the page's test drives chromium with selenium")
-    driver_path = shutil.which("chromedriver")
-    chrome = shutil.which("chromium") or shutil.which("chromium-browser") or shutil.which("google-chrome")
-    if not driver_path or not chrome:
-        pytest.skip("needs Debian's chromium and chromium-driver (apt-get install chromium chromium-driver)")
-    opts = webdriver.ChromeOptions()
-    opts.binary_location = chrome
-    for flag in (
-        "--headless=new",
-        "--no-sandbox",
-        "--disable-gpu",
-        "--disable-dev-shm-usage",
-        "--window-size=1280,900",
-    ):
-        opts.add_argument(flag)
-    from selenium.webdriver.chrome.service import Service
-
-    env = {k: v for k, v in os.environ.items() if k != "LD_PRELOAD"}  # OpenBLAS preloaded into chromium crashes it
-    return webdriver.Chrome(service=Service(driver_path, env=env), options=opts)
-
-
 def test_the_page_in_a_real_headless_browser(server, library, tmp_path):
     import httpx
     from selenium.webdriver.common.by import By
@@ -286,7 +264,7 @@ def test_the_page_in_a_real_headless_browser(server, library, tmp_path):
 
     url, _ = server
     want = httpx.post(url + "/v1/search", json={"query": "a large orange circle in the center", "k": 24}).json()
-    browser = _browser()
+    browser = headless_browser()
     try:
         browser.get(url + "/")
         box = browser.find_element(By.ID, "q")

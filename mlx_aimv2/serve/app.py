@@ -21,6 +21,7 @@ import base64
 import hmac
 import time
 from contextlib import asynccontextmanager
+from html import escape
 from pathlib import Path
 from typing import Optional
 
@@ -42,6 +43,7 @@ from .service import Service, Settings
 from .thumbs import photo_id
 
 PAGE = Path(__file__).with_name("page.html")
+CHAT_PAGE = Path(__file__).with_name("chat.html")  # an Ovis2 server's page: ask about an image
 COOKIE = "mlx_aimv2_token"
 
 
@@ -198,8 +200,9 @@ async def thumb(request: Request):
 
 async def page(request: Request):
     s = _service(request)
-    html = PAGE.read_text().replace("{{MODEL}}", s.name).replace("{{VERSION}}", __version__)
-    html = html.replace("{{INDEX}}", str(s.index.path.name) if s.index else "")
+    html = (PAGE if s.chat is None else CHAT_PAGE).read_text().replace("{{MODEL}}", escape(s.name))
+    html = html.replace("{{VERSION}}", __version__)
+    html = html.replace("{{INDEX}}", escape(s.index.path.name) if s.index else "")
     resp = HTMLResponse(html)
     given, token = request.query_params.get("token"), s.settings.token
     if token and given and hmac.compare_digest(given, token):  # the page's later calls carry a cookie
