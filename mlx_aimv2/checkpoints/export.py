@@ -138,9 +138,10 @@ def convert(
     if dtype is not None and dtype not in DTYPES:
         raise UserError(f"unknown dtype '{dtype}'; use float32, bfloat16 or float16")
     check_destination(dst, overwrite)
-    if kinds.is_ovis2(hub.resolve(str(src), revision)):  # a vision-language model: its own converter
-        return converter()(hub.resolve(str(src), revision), dst, DTYPES.get(dtype), quantization, overwrite,
-                             max_shard_size, command, repo=hub.repo_of(str(src)))  # fmt: skip
+    local = hub.resolve(str(src), revision)
+    if kinds.is_ovis2(local):  # a vision-language model: its own converter
+        return converter()(local, dst, DTYPES.get(dtype), quantization, overwrite, max_shard_size, command,
+                           repo=hub.repo_of(str(src)))  # fmt: skip
     module, config, folder = load_checkpoint(src, revision, DTYPES.get(dtype))
     if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers
         dequantize(lora.merge(module))

@@ -49,7 +49,7 @@ class Ovis2(nn.Module):
 
     def __call__(self, ids: mx.array, pixels: Optional[mx.array] = None, cache=None, last_only: bool = False):
         """The logits of every prompt position (the first step), or of the last alone: generation needs
-        no more, and the head onto Qwen's 152k words costs as much as a fifth of a long prompt's prefill."""
+        no more, and the head onto Qwen's 152k words costs about a quarter of a 300-token prefill's work."""
         lm = self.language_model
         hidden = lm.model(ids, cache, self.input_embeddings(ids, pixels))
         if last_only:
@@ -71,6 +71,7 @@ class Ovis2(nn.Module):
             logits = self.language_model(mx.array([[token]]), cache=cache)
 
     def greedy(self, ids: mx.array, pixels: Optional[mx.array], max_tokens: int, eos: Sequence[int] = ()):
+        """tokens(), greedy: transformers' generate(do_sample=False)."""
         return self.tokens(ids, pixels, max_tokens, eos)
 
 
