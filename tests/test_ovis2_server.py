@@ -1,6 +1,7 @@
 """`mlx-aimv2 serve --model OVIS2_FOLDER`: POST /v1/chat/completions through OpenAI's own client, on a
 real uvicorn server: the answer equals the library's (streamed and not), requests at once each get
-their own, and every bad request is a 4xx naming what is wrong."""
+their own, a client that leaves mid-stream costs the others nothing, every bad request is a 4xx
+naming what is wrong, and the server's chat page works in a real headless browser."""
 
 import base64
 import io
