@@ -42,7 +42,7 @@ except ImportError:
         raise SystemExit(1) from None
     raise ImportError(_NO_MLX) from None
 
-from .api import AIMv2, Encoder, ImageClassifier, LiTModel, convert, load  # noqa: E402
+from .api import AIMv2, Encoder, ImageClassifier, LiTModel, convert, load, load_aimv2  # noqa: E402
 from .config import PRESETS, ModelConfig, TextConfig, VisionConfig  # noqa: E402
 from .cpu import SlowBLASWarning  # noqa: E402
 from .errors import UserError  # noqa: E402
@@ -51,6 +51,7 @@ from .models import AIMv2LiT, AIMv2VisionEncoder  # noqa: E402
 
 __all__ = [
     "load",
+    "load_aimv2",
     "convert",
     "AIMv2",
     "Encoder",

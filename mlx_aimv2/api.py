@@ -20,7 +20,17 @@ from .errors import UserError
 from .inference import AIMv2, Encoder, ImageClassifier, LiTModel, fill_template, open_model
 from .vlm.extra import chat_class  # mlx-lm, only when an Ovis2 is loaded
 
-__all__ = ["load", "load_default", "convert", "fill_template", "AIMv2", "Encoder", "LiTModel", "ImageClassifier"]
+__all__ = [
+    "load",
+    "load_aimv2",
+    "load_default",
+    "convert",
+    "fill_template",
+    "AIMv2",
+    "Encoder",
+    "LiTModel",
+    "ImageClassifier",
+]
 log = logging.getLogger("mlx_aimv2")  # notes for the user; the CLI prints them, an app routes them
 
 
@@ -43,8 +53,22 @@ def load(
     text_only: for a LiT model, read only what encode_text needs (and the patch embedding that
     fingerprints it): MLX loads lazily, so the image tower is never read; image methods then refuse."""
     cpu.warn_if_slow_blas()
-    if kinds.is_ovis2(hub.resolve(str(name_or_path), revision)):
-        return chat_class()(name_or_path, dtype, revision, keep_quantized)
+    local = hub.resolve(str(name_or_path), revision)
+    if kinds.is_ovis2(local):
+        return chat_class()(local, dtype, None, keep_quantized)
+    return open_model(name_or_path, revision, dtype, keep_quantized, text_only, local)
+
+
+def load_aimv2(
+    name_or_path: str = hub.DEFAULT["vision"],
+    revision: Optional[str] = None,
+    dtype=None,
+    keep_quantized: Optional[bool] = None,
+    text_only: bool = False,
+) -> AIMv2:
+    """load(), for what needs an AIMv2 model (embeddings, classify, an index, the probes): an Ovis2
+    folder is refused in one line (checkpoints.load_checkpoint) instead of given as a chat model."""
+    cpu.warn_if_slow_blas()
     return open_model(name_or_path, revision, dtype, keep_quantized, text_only)
 
 
@@ -53,7 +77,7 @@ def load_default(kind: str = "vision", revision: Optional[str] = None) -> tuple[
     the hub or its cache has it, else the bundled stand-in (hub.STAND_IN), with a note (logging)."""
     name = hub.DEFAULT[kind]
     try:
-        return load(name, revision), name
+        return load_aimv2(name, revision), name
     except UserError as e:
         stand_in = hub.STAND_IN[kind]
         log.warning("%s", e)
@@ -63,4 +87,4 @@ def load_default(kind: str = "vision", revision: Optional[str] = None) -> tuple[
             stand_in,
             hub.BUNDLED[stand_in],
         )
-        return load(stand_in), stand_in
+        return load_aimv2(stand_in), stand_in

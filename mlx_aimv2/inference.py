@@ -371,9 +371,10 @@ def needs(model: AIMv2, cls: type, what: str) -> None:
 
 
 @owner.owned
-def open_model(name_or_path, revision=None, dtype=None, keep_quantized=None, text_only=False) -> AIMv2:
-    """The model class of the folder's kind, its weights read and evaluated (see api.load)."""
-    module, config, folder = load_checkpoint(name_or_path, revision, dtype)
+def open_model(name_or_path, revision=None, dtype=None, keep_quantized=None, text_only=False, local=None) -> AIMv2:
+    """The model class of the folder's kind, its weights read and evaluated (see api.load); local: the
+    folder hub.resolve found for the name, when the caller looked first."""
+    module, config, folder = load_checkpoint(name_or_path, revision, dtype, local)
     cpu.float_layers(module, keep_quantized)
     cpu.use_kernels(module)
     text_only = text_only and kinds.is_lit(config)

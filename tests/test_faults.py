@@ -69,7 +69,8 @@ def test_embed_refuses_a_bad_destination_before_any_work(ckpt, tmp_path, dest, w
         "under_a_file": tmp_path / "afile" / "e.npy",
         "x.csv": tmp_path / "x.csv",
     }[dest]
-    monkeypatch.setattr(mlx_aimv2.api, "load", lambda *a, **k: pytest.fail("loaded a model for a doomed run"))
+    for name in ("load", "load_aimv2"):  # what embed loads with (an AIMv2: load_aimv2)
+        monkeypatch.setattr(mlx_aimv2.api, name, lambda *a, **k: pytest.fail("loaded a model for a doomed run"))
     one_clear_line(run("embed", imgs, "--model", model, "-o", out), word)
 
 

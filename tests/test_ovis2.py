@@ -331,6 +331,13 @@ def test_chat_refuses_what_cannot_work_in_one_line(ovis2_folder, tmp_path, monke
     wide = _picture(tmp_path / "wide.png", 60, 150, 0)
     one_clear_line(cli("chat", wide, "what?", "--model", short), "tokens", "reads 64", "fewer or smaller images")
     one_clear_line(cli("chat", PHOTO, "what?", "--model", folder, "--top-p", "0"), "--top-p")
+    # the commands that need an AIMv2 encoder, given an Ovis2: one line naming chat (they crashed in the
+    # model class: 'Ovis2Chat' object has no attribute 'check_layers')
+    for args in (["embed", PHOTO, "--model", folder], ["classify", PHOTO, "cat", "dog", "--model", folder],
+                 ["index", PHOTO, "--db", tmp_path / "i.aimv2", "--model", folder],
+                 ["export", folder, tmp_path / "exported", "--format", "transformers"]):  # fmt: skip
+        one_clear_line(cli(*args), "an Ovis2 vision-language model", "mlx-aimv2 chat")
+    assert not (tmp_path / "i.aimv2").exists() and not (tmp_path / "exported").exists()
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("HF_HUB_CACHE", str(tmp_path / "empty-cache"))
     one_clear_line(cli("chat", PHOTO, "what?", "--model", "thisisiron/Ovis2-1B-hf"), "thisisiron/Ovis2-1B-hf",

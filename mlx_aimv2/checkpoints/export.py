@@ -55,8 +55,6 @@ def export(
         )
     if dtype is not None and format != "mlx":
         raise UserError(f"--dtype applies to --format mlx; a {format} export keeps the weights' type")
-    if format != "mlx" and not is_run and kinds.is_ovis2(hub.resolve(str(src))):
-        raise UserError(f"{src}: an Ovis2 model exports as --format mlx only; transformers loads its original folder")
     if format == "peft":
         return export_peft(src, dst, overwrite, command)
     if format == "transformers":
@@ -142,7 +140,7 @@ def convert(
     if kinds.is_ovis2(local):  # a vision-language model: its own converter
         return converter()(local, dst, DTYPES.get(dtype), quantization, overwrite, max_shard_size, command,
                            repo=hub.repo_of(str(src)))  # fmt: skip
-    module, config, folder = load_checkpoint(src, revision, DTYPES.get(dtype))
+    module, config, folder = load_checkpoint(src, revision, DTYPES.get(dtype), local)
     if finetuned.has_adapter(folder):  # LoRA over a (maybe quantized) base: written as plain float layers
         dequantize(lora.merge(module))
         config.quantization = None

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Optional
 
 import mlx.core as mx
@@ -17,9 +18,16 @@ from .layouts import to_mlx
 from .mlx_io import load_into
 
 
-def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None):
-    """(module, config, folder) for any supported checkpoint, converted in memory."""
-    path = hub.resolve(str(name_or_path), revision)
+def load_checkpoint(name_or_path: str, revision: Optional[str] = None, dtype=None, local: Optional[Path] = None):
+    """(module, config, folder) for any supported checkpoint, converted in memory. local: where
+    hub.resolve already found it (a caller that looked first resolves the name once). An Ovis2 folder
+    is refused in one line: every AIMv2-only path (embed, an index, export, training's init) walks here."""
+    path = local or hub.resolve(str(name_or_path), revision)
+    if kinds.is_ovis2(path):
+        raise UserError(
+            f"{name_or_path}: an Ovis2 vision-language model, not an AIMv2 encoder; ask it about images with "
+            f"`mlx-aimv2 chat IMAGE QUESTION --model {name_or_path}` (or load() and serve it)"
+        )
     file = find_weights(path)
     folder = file.parent
     weights = to_mlx(read_weights(file))

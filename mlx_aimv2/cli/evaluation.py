@@ -34,7 +34,7 @@ def probe(
     seed: int = typer.Option(0),
 ):
     """Frozen-trunk probes (attentive, linear, k-NN): top-1 accuracy on held-out images."""
-    from ..api import load
+    from ..api import load_aimv2
     from ..eval import probe as P
 
     if not data.is_dir():
@@ -43,7 +43,7 @@ def probe(
         )
     if output is not None:
         check_output(output, (".json",), "--output")
-    m = load(model)
+    m = load_aimv2(model)
     if random_init:
         P.reinitialize(m, seed)
     synthetic = (data / "captions.jsonl").is_file()
@@ -78,11 +78,11 @@ def retrieval(
     seed: int = typer.Option(0),
 ):
     """Text->image and image->text recall@1 and @5 of a LiT model on held-out captioned images."""
-    from ..api import LiTModel, load
+    from ..api import LiTModel, load_aimv2
     from ..eval import retrieval as R
     from ..inference import needs
 
-    m = load(model)
+    m = load_aimv2(model)
     needs(m, LiTModel, "retrieval")
     if random_init:
         R.randomize_text_side(m, seed)
@@ -114,13 +114,13 @@ def zeroshot(
     ),
 ):
     """Zero-shot top-1 / top-5 and per-class recall of a LiT model on a labelled image folder."""
-    from ..api import LiTModel, load, load_default
+    from ..api import LiTModel, load_aimv2, load_default
     from ..eval.zeroshot import evaluate
     from ..inference import needs
 
     if output is not None:
         check_output(output, (".json",), "--output")
-    m, given = load_default("lit") if model is None else (load(model), model)
+    m, given = load_default("lit") if model is None else (load_aimv2(model), model)
     needs(m, LiTModel, "zero-shot classification")
     errors: list = []
     # as CLIP_benchmark names them (open_clip's architecture and weights): the model's name, and the

@@ -45,7 +45,7 @@ def embed(
 ):
     """Embed images: pooled embeddings or patch tokens, optionally intermediate layers."""
     from .. import writers
-    from ..api import load, load_default
+    from ..api import load_aimv2, load_default
 
     if pca is not None:
         check_output(pca, PICTURES, "--pca")
@@ -54,7 +54,7 @@ def embed(
         files, errors = expand_paths(paths)
         if not files:
             raise UserError("no images to embed: " + "; ".join(f"{p}: {why}" for p, why in errors))
-        m = load_default("vision", revision)[0] if model is None else load(model, revision)
+        m = load_default("vision", revision)[0] if model is None else load_aimv2(model, revision)
         layer_ids = m.check_layers(parse_layers(layers))
         if writer is not None:
             writer.expect(1 + len(layer_ids or ()), ragged=pool == "none" and m.config.vision.native and len(files) > 1)
@@ -115,7 +115,7 @@ def classify(
 ):
     """Classify images: zero-shot over --labels with the LiT model, or with a fine-tuned classifier's own
     classes. One image prints its top classes a line each; several print a line per image."""
-    from ..api import ImageClassifier, LiTModel, fill_template, load, load_default
+    from ..api import ImageClassifier, LiTModel, fill_template, load_aimv2, load_default
     from ..inference import needs
     from ..kinds import classifier_folder
 
@@ -125,7 +125,7 @@ def classify(
     if labels is None:
         if model is None:
             raise UserError("give --labels for zero-shot classification, or --model a fine-tuned classifier")
-        m = load(str(classifier_folder(model)))
+        m = load_aimv2(str(classifier_folder(model)))
         needs(m, ImageClassifier, "classify without --labels")
         rows = m.iter_predict([str(f) for f in files], errors=errors)
     else:
@@ -133,7 +133,7 @@ def classify(
         if not names:
             raise UserError("--labels is empty; give comma-separated labels")
         fill_template(template, names)  # a bad template fails before the model loads
-        m = load_default("lit")[0] if model is None else load(str(classifier_folder(model)))
+        m = load_default("lit")[0] if model is None else load_aimv2(str(classifier_folder(model)))
         if isinstance(m, ImageClassifier):
             raise UserError(
                 f"{model}: a fine-tuned classifier has its own classes ({', '.join(m.classes[:4])}...); drop --labels"

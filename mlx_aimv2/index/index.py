@@ -25,7 +25,7 @@ from PIL import Image
 from tqdm import tqdm
 
 from .. import kinds, owner
-from ..api import load, load_default
+from ..api import load_aimv2, load_default
 from ..environment import release_cache
 from ..errors import UserError
 from ..paths import canonical, canonical_all, expand_paths
@@ -112,7 +112,7 @@ class Index:
         path for "demo-lit") are taken, another model is refused."""
         if self._asked is None or self._model is not None or _model_ref(self._asked) == stored["ref"]:
             return
-        other = load(self._asked)
+        other = load_aimv2(self._asked)
         if other.fingerprint() != stored["fingerprint"]:
             raise ModelChanged(
                 f"{self.path} was built with {stored['ref']}, not {self._asked}; leave out --model to "
@@ -192,7 +192,7 @@ class Index:
         return model
 
     def _stored_model(self, stored: dict, text_only: bool = False):
-        model = load(stored["ref"], text_only=text_only)
+        model = load_aimv2(stored["ref"], text_only=text_only)
         if model.fingerprint() != stored["fingerprint"]:
             raise ModelChanged(
                 f"{self.path}: the model at {stored['ref']} has changed since this index was built; "
@@ -507,7 +507,7 @@ def _load_new(name: Optional[str]):
     """The model for a new index, and what to record to load it again: the one asked for, else the
     default LiT model (text and image search)."""
     if name is not None:
-        return load(name), _model_ref(name)
+        return load_aimv2(name), _model_ref(name)
     return load_default("lit")
 
 
