@@ -117,9 +117,9 @@ def time_ours(folder: Path, prompt: dict, new: int, reps: int, bits, dtype=None)
     import mlx.core as mx
     import numpy as np
 
-    from mlx_aimv2.checkpoints.ovis2 import load_ovis2, quantize_ovis2
+    from mlx_aimv2.checkpoints.ovis2 import load_ovis2, open_folder, quantize_ovis2
 
-    model, _ = load_ovis2(folder, dtype or mx.float32)
+    model = load_ovis2(open_folder(folder), dtype or mx.float32)
     if bits:
         quantize_ovis2(model, {"bits": bits, "group_size": 64 if prompt["side"] > 56 else 32, "mode": "affine"})
         mx.eval(model.parameters())

@@ -330,6 +330,10 @@ def test_chat_refuses_what_cannot_work_in_one_line(ovis2_folder, tmp_path, monke
     (short / "config.json").write_text(json.dumps(cfg))
     wide = _picture(tmp_path / "wide.png", 60, 150, 0)
     one_clear_line(cli("chat", wide, "what?", "--model", short), "tokens", "reads 64", "fewer or smaller images")
+    (short / "tokenizer.json").write_text("{not json")  # a damaged tokenizer: tokenizers raises a bare Exception
+    one_clear_line(cli("chat", wide, "what?", "--model", short), "tokenizer.json", "not a tokenizer it can read")
+    (short / "tokenizer.json").unlink()
+    one_clear_line(cli("chat", wide, "what?", "--model", short), "no tokenizer.json")
     one_clear_line(cli("chat", PHOTO, "what?", "--model", folder, "--top-p", "0"), "--top-p")
     # the commands that need an AIMv2 encoder, given an Ovis2: one line naming chat (they crashed in the
     # model class: 'Ovis2Chat' object has no attribute 'check_layers')

@@ -10,6 +10,7 @@ the visual head and the visual embedding table stay in float: they shape the vis
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Optional
 
@@ -34,14 +35,30 @@ CARRIED = ("tokenizer.json", "tokenizer_config.json", "vocab.json", "merges.txt"
            "processor_config.json", "generation_config.json")  # fmt: skip
 
 
-def read_config(folder: Path) -> dict:
-    """An Ovis2 folder's config.json as transformers' Ovis2Config reads it (AIDC-AI's original one
-    translated: original_config), with what the model is built from checked, in one line."""
-    f = Path(folder) / "config.json"
+@dataclass
+class Ovis2Folder:
+    """An Ovis2 folder read once: its config as transformers' Ovis2Config reads it (an original one
+    translated), which layout it is in, and its tokenizer (an original one's with the image tokens)."""
+
+    path: Path
+    config: dict
+    layout: str  # OURS, ORIGINAL or TRANSFORMERS
+    tokenizer: Optional[Tokenizer]  # None where the folder has none (weights alone: convert, a benchmark)
+
+
+OURS, ORIGINAL, TRANSFORMERS = "ours", "original", "transformers"
+
+
+def open_folder(folder: Path) -> Ovis2Folder:
+    """The folder's config.json and tokenizer.json, read and checked, each fault in one line."""
+    folder = Path(folder)
     try:
-        cfg = json.loads(f.read_text())
-        if is_original(cfg):
-            cfg = original_config(cfg, tokenizer(folder))
+        cfg = json.loads((folder / "config.json").read_text())
+        layout = _layout(folder, cfg)
+        tok = tokenizer(folder, layout == ORIGINAL) if (folder / "tokenizer.json").is_file() else None
+        if layout == ORIGINAL:  # its image tokens' ids are the ones added to its tokenizer
+            needs_tokenizer(folder, tok)
+            cfg = original_config(cfg, tok)
         for key in ("vision_config", "text_config", "image_token_id", "visual_indicator_token_ids"):
             cfg[key]
         cfg["vision_config"]["image_size"], cfg["text_config"]["hidden_size"]
@@ -51,7 +68,19 @@ def read_config(folder: Path) -> dict:
             f"tokens); give a folder of an Ovis2 model (AIDC-AI/Ovis2-*, or thisisiron/Ovis2-*-hf in "
             f"transformers' layout), or one `mlx-aimv2 convert` wrote"
         ) from None
-    return cfg
+    return Ovis2Folder(folder, cfg, layout, tok)
+
+
+def _layout(folder: Path, cfg: dict) -> str:
+    if kinds.is_original_ovis2(cfg):
+        return ORIGINAL
+    return OURS if kinds.model_kind(folder) == kinds.OVIS2 else TRANSFORMERS
+
+
+def needs_tokenizer(folder: Path, tok) -> Tokenizer:
+    if tok is None:
+        raise UserError(f"{folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
+    return tok
 
 
 # -- AIDC-AI's original remote-code folders (AIDC-AI/Ovis2-*): their config, tensor names and tokenizer,
@@ -64,16 +93,16 @@ ORIGINAL_NAMES = {"llm.model.": "model.language_model.", "llm.lm_head.": "lm_hea
                   "visual_tokenizer.backbone.": OVIS2_TOWER + "transformer."}  # fmt: skip
 
 
-def is_original(cfg: dict) -> bool:
-    return kinds.is_original_ovis2(cfg)
-
-
-def tokenizer(folder: Path):
+def tokenizer(folder: Path, original: bool):
     """The folder's tokenizer; an original folder's gets Ovis2's image tokens added after its own
     (they are not in it: the remote code used negative ids), as transformers' conversion adds them."""
-    folder = Path(folder)
-    tok = Tokenizer.from_file(str(folder / "tokenizer.json"))
-    if is_original(json.loads((folder / "config.json").read_text())):
+    try:
+        tok = Tokenizer.from_file(str(Path(folder) / "tokenizer.json"))
+    except Exception as e:  # tokenizers raises a bare Exception for a file it cannot parse
+        raise UserError(
+            f"{Path(folder) / 'tokenizer.json'}: not a tokenizer it can read ({e}); copy it again"
+        ) from None
+    if original:
         tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in IMAGE_TOKENS])
     return tok
 
@@ -106,27 +135,24 @@ def original_weights(w: dict) -> dict:
     return out
 
 
-def load_ovis2(folder: Path, dtype=None):
-    """(vlm.Ovis2 with its weights, the config) from an Ovis2 folder in either layout. dtype: the
-    source's own float type by default (bfloat16 for the published folders)."""
-    folder = Path(folder)
-    cfg = read_config(folder)
-    file = find_weights(folder)
-    raw = read_weights(file)
-    ours = kinds.model_kind(folder) == kinds.OVIS2
-    tied = bool(cfg.get("tie_word_embeddings", cfg["text_config"].get("tie_word_embeddings", True)))
-    if not ours and is_original(json.loads((folder / "config.json").read_text())):
-        raw = original_weights(raw)
-    weights = raw if ours else ovis2_weights(raw, tied)
-    model = build(cfg, weights, str(folder / "config.json"))
-    if ours and cfg.get("quantization"):
-        s = read_spec(cfg["quantization"], str(folder / "config.json"))
+def load_ovis2(folder: Ovis2Folder, dtype=None):
+    """vlm.Ovis2 with its weights, from an Ovis2 folder in any layout. dtype: the source's own float
+    type by default (bfloat16 for the published folders)."""
+    cfg, where = folder.config, str(folder.path / "config.json")
+    file = find_weights(folder.path)
+    weights = read_weights(file)
+    if folder.layout != OURS:
+        tied = bool(cfg.get("tie_word_embeddings", cfg["text_config"].get("tie_word_embeddings", True)))
+        weights = ovis2_weights(original_weights(weights) if folder.layout == ORIGINAL else weights, tied)
+    model = build(cfg, weights, where)
+    if folder.layout == OURS and cfg.get("quantization"):
+        s = read_spec(cfg["quantization"], where)
         # the layers convert quantized are those whose scales the file holds (as mlx-lm's loader tells them)
         nn.quantize(model, s["group_size"], s["bits"], mode=s["mode"],
                     class_predicate=lambda p, m: hasattr(m, "to_quantized") and f"{p}.scales" in weights)  # fmt: skip
     load_into(model, weights, str(file), dtype)
     cpu.use_kernels(model.visual_tokenizer)  # the encoder's CPU kernels, as every AIMv2 model gets (same numbers)
-    return model, cfg
+    return model
 
 
 def quantize_ovis2(model, spec: dict):
@@ -143,7 +169,8 @@ def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict]
     """An Ovis2 folder (either layout) -> ours, in `dtype` (default the source's), maybe quantized.
     repo: the hub id it was downloaded from, for the card's base_model."""
     dst = check_destination(dst, overwrite)
-    model, cfg = load_ovis2(src, dtype)
+    folder = open_folder(src)
+    model, cfg = load_ovis2(folder, dtype), folder.config
     if quantization is not None:
         if cfg.get("quantization"):
             raise UserError(f"{src}: already quantized; convert from the float folder it was made from")
@@ -155,7 +182,7 @@ def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict]
     config.pop("quantization", None)
     if quantization is not None:
         config["quantization"] = quantization
-    original = is_original(json.loads((Path(src) / "config.json").read_text()))
+    original = folder.layout == ORIGINAL
     # an original folder's tokenizer is written with the image tokens it lacks (the rest as they are)
     carried = [Path(src) / n for n in CARRIED if (Path(src) / n).is_file() and not (original and n == "tokenizer.json")]
     written: list = []
@@ -165,7 +192,7 @@ def convert_ovis2(src: Path, dst: Path, dtype=None, quantization: Optional[dict]
         (tmp / "config.json").write_text(json.dumps(config, indent=2) + "\n")
         copy_files(carried, tmp)
         if original:
-            tokenizer(src).save(str(tmp / "tokenizer.json"))
+            folder.tokenizer.save(str(tmp / "tokenizer.json"))
         source = modelcard.provenance(repo, Path(src))
         modelcard.write_ovis2(tmp, config, source["base_model"], source["licence"], command)
 

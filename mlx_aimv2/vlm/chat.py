@@ -16,7 +16,7 @@ from mlx_lm.sample_utils import apply_top_p
 from tokenizers.decoders import DecodeStream
 
 from .. import cpu, hub, kinds, owner
-from ..checkpoints.ovis2 import load_ovis2, tokenizer
+from ..checkpoints.ovis2 import load_ovis2, needs_tokenizer, open_folder
 from ..errors import UserError
 from ..preprocess import ImageLike, load_image
 from .processor import image_prompt, preprocess
@@ -86,10 +86,9 @@ class Ovis2Chat:
                 f"or one `mlx-aimv2 convert` wrote from it)"
             )
         self.folder = folder
-        if not (folder / "tokenizer.json").is_file():
-            raise UserError(f"{folder}: no tokenizer.json; an Ovis2 folder carries its language model's tokenizer")
-        self.tokenizer = tokenizer(folder)
-        self.model, self.config = owner.run(load_ovis2, folder, dtype)
+        opened = open_folder(folder)
+        self.tokenizer, self.config = needs_tokenizer(folder, opened.tokenizer), opened.config
+        self.model = owner.run(load_ovis2, opened, dtype)
         # on the CPU a quantized folder runs dequantized (MLX's CPU quantized matmul measured 60x slower
         # than float at a 300-token prefill, 5x at one token: benchmarks/ovis2.py --breakdown); Metal
         # and CUDA keep it quantized
