@@ -266,12 +266,28 @@ OVIS2_SPECIALS = ["<|endoftext|>", "<|im_start|>", "<|im_end|>", "<IMG_ATOM>", "
                   "<IMG_ROW>", "<IMG_END>"]  # fmt: skip
 
 
+def tiny_ovis2_config(vocab: int = 300, image_token_id=None, indicators=None, tied: bool = True, image_size: int = 56):
+    """transformers' Ovis2Config of the tiny Ovis2 every test builds: an AIMv2 tower 64 wide, 2 blocks,
+    patch 14, hidden stride 2, 48 visual words; a Qwen2 64 wide, 2 layers, 4 heads over 2 KV heads."""
+    from transformers import Ovis2Config, Ovis2VisionConfig, Qwen2Config
+
+    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
+                               image_size=image_size, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
+    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
+                       num_key_value_heads=2, vocab_size=vocab, rope_theta=10000.0, tie_word_embeddings=tied)  # fmt: skip
+    tokens = (
+        {} if image_token_id is None else {"image_token_id": image_token_id, "visual_indicator_token_ids": indicators}
+    )
+    return Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64,
+                       vocab_size=vocab, tie_word_embeddings=tied, **tokens)  # fmt: skip
+
+
 def tiny_ovis2_folder(folder: Path):
     """A tiny Ovis2 in transformers' layout with random weights, saved as AIDC-AI's folders are
     (config.json, weights, tokenizer.json: a byte-level BPE trained here, with Qwen's and Ovis2's
     special tokens). Returns (folder, the transformers model, the special tokens' ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+    from transformers import Ovis2ForConditionalGeneration
 
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
@@ -282,14 +298,7 @@ def tiny_ovis2_folder(folder: Path):
                                                         initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))  # fmt: skip
     tok.save(str(Path(folder) / "tokenizer.json"))
     ids = {t: tok.token_to_id(t) for t in OVIS2_SPECIALS}
-    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=tok.get_vocab_size(), rope_theta=10000.0,
-                       tie_word_embeddings=True)  # fmt: skip
-    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64,
-                         vocab_size=tok.get_vocab_size(), image_token_id=ids["<IMG_ATOM>"],
-                         visual_indicator_token_ids=[ids[t] for t in OVIS2_SPECIALS[4:]], tie_word_embeddings=True)  # fmt: skip
+    config = tiny_ovis2_config(tok.get_vocab_size(), ids["<IMG_ATOM>"], [ids[t] for t in OVIS2_SPECIALS[4:]])
     # at a larger scale than randomize's default: an answer that varies, and varies with the image
     model = randomize(Ovis2ForConditionalGeneration(config), seed=5, scale=0.25).eval()
     model.save_pretrained(folder)
@@ -341,7 +350,7 @@ def tiny_original_ovis2_folders(root: Path):
     transformers' conversion adds them. Returns (hf folder, original folder, the transformers model)."""
     from safetensors.numpy import save_file
     from tokenizers import AddedToken, Tokenizer, decoders, models, pre_tokenizers, trainers
-    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+    from transformers import Ovis2ForConditionalGeneration
 
     hf, original = Path(root) / "hf", Path(root) / "original"
     hf.mkdir(parents=True)
@@ -357,13 +366,7 @@ def tiny_original_ovis2_folders(root: Path):
     tok.add_special_tokens([AddedToken(t, special=True, normalized=False) for t in OVIS2_SPECIALS[3:]])
     tok.save(str(hf / "tokenizer.json"))
     ids = [tok.token_to_id(t) for t in OVIS2_SPECIALS[3:]]
-    vision = dict(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2, image_size=56,
-                  patch_size=14, rms_norm_eps=1e-5)  # fmt: skip
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=300, rope_theta=10000.0, tie_word_embeddings=True)  # fmt: skip
-    config = Ovis2Config(vision_config=Ovis2VisionConfig(**vision, hidden_stride=2, vocab_size=48).to_dict(),
-                         text_config=text.to_dict(), visual_vocab_size=48, hidden_size=64, vocab_size=300,
-                         image_token_id=ids[0], visual_indicator_token_ids=ids[1:], tie_word_embeddings=True)  # fmt: skip
+    config = tiny_ovis2_config(300, ids[0], ids[1:])
     model = randomize(Ovis2ForConditionalGeneration(config), seed=6, scale=0.25).eval()
     model.save_pretrained(hf)
     names = {"model.language_model.": "llm.model.", "lm_head.": "llm.lm_head.",
@@ -379,13 +382,16 @@ def tiny_original_ovis2_folders(root: Path):
             weights[names[theirs] + k[len(theirs) :]] = v
     weights.update({f"visual_tokenizer.backbone.{k}": v for k, v in to_mlaim_keys(tower).items()})
     save_file({k: np.ascontiguousarray(v) for k, v in weights.items()}, str(original / "model.safetensors"))
+    v = config.vision_config
+    backbone = {k: getattr(v, k) for k in ("hidden_size", "intermediate_size", "num_hidden_layers", "num_attention_heads",
+                                           "image_size", "patch_size", "rms_norm_eps")}  # fmt: skip
     cfg = {"model_type": "ovis", "architectures": ["Ovis"], "hidden_size": 64, "multimodal_max_length": 8192,
            "conversation_formatter_class": "QwenConversationFormatter",
-           "llm_config": {**text.to_dict(), "rope_theta": 10000.0, "model_type": "qwen2"},
+           "llm_config": {**config.text_config.to_dict(), "rope_theta": 10000.0, "model_type": "qwen2"},
            "visual_tokenizer_config": {"model_type": "aimv2_visual_tokenizer", "vocab_size": 48, "hidden_stride": 2,
                                        "tokenize_function": "softmax", "tau": 1.0, "drop_cls_token": False,
                                        "backbone_config": {"model_type": "aimv2", "num_channels": 3, "qkv_bias": False,
-                                                           "use_bias": False, **vision}}}  # fmt: skip
+                                                           "use_bias": False, **backbone}}}  # fmt: skip
     (original / "config.json").write_text(json.dumps(cfg))
     return hf, original, model
 

@@ -7,7 +7,7 @@ axis, not the grid), checked against numpy."""
 
 import numpy as np
 import pytest
-from helpers import randomize, tiny_ovis2_folder, torch_pixels
+from helpers import randomize, tiny_ovis2_config, tiny_ovis2_folder, torch_pixels
 
 import mlx_aimv2  # noqa: F401  (the package's CPU set-up)
 from mlx_aimv2 import owner
@@ -18,15 +18,10 @@ from mlx_aimv2.models.visual_tokenizer import VisualTokenizer, visual_embeddings
 
 
 def _tiny_ovis2(image_size: int):
-    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+    from transformers import Ovis2ForConditionalGeneration
 
-    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=image_size, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                       num_key_value_heads=1, vocab_size=300)  # fmt: skip
-    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
-                         hidden_size=64)  # fmt: skip
-    return randomize(Ovis2ForConditionalGeneration(config), seed=3), vision
+    config = tiny_ovis2_config(image_size=image_size)
+    return randomize(Ovis2ForConditionalGeneration(config), seed=3), config.vision_config
 
 
 @pytest.mark.parametrize("image_size", [56, 84])  # 4x4 tokens merge to 2x2, 6x6 to 3x3
@@ -78,17 +73,12 @@ IMAGE_TOKEN, INDICATORS = 290, [291, 292, 293, 294, 295]  # in the tiny language
 
 
 def _tiny_ovis2_model(seed: int = 3):
-    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+    from transformers import Ovis2ForConditionalGeneration
 
-    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=300, rope_theta=10000.0, tie_word_embeddings=True)  # fmt: skip
-    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
-                         hidden_size=64, vocab_size=300, image_token_id=IMAGE_TOKEN,
-                         visual_indicator_token_ids=INDICATORS, tie_word_embeddings=True)  # fmt: skip
     # at a scale where attention is not uniform: RoPE and the heads' grouping then change the answer
-    return randomize(Ovis2ForConditionalGeneration(config), seed=seed, scale=0.25)
+    return randomize(
+        Ovis2ForConditionalGeneration(tiny_ovis2_config(300, IMAGE_TOKEN, INDICATORS)), seed=seed, scale=0.25
+    )
 
 
 def _ours(torch_model):
@@ -396,18 +386,13 @@ def test_the_size_formula_counts_what_transformers_holds_and_what_convert_quanti
     transformers Ovis2's exact parameter count, and the count of the weights `convert -q` packs."""
     pytest.importorskip("mlx_lm", reason="Ovis2's language model is mlx-lm's: pip install -e '.[vlm]'")
     import mlx.nn as nn
-    from transformers import Ovis2Config, Ovis2ForConditionalGeneration, Ovis2VisionConfig, Qwen2Config
+    from transformers import Ovis2ForConditionalGeneration
 
     from mlx_aimv2.checkpoints.ovis2 import quantize_ovis2
     from mlx_aimv2.config.ovis2 import Qwen, params_of
     from mlx_aimv2.vlm.ovis2 import build
 
-    vision = Ovis2VisionConfig(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=2,
-                               image_size=56, patch_size=14, hidden_stride=2, vocab_size=48)  # fmt: skip
-    text = Qwen2Config(hidden_size=64, intermediate_size=128, num_hidden_layers=2, num_attention_heads=4,
-                       num_key_value_heads=2, vocab_size=300, tie_word_embeddings=tied)  # fmt: skip
-    config = Ovis2Config(vision_config=vision.to_dict(), text_config=text.to_dict(), visual_vocab_size=48,
-                         hidden_size=64, vocab_size=300, tie_word_embeddings=tied)  # fmt: skip
+    config = tiny_ovis2_config(tied=tied)
     theirs = Ovis2ForConditionalGeneration(config)
     total, packed = params_of(VisionConfig(hidden_size=64, depth=2, num_heads=2, mlp_hidden=128, patch_size=14,
                                            image_size=56), Qwen(64, 2, 4, 2, 128, 300, tied), 48, 2)  # fmt: skip
