@@ -30,11 +30,24 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).parent))
 from common import emit, median  # noqa: E402
 
+from mlx_aimv2.config import PRESETS  # noqa: E402
+from mlx_aimv2.config.ovis2 import HIDDEN_STRIDE as STRIDE  # noqa: E402
+from mlx_aimv2.config.ovis2 import OVIS2, QWEN, VISUAL_VOCAB  # noqa: E402
+
+PATCH = 14
+
+
+def _published(tower: str, lm: str) -> tuple:
+    """A published Ovis2's shapes as SHAPES holds them, from config/ovis2.py (what `models` lists)."""
+    v, q = PRESETS[tower].vision, QWEN[lm]
+    return ((v.hidden_size, v.depth, v.num_heads, v.mlp_hidden),
+            (q.hidden, q.layers, q.heads, q.kv_heads, q.mlp, q.vocab, q.tied), v.image_size, VISUAL_VOCAB)  # fmt: skip
+
+
 SHAPES = {  # (tower, language model, image side, visual vocabulary) of the runs
     "tiny": ((64, 2, 2, 128), (64, 2, 4, 2, 128, 300, True), 56, 48),
-    "Ovis2-1B": ((1024, 24, 8, 2816), (896, 24, 14, 2, 4864, 151936, True), 448, 65536),
+    "Ovis2-1B": _published(*OVIS2["AIDC-AI/Ovis2-1B"]),
 }
-PATCH, STRIDE = 14, 2
 
 
 def memory_table() -> list:
@@ -42,7 +55,7 @@ def memory_table() -> list:
     visual head and table, norms and the tower's patch embedding stay bf16), and its KV cache per
     1,000 tokens in bf16: config/ovis2.py's sums over the shapes (tested against transformers' count
     on a tiny Ovis2), derived, not measured."""
-    from mlx_aimv2.config.ovis2 import OVIS2, kv_cache_bytes, ovis2_bytes, ovis2_params
+    from mlx_aimv2.config.ovis2 import kv_cache_bytes, ovis2_bytes, ovis2_params
 
     rows = []
     for name, (tower, lm) in OVIS2.items():
