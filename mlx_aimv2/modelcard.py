@@ -70,6 +70,15 @@ def provenance(repo: Optional[str], folder: Optional[Path]) -> dict:
     return {"base_model": base if isinstance(base, str) else None, "licence": licence}
 
 
+def _front_matter(front: dict) -> list:
+    """A card's YAML front matter (each value as JSON, which YAML reads), then a blank line."""
+    return ["---", *[f"{k}: {json.dumps(v)}" for k, v in front.items()], "---", ""]
+
+
+def _made_with(command: Optional[str]) -> list:
+    return ["Made with:", "", "```bash", command or command_line(), "```", ""]
+
+
 def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: Optional[dict] = None,
            repo: Optional[str] = None, library: str = "mlx", command: Optional[str] = None,
            licence: Optional[dict] = None) -> str:  # fmt: skip
@@ -86,7 +95,7 @@ def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: 
     }
     if base_model:
         front["base_model"] = base_model
-    lines = ["---"] + [f"{k}: {json.dumps(v_)}" for k, v_ in front.items()] + ["---", ""]
+    lines = _front_matter(front)
     name = config.name or "an AIMv2 model"
     size = f"{v.image_size} px" if v.image_size else "native resolution"
     lines += [
@@ -100,12 +109,7 @@ def render(config: ModelConfig, kind: str, base_model: Optional[str], fidelity: 
         + (f", from [{base_model}](https://huggingface.co/{base_model})" if base_model else "")
         + ".",
         "",
-        "Made with:",
-        "",
-        "```bash",
-        command or command_line(),
-        "```",
-        "",
+        *_made_with(command),
     ]
     if fidelity:
         lines += [
@@ -146,12 +150,15 @@ def write(folder: Path, config: ModelConfig, kind: str, base_model: Optional[str
 
 def write_adapter(folder: Path, base_model: Optional[str] = None, command: Optional[str] = None) -> None:
     """The card of a folder of LoRA adapters in PEFT's layout (export --format peft)."""
-    front = ['library_name: "peft"', 'tags: ["mlx-aimv2", "aimv2", "lora"]']
-    front += [f"base_model: {json.dumps(base_model)}"] if base_model else []
+    front = {
+        "library_name": "peft",
+        "tags": ["mlx-aimv2", "aimv2", "lora"],
+        **({"base_model": base_model} if base_model else {}),
+    }
     where = f"[{base_model}](https://huggingface.co/{base_model})" if base_model else "`base/`, beside them"
-    lines = ["---", *front, "---", "", "# LoRA adapters for an AIMv2 vision encoder", "",
-             f"PEFT's layout, for transformers' `Aimv2VisionModel`; the base encoder is {where}.", "", "Made with:",
-             "", "```bash", command or command_line(), "```", "", "```python", "from peft import AutoPeftModel", "",
+    lines = [*_front_matter(front), "# LoRA adapters for an AIMv2 vision encoder", "",
+             f"PEFT's layout, for transformers' `Aimv2VisionModel`; the base encoder is {where}.", "",
+             *_made_with(command), "```python", "from peft import AutoPeftModel", "",
              'model = AutoPeftModel.from_pretrained("THIS_FOLDER")  # loads the base, then the adapters', "```", ""]  # fmt: skip
     (Path(folder) / CARD).write_text("\n".join(lines))
 
@@ -171,15 +178,14 @@ def write_ovis2(folder: Path, config: dict, source: Optional[str], licence: dict
              "tags": ["mlx", "mlx-aimv2", "ovis2", "aimv2"] + ([f"{quant['bits']}-bit", "quantized"] if quant else []),
              **(licence or {"license": "apache-2.0"}), **({"base_model": source} if source else {})}  # fmt: skip
     ref = "THIS_FOLDER"
-    lines = ["---", *[f"{k}: {json.dumps(x)}" for k, x in front.items()], "---", "",
-             f"# {source or 'An Ovis2 model'} in MLX", "",
+    lines = [*_front_matter(front), f"# {source or 'An Ovis2 model'} in MLX", "",
              f"{kinds.describe(kinds.OVIS2).capitalize()} (AIDC-AI) in [MLX](https://github.com/ml-explore/mlx) format, "
              f"from [mlx-aimv2](https://github.com/mlx-aimv2/mlx-aimv2): an AIMv2 encoder {v.get('hidden_size')} wide "
              f"at {v.get('image_size')} px, a Qwen2 language model {t.get('hidden_size')} wide, "
              f"{t.get('num_hidden_layers')} layers"
              + (f"; the language model and encoder blocks {quant['bits']}-bit {quant['mode']}" if quant else "")
              + (f", from [{source}](https://huggingface.co/{source})" if source else "") + ".", "",
-             "Made with:", "", "```bash", command or command_line(), "```", "", "## Use", "", "```bash",
+             *_made_with(command), "## Use", "", "```bash",
              "pip install 'mlx-aimv2[vlm]'", f'mlx-aimv2 chat photo.jpg "Describe the image." --model {ref}', "```", "",
              "```python", "import mlx_aimv2", "", f'chat = mlx_aimv2.load("{ref}")',
              'print(chat.generate("Describe the image.", ["photo.jpg"])["text"])', "```", ""]  # fmt: skip
