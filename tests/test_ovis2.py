@@ -115,7 +115,7 @@ def test_ovis2_first_step_logits_and_32_greedy_tokens_equal_transformers():
 
         model = _ours(torch_model)
         logits = np.array(model(mx.array([ids]), mx.array(pixels)))
-        return logits, list(model.greedy(mx.array([ids]), mx.array(pixels), 32))
+        return logits, list(model.tokens(mx.array([ids]), mx.array(pixels), 32))  # greedy
 
     logits, tokens = owner.run(ours)
     np.testing.assert_allclose(logits, want, atol=1e-4)

@@ -70,10 +70,6 @@ class Ovis2(nn.Module):
                 return
             logits = self.language_model(mx.array([[token]]), cache=cache)
 
-    def greedy(self, ids: mx.array, pixels: Optional[mx.array], max_tokens: int, eos: Sequence[int] = ()):
-        """tokens(), greedy: transformers' generate(do_sample=False)."""
-        return self.tokens(ids, pixels, max_tokens, eos)
-
 
 TEXT_ARGS = ("hidden_size", "num_hidden_layers", "intermediate_size", "num_attention_heads", "rms_norm_eps",
              "vocab_size", "num_key_value_heads", "rope_theta", "max_position_embeddings", "rope_scaling")  # fmt: skip
